@@ -1,0 +1,165 @@
+//! The filesystem API inside the sandbox: chunked, binary-safe reads and writes, listing, stat,
+//! mkdir, remove and rename. Paths are the sandbox's own (the agent runs inside its root), so
+//! there is nothing to escape to.
+
+use crate::protocol::{error, DirEntry, ErrorCode, FileKind, FileStat, Response, CHUNK_LEN};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+/// Entries per `Entries` frame, well under the frame limit even with 255-byte names.
+const ENTRIES_PER_FRAME: usize = 1024;
+
+pub fn io_error(path: &str, e: &io::Error) -> Response {
+    let code = match e.kind() {
+        io::ErrorKind::NotFound => ErrorCode::NotFound,
+        io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+        io::ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
+        _ => ErrorCode::Io,
+    };
+    error(code, format!("{path}: {e}"))
+}
+
+fn kind_of(ft: fs::FileType) -> FileKind {
+    if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    }
+}
+
+/// Streams a file's contents through `send`, `CHUNK_LEN` bytes per frame, the last with `eof`.
+pub fn read_file(path: &str, offset: u64, len: Option<u64>, send: &mut dyn FnMut(Response) -> bool) {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            send(io_error(path, &e));
+            return;
+        }
+    };
+    if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+        send(io_error(path, &e));
+        return;
+    }
+    let mut remaining = len.unwrap_or(u64::MAX);
+    let mut buf = vec![0u8; CHUNK_LEN];
+    loop {
+        let want = remaining.min(CHUNK_LEN as u64) as usize;
+        let n = if want == 0 { Ok(0) } else { file.read(&mut buf[..want]) };
+        match n {
+            Ok(0) => {
+                send(Response::Data { data: vec![], eof: true });
+                return;
+            }
+            Ok(n) => {
+                remaining -= n as u64;
+                if !send(Response::Data { data: buf[..n].to_vec(), eof: remaining == 0 }) {
+                    return;
+                }
+                if remaining == 0 {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                send(io_error(path, &e));
+                return;
+            }
+        }
+    }
+}
+
+pub fn write_file(path: &str, offset: u64, data: &[u8], truncate: bool, mode: Option<u32>) -> Response {
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .mode(mode.unwrap_or(0o644))
+            .open(path)?;
+        if let Some(m) = mode {
+            file.set_permissions(fs::Permissions::from_mode(m))?;
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(data)
+    })();
+    match result {
+        Ok(()) => Response::Done,
+        Err(e) => io_error(path, &e),
+    }
+}
+
+pub fn list_dir(path: &str, send: &mut dyn FnMut(Response) -> bool) {
+    let entries = match fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) => {
+            send(io_error(path, &e));
+            return;
+        }
+    };
+    let mut all: Vec<DirEntry> = entries
+        .filter_map(Result::ok)
+        .map(|e| DirEntry {
+            name: e.file_name().to_string_lossy().into_owned(),
+            kind: e.file_type().map(kind_of).unwrap_or(FileKind::Other),
+        })
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    for chunk in all.chunks(ENTRIES_PER_FRAME) {
+        if !send(Response::Entries(chunk.to_vec())) {
+            return;
+        }
+    }
+    send(Response::Done);
+}
+
+pub fn stat(path: &str, follow: bool) -> Response {
+    let md = if follow { fs::metadata(path) } else { fs::symlink_metadata(path) };
+    match md {
+        Ok(m) => Response::Stat(FileStat {
+            kind: kind_of(m.file_type()),
+            size: m.len(),
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime_secs: m.mtime(),
+            symlink_target: if m.file_type().is_symlink() {
+                fs::read_link(path).ok().map(|p| p.to_string_lossy().into_owned())
+            } else {
+                None
+            },
+        }),
+        Err(e) => io_error(path, &e),
+    }
+}
+
+pub fn mkdir(path: &str, parents: bool, mode: Option<u32>) -> Response {
+    match fs::DirBuilder::new().recursive(parents).mode(mode.unwrap_or(0o755)).create(path) {
+        Ok(()) => Response::Done,
+        Err(e) => io_error(path, &e),
+    }
+}
+
+pub fn remove(path: &str, recursive: bool) -> Response {
+    let r = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() && recursive => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() => fs::remove_dir(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => Response::Done,
+        Err(e) => io_error(path, &e),
+    }
+}
+
+pub fn rename(from: &str, to: &str) -> Response {
+    match fs::rename(from, to) {
+        Ok(()) => Response::Done,
+        Err(e) => io_error(&format!("{from} -> {to}"), &e),
+    }
+}

@@ -1,0 +1,182 @@
+//! Builds a namespace sandbox's root from inside its fresh mount namespace: overlayfs over the
+//! image, /proc, a minimal /dev, read-only /sys, masked kernel files, pivot_root, hostname and
+//! loopback. Runs as PID 1 before any thread exists; mounts vanish with the namespace, so nothing
+//! is left on the host when the sandbox ends.
+
+use crate::protocol::SandboxInit;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, pivot_root, sethostname};
+use std::fs;
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct InitError {
+    step: String,
+    source: std::io::Error,
+}
+
+fn step<T, E: Into<std::io::Error>>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, InitError> {
+    r.map_err(|e| InitError { step: what(), source: e.into() })
+}
+
+fn errno(e: nix::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), InitError> {
+    step(mount(src, target, fstype, flags, data).map_err(errno), || {
+        format!("mounting {} on {}", fstype.or(src).unwrap_or("?"), target.display())
+    })
+}
+
+fn mkdir_p(path: &Path, mode: u32) -> Result<(), InitError> {
+    step(fs::DirBuilder::new().recursive(true).mode(mode).create(path), || format!("creating {}", path.display()))
+}
+
+/// Device nodes bind-mounted from the host (works inside a user namespace, where mknod does not).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Kernel files hidden from the sandbox (as container runtimes do).
+const MASKED_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/sysrq-trigger",
+];
+const MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/sys/firmware"];
+const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"];
+
+pub fn setup_root(init: &SandboxInit) -> Result<(), InitError> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // The shim has moved us into the sandbox's cgroup by now: make it our cgroup root.
+    step(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(errno), || "entering a cgroup namespace".into())?;
+    mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+
+    let root = Path::new(&init.mount_point);
+    let overlay = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        init.lower_dirs.join(":"),
+        init.upper_dir,
+        init.work_dir
+    );
+    mnt(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&overlay))?;
+
+    let proc_dir = root.join("proc");
+    mkdir_p(&proc_dir, 0o555)?;
+    mnt(Some("proc"), &proc_dir, Some("proc"), nosuid_nodev_noexec, None)?;
+
+    setup_dev(&root.join("dev"))?;
+
+    let sys = root.join("sys");
+    mkdir_p(&sys, 0o555)?;
+    let ro = nosuid_nodev_noexec | MsFlags::MS_RDONLY;
+    if mount(Some("sysfs"), &sys, Some("sysfs"), ro, None::<&str>).is_err() {
+        // sysfs needs a network namespace owned by our user namespace; an empty /sys is safe.
+        mnt(Some("tmpfs"), &sys, Some("tmpfs"), ro, Some("size=0"))?;
+    }
+
+    step(chdir(root).map_err(errno), || "entering the new root".into())?;
+    step(pivot_root(".", ".").map_err(errno), || "pivot_root".into())?;
+    step(umount2(".", MntFlags::MNT_DETACH).map_err(errno), || "detaching the old root".into())?;
+    step(chdir("/").map_err(errno), || "chdir /".into())?;
+
+    mask_kernel_files()?;
+    step(sethostname(&init.hostname).map_err(errno), || "setting the hostname".into())?;
+    step(loopback_up(), || "bringing up loopback".into())?;
+    Ok(())
+}
+
+fn setup_dev(dev: &Path) -> Result<(), InitError> {
+    mkdir_p(dev, 0o755)?;
+    mnt(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k"))?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        step(fs::File::create(&target), || format!("creating {}", target.display()))?;
+        let host = format!("/dev/{name}");
+        mnt(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts, 0o755)?;
+    mnt(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm, 0o1777)?;
+    mnt(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        step(symlink(target, dev.join(link)), || format!("linking /dev/{link}"))?;
+    }
+    Ok(())
+}
+
+fn mask_kernel_files() -> Result<(), InitError> {
+    for f in MASKED_FILES {
+        if Path::new(f).exists() {
+            mnt(Some("/dev/null"), Path::new(f), None, MsFlags::MS_BIND, None)?;
+        }
+    }
+    for d in MASKED_DIRS {
+        if Path::new(d).is_dir() {
+            mnt(Some("tmpfs"), Path::new(d), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))?;
+        }
+    }
+    for d in READ_ONLY {
+        let p = Path::new(d);
+        if p.exists() {
+            mnt(Some(d), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            mnt(
+                None,
+                p,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `ip link set lo up`, with the plain ioctl interface (no netlink dependency for one flag).
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a socket used only for two interface ioctls on a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}

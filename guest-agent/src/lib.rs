@@ -1,0 +1,47 @@
+//! The guest agent: PID 1 inside every sandbox (namespace or microVM), and the host<->agent
+//! protocol that the host links against, so both sides always agree on the wire format.
+
+pub mod agent;
+mod files;
+pub mod init;
+mod process;
+pub mod protocol;
+pub mod security;
+pub mod users;
+
+use std::os::unix::net::UnixStream;
+
+/// Entry point of a namespace sandbox's PID 1: receives `Init` on `stream`, builds the root,
+/// locks itself down, answers `Ready` (or the error) and serves requests. Never returns.
+pub fn namespace_main(mut stream: UnixStream) -> ! {
+    use protocol::{error, ErrorCode, Frame, Request, Response};
+    let frame = match agent::read_first_request(&mut stream) {
+        Ok(f) => f,
+        Err(_) => std::process::exit(1),
+    };
+    let fail = |stream: &mut UnixStream, id: u64, msg: String| -> ! {
+        let _ = protocol::write_frame(stream, &Frame { id, body: error(ErrorCode::Internal, msg) });
+        std::process::exit(1);
+    };
+    let Request::Init(init) = frame.body else {
+        fail(&mut stream, frame.id, "the first request must be Init".into())
+    };
+    if let Err(e) = init::setup_root(&init) {
+        fail(&mut stream, frame.id, format!("building the sandbox root: {e}"));
+    }
+    let lock_down = || -> Result<(), security::SecurityError> {
+        security::drop_capabilities()?;
+        security::set_no_new_privs()?;
+        if init.seccomp {
+            security::install_seccomp()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = lock_down() {
+        fail(&mut stream, frame.id, e.to_string());
+    }
+    if protocol::write_frame(&mut stream, &Frame { id: frame.id, body: Response::Ready }).is_err() {
+        std::process::exit(1);
+    }
+    agent::serve(stream)
+}

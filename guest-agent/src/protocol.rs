@@ -1,0 +1,317 @@
+//! The host<->agent wire protocol: message types and the frame codec.
+//!
+//! One byte stream carries length-prefixed frames (`u32` little-endian length, then a postcard
+//! payload). Every frame carries a request id chosen by the side that opened the request; all
+//! responses and follow-up messages of that request (stdin, resize, signals, streamed output) use
+//! the same id, so any number of requests share one stream. The same protocol runs over a
+//! socketpair (namespace sandboxes) and vsock (microVMs), and between the CLI and a sandbox's shim.
+//!
+//! Everything read here may come from a hostile peer: frame lengths are bounded, a malformed
+//! payload is reported as an error for that frame only, and the stream stays usable.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+/// Bumped on every incompatible change; the handshake refuses a mismatch.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest payload accepted in one frame.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// Oversized frames up to this size are skipped (the stream stays in sync); beyond it the
+/// connection is closed because skipping would let a peer make us read without end.
+pub const MAX_SKIPPABLE_LEN: usize = 64 << 20;
+/// Data chunks (file contents, process output) are split to at most this many bytes.
+pub const CHUNK_LEN: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Frame<T> {
+    pub id: u64,
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Request {
+    Hello { version: u32, client: String },
+    /// Sent once by the shim before anything else: how to build the sandbox's root.
+    Init(Box<SandboxInit>),
+    Exec(Box<ExecRequest>),
+    Stdin { data: Vec<u8> },
+    CloseStdin,
+    Resize { rows: u16, cols: u16 },
+    Signal { signal: i32 },
+    ReadFile { path: String, offset: u64, len: Option<u64> },
+    WriteFile { path: String, offset: u64, data: Vec<u8>, truncate: bool, mode: Option<u32> },
+    ListDir { path: String },
+    Stat { path: String, follow_symlinks: bool },
+    Mkdir { path: String, parents: bool, mode: Option<u32> },
+    Remove { path: String, recursive: bool },
+    Rename { from: String, to: String },
+    /// Terminate every process (SIGTERM, then SIGKILL after the grace period) and exit.
+    Shutdown { grace_ms: u64 },
+    /// Shim-level: current status of the sandbox.
+    Status,
+    /// Shim-level: stream the main process's output and feed it stdin / resize (PTY sandboxes).
+    Attach,
+    /// Shim-level: stop the sandbox (graceful, then forced) and exit the shim.
+    Stop { grace_ms: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Response {
+    Hello { version: u32, agent: String },
+    Ready,
+    Started { pid: u32 },
+    Stdout { data: Vec<u8> },
+    Stderr { data: Vec<u8> },
+    Exited(ExitStatus),
+    Data { data: Vec<u8>, eof: bool },
+    Entries(Vec<DirEntry>),
+    Stat(FileStat),
+    Done,
+    Status(ShimStatus),
+    Error { code: ErrorCode, message: String },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    NotFound,
+    PermissionDenied,
+    AlreadyExists,
+    Unsupported,
+    TooLarge,
+    Io,
+    SpawnFailed,
+    VersionMismatch,
+    Internal,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    /// `name`, `uid` or `uid:gid`, resolved against the sandbox's own /etc/passwd and /etc/group.
+    pub user: Option<String>,
+    pub tty: Option<TtySize>,
+    pub stdin: bool,
+    pub rlimits: Rlimits,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rlimits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub fsize: Option<u64>,
+    pub cpu_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+}
+
+impl ExitStatus {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileStat {
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_secs: i64,
+    pub symlink_target: Option<String>,
+}
+
+/// What the sandbox's init needs to build its root (namespace sandboxes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxInit {
+    pub hostname: String,
+    /// Read-only lower directories, topmost first.
+    pub lower_dirs: Vec<String>,
+    pub upper_dir: String,
+    pub work_dir: String,
+    /// Where the overlay is assembled before pivot_root.
+    pub mount_point: String,
+    pub seccomp: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShimStatus {
+    pub state: SandboxState,
+    pub shim_pid: u32,
+    pub main_pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<ExitStatus>,
+    /// Why the sandbox is in this state, when that is worth telling (a failure, a stop).
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SandboxState {
+    Starting,
+    Running,
+    Exited,
+    Stopped,
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl FrameError {
+    /// Whether the stream is still in sync after this error (the next frame can be read).
+    pub fn recoverable(&self) -> bool {
+        matches!(self, FrameError::Malformed(_))
+            || matches!(self, FrameError::TooLarge(n) if *n <= MAX_SKIPPABLE_LEN)
+    }
+}
+
+pub fn encode<T: Serialize>(frame: &Frame<T>) -> Result<Vec<u8>, FrameError> {
+    let mut buf = vec![0u8; 4];
+    let payload =
+        postcard::to_extend(frame, Vec::new()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if payload.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(payload.len()));
+    }
+    buf.extend_from_slice(&payload);
+    let len = (payload.len() as u32).to_le_bytes();
+    buf[..4].copy_from_slice(&len);
+    Ok(buf)
+}
+
+pub fn write_frame<T: Serialize>(w: &mut impl Write, frame: &Frame<T>) -> Result<(), FrameError> {
+    let buf = encode(frame)?;
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// Reads one raw frame payload. An oversized frame is skipped (when small enough to skip) and
+/// reported, so the caller can answer with an error and keep reading.
+pub fn read_payload(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    if let Err(e) = r.read_exact(&mut len) {
+        return Err(if e.kind() == io::ErrorKind::UnexpectedEof { FrameError::Closed } else { e.into() });
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME_LEN {
+        if len <= MAX_SKIPPABLE_LEN {
+            io::copy(&mut r.take(len as u64), &mut io::sink())?;
+        }
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof { FrameError::Closed } else { e.into() }
+    })?;
+    Ok(payload)
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<Frame<T>, FrameError> {
+    postcard::from_bytes(payload).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Frame<T>, FrameError> {
+    decode(&read_payload(r)?)
+}
+
+/// Best-effort request id of a payload that failed to decode, so the error can be addressed.
+pub fn peek_id(payload: &[u8]) -> u64 {
+    postcard::take_from_bytes::<u64>(payload).map(|(id, _)| id).unwrap_or(0)
+}
+
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error { code, message: message.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_binary_data() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let f = Frame { id: 7, body: Request::Stdin { data: data.clone() } };
+        let bytes = encode(&f).unwrap();
+        let back: Frame<Request> = read_frame(&mut &bytes[..]).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn oversized_frame_is_skipped_and_stream_stays_usable() {
+        let mut stream = ((MAX_FRAME_LEN + 10) as u32).to_le_bytes().to_vec();
+        stream.extend(std::iter::repeat(0xAA).take(MAX_FRAME_LEN + 10));
+        stream.extend(encode(&Frame { id: 3, body: Request::Status }).unwrap());
+        let mut r = &stream[..];
+        let err = read_frame::<Request>(&mut r).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(_)) && err.recoverable());
+        assert_eq!(read_frame::<Request>(&mut r).unwrap().id, 3);
+    }
+
+    #[test]
+    fn malformed_payload_is_an_error_not_a_panic() {
+        let mut stream = 5u32.to_le_bytes().to_vec();
+        stream.extend([9, 0xff, 0xff, 0xff, 0xff]);
+        stream.extend(encode(&Frame { id: 4, body: Request::Status }).unwrap());
+        let mut r = &stream[..];
+        let payload = read_payload(&mut r).unwrap();
+        assert_eq!(peek_id(&payload), 9);
+        assert!(decode::<Request>(&payload).is_err());
+        assert_eq!(read_frame::<Request>(&mut r).unwrap().id, 4);
+    }
+
+    #[test]
+    fn truncated_stream_reports_closed() {
+        let bytes = encode(&Frame { id: 1, body: Request::Status }).unwrap();
+        let err = read_frame::<Request>(&mut &bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(matches!(err, FrameError::Closed));
+    }
+
+    #[test]
+    fn shell_code_convention() {
+        assert_eq!(ExitStatus { code: Some(3), signal: None, timed_out: false }.shell_code(), 3);
+        assert_eq!(ExitStatus { code: None, signal: Some(9), timed_out: false }.shell_code(), 137);
+    }
+}

@@ -1,0 +1,176 @@
+//! Per-sandbox cgroups for memory, CPU and pids on both cgroup v2 (unified, most hosts) and
+//! cgroup v1 (one hierarchy per controller, as on these machines). Owns creating them with
+//! limits, putting the sandbox's init in, killing what is left and removing them.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// Parent group of every sandbox's cgroup.
+pub const PARENT: &str = "orchestrator";
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+pub fn detect() -> Version {
+    if Path::new(ROOT).join("cgroup.controllers").exists() {
+        Version::V2
+    } else {
+        Version::V1
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+/// The cgroup(s) of one sandbox instance.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    version: Version,
+    /// One directory per controller on v1, a single one on v2.
+    dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
+}
+
+impl Cgroup {
+    /// The cgroup of `instance`, whether or not it exists.
+    pub fn of(instance: &str) -> Cgroup {
+        let version = detect();
+        let dirs = match version {
+            Version::V2 => vec![Path::new(ROOT).join(PARENT).join(instance)],
+            Version::V1 => V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join(PARENT).join(instance)).collect(),
+        };
+        Cgroup { version, dirs }
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn create(&self, limits: &Limits) -> io::Result<()> {
+        if self.version == Version::V2 {
+            // Controllers must be enabled on every ancestor's subtree_control.
+            let parent = Path::new(ROOT).join(PARENT);
+            fs::create_dir_all(&parent)?;
+            for dir in [Path::new(ROOT), parent.as_path()] {
+                let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu +pids");
+            }
+        }
+        for dir in &self.dirs {
+            fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display())))?;
+        }
+        let file = |ctrl: &str, name: &str| -> PathBuf {
+            match self.version {
+                Version::V2 => self.dirs[0].join(name),
+                Version::V1 => self.dirs[V1_CONTROLLERS.iter().position(|c| *c == ctrl).unwrap_or(0)].join(name),
+            }
+        };
+        if let Some(mem) = limits.memory {
+            match self.version {
+                Version::V2 => {
+                    write(&file("memory", "memory.max"), &mem.to_string())?;
+                    let _ = write(&file("memory", "memory.swap.max"), "0");
+                }
+                Version::V1 => write(&file("memory", "memory.limit_in_bytes"), &mem.to_string())?,
+            }
+        }
+        if let Some(cpus) = limits.cpus {
+            let quota = ((cpus * CPU_PERIOD_US as f64) as u64).max(1000);
+            match self.version {
+                Version::V2 => write(&file("cpu", "cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?,
+                Version::V1 => {
+                    write(&file("cpu", "cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(&file("cpu", "cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+            }
+        }
+        if let Some(pids) = limits.pids {
+            write(&file("pids", "pids.max"), &pids.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn add(&self, pid: i32) -> io::Result<()> {
+        for dir in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dirs.iter().any(|d| d.exists())
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for dir in &self.dirs {
+            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+                out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Kills every process still in the cgroup and removes it. Safe to call repeatedly.
+    pub fn destroy(&self) -> io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            if self.version == Version::V2 {
+                let _ = fs::write(self.dirs[0].join("cgroup.kill"), "1");
+            }
+            for pid in pids {
+                // SAFETY: SIGKILL to processes that the kernel says are in this sandbox's cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("processes in the sandbox's cgroup would not die"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for dir in &self.dirs {
+            let mut tries = 0;
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    // EBUSY while the last exited tasks are being released.
+                    Err(_) if tries < 200 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("removing cgroup {}: {e}", dir.display()))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Memory in use, bytes (for status and metrics).
+    pub fn memory_usage(&self) -> Option<u64> {
+        let (dir, name) = match self.version {
+            Version::V2 => (&self.dirs[0], "memory.current"),
+            Version::V1 => (&self.dirs[0], "memory.usage_in_bytes"),
+        };
+        fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+    }
+}

@@ -1,0 +1,330 @@
+//! The `orchestrator` command line: argument parsing (clap) and one function per command.
+//! Errors carry their context (file, line, field, sandbox) up to `main`, which prints them.
+
+mod interactive;
+mod output;
+mod serve;
+
+use crate::reconcile::{Change, Orchestrator, ReconcileError};
+use crate::spec::{self, Isolation, Kind, Manifest, Origin, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "orchestrator", version, about = "Run YAML-declared sandboxes, reconciled and isolated")]
+pub struct Cli {
+    /// Where state, images and sandboxes live.
+    #[arg(long, global = true, env = "ORCHESTRATOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum KindArg {
+    #[value(alias = "sandbox")]
+    Sandboxes,
+    #[value(alias = "volume")]
+    Volumes,
+    #[value(alias = "plugin")]
+    Plugins,
+    All,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, update and prune resources to match a YAML file or directory.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Show what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune this source's resources even when it declares none.
+        #[arg(long)]
+        prune_empty: bool,
+    },
+    /// Show what `apply` would do (exit 0: nothing, 1: changes).
+    Diff {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List resources.
+    Get {
+        kind: Option<KindArg>,
+        /// Only this name.
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show one sandbox in detail, with its recent events.
+    Describe { name: String },
+    /// Delete sandboxes (and other resources) by name, or everything a file or directory declares.
+    Delete {
+        names: Vec<String>,
+        #[arg(short = 'f', long = "filename", conflicts_with = "names")]
+        file: Option<PathBuf>,
+    },
+    /// Print the main process's output.
+    Logs {
+        name: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Run a command in a running sandbox.
+    Exec {
+        /// Keep stdin open and forward it.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(short = 'e', long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        name: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a command in a new sandbox and exit with its exit code.
+    Run {
+        /// Delete the sandbox when the command ends.
+        #[arg(long)]
+        rm: bool,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(short = 'e', long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        #[arg(long, default_value = "auto")]
+        isolation: String,
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        cpus: Option<f64>,
+        image: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop sandboxes (they stay stopped until `start`).
+    Stop { names: Vec<String> },
+    /// Start stopped or exited sandboxes.
+    Start { names: Vec<String> },
+    /// Attach to a sandbox's main process (Ctrl-P Ctrl-Q detaches).
+    Attach { name: String },
+    /// Watch a directory and keep sandboxes in line with it (GitOps).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds between full resyncs (restart policies, drift).
+        #[arg(long, default_value_t = 5)]
+        resync: u64,
+        #[arg(long)]
+        prune_empty: bool,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(crate::paths::default_data_dir);
+    let open = || Orchestrator::open(&data_dir).with_context(|| format!("data directory {}", data_dir.display()));
+    match cli.command {
+        Command::Apply { file, dry_run, prune_empty } => apply(&mut open()?, &file, dry_run, prune_empty),
+        Command::Diff { file } => diff(&open()?, &file),
+        Command::Get { kind, name, output } => output::get(&mut open()?, kind, name.as_deref(), output),
+        Command::Describe { name } => output::describe(&mut open()?, &name),
+        Command::Delete { names, file } => delete(&mut open()?, names, file),
+        Command::Logs { name, follow, tail } => output::logs(&open()?, &name, follow, tail),
+        Command::Exec { interactive, tty, env, workdir, user, timeout, name, command } => {
+            let orch = open()?;
+            let opts = interactive::ExecOptions { interactive, tty, env: parse_env(&env)?, workdir, user, timeout };
+            interactive::exec(&orch, &name, command, opts)
+        }
+        Command::Run { rm, name, interactive, tty, env, workdir, isolation, memory, cpus, image, command } => {
+            let mut spec = SandboxSpec::new(
+                spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
+            );
+            spec.command = Some(command);
+            spec.restart_policy = RestartPolicy::Never;
+            spec.tty = tty;
+            spec.env = parse_env(&env)?;
+            spec.workdir = workdir;
+            spec.cpus = cpus;
+            spec.memory = memory.map(|m| spec::quantity::parse_bytes(&m)).transpose().map_err(|e| anyhow!("--memory: {e}"))?;
+            spec.isolation = match isolation.as_str() {
+                "auto" => Isolation::Auto,
+                "namespace" => Isolation::Namespace,
+                "microvm" => Isolation::Microvm,
+                other => bail!("--isolation {other:?}: use auto, namespace or microvm"),
+            };
+            interactive::run(&mut open()?, name, spec, interactive, rm)
+        }
+        Command::Stop { names } => each(&mut open()?, &names, "stopped", |o, n| o.stop(n)),
+        Command::Start { names } => each(&mut open()?, &names, "started", |o, n| o.start(n)),
+        Command::Attach { name } => interactive::attach(&open()?, &name),
+        Command::Serve { config, resync, prune_empty } => serve::serve(&mut open()?, &config, resync, prune_empty),
+    }
+}
+
+fn spec_image(image: &str) -> std::result::Result<String, (String, String)> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    spec::normalise_image(image, &cwd)
+}
+
+fn parse_env(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(anyhow!("-e {p:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+/// The identity of a source: its canonical path.
+pub fn source_id(path: &Path) -> Result<String> {
+    let canon = std::fs::canonicalize(path).with_context(|| format!("{}: no such file or directory", path.display()))?;
+    Ok(canon.to_string_lossy().into_owned())
+}
+
+/// Loads a source; on errors prints every one, records them, and fails.
+fn load(orch: Option<&mut Orchestrator>, path: &Path) -> Result<Vec<Manifest>> {
+    match spec::load_source(path) {
+        Ok(m) => Ok(m),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            let summary = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+            if let (Some(orch), Ok(source)) = (orch, source_id(path)) {
+                let _lock = orch.lock()?;
+                orch.record_source_error(&source, &summary)?;
+            }
+            bail!("{} error(s) in {}; nothing was changed", errors.len(), path.display())
+        }
+    }
+}
+
+fn print_plan(plan: &crate::reconcile::Plan) {
+    for item in &plan.items {
+        let sign = match item.change {
+            Change::Create => "+",
+            Change::Update => "~",
+            Change::Delete => "-",
+            Change::Unchanged => "=",
+        };
+        println!("{sign} {}/{} ({:?}, {})", item.kind, item.name, item.change, item.origin);
+    }
+    for kept in &plan.prune_skipped {
+        println!("! {kept} kept: the source declares nothing (use --prune-empty to remove)");
+    }
+}
+
+fn adopt(orch: &mut Orchestrator) -> Result<()> {
+    for line in orch.adopt_all()? {
+        eprintln!("note: {line}");
+    }
+    Ok(())
+}
+
+fn apply(orch: &mut Orchestrator, file: &Path, dry_run: bool, prune_empty: bool) -> Result<i32> {
+    let manifests = load(if dry_run { None } else { Some(orch) }, file)?;
+    let source = source_id(file)?;
+    if dry_run {
+        let plan = orch.plan(&source, &manifests, prune_empty)?;
+        print_plan(&plan);
+        for c in &plan.conflicts {
+            eprintln!("error: {c}");
+        }
+        return Ok(if plan.conflicts.is_empty() { 0 } else { 1 });
+    }
+    let _lock = orch.lock()?;
+    adopt(orch)?;
+    let (plan, lines, errors) = orch.apply(&source, &manifests, prune_empty)?;
+    for item in plan.items.iter().filter(|i| i.kind != Kind::Sandbox && i.change != Change::Unchanged) {
+        println!("{}/{} {}", item.kind.as_str().to_lowercase(), item.name, format!("{:?}", item.change).to_lowercase());
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    for kept in &plan.prune_skipped {
+        eprintln!("warning: {kept} kept: {} declares nothing (use --prune-empty to remove)", file.display());
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+fn diff(orch: &Orchestrator, file: &Path) -> Result<i32> {
+    let manifests = match spec::load_source(file) {
+        Ok(m) => m,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(2);
+        }
+    };
+    let plan = orch.plan(&source_id(file)?, &manifests, false)?;
+    print_plan(&plan);
+    for c in &plan.conflicts {
+        eprintln!("error: {c}");
+    }
+    Ok(if plan.has_changes() || !plan.conflicts.is_empty() { 1 } else { 0 })
+}
+
+fn delete(orch: &mut Orchestrator, names: Vec<String>, file: Option<PathBuf>) -> Result<i32> {
+    let names = match file {
+        Some(f) => load(None, &f)?.into_iter().map(|m| m.resource.name).collect(),
+        None if names.is_empty() => bail!("name what to delete, or pass -f FILE|DIR"),
+        None => names,
+    };
+    each(orch, &names, "deleted", |o, n| o.delete(n))
+}
+
+fn each(orch: &mut Orchestrator, names: &[String], done: &str, f: impl Fn(&mut Orchestrator, &str) -> std::result::Result<(), ReconcileError>) -> Result<i32> {
+    if names.is_empty() {
+        bail!("name at least one sandbox");
+    }
+    let _lock = orch.lock()?;
+    adopt(orch)?;
+    let mut code = 0;
+    for n in names {
+        match f(orch, n) {
+            Ok(()) => println!("{n} {done}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// A one-off sandbox resource (for `run`), owned by the `cli` source.
+pub fn cli_resource(name: &str, spec: SandboxSpec) -> Manifest {
+    Manifest {
+        resource: Resource { name: name.into(), labels: Default::default(), spec: ResourceSpec::Sandbox(spec) },
+        origin: Origin { file: PathBuf::from("orchestrator run"), line: 0 },
+    }
+}

@@ -1,0 +1,219 @@
+//! Read-only commands: `get` (table, JSON, YAML), `describe` and `logs`.
+
+use super::{Format, KindArg};
+use crate::paths::shim_alive;
+use crate::reconcile::Orchestrator;
+use crate::spec::quantity::format_bytes;
+use crate::spec::{Kind, ResourceSpec};
+use crate::store::{SandboxRow, StoredResource};
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+/// Current sandbox rows: refreshed and stored when the reconcile lock is free, else observed
+/// without writing (an apply is running; it owns the writes).
+fn sandbox_rows(orch: &mut Orchestrator) -> Result<Vec<SandboxRow>> {
+    let rows = orch.store.sandboxes()?;
+    match orch.try_lock() {
+        Some(_lock) => rows.iter().map(|r| orch.refresh(r).map_err(Into::into)).collect(),
+        None => Ok(rows.iter().map(|r| orch.observe(r)).collect()),
+    }
+}
+
+fn object(r: &StoredResource, row: Option<&SandboxRow>) -> Value {
+    let (status, isolation, image) = match &r.resource.spec {
+        ResourceSpec::Sandbox(s) => (
+            row.map(|x| x.status.as_str()).unwrap_or("Pending"),
+            row.map(|x| x.isolation.clone()).unwrap_or_else(|| s.isolation.as_str().to_string()),
+            s.image.clone(),
+        ),
+        _ => ("Pending", String::new(), String::new()),
+    };
+    let mut o = json!({
+        "name": r.resource.name,
+        "kind": r.resource.kind().as_str(),
+        "status": status,
+        "isolation": isolation,
+        "image": image,
+        "source": r.source,
+        "origin": r.origin,
+        "createdAt": r.created_at,
+        "labels": r.resource.labels,
+    });
+    if let Some(row) = row {
+        o["instance"] = json!(row.instance);
+        o["restarts"] = json!(row.restarts);
+        o["exitCode"] = json!(row.exit_code);
+        o["message"] = json!(row.message);
+        o["startedAt"] = json!(row.started_at);
+        o["finishedAt"] = json!(row.finished_at);
+    }
+    o
+}
+
+pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, format: Format) -> Result<i32> {
+    let kind = match kind.unwrap_or(KindArg::Sandboxes) {
+        KindArg::Sandboxes => Some(Kind::Sandbox),
+        KindArg::Volumes => Some(Kind::Volume),
+        KindArg::Plugins => Some(Kind::Plugin),
+        KindArg::All => None,
+    };
+    let rows = sandbox_rows(orch)?;
+    let resources = orch.store.resources(kind)?;
+    let objects: Vec<Value> = resources
+        .iter()
+        .filter(|r| name.is_none_or(|n| r.resource.name == n))
+        .map(|r| {
+            let row = (r.resource.kind() == Kind::Sandbox).then(|| rows.iter().find(|x| x.name == r.resource.name)).flatten();
+            object(r, row)
+        })
+        .collect();
+    if let (Some(n), true) = (name, objects.is_empty()) {
+        bail!("no resource named {n:?}");
+    }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&objects)?),
+        Format::Yaml => print!("{}", to_yaml(&Value::Array(objects))),
+        Format::Table => {
+            let mut lines = vec![["NAME", "KIND", "STATUS", "ISOLATION", "IMAGE", "SOURCE", "CREATED"].map(String::from).to_vec()];
+            for o in &objects {
+                let s = |k: &str| o[k].as_str().unwrap_or("").to_string();
+                lines.push(vec![s("name"), s("kind"), s("status"), s("isolation"), s("image"), s("source"), s("createdAt")]);
+            }
+            print_table(&lines);
+        }
+    }
+    Ok(0)
+}
+
+fn print_table(lines: &[Vec<String>]) {
+    let cols = lines.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..cols).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        let cells: Vec<String> = l.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+}
+
+/// JSON to YAML for `-o yaml` (the same document `-o json` prints).
+fn to_yaml(v: &Value) -> String {
+    fn conv(v: &Value) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match v {
+            Value::Null => Yaml::Null,
+            Value::Bool(b) => Yaml::Boolean(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Integer(i),
+                None => Yaml::Real(n.to_string()),
+            },
+            Value::String(s) => Yaml::String(s.clone()),
+            Value::Array(a) => Yaml::Array(a.iter().map(conv).collect()),
+            Value::Object(o) => Yaml::Hash(o.iter().map(|(k, v)| (Yaml::String(k.clone()), conv(v))).collect()),
+        }
+    }
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    let _ = emitter.dump(&conv(v));
+    out.push('\n');
+    out
+}
+
+pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
+    let Some(res) = orch.store.resource(Kind::Sandbox, name)? else {
+        bail!("no sandbox named {name:?} (see `orchestrator get`)");
+    };
+    let row = match orch.store.sandbox(name)? {
+        Some(r) => Some(match orch.try_lock() {
+            Some(_l) => orch.refresh(&r)?,
+            None => orch.observe(&r),
+        }),
+        None => None,
+    };
+    let ResourceSpec::Sandbox(spec) = &res.resource.spec else { bail!("{name} is not a sandbox") };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Name:          {name}")?;
+    writeln!(out, "Source:        {} ({})", res.source, res.origin)?;
+    writeln!(out, "Created:       {}", res.created_at)?;
+    writeln!(out, "Image:         {}", spec.image)?;
+    writeln!(out, "Command:       {}", spec.command.as_ref().map(|c| c.join(" ")).unwrap_or_else(|| "(none: the agent waits for exec)".into()))?;
+    writeln!(out, "Restart:       {:?}", spec.restart_policy)?;
+    writeln!(
+        out,
+        "Resources:     cpus={} memory={} pids={}",
+        spec.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        spec.memory.map(format_bytes).unwrap_or_else(|| "-".into()),
+        spec.limits.pids.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+    )?;
+    if !res.resource.labels.is_empty() {
+        let labels: Vec<String> = res.resource.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "Labels:        {}", labels.join(", "))?;
+    }
+    match &row {
+        Some(r) => {
+            writeln!(out, "Status:        {}", r.status.as_str())?;
+            writeln!(out, "Isolation:     {}", r.isolation)?;
+            writeln!(out, "Instance:      {} (shim pid {})", r.instance, r.shim_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()))?;
+            writeln!(out, "Started:       {}", r.started_at.as_deref().unwrap_or("-"))?;
+            if let Some(f) = &r.finished_at {
+                writeln!(out, "Finished:      {f}")?;
+            }
+            writeln!(out, "Restarts:      {}", r.restarts)?;
+            if let Some(c) = r.exit_code {
+                writeln!(out, "Last exit:     {c}")?;
+            }
+            if let Some(m) = &r.message {
+                writeln!(out, "Message:       {m}")?;
+            }
+        }
+        None => writeln!(out, "Status:        Pending (no instance yet)")?,
+    }
+    writeln!(out, "Events:")?;
+    for e in orch.store.events(Some(&format!("Sandbox/{name}")), 15)? {
+        writeln!(out, "  {}  {:<14} {}", e.at, e.reason, e.message)?;
+    }
+    Ok(0)
+}
+
+pub fn logs(orch: &Orchestrator, name: &str, follow: bool, tail: Option<usize>) -> Result<i32> {
+    let Some(row) = orch.store.sandbox(name)? else { bail!("no sandbox named {name:?}") };
+    let dir = orch.instance_dir(&row);
+    let path = dir.main_log();
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(_) if !follow => return Ok(0),
+        Err(e) => bail!("{}: {e}", path.display()),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let start = match tail {
+        Some(n) => {
+            let body = data.strip_suffix(b"\n").unwrap_or(&data);
+            let mut newlines = body.iter().enumerate().rev().filter(|(_, b)| **b == b'\n').map(|(i, _)| i);
+            if n == 0 { data.len() } else { newlines.nth(n - 1).map(|i| i + 1).unwrap_or(0) }
+        }
+        None => 0,
+    };
+    out.write_all(&data[start..])?;
+    out.flush()?;
+    if !follow {
+        return Ok(0);
+    }
+    let mut pos = data.len() as u64;
+    loop {
+        let alive = shim_alive(&dir);
+        file.seek(SeekFrom::Start(pos))?;
+        let mut chunk = Vec::new();
+        file.read_to_end(&mut chunk)?;
+        if !chunk.is_empty() {
+            pos += chunk.len() as u64;
+            out.write_all(&chunk)?;
+            out.flush()?;
+        } else if !alive {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

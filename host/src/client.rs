@@ -1,0 +1,232 @@
+//! A client of one sandbox's shim socket: handshake, exec with streamed output, the file API,
+//! status, attach and stop. Blocking; one request in flight per call, except `exec_streaming`,
+//! which lets a second thread feed stdin through a `Sender`.
+
+use guest_agent::protocol::{
+    self, DirEntry, ErrorCode, ExecRequest, ExitStatus, FileStat, Frame, Request, Response, ShimStatus,
+    CHUNK_LEN, PROTOCOL_VERSION,
+};
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the sandbox's shim at {path}: {source}")]
+    Connect { path: String, source: std::io::Error },
+    #[error("connection to the sandbox lost: {0}")]
+    Frame(#[from] protocol::FrameError),
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Sends frames for one request from any thread (stdin, resize, signals).
+#[derive(Clone)]
+pub struct Sender {
+    stream: Arc<Mutex<UnixStream>>,
+    id: u64,
+}
+
+impl Sender {
+    pub fn send(&self, body: Request) -> bool {
+        let Ok(buf) = protocol::encode(&Frame { id: self.id, body }) else { return false };
+        self.stream.lock().unwrap_or_else(|e| e.into_inner()).write_all(&buf).is_ok()
+    }
+}
+
+pub struct ShimClient {
+    reader: BufReader<UnixStream>,
+    writer: Arc<Mutex<UnixStream>>,
+    next_id: u64,
+}
+
+/// Where streamed output goes.
+pub enum Output<'a> {
+    Stdout(&'a [u8]),
+    Stderr(&'a [u8]),
+}
+
+fn remote(r: Response) -> ClientError {
+    match r {
+        Response::Error { code, message } => ClientError::Remote { code, message },
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}
+
+impl ShimClient {
+    pub fn connect(socket: &Path) -> Result<ShimClient> {
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| ClientError::Connect { path: socket.display().to_string(), source: e })?;
+        let writer = stream.try_clone().map_err(|e| ClientError::Connect { path: socket.display().to_string(), source: e })?;
+        let mut c = ShimClient { reader: BufReader::with_capacity(CHUNK_LEN + 64, stream), writer: Arc::new(Mutex::new(writer)), next_id: 1 };
+        match c.call(Request::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() })? {
+            Response::Hello { .. } => Ok(c),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Sends a request and returns its id.
+    pub fn start(&mut self, body: Request) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let buf = protocol::encode(&Frame { id, body })?;
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).write_all(&buf).map_err(protocol::FrameError::Io)?;
+        Ok(id)
+    }
+
+    pub fn sender(&self, id: u64) -> Sender {
+        Sender { stream: self.writer.clone(), id }
+    }
+
+    pub fn recv(&mut self) -> Result<Frame<Response>> {
+        Ok(protocol::read_frame(&mut self.reader)?)
+    }
+
+    /// Next response for `id` (responses of other ids are dropped: one request at a time).
+    fn recv_for(&mut self, id: u64) -> Result<Response> {
+        loop {
+            let f = self.recv()?;
+            if f.id == id {
+                return Ok(f.body);
+            }
+        }
+    }
+
+    pub fn call(&mut self, body: Request) -> Result<Response> {
+        let id = self.start(body)?;
+        self.recv_for(id)
+    }
+
+    fn expect_done(&mut self, body: Request) -> Result<()> {
+        match self.call(body)? {
+            Response::Done => Ok(()),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Runs a command, passing output to `on_output` as it arrives; `on_start` gets a sender for
+    /// stdin / resize / signals once the process runs. Returns its exit status.
+    pub fn exec_streaming(
+        &mut self,
+        req: ExecRequest,
+        on_start: impl FnOnce(Sender),
+        mut on_output: impl FnMut(Output<'_>),
+    ) -> Result<ExitStatus> {
+        let id = self.start(Request::Exec(Box::new(req)))?;
+        let mut on_start = Some(on_start);
+        loop {
+            match self.recv_for(id)? {
+                Response::Started { .. } => {
+                    if let Some(f) = on_start.take() {
+                        f(self.sender(id));
+                    }
+                }
+                Response::Stdout { data } => on_output(Output::Stdout(&data)),
+                Response::Stderr { data } => on_output(Output::Stderr(&data)),
+                Response::Exited(st) => return Ok(st),
+                other => return Err(remote(other)),
+            }
+        }
+    }
+
+    /// Runs a command to completion and collects its output.
+    pub fn exec(&mut self, req: ExecRequest) -> Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let st = self.exec_streaming(req, |_| {}, |o| match o {
+            Output::Stdout(d) => out.extend_from_slice(d),
+            Output::Stderr(d) => err.extend_from_slice(d),
+        })?;
+        Ok((st, out, err))
+    }
+
+    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {
+        let id = self.start(Request::ReadFile { path: path.into(), offset: 0, len: None })?;
+        let mut out = Vec::new();
+        loop {
+            match self.recv_for(id)? {
+                Response::Data { data, eof } => {
+                    out.extend_from_slice(&data);
+                    if eof {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(remote(other)),
+            }
+        }
+    }
+
+    /// Writes a whole file in chunks (the first truncates).
+    pub fn write_file(&mut self, path: &str, data: &[u8], mode: Option<u32>) -> Result<()> {
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + CHUNK_LEN).min(data.len());
+            self.expect_done(Request::WriteFile {
+                path: path.into(),
+                offset: offset as u64,
+                data: data[offset..end].to_vec(),
+                truncate: offset == 0,
+                mode,
+            })?;
+            offset = end;
+            if offset >= data.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>> {
+        let id = self.start(Request::ListDir { path: path.into() })?;
+        let mut out = Vec::new();
+        loop {
+            match self.recv_for(id)? {
+                Response::Entries(mut e) => out.append(&mut e),
+                Response::Done => return Ok(out),
+                other => return Err(remote(other)),
+            }
+        }
+    }
+
+    pub fn stat(&mut self, path: &str) -> Result<FileStat> {
+        match self.call(Request::Stat { path: path.into(), follow_symlinks: false })? {
+            Response::Stat(s) => Ok(s),
+            other => Err(remote(other)),
+        }
+    }
+
+    pub fn mkdir(&mut self, path: &str, parents: bool) -> Result<()> {
+        self.expect_done(Request::Mkdir { path: path.into(), parents, mode: None })
+    }
+
+    pub fn remove(&mut self, path: &str, recursive: bool) -> Result<()> {
+        self.expect_done(Request::Remove { path: path.into(), recursive })
+    }
+
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        self.expect_done(Request::Rename { from: from.into(), to: to.into() })
+    }
+
+    pub fn status(&mut self) -> Result<ShimStatus> {
+        match self.call(Request::Status)? {
+            Response::Status(s) => Ok(s),
+            other => Err(remote(other)),
+        }
+    }
+
+    pub fn stop(&mut self, grace_ms: u64) -> Result<()> {
+        self.expect_done(Request::Stop { grace_ms })
+    }
+
+    /// Attaches to the main process: returns the request id; read frames with `recv`.
+    pub fn attach(&mut self) -> Result<u64> {
+        let id = self.start(Request::Attach)?;
+        match self.recv_for(id)? {
+            Response::Ready => Ok(id),
+            other => Err(remote(other)),
+        }
+    }
+}

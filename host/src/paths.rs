@@ -1,0 +1,132 @@
+//! The data directory: where everything the orchestrator writes lives, and the names of the
+//! files inside a sandbox instance's directory (shared by the host side and the shim).
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// `/var/lib/orchestrator` as root, else `$XDG_DATA_HOME/orchestrator` (or ~/.local/share).
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/orchestrator");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("orchestrator");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/share/orchestrator")
+}
+
+impl DataDir {
+    pub fn open(root: &Path) -> std::io::Result<DataDir> {
+        std::fs::create_dir_all(root.join("sandboxes"))?;
+        let root = std::fs::canonicalize(root)?;
+        Ok(DataDir { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.root.join("state.db")
+    }
+
+    /// Held by whoever reconciles, so one object is never reconciled twice at once.
+    pub fn reconcile_lock(&self) -> PathBuf {
+        self.root.join("reconcile.lock")
+    }
+
+    pub fn instance(&self, instance: &str) -> InstanceDir {
+        InstanceDir(self.root.join("sandboxes").join(instance))
+    }
+}
+
+/// One sandbox instance's directory: its writable layer, logs, shim socket and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceDir(pub PathBuf);
+
+impl InstanceDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("shim.lock")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.0.join("shim.sock")
+    }
+    pub fn main_log(&self) -> PathBuf {
+        self.0.join("main.log")
+    }
+    pub fn shim_log(&self) -> PathBuf {
+        self.0.join("shim.log")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.0.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.0.join("work")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.0.join("rootfs")
+    }
+}
+
+/// Writes a file so that readers see the old or the new content, never a torn one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// An exclusive advisory lock held for the life of the returned file.
+pub fn try_lock(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}
+
+/// Blocks until the lock is ours.
+pub fn lock(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    loop {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(file);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Whether a shim holds the instance's lock (i.e. is alive), immune to pid reuse.
+pub fn shim_alive(dir: &InstanceDir) -> bool {
+    if !dir.lock().exists() {
+        return false;
+    }
+    matches!(try_lock(&dir.lock()), Ok(None))
+}

@@ -1,0 +1,454 @@
+//! Reconciliation: makes observed sandboxes match the desired resources.
+//!
+//! Invariants:
+//! - Whoever changes desired or observed state holds the data directory's reconcile lock, so an
+//!   object is never reconciled twice at once (a CLI `apply` and a running `serve` take turns).
+//! - Desired state is committed in one transaction before any sandbox is touched; an instance is
+//!   recorded (status Pending) before its shim starts. A process killed at any point leaves a
+//!   state that the next reconcile completes, and never two instances for one name.
+//! - A source only prunes resources it created; an empty desired set prunes nothing unless asked.
+//! - Converging is idempotent: a running sandbox whose spec is unchanged is left alone.
+
+use crate::paths::{shim_alive, DataDir, InstanceDir};
+use crate::runtime::{self, StartRequest};
+use crate::shim::read_state;
+use crate::spec::{Kind, Manifest, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
+use crate::store::{now, SandboxRow, Status, Store, StoreError};
+use guest_agent::protocol::SandboxState;
+use serde::Serialize;
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+/// Grace period between SIGTERM and SIGKILL when a sandbox is stopped or replaced.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("opening the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("sandbox {name:?}: {message}")]
+    Sandbox { name: String, message: String },
+    #[error("no sandbox named {0:?}")]
+    NotFound(String),
+}
+
+pub type Result<T> = std::result::Result<T, ReconcileError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Change {
+    Create,
+    Update,
+    Delete,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanItem {
+    pub kind: Kind,
+    pub name: String,
+    pub change: Change,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    pub items: Vec<PlanItem>,
+    pub conflicts: Vec<String>,
+    /// The desired set was empty and pruning was not asked for: these were kept.
+    pub prune_skipped: Vec<String>,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.items.iter().any(|i| i.change != Change::Unchanged)
+    }
+}
+
+/// What converging one sandbox did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Nothing,
+    Created,
+    Recreated,
+    Restarted,
+    Removed,
+}
+
+pub struct Orchestrator {
+    pub data: DataDir,
+    pub store: Store,
+}
+
+/// Random hex for instance ids.
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn object(name: &str) -> String {
+    format!("Sandbox/{name}")
+}
+
+fn sandbox_spec(r: &Resource) -> Option<&SandboxSpec> {
+    match &r.spec {
+        ResourceSpec::Sandbox(s) => Some(s),
+        _ => None,
+    }
+}
+
+impl Orchestrator {
+    pub fn open(root: &Path) -> Result<Orchestrator> {
+        let data = DataDir::open(root).map_err(|e| ReconcileError::DataDir { path: root.display().to_string(), source: e })?;
+        let store = Store::open(&data.db())?;
+        Ok(Orchestrator { data, store })
+    }
+
+    /// Takes the reconcile lock (blocking) for the life of the returned file.
+    pub fn lock(&self) -> Result<File> {
+        crate::paths::lock(&self.data.reconcile_lock())
+            .map_err(|e| ReconcileError::DataDir { path: self.data.reconcile_lock().display().to_string(), source: e })
+    }
+
+    pub fn try_lock(&self) -> Option<File> {
+        crate::paths::try_lock(&self.data.reconcile_lock()).ok().flatten()
+    }
+
+    pub fn instance_dir(&self, row: &SandboxRow) -> InstanceDir {
+        self.data.instance(&row.instance)
+    }
+
+    pub fn plan(&self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<Plan> {
+        let existing = self.store.resources(None)?;
+        let mut plan = Plan::default();
+        for m in manifests {
+            let r = &m.resource;
+            let change = match existing.iter().find(|e| e.resource.kind() == r.kind() && e.resource.name == r.name) {
+                None => Change::Create,
+                Some(e) if e.source != source => {
+                    plan.conflicts.push(format!(
+                        "{}/{} ({}) is already managed by {}; delete it there first or rename it",
+                        r.kind(), r.name, m.origin, e.source
+                    ));
+                    continue;
+                }
+                Some(e) if e.resource != *r => Change::Update,
+                Some(_) => Change::Unchanged,
+            };
+            plan.items.push(PlanItem { kind: r.kind(), name: r.name.clone(), change, origin: m.origin.to_string() });
+        }
+        let pruned: Vec<PlanItem> = existing
+            .iter()
+            .filter(|e| e.source == source)
+            .filter(|e| !manifests.iter().any(|m| m.resource.kind() == e.resource.kind() && m.resource.name == e.resource.name))
+            .map(|e| PlanItem { kind: e.resource.kind(), name: e.resource.name.clone(), change: Change::Delete, origin: e.origin.clone() })
+            .collect();
+        if manifests.is_empty() && !prune_empty {
+            plan.prune_skipped = pruned.iter().map(|p| format!("{}/{}", p.kind, p.name)).collect();
+        } else {
+            plan.items.extend(pruned);
+        }
+        Ok(plan)
+    }
+
+    /// Applies a validated source: commits its desired state, then converges its sandboxes.
+    /// Returns the plan and one line per sandbox action; sandbox failures are reported in the
+    /// lines and as errors, but do not undo the desired state (the next reconcile retries).
+    pub fn apply(&mut self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<(Plan, Vec<String>, Vec<ReconcileError>)> {
+        let plan = self.plan(source, manifests, prune_empty)?;
+        if !plan.conflicts.is_empty() {
+            return Err(ReconcileError::Conflict(plan.conflicts.join("\n")));
+        }
+        let tx = self.store.transaction()?;
+        for m in manifests {
+            Store::upsert_resource(&tx, &m.resource, source, &m.origin.to_string())?;
+        }
+        for item in plan.items.iter().filter(|i| i.change == Change::Delete) {
+            Store::delete_resource(&tx, item.kind, &item.name)?;
+        }
+        Store::record_source(&tx, source, None)?;
+        tx.commit()?;
+        for item in &plan.items {
+            if item.change != Change::Unchanged {
+                let verb = match item.change {
+                    Change::Create => "Created",
+                    Change::Update => "Updated",
+                    _ => "Deleted",
+                };
+                self.store.event(&format!("{}/{}", item.kind, item.name), verb, &format!("desired state from {}", item.origin))?;
+            }
+        }
+        let mut names: Vec<String> =
+            plan.items.iter().filter(|i| i.kind == Kind::Sandbox).map(|i| i.name.clone()).collect();
+        names.dedup();
+        let (mut lines, mut errors) = (Vec::new(), Vec::new());
+        for name in names {
+            match self.converge(&name) {
+                Ok(Outcome::Nothing) => lines.push(format!("sandbox/{name} unchanged")),
+                Ok(o) => lines.push(format!("sandbox/{name} {}", format!("{o:?}").to_lowercase())),
+                Err(e) => {
+                    lines.push(format!("sandbox/{name} failed: {e}"));
+                    errors.push(e);
+                }
+            }
+        }
+        Ok((plan, lines, errors))
+    }
+
+    /// Records that a source could not be read; nothing it declared is touched.
+    pub fn record_source_error(&mut self, source: &str, message: &str) -> Result<()> {
+        let tx = self.store.transaction()?;
+        Store::record_source(&tx, source, Some(message))?;
+        tx.commit()?;
+        self.store.event(&format!("source:{source}"), "InvalidSource", message)?;
+        Ok(())
+    }
+
+    /// What the instance's shim reports, without writing anything.
+    pub fn observe(&self, row: &SandboxRow) -> SandboxRow {
+        let dir = self.instance_dir(row);
+        let alive = shim_alive(&dir);
+        let state = read_state(&dir);
+        let mut next = row.clone();
+        if let Some(st) = &state {
+            next.restarts = i64::from(st.restarts);
+            next.exit_code = st.last_exit.map(|e| i64::from(e.shell_code()));
+            next.shim_pid = Some(i64::from(st.shim_pid));
+        }
+        next.status = match (alive, state.as_ref().map(|s| s.state)) {
+            (true, Some(SandboxState::Starting)) | (true, None) => Status::Pending,
+            (true, Some(_)) => Status::Running,
+            (false, Some(SandboxState::Exited)) => Status::Exited,
+            (false, Some(SandboxState::Stopped)) => Status::Stopped,
+            (false, Some(SandboxState::Failed)) => Status::Failed,
+            (false, Some(_)) => Status::Failed,
+            (false, None) if row.status == Status::Pending => Status::Pending,
+            (false, None) => Status::Failed,
+        };
+        if next.status != Status::Running && next.status != Status::Pending {
+            next.message = state.as_ref().and_then(|s| s.message.clone());
+            if !alive && matches!(state.as_ref().map(|s| s.state), Some(SandboxState::Running | SandboxState::Starting)) {
+                next.message = Some("the sandbox's shim died; sandbox cleaned up".into());
+            }
+        } else {
+            next.message = None;
+        }
+        next
+    }
+
+    /// Observes a sandbox, stores any change with an event, and cleans up after a dead shim.
+    pub fn refresh(&mut self, row: &SandboxRow) -> Result<SandboxRow> {
+        let mut next = self.observe(row);
+        if next.status == row.status && next.restarts == row.restarts && next.exit_code == row.exit_code {
+            return Ok(next);
+        }
+        let ended = matches!(next.status, Status::Exited | Status::Stopped | Status::Failed);
+        if ended {
+            runtime::cleanup_instance(&row.instance, &self.instance_dir(row));
+            if next.finished_at.is_none() || row.status == Status::Running {
+                next.finished_at = Some(now());
+            }
+        }
+        self.store.update_sandbox(&next)?;
+        if next.status != row.status {
+            let why = next.message.clone().unwrap_or_default();
+            self.store.event(&object(&row.name), next.status.as_str(), &why)?;
+        }
+        Ok(next)
+    }
+
+    /// Adopts live shims and reports dead ones; returns a line for each sandbox that died.
+    pub fn adopt_all(&mut self) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for row in self.store.sandboxes()? {
+            let next = self.refresh(&row)?;
+            if row.status == Status::Running && next.status != Status::Running {
+                lines.push(format!(
+                    "sandbox {} is {}: {}",
+                    row.name,
+                    next.status.as_str(),
+                    next.message.as_deref().unwrap_or("its process ended")
+                ));
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Makes one sandbox match its desired resource.
+    pub fn converge(&mut self, name: &str) -> Result<Outcome> {
+        let desired = self.store.resource(Kind::Sandbox, name)?;
+        let row = self.store.sandbox(name)?;
+        let (desired, row) = match (desired, row) {
+            (None, None) => return Ok(Outcome::Nothing),
+            (None, Some(row)) => {
+                self.remove_instance(&row)?;
+                return Ok(Outcome::Removed);
+            }
+            (Some(d), None) => {
+                self.create_instance(&d.resource, false, false)?;
+                return Ok(Outcome::Created);
+            }
+            (Some(d), Some(row)) => (d.resource, row),
+        };
+        let row = self.refresh(&row)?;
+        if row.spec != desired.canonical_json() {
+            self.remove_instance(&row)?;
+            self.create_instance(&desired, false, false)?;
+            return Ok(Outcome::Recreated);
+        }
+        let policy = sandbox_spec(&desired).map(|s| s.restart_policy).unwrap_or(RestartPolicy::Never);
+        let restart = match row.status {
+            Status::Running | Status::Exited => false,
+            Status::Pending => true,
+            Status::Stopped => !row.user_stopped && policy.restarts(false),
+            Status::Failed => !row.user_stopped && policy.restarts(true),
+        };
+        if !restart {
+            return Ok(Outcome::Nothing);
+        }
+        self.start_instance(row, &desired, false, false)?;
+        Ok(Outcome::Restarted)
+    }
+
+    /// Restarts every sandbox that died, as its restart policy says (serve's periodic resync).
+    pub fn heal_all(&mut self) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for row in self.store.sandboxes()? {
+            match self.converge(&row.name) {
+                Ok(Outcome::Nothing) => {}
+                Ok(o) => lines.push(format!("sandbox/{} {}", row.name, format!("{o:?}").to_lowercase())),
+                Err(e) => lines.push(format!("sandbox/{} failed: {e}", row.name)),
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Records a new instance (Pending) and starts it.
+    pub fn create_instance(&mut self, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
+        let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
+        let isolation = runtime::for_isolation(spec.isolation).isolation();
+        let row = SandboxRow {
+            name: res.name.clone(),
+            instance: format!("{}-{}", res.name, random_hex(4)),
+            spec: res.canonical_json(),
+            status: Status::Pending,
+            isolation: isolation.as_str().into(),
+            shim_pid: None,
+            exit_code: None,
+            restarts: 0,
+            message: None,
+            user_stopped: false,
+            created_at: now(),
+            started_at: None,
+            finished_at: None,
+        };
+        self.store.insert_sandbox(&row)?;
+        self.start_instance(row, res, wait_for_attach, main_stdin)
+    }
+
+    fn start_instance(&mut self, mut row: SandboxRow, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
+        let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
+        let dir = self.instance_dir(&row);
+        let rt = runtime::for_isolation(spec.isolation);
+        let result = rt.start(&StartRequest { name: &row.name, instance: &row.instance, dir: &dir, spec, wait_for_attach, main_stdin });
+        match result {
+            Ok(()) => {
+                row.status = Status::Running;
+                row.user_stopped = false;
+                row.started_at = Some(now());
+                row.finished_at = None;
+                row.message = None;
+                row.exit_code = None;
+                row.shim_pid = read_state(&dir).map(|s| i64::from(s.shim_pid));
+                self.store.update_sandbox(&row)?;
+                self.store.event(&object(&row.name), "Started", &format!("instance {} ({})", row.instance, rt.isolation().as_str()))?;
+                Ok(row)
+            }
+            Err(e) => {
+                row.status = Status::Failed;
+                row.message = Some(e.to_string());
+                row.finished_at = Some(now());
+                self.store.update_sandbox(&row)?;
+                self.store.event(&object(&row.name), "FailedToStart", &e.to_string())?;
+                Err(ReconcileError::Sandbox { name: row.name, message: e.to_string() })
+            }
+        }
+    }
+
+    /// Stops an instance and removes everything it had: processes, cgroups, files, its row.
+    pub fn remove_instance(&mut self, row: &SandboxRow) -> Result<()> {
+        let dir = self.instance_dir(row);
+        runtime::stop_instance(&row.instance, &dir, STOP_GRACE);
+        if let Err(e) = std::fs::remove_dir_all(dir.path()) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(ReconcileError::Sandbox { name: row.name.clone(), message: format!("removing {}: {e}", dir.path().display()) });
+            }
+        }
+        self.store.delete_sandbox(&row.name)?;
+        self.store.event(&object(&row.name), "Removed", &format!("instance {}", row.instance))?;
+        Ok(())
+    }
+
+    /// Deletes a sandbox (or volume, plugin) by name, whatever source declared it.
+    pub fn delete(&mut self, name: &str) -> Result<()> {
+        let mut found = false;
+        if let Some(row) = self.store.sandbox(name)? {
+            self.remove_instance(&row)?;
+            found = true;
+        }
+        let tx = self.store.transaction()?;
+        for kind in Kind::ALL {
+            found |= tx.execute("DELETE FROM resources WHERE kind = ?1 AND name = ?2", rusqlite::params![kind.as_str(), name])
+                .map_err(StoreError::from)?
+                > 0;
+        }
+        tx.commit()?;
+        if !found {
+            return Err(ReconcileError::NotFound(name.into()));
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self, name: &str) -> Result<()> {
+        let row = self.store.sandbox(name)?.ok_or_else(|| ReconcileError::NotFound(name.into()))?;
+        runtime::stop_instance(&row.instance, &self.instance_dir(&row), STOP_GRACE);
+        let mut next = self.refresh(&row)?;
+        next.user_stopped = true;
+        if next.status == Status::Running || next.status == Status::Pending {
+            next.status = Status::Stopped;
+        }
+        self.store.update_sandbox(&next)?;
+        self.store.event(&object(name), "Stopped", "stopped on request")?;
+        Ok(())
+    }
+
+    pub fn start(&mut self, name: &str) -> Result<()> {
+        let row = self.store.sandbox(name)?.ok_or_else(|| ReconcileError::NotFound(name.into()))?;
+        let row = self.refresh(&row)?;
+        if row.status == Status::Running {
+            return Ok(());
+        }
+        let res = self
+            .store
+            .resource(Kind::Sandbox, name)?
+            .ok_or_else(|| ReconcileError::NotFound(name.into()))?
+            .resource;
+        if row.spec != res.canonical_json() {
+            self.remove_instance(&row)?;
+            self.create_instance(&res, false, false)?;
+        } else {
+            self.start_instance(row, &res, false, false)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! Runtimes: the host side of each isolation kind. A runtime says whether this host can run its
+//! kind, starts a sandbox instance (through a detached shim) and stops it. Namespace sandboxes
+//! are implemented; microVMs report why they are not available yet, and `auto` picks the best
+//! kind this host can run.
+
+use crate::cgroup::Cgroup;
+use crate::paths::{shim_alive, InstanceDir};
+use crate::shim::ShimConfig;
+use crate::spec::{Isolation, SandboxSpec};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0} isolation is not available on this host: {1}")]
+    Unavailable(&'static str, String),
+    #[error("starting the sandbox's shim: {0}")]
+    Spawn(std::io::Error),
+    #[error("{0}")]
+    Start(String),
+    #[error("writing {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+}
+
+pub struct StartRequest<'a> {
+    pub name: &'a str,
+    pub instance: &'a str,
+    pub dir: &'a InstanceDir,
+    pub spec: &'a SandboxSpec,
+    pub wait_for_attach: bool,
+    pub main_stdin: bool,
+}
+
+pub trait Runtime: Send + Sync {
+    fn isolation(&self) -> Isolation;
+    /// Ok when this host can run sandboxes of this kind, else why not and what to do.
+    fn check_host(&self) -> Result<(), String>;
+    /// Starts the instance; returns once the sandbox is ready for requests.
+    fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError>;
+}
+
+/// The binary that runs shims and agents: this one, unless overridden (tests that drive the
+/// library from a test binary point it at the real `orchestrator`).
+pub fn self_binary() -> PathBuf {
+    std::env::var_os("ORCHESTRATOR_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+    })
+}
+
+pub struct NamespaceRuntime;
+
+impl Runtime for NamespaceRuntime {
+    fn isolation(&self) -> Isolation {
+        Isolation::Namespace
+    }
+
+    fn check_host(&self) -> Result<(), String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("namespace sandboxes need root (mounts, cgroups); run as root".into());
+        }
+        if !std::path::Path::new("/proc/self/ns/pid").exists() {
+            return Err("the kernel has no PID namespaces".into());
+        }
+        Ok(())
+    }
+
+    fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
+        self.check_host().map_err(|e| RuntimeError::Unavailable("namespace", e))?;
+        let image = crate::image::resolve(&req.spec.image)?;
+        let cfg = ShimConfig {
+            instance: req.instance.to_string(),
+            name: req.name.to_string(),
+            dir: req.dir.path().to_path_buf(),
+            isolation: Isolation::Namespace,
+            lower_dirs: image.layers.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
+            spec: req.spec.clone(),
+            wait_for_attach: req.wait_for_attach,
+            main_stdin: req.main_stdin,
+        };
+        launch_shim(req.dir, &cfg)
+    }
+}
+
+pub struct MicrovmRuntime;
+
+impl Runtime for MicrovmRuntime {
+    fn isolation(&self) -> Isolation {
+        Isolation::Microvm
+    }
+
+    fn check_host(&self) -> Result<(), String> {
+        Err("this version has no microVM monitor yet; use `isolation: namespace` or `auto`".into())
+    }
+
+    fn start(&self, _req: &StartRequest<'_>) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unavailable("microvm", self.check_host().unwrap_err()))
+    }
+}
+
+/// The runtime for a requested isolation; `auto` prefers microVMs where the host can run them.
+pub fn for_isolation(isolation: Isolation) -> Box<dyn Runtime> {
+    match isolation {
+        Isolation::Namespace => Box::new(NamespaceRuntime),
+        Isolation::Microvm => Box::new(MicrovmRuntime),
+        Isolation::Auto => {
+            if MicrovmRuntime.check_host().is_ok() {
+                Box::new(MicrovmRuntime)
+            } else {
+                Box::new(NamespaceRuntime)
+            }
+        }
+    }
+}
+
+fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(dir.path()).map_err(|e| RuntimeError::Io { path: dir.path().display().to_string(), source: e })?;
+    let json = serde_json::to_vec_pretty(cfg).map_err(|e| RuntimeError::Start(e.to_string()))?;
+    crate::paths::write_atomic(&dir.config(), &json).map_err(|e| RuntimeError::Io { path: dir.config().display().to_string(), source: e })?;
+    let socket_len = dir.socket().as_os_str().len();
+    if socket_len >= 108 {
+        return Err(RuntimeError::Start(format!(
+            "the data directory path is too long for a Unix socket ({socket_len} bytes, limit 107); use a shorter --data-dir"
+        )));
+    }
+    let mut child = Command::new(self_binary())
+        .arg("__shim")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .spawn()
+        .map_err(RuntimeError::Spawn)?;
+    let stdout = child.stdout.take().ok_or_else(|| RuntimeError::Start("no readiness pipe".into()))?;
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    // The launched process forks the real shim and exits at once.
+    let _ = child.wait();
+    match line.trim_end() {
+        "READY" => Ok(()),
+        l if l.starts_with("ERROR: ") => Err(RuntimeError::Start(l["ERROR: ".len()..].to_string())),
+        _ => {
+            let log = std::fs::read_to_string(dir.shim_log()).unwrap_or_default();
+            Err(RuntimeError::Start(format!("the shim exited before the sandbox was ready; shim log: {}", log.trim())))
+        }
+    }
+}
+
+/// Stops an instance: asks its shim (graceful, then forced), waits for it to exit, and removes
+/// whatever a dead shim left behind. Safe to call on an instance that is already gone.
+pub fn stop_instance(instance: &str, dir: &InstanceDir, grace: Duration) {
+    if shim_alive(dir) {
+        let asked = crate::client::ShimClient::connect(&dir.socket()).and_then(|mut c| c.stop(grace.as_millis() as u64)).is_ok();
+        let deadline = Instant::now() + if asked { grace + Duration::from_secs(10) } else { Duration::ZERO };
+        while shim_alive(dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if shim_alive(dir) {
+            kill_shim(dir);
+        }
+    }
+    cleanup_instance(instance, dir);
+}
+
+fn kill_shim(dir: &InstanceDir) {
+    if let Some(pid) = std::fs::read_to_string(dir.path().join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        // SAFETY: the pid comes from the instance's pid file and the lock proves that shim lives.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shim_alive(dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Removes host-side leftovers of a dead instance (its cgroup and socket). The sandbox's mounts
+/// lived in its own mount namespace and died with it.
+pub fn cleanup_instance(instance: &str, dir: &InstanceDir) {
+    let cg = Cgroup::of(instance);
+    if cg.exists() {
+        if let Err(e) = cg.destroy() {
+            tracing::warn!("sandbox instance {instance}: {e}");
+        }
+    }
+    let _ = std::fs::remove_file(dir.socket());
+}

@@ -1,0 +1,20 @@
+//! The seam between the shim and an isolation technology. A backend starts the sandbox with
+//! the agent as its PID 1 and hands back the agent's stream; the shim does everything else
+//! (relaying, supervision, state) the same way for every backend.
+
+use super::ShimConfig;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+pub trait Backend: Send {
+    /// Starts the sandbox and returns a connected, initialised agent stream (after `Ready`).
+    fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String>;
+    /// Waits up to `timeout` for the sandbox (its init / VM) to end; true when it has.
+    fn wait(&mut self, timeout: Duration) -> bool;
+    /// Ends the sandbox at once.
+    fn kill(&mut self);
+    /// Removes what the sandbox left on the host (cgroups, devices). Idempotent.
+    fn teardown(&mut self);
+    /// Process id of the sandbox's init as seen from the host, if any.
+    fn init_pid(&self) -> Option<i32>;
+}

@@ -1,0 +1,121 @@
+//! The per-sandbox shim: a detached process (`orchestrator __shim DIR`) that owns one sandbox
+//! for its whole life. It starts the sandbox through a `Backend` (namespaces today, a microVM
+//! later), supervises the main process under the restart policy, writes its log and state, and
+//! serves clients on a Unix socket, relaying their requests to the agent. CLI and daemon may
+//! exit or crash; the shim and its sandbox keep running.
+
+mod backend;
+mod namespace;
+mod server;
+
+use crate::paths::{write_atomic, InstanceDir};
+use crate::spec::{Isolation, SandboxSpec};
+use guest_agent::protocol::{ShimStatus, SandboxState};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub use backend::Backend;
+
+/// Everything the shim needs, written by the host into the instance directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimConfig {
+    pub instance: String,
+    pub name: String,
+    pub dir: PathBuf,
+    pub isolation: Isolation,
+    /// Read-only image layers, topmost first.
+    pub lower_dirs: Vec<String>,
+    pub spec: SandboxSpec,
+    /// Hold the main process until the first client attaches (`run`), so no output is lost.
+    pub wait_for_attach: bool,
+    /// Give the main process a stdin (interactive `run -i`, PTY sandboxes).
+    pub main_stdin: bool,
+}
+
+impl ShimConfig {
+    pub fn load(dir: &Path) -> Result<ShimConfig, String> {
+        let text = std::fs::read_to_string(InstanceDir(dir.to_path_buf()).config())
+            .map_err(|e| format!("reading the shim config in {}: {e}", dir.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("parsing the shim config: {e}"))
+    }
+}
+
+pub fn write_state(dir: &InstanceDir, status: &ShimStatus) {
+    if let Ok(json) = serde_json::to_vec_pretty(status) {
+        let _ = write_atomic(&dir.state(), &json);
+    }
+}
+
+pub fn read_state(dir: &InstanceDir) -> Option<ShimStatus> {
+    serde_json::from_slice(&std::fs::read(dir.state()).ok()?).ok()
+}
+
+/// `orchestrator __shim DIR`. Standard output is the launcher's readiness pipe: one line,
+/// `READY` or `ERROR: why`, then it is closed.
+pub fn main(dir: PathBuf) -> ! {
+    // Detach: the launcher reaps our parent at once; we live on in a session of our own.
+    // SAFETY: no threads exist yet in this process.
+    match unsafe { libc::fork() } {
+        -1 => fail_early("fork failed"),
+        0 => {}
+        _ => std::process::exit(0),
+    }
+    // SAFETY: setsid in the fresh child.
+    unsafe { libc::setsid() };
+    let dir = InstanceDir(dir);
+    let lock = match crate::paths::try_lock(&dir.lock()) {
+        Ok(Some(l)) => l,
+        Ok(None) => fail_early("another shim already runs this sandbox"),
+        Err(e) => fail_early(&format!("locking {}: {e}", dir.lock().display())),
+    };
+    let cfg = match ShimConfig::load(dir.path()) {
+        Ok(c) => c,
+        Err(e) => fail_early(&e),
+    };
+    redirect_stderr(&dir);
+    let mut backend: Box<dyn Backend> = match cfg.isolation {
+        Isolation::Namespace | Isolation::Auto => Box::new(namespace::NamespaceBackend::default()),
+        Isolation::Microvm => fail_early("microVM isolation is not available in this version"),
+    };
+    let shim_pid = std::process::id();
+    let _ = std::fs::write(dir.path().join("shim.pid"), shim_pid.to_string());
+    write_state(&dir, &ShimStatus { state: SandboxState::Starting, shim_pid, main_pid: None, restarts: 0, last_exit: None, message: None });
+    let agent = match backend.launch(&cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            backend.teardown();
+            let msg = format!("starting the sandbox: {e}");
+            write_state(&dir, &ShimStatus { state: SandboxState::Failed, shim_pid, main_pid: None, restarts: 0, last_exit: None, message: Some(msg.clone()) });
+            fail_early(&msg);
+        }
+    };
+    server::run(cfg, dir, backend, agent, lock)
+}
+
+fn fail_early(msg: &str) -> ! {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ERROR: {msg}");
+    let _ = out.flush();
+    std::process::exit(1);
+}
+
+/// From here on diagnostics go to the instance's shim.log.
+fn redirect_stderr(dir: &InstanceDir) {
+    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.shim_log()) {
+        // SAFETY: dup2 onto stderr of a file we just opened.
+        unsafe { libc::dup2(f.as_raw_fd(), 2) };
+    }
+}
+
+/// Tells the launcher we are ready and detaches stdout from its pipe.
+fn signal_ready() {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"READY\n");
+    let _ = out.flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto stdout of /dev/null; closes the readiness pipe.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}

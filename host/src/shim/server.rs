@@ -1,0 +1,485 @@
+//! The shim's running half: one agent stream, many client connections, the main process.
+//!
+//! Invariants:
+//! - Client request ids are private to each connection; the shim maps each to a fresh agent id
+//!   (`Shared::next_id`), so clients can never address each other's processes.
+//! - A route (agent id -> client) lives until the agent sends that request's terminal response.
+//! - Every exec the shim forwards carries the sandbox's env, workdir, user and rlimits as
+//!   defaults, so `exec` sees what the main process sees.
+//! - The shim exits only through `finalize`, which tears the sandbox down and records why.
+
+use super::{signal_ready, write_state, Backend, ShimConfig};
+use crate::paths::InstanceDir;
+use guest_agent::protocol::{
+    self, error, ErrorCode, ExecRequest, ExitStatus, Frame, Request, Response, Rlimits, SandboxState,
+    ShimStatus, TtySize, PROTOCOL_VERSION,
+};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Main-process restart back-off: doubles from the first value up to the cap, and starts over
+/// once a run has lasted `BACKOFF_RESET`.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+const BACKOFF_RESET: Duration = Duration::from_secs(10);
+/// A `run` whose client never attaches starts its command anyway after this long.
+const ATTACH_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_TTY: TtySize = TtySize { rows: 24, cols: 80 };
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Agent { id: u64, tty: bool },
+    Main,
+}
+
+struct Client {
+    out: Mutex<UnixStream>,
+    targets: Mutex<HashMap<u64, Target>>,
+}
+
+impl Client {
+    fn send(&self, id: u64, body: Response) -> bool {
+        let Ok(buf) = protocol::encode(&Frame { id, body }) else { return false };
+        lock(&self.out).write_all(&buf).is_ok()
+    }
+}
+
+struct Route {
+    client: Arc<Client>,
+    client_id: u64,
+}
+
+#[derive(Default)]
+struct Main {
+    agent_id: Option<u64>,
+    started: bool,
+    attached: Vec<(Arc<Client>, u64)>,
+    last_start: Option<Instant>,
+    backoff: Option<Duration>,
+}
+
+struct Shared {
+    cfg: ShimConfig,
+    dir: InstanceDir,
+    agent: Mutex<UnixStream>,
+    next_id: AtomicU64,
+    routes: Mutex<HashMap<u64, Route>>,
+    main: Mutex<Main>,
+    status: Mutex<ShimStatus>,
+    /// Set once the sandbox is going down: the state to record and why.
+    ending: Mutex<Option<(SandboxState, String)>>,
+    stopping: AtomicBool,
+    log: Mutex<Option<File>>,
+    backend: Mutex<Box<dyn Backend>>,
+}
+
+pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: UnixStream, _lock: File) -> ! {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    let _ = signals.thread_block();
+    // SAFETY: a vanished client must surface as EPIPE, not kill the shim.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    let shim_pid = std::process::id();
+    let writer = agent.try_clone().unwrap_or_else(|e| super::fail_early(&format!("agent stream: {e}")));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.main_log()).ok();
+    let shared = Arc::new(Shared {
+        cfg,
+        dir,
+        agent: Mutex::new(writer),
+        next_id: AtomicU64::new(100),
+        routes: Mutex::new(HashMap::new()),
+        main: Mutex::new(Main::default()),
+        status: Mutex::new(ShimStatus { state: SandboxState::Running, shim_pid, main_pid: None, restarts: 0, last_exit: None, message: None }),
+        ending: Mutex::new(None),
+        stopping: AtomicBool::new(false),
+        log: Mutex::new(log),
+        backend: Mutex::new(backend),
+    });
+    let mut reader = BufReader::new(agent);
+    if let Err(e) = handshake(&shared, &mut reader) {
+        shared.finalize(SandboxState::Failed, format!("agent handshake: {e}"), true);
+    }
+    let _ = std::fs::remove_file(shared.dir.socket());
+    let listener = match UnixListener::bind(shared.dir.socket()) {
+        Ok(l) => l,
+        Err(e) => shared.finalize(SandboxState::Failed, format!("binding {}: {e}", shared.dir.socket().display()), true),
+    };
+    shared.publish_status();
+    if shared.cfg.spec.command.is_some() {
+        if shared.cfg.wait_for_attach {
+            let s = shared.clone();
+            thread::spawn(move || {
+                thread::sleep(ATTACH_WAIT);
+                s.start_main_once();
+            });
+        } else {
+            shared.start_main_once();
+        }
+    }
+    signal_ready();
+    {
+        let s = shared.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let s = s.clone();
+                thread::spawn(move || s.serve_client(conn));
+            }
+        });
+    }
+    {
+        let s = shared.clone();
+        thread::spawn(move || {
+            if signals.wait().is_ok() {
+                s.begin_shutdown(SandboxState::Stopped, "the shim was asked to terminate".into(), Duration::from_secs(10));
+            }
+        });
+    }
+    loop {
+        match protocol::read_frame::<Response>(&mut reader) {
+            Ok(frame) => shared.from_agent(frame.id, frame.body),
+            Err(e) if e.recoverable() => tracing::warn!("bad frame from the agent: {e}"),
+            Err(_) => break,
+        }
+    }
+    let (state, message) = lock(&shared.ending)
+        .clone()
+        .unwrap_or((SandboxState::Failed, "the sandbox's init exited unexpectedly".into()));
+    shared.finalize(state, message, false)
+}
+
+fn handshake(shared: &Shared, reader: &mut BufReader<UnixStream>) -> Result<(), String> {
+    shared.to_agent(1, Request::Hello { version: PROTOCOL_VERSION, client: "shim".into() });
+    match protocol::read_frame::<Response>(reader) {
+        Ok(Frame { body: Response::Hello { .. }, .. }) => Ok(()),
+        Ok(Frame { body: Response::Error { message, .. }, .. }) => Err(message),
+        Ok(f) => Err(format!("unexpected {:?}", f.body)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn is_terminal(r: &Response) -> bool {
+    match r {
+        Response::Data { eof, .. } => *eof,
+        Response::Started { .. } | Response::Stdout { .. } | Response::Stderr { .. } | Response::Entries(_) => false,
+        _ => true,
+    }
+}
+
+impl Shared {
+    fn alloc_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn to_agent(&self, id: u64, body: Request) -> bool {
+        let Ok(buf) = protocol::encode(&Frame { id, body }) else { return false };
+        lock(&self.agent).write_all(&buf).is_ok()
+    }
+
+    fn publish_status(&self) {
+        write_state(&self.dir, &lock(&self.status));
+    }
+
+    fn base_env(&self) -> std::collections::BTreeMap<String, String> {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("HOSTNAME".to_string(), self.cfg.name.clone());
+        env.extend(self.cfg.spec.env.clone());
+        env
+    }
+
+    fn rlimits(&self, given: Rlimits) -> Rlimits {
+        let l = &self.cfg.spec.limits;
+        Rlimits {
+            nofile: given.nofile.or(l.nofile),
+            nproc: given.nproc,
+            fsize: given.fsize.or(l.fsize),
+            cpu_secs: given.cpu_secs.or(l.cpu_time_secs),
+        }
+    }
+
+    /// Sandbox defaults under the client's explicit choices.
+    fn augment(&self, mut req: ExecRequest) -> ExecRequest {
+        let mut env = self.base_env();
+        env.extend(std::mem::take(&mut req.env));
+        req.env = env;
+        req.cwd = req.cwd.or_else(|| self.cfg.spec.workdir.clone());
+        req.user = req.user.or_else(|| self.cfg.spec.user.clone());
+        req.rlimits = self.rlimits(req.rlimits);
+        req
+    }
+
+    fn start_main_once(&self) {
+        let mut main = lock(&self.main);
+        if main.started {
+            return;
+        }
+        main.started = true;
+        self.start_main(&mut main);
+    }
+
+    fn start_main(&self, main: &mut Main) {
+        let Some(argv) = self.cfg.spec.command.clone() else { return };
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let id = self.alloc_id();
+        main.agent_id = Some(id);
+        main.last_start = Some(Instant::now());
+        let tty = self.cfg.spec.tty;
+        let req = ExecRequest {
+            argv,
+            env: self.base_env(),
+            cwd: self.cfg.spec.workdir.clone(),
+            user: self.cfg.spec.user.clone(),
+            tty: tty.then_some(DEFAULT_TTY),
+            stdin: tty || self.cfg.main_stdin,
+            rlimits: self.rlimits(Rlimits::default()),
+            timeout_ms: None,
+        };
+        self.to_agent(id, Request::Exec(Box::new(req)));
+    }
+
+    fn log_main(&self, data: &[u8]) {
+        if let Some(f) = lock(&self.log).as_mut() {
+            let _ = f.write_all(data);
+        }
+    }
+
+    fn from_agent(self: &Arc<Self>, id: u64, body: Response) {
+        let is_main = lock(&self.main).agent_id == Some(id);
+        if is_main {
+            return self.from_main(body);
+        }
+        let terminal = is_terminal(&body);
+        let route = {
+            let mut routes = lock(&self.routes);
+            if terminal { routes.remove(&id) } else { routes.get(&id).map(|r| Route { client: r.client.clone(), client_id: r.client_id }) }
+        };
+        if let Some(r) = route {
+            if terminal {
+                lock(&r.client.targets).remove(&r.client_id);
+            }
+            r.client.send(r.client_id, body);
+        }
+    }
+
+    fn from_main(self: &Arc<Self>, body: Response) {
+        match &body {
+            Response::Started { pid } => {
+                let mut st = lock(&self.status);
+                st.main_pid = Some(*pid);
+                st.state = SandboxState::Running;
+                write_state(&self.dir, &st);
+            }
+            Response::Stdout { data } | Response::Stderr { data } => self.log_main(data),
+            Response::Error { message, .. } => self.log_main(format!("orchestrator: main process: {message}\n").as_bytes()),
+            _ => {}
+        }
+        let attached: Vec<(Arc<Client>, u64)> = lock(&self.main).attached.clone();
+        for (client, cid) in &attached {
+            client.send(*cid, body.clone());
+        }
+        let exit = match body {
+            Response::Exited(st) => st,
+            Response::Error { .. } => ExitStatus { code: Some(127), signal: None, timed_out: false },
+            _ => return,
+        };
+        let failed = exit.code != Some(0);
+        let restart = self.cfg.spec.restart_policy.restarts(failed) && !self.stopping.load(Ordering::SeqCst);
+        {
+            let mut st = lock(&self.status);
+            st.main_pid = None;
+            st.last_exit = Some(exit);
+            if restart {
+                st.restarts += 1;
+            }
+            write_state(&self.dir, &st);
+        }
+        let mut main = lock(&self.main);
+        main.agent_id = None;
+        main.attached.clear();
+        if !restart {
+            drop(main);
+            let why = match (exit.code, exit.signal) {
+                (Some(c), _) => format!("main process exited with code {c}"),
+                (None, Some(s)) => format!("main process killed by signal {s}"),
+                _ => "main process ended".to_string(),
+            };
+            return self.begin_shutdown(SandboxState::Exited, why, Duration::from_secs(2));
+        }
+        let ran = main.last_start.map(|t| t.elapsed()).unwrap_or_default();
+        let delay = match main.backoff {
+            Some(d) if ran < BACKOFF_RESET => (d * 2).min(BACKOFF_CAP),
+            _ => BACKOFF_FIRST,
+        };
+        main.backoff = Some(delay);
+        drop(main);
+        let s = self.clone();
+        thread::spawn(move || {
+            thread::sleep(delay);
+            s.start_main(&mut lock(&s.main));
+        });
+    }
+
+    /// Asks the agent to end every process; the agent's exit ends the read loop in `run`.
+    fn begin_shutdown(self: &Arc<Self>, state: SandboxState, message: String, grace: Duration) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        *lock(&self.ending) = Some((state, message));
+        let id = self.alloc_id();
+        self.to_agent(id, Request::Shutdown { grace_ms: grace.as_millis() as u64 });
+        let s = self.clone();
+        thread::spawn(move || {
+            thread::sleep(grace + Duration::from_secs(5));
+            lock(&s.backend).kill();
+        });
+    }
+
+    fn finalize(&self, state: SandboxState, message: String, early: bool) -> ! {
+        lock(&self.backend).teardown();
+        let _ = std::fs::remove_file(self.dir.socket());
+        {
+            let mut st = lock(&self.status);
+            st.state = state;
+            st.main_pid = None;
+            st.message = Some(message.clone());
+            write_state(&self.dir, &st);
+        }
+        if early {
+            super::fail_early(&message);
+        }
+        std::process::exit(0)
+    }
+
+    fn serve_client(self: &Arc<Self>, conn: UnixStream) {
+        let Ok(writer) = conn.try_clone() else { return };
+        let client = Arc::new(Client { out: Mutex::new(writer), targets: Mutex::new(HashMap::new()) });
+        let mut reader = BufReader::new(conn);
+        loop {
+            let payload = match protocol::read_payload(&mut reader) {
+                Ok(p) => p,
+                Err(e) if e.recoverable() => {
+                    client.send(0, error(ErrorCode::TooLarge, e.to_string()));
+                    continue;
+                }
+                Err(_) => break,
+            };
+            match protocol::decode::<Request>(&payload) {
+                Ok(f) => self.from_client(&client, f.id, f.body),
+                Err(e) => {
+                    client.send(protocol::peek_id(&payload), error(ErrorCode::BadRequest, e.to_string()));
+                }
+            }
+        }
+        self.client_gone(&client);
+    }
+
+    /// A client that goes away hangs up its processes' stdin (and terminal), like a closed shell.
+    fn client_gone(&self, client: &Arc<Client>) {
+        let targets: Vec<Target> = lock(&client.targets).drain().map(|(_, t)| t).collect();
+        for t in targets {
+            if let Target::Agent { id, tty } = t {
+                lock(&self.routes).remove(&id);
+                self.to_agent(id, Request::CloseStdin);
+                if tty {
+                    self.to_agent(id, Request::Signal { signal: libc::SIGHUP });
+                }
+            }
+        }
+        lock(&self.main).attached.retain(|(c, _)| !Arc::ptr_eq(c, client));
+    }
+
+    fn forward(&self, client: &Arc<Client>, client_id: u64, body: Request, tty: bool) {
+        let id = self.alloc_id();
+        lock(&client.targets).insert(client_id, Target::Agent { id, tty });
+        lock(&self.routes).insert(id, Route { client: client.clone(), client_id });
+        if !self.to_agent(id, body) {
+            lock(&self.routes).remove(&id);
+            client.send(client_id, error(ErrorCode::Io, "the sandbox is not reachable (agent gone)"));
+        }
+    }
+
+    fn from_client(self: &Arc<Self>, client: &Arc<Client>, cid: u64, body: Request) {
+        match body {
+            Request::Hello { version, .. } => {
+                let reply = if version == PROTOCOL_VERSION {
+                    Response::Hello { version, agent: format!("shim {}", env!("CARGO_PKG_VERSION")) }
+                } else {
+                    error(ErrorCode::VersionMismatch, format!("shim speaks protocol {PROTOCOL_VERSION}, client speaks {version}"))
+                };
+                client.send(cid, reply);
+            }
+            Request::Status => {
+                let st = lock(&self.status).clone();
+                client.send(cid, Response::Status(st));
+            }
+            Request::Stop { grace_ms } => {
+                self.begin_shutdown(SandboxState::Stopped, "stopped on request".into(), Duration::from_millis(grace_ms));
+                client.send(cid, Response::Done);
+            }
+            Request::Attach => self.attach(client, cid),
+            Request::Exec(req) => {
+                let tty = req.tty.is_some();
+                if self.stopping.load(Ordering::SeqCst) {
+                    client.send(cid, error(ErrorCode::Unsupported, "the sandbox is shutting down"));
+                    return;
+                }
+                self.forward(client, cid, Request::Exec(Box::new(self.augment(*req))), tty);
+            }
+            Request::Stdin { .. } | Request::CloseStdin | Request::Resize { .. } | Request::Signal { .. } => {
+                let target = lock(&client.targets).get(&cid).copied();
+                match target {
+                    Some(Target::Agent { id, .. }) => {
+                        self.to_agent(id, body);
+                    }
+                    Some(Target::Main) => {
+                        if let Some(id) = lock(&self.main).agent_id {
+                            self.to_agent(id, body);
+                        }
+                    }
+                    None => {
+                        client.send(cid, error(ErrorCode::NotFound, format!("no running process for request {cid}")));
+                    }
+                }
+            }
+            Request::Init(_) | Request::Shutdown { .. } => {
+                client.send(cid, error(ErrorCode::BadRequest, "not allowed from a client; use Stop"));
+            }
+            fs_request => self.forward(client, cid, fs_request, false),
+        }
+    }
+
+    fn attach(self: &Arc<Self>, client: &Arc<Client>, cid: u64) {
+        if self.cfg.spec.command.is_none() {
+            client.send(cid, error(ErrorCode::Unsupported, "this sandbox has no main process to attach to"));
+            return;
+        }
+        let running = {
+            let mut main = lock(&self.main);
+            main.attached.push((client.clone(), cid));
+            main.agent_id.is_some() || !main.started
+        };
+        lock(&client.targets).insert(cid, Target::Main);
+        client.send(cid, Response::Ready);
+        if !running {
+            client.send(cid, error(ErrorCode::NotFound, "the main process is not running (restarting)"));
+        }
+        if self.cfg.wait_for_attach {
+            self.start_main_once();
+        }
+    }
+}

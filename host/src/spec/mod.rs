@@ -1,0 +1,316 @@
+//! The resource model (`apiVersion: orchestrator/v1`, kinds Sandbox, Volume, Plugin) and loading
+//! it from a file or a directory tree, with every error located by file, line, column and field.
+
+pub mod quantity;
+mod validate;
+pub use validate::normalise_image;
+pub mod yaml;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const API_VERSION: &str = "orchestrator/v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Sandbox,
+    Volume,
+    Plugin,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Sandbox, Kind::Volume, Kind::Plugin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "Sandbox",
+            Kind::Volume => "Volume",
+            Kind::Plugin => "Plugin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Auto,
+    Microvm,
+    Namespace,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Auto => "auto",
+            Isolation::Microvm => "microvm",
+            Isolation::Namespace => "namespace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    /// Whether a main process (or sandbox) that ended with `failed` should be started again.
+    pub fn restarts(self, failed: bool) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failed,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub pids: Option<u64>,
+    pub nofile: Option<u64>,
+    pub fsize: Option<u64>,
+    pub cpu_time_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSpec {
+    /// Normalised reference: `dir:/absolute/path` for now.
+    pub image: String,
+    pub isolation: Isolation,
+    pub cpus: Option<f64>,
+    pub memory: Option<u64>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub tty: bool,
+    pub limits: Limits,
+    pub restart_policy: RestartPolicy,
+    pub user_namespace: bool,
+}
+
+impl SandboxSpec {
+    pub fn new(image: String) -> Self {
+        SandboxSpec {
+            image,
+            isolation: Isolation::Auto,
+            cpus: None,
+            memory: None,
+            env: BTreeMap::new(),
+            workdir: None,
+            command: None,
+            user: None,
+            tty: false,
+            limits: Limits::default(),
+            restart_policy: RestartPolicy::Always,
+            user_namespace: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginGrants {
+    pub env: Vec<String>,
+    pub read_only_dirs: Vec<String>,
+    pub http_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSpec {
+    /// Absolute path of the component file.
+    pub component: String,
+    pub config: BTreeMap<String, String>,
+    pub memory: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub grants: PluginGrants,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "spec")]
+pub enum ResourceSpec {
+    Sandbox(SandboxSpec),
+    Volume(VolumeSpec),
+    Plugin(PluginSpec),
+}
+
+impl ResourceSpec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ResourceSpec::Sandbox(_) => Kind::Sandbox,
+            ResourceSpec::Volume(_) => Kind::Volume,
+            ResourceSpec::Plugin(_) => Kind::Plugin,
+        }
+    }
+}
+
+/// One validated resource: identity, labels and spec. Equality of two resources (as canonical
+/// JSON) is what decides whether a sandbox must be recreated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub spec: ResourceSpec,
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        self.spec.kind()
+    }
+
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Where a resource was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub resource: Resource,
+    pub origin: Origin,
+}
+
+/// One problem in a source, located precisely enough to jump to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// Field path, e.g. `spec.limits.pids`; empty for file-level problems.
+    pub field: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n    hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Files a directory source consists of: `*.yaml` / `*.yml`, recursively, sorted, skipping
+/// hidden entries and editor temporaries (they appear and vanish during saves).
+pub fn source_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
+                continue;
+            }
+            let path = entry.path();
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads and validates a file or a directory tree. All errors of all files are returned.
+pub fn load_source(path: &Path) -> Result<Vec<Manifest>, Vec<SpecError>> {
+    let file_error = |file: &Path, message: String, hint: Option<String>| SpecError {
+        file: file.to_path_buf(),
+        line: 0,
+        col: 0,
+        field: String::new(),
+        message,
+        hint,
+    };
+    let files = if path.is_dir() {
+        source_files(path).map_err(|e| vec![file_error(path, format!("cannot read directory: {e}"), None)])?
+    } else if path.exists() {
+        vec![path.to_path_buf()]
+    } else {
+        return Err(vec![file_error(path, "no such file or directory".into(), Some("pass a YAML file or a directory of them to -f".into()))]);
+    };
+    let mut errors = Vec::new();
+    let mut manifests = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => match validate::validate_file(file, &text) {
+                Ok(mut m) => manifests.append(&mut m),
+                Err(mut e) => errors.append(&mut e),
+            },
+            Err(e) => errors.push(file_error(file, format!("cannot read: {e}"), None)),
+        }
+    }
+    errors.extend(validate::duplicates(&manifests));
+    if errors.is_empty() {
+        Ok(manifests)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses a single YAML text (for tests and `run`-style callers); relative paths resolve
+/// against `base_file`'s directory.
+pub fn parse_str(base_file: &Path, text: &str) -> Result<Vec<Manifest>, Vec<SpecError>> {
+    let manifests = validate::validate_file(base_file, text)?;
+    let dups = validate::duplicates(&manifests);
+    if dups.is_empty() {
+        Ok(manifests)
+    } else {
+        Err(dups)
+    }
+}
+
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

@@ -1,0 +1,600 @@
+//! Strict, typed reading of located YAML trees into resources. Every problem is collected
+//! (never just the first): unknown fields (with a "did you mean"), wrong types, bad quantities,
+//! invalid and duplicate names, missing required fields, fields not supported yet.
+
+use super::quantity::{parse_bytes, parse_seconds};
+use super::yaml::{parse_documents, Node, Value};
+use super::*;
+use std::collections::HashMap;
+
+struct Ctx<'f> {
+    file: &'f Path,
+    errors: Vec<SpecError>,
+}
+
+/// The fields of a mapping, first occurrence of each key.
+struct Fields<'a> {
+    entries: Vec<(&'a str, &'a Node)>,
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a Node> {
+        self.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).filter(|v| v.value != Value::Null)
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca.to_ascii_lowercase() != cb.to_ascii_lowercase());
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn closest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
+    options
+        .iter()
+        .map(|o| (edit_distance(word, o), *o))
+        .filter(|(d, o)| *d <= 2.max(o.len() / 4))
+        .min()
+        .map(|(_, o)| o)
+}
+
+impl<'f> Ctx<'f> {
+    fn err(&mut self, node: &Node, field: &str, message: impl Into<String>, hint: Option<String>) {
+        self.errors.push(SpecError {
+            file: self.file.to_path_buf(),
+            line: node.line,
+            col: node.col,
+            field: field.to_string(),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn wrong_type(&mut self, node: &Node, field: &str, expected: &str) {
+        let got = node.type_name();
+        self.err(node, field, format!("expected {expected}, got {got}"), None);
+    }
+
+    /// Reads a mapping, reporting unknown and duplicate keys.
+    fn map<'a>(&mut self, node: &'a Node, field: &str, allowed: &[&str]) -> Option<Fields<'a>> {
+        let Value::Map(entries) = &node.value else {
+            self.wrong_type(node, field, "a mapping");
+            return None;
+        };
+        let mut fields = Fields { entries: Vec::new() };
+        for (k, v) in entries {
+            let Value::Scalar { text: key, .. } = &k.value else {
+                self.err(k, field, "mapping keys must be plain strings", None);
+                continue;
+            };
+            let path = join(field, key);
+            if fields.entries.iter().any(|(seen, _)| seen == key) {
+                self.err(k, &path, "duplicate field", Some("each field may appear once; remove one".into()));
+                continue;
+            }
+            if !allowed.is_empty() && !allowed.contains(&key.as_str()) {
+                let hint = match closest(key, allowed) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!("allowed fields here: {}", allowed.join(", ")),
+                };
+                self.err(k, &path, "unknown field", Some(hint));
+                continue;
+            }
+            fields.entries.push((key.as_str(), v));
+        }
+        Some(fields)
+    }
+
+    fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+        match &node.value {
+            Value::Scalar { text, .. } => Some(text.clone()),
+            _ => {
+                self.wrong_type(node, field, "a string");
+                None
+            }
+        }
+    }
+
+    fn nonempty_string(&mut self, node: &Node, field: &str) -> Option<String> {
+        let s = self.string(node, field)?;
+        if s.is_empty() {
+            self.err(node, field, "must not be empty", None);
+            return None;
+        }
+        Some(s)
+    }
+
+    fn bool(&mut self, node: &Node, field: &str) -> Option<bool> {
+        match &node.value {
+            Value::Scalar { text, plain: true } if text == "true" => Some(true),
+            Value::Scalar { text, plain: true } if text == "false" => Some(false),
+            _ => {
+                self.wrong_type(node, field, "true or false");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, node: &Node, field: &str, min: u64, max: u64) -> Option<u64> {
+        match &node.value {
+            Value::Scalar { text, plain: true } => match text.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Some(n),
+                Ok(n) => {
+                    self.err(node, field, format!("{n} is out of range"), Some(format!("use a value from {min} to {max}")));
+                    None
+                }
+                Err(_) => {
+                    self.wrong_type(node, field, "a whole number");
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(node, field, "a whole number");
+                None
+            }
+        }
+    }
+
+    fn bytes(&mut self, node: &Node, field: &str) -> Option<u64> {
+        let Value::Scalar { text, .. } = &node.value else {
+            self.wrong_type(node, field, "a quantity such as 512Mi or 1G");
+            return None;
+        };
+        match parse_bytes(text) {
+            Ok(0) => {
+                self.err(node, field, "must be greater than zero", None);
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.err(node, field, format!("invalid quantity: {e}"), Some("use a number with an optional unit: Ki, Mi, Gi, Ti (binary) or k, M, G, T (decimal), e.g. 512Mi".into()));
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, node: &Node, field: &str) -> Option<u64> {
+        let Value::Scalar { text, .. } = &node.value else {
+            self.wrong_type(node, field, "a duration such as 60s or 5m");
+            return None;
+        };
+        match parse_seconds(text) {
+            Ok(0) => {
+                self.err(node, field, "must be greater than zero", None);
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.err(node, field, format!("invalid duration: {e}"), Some("e.g. 30s, 5m, 1h30m".into()));
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
+        let Value::Seq(items) = &node.value else {
+            self.wrong_type(node, field, "a list of strings");
+            return None;
+        };
+        let before = self.errors.len();
+        let out: Vec<String> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| self.string(item, &format!("{field}[{i}]")))
+            .collect();
+        (self.errors.len() == before).then_some(out)
+    }
+
+    fn string_map(&mut self, node: &Node, field: &str) -> Option<BTreeMap<String, String>> {
+        let fields = self.map(node, field, &[])?;
+        let before = self.errors.len();
+        let mut out = BTreeMap::new();
+        for (k, v) in fields.entries {
+            let path = join(field, k);
+            if v.value == Value::Null {
+                out.insert(k.to_string(), String::new());
+            } else if let Some(s) = self.string(v, &path) {
+                out.insert(k.to_string(), s);
+            }
+        }
+        (self.errors.len() == before).then_some(out)
+    }
+
+    fn one_of<T: Copy>(&mut self, node: &Node, field: &str, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(node, field)?;
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let hint = match closest(&s, &names) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None => format!("one of: {}", names.join(", ")),
+        };
+        self.err(node, field, format!("{s:?} is not a valid value"), Some(hint));
+        None
+    }
+}
+
+const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
+const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
+const SANDBOX_FIELDS: &[&str] = &[
+    "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
+    "restartPolicy", "userNamespace",
+];
+/// Fields of the design that later work adds; refused for now rather than silently ignored
+/// (a user relying on a network rule must not get a sandbox without it).
+const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "network", "ports", "secrets", "patches", "hooks", "kernel", "pullPolicy"];
+const LIMIT_FIELDS: &[&str] = &["pids", "nofile", "fsize", "cpuTime"];
+const VOLUME_FIELDS: &[&str] = &["size"];
+const PLUGIN_FIELDS: &[&str] = &["component", "config", "limits", "grants"];
+const PLUGIN_LIMIT_FIELDS: &[&str] = &["memory", "timeout"];
+const PLUGIN_GRANT_FIELDS: &[&str] = &["env", "readOnlyDirs", "httpHosts"];
+
+pub(super) fn validate_file(file: &Path, text: &str) -> Result<Vec<Manifest>, Vec<SpecError>> {
+    let docs = parse_documents(text).map_err(|e| {
+        vec![SpecError {
+            file: file.to_path_buf(),
+            line: e.line,
+            col: e.col,
+            field: String::new(),
+            message: format!("YAML syntax error: {}", e.message),
+            hint: Some("check indentation and quoting around this place".into()),
+        }]
+    })?;
+    let mut ctx = Ctx { file, errors: Vec::new() };
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let manifests: Vec<Manifest> = docs.iter().filter_map(|d| document(&mut ctx, d, &base_dir)).collect();
+    if ctx.errors.is_empty() {
+        Ok(manifests)
+    } else {
+        Err(ctx.errors)
+    }
+}
+
+fn document(ctx: &mut Ctx<'_>, doc: &Node, base_dir: &Path) -> Option<Manifest> {
+    let top = ctx.map(doc, "", TOP_FIELDS)?;
+    let before = ctx.errors.len();
+    match top.get("apiVersion") {
+        None => ctx.err(doc, "apiVersion", "missing", Some(format!("add `apiVersion: {API_VERSION}`"))),
+        Some(n) => {
+            if let Some(v) = ctx.string(n, "apiVersion") {
+                if v != API_VERSION {
+                    ctx.err(n, "apiVersion", format!("unsupported apiVersion {v:?}"), Some(format!("use `{API_VERSION}`")));
+                }
+            }
+        }
+    }
+    let kind_names: Vec<(&str, Kind)> = Kind::ALL.iter().map(|k| (k.as_str(), *k)).collect();
+    let kind = match top.get("kind") {
+        None => {
+            ctx.err(doc, "kind", "missing", Some("add `kind: Sandbox` (or Volume, Plugin)".into()));
+            None
+        }
+        Some(n) => ctx.one_of(n, "kind", &kind_names),
+    };
+    let (name, labels) = match top.get("metadata") {
+        None => {
+            ctx.err(doc, "metadata", "missing", Some("add `metadata: { name: my-sandbox }`".into()));
+            (None, BTreeMap::new())
+        }
+        Some(m) => metadata(ctx, m),
+    };
+    let spec_node = top.get("spec");
+    let spec = match (kind, spec_node) {
+        (Some(Kind::Sandbox), None) => {
+            ctx.err(doc, "spec", "missing", Some("a Sandbox needs at least `spec: { image: ... }`".into()));
+            None
+        }
+        (Some(Kind::Sandbox), Some(n)) => sandbox(ctx, n, base_dir).map(ResourceSpec::Sandbox),
+        (Some(Kind::Volume), n) => volume(ctx, n).map(ResourceSpec::Volume),
+        (Some(Kind::Plugin), None) => {
+            ctx.err(doc, "spec", "missing", Some("a Plugin needs `spec: { component: path/to/plugin.wasm }`".into()));
+            None
+        }
+        (Some(Kind::Plugin), Some(n)) => plugin(ctx, n, base_dir).map(ResourceSpec::Plugin),
+        (None, _) => None,
+    };
+    if ctx.errors.len() != before {
+        return None;
+    }
+    Some(Manifest {
+        resource: Resource { name: name?, labels, spec: spec? },
+        origin: Origin { file: ctx.file.to_path_buf(), line: doc.line },
+    })
+}
+
+fn metadata(ctx: &mut Ctx<'_>, node: &Node) -> (Option<String>, BTreeMap<String, String>) {
+    let Some(m) = ctx.map(node, "metadata", METADATA_FIELDS) else { return (None, BTreeMap::new()) };
+    let name = match m.get("name") {
+        None => {
+            ctx.err(node, "metadata.name", "missing", Some("every resource needs a name".into()));
+            None
+        }
+        Some(n) => ctx.string(n, "metadata.name").and_then(|s| {
+            if is_valid_name(&s) {
+                Some(s)
+            } else {
+                ctx.err(n, "metadata.name", format!("invalid name {s:?}"), Some("use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit".into()));
+                None
+            }
+        }),
+    };
+    let labels = m.get("labels").and_then(|l| ctx.string_map(l, "metadata.labels")).unwrap_or_default();
+    if let Some(a) = m.get("annotations") {
+        ctx.string_map(a, "metadata.annotations");
+    }
+    (name, labels)
+}
+
+fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    let joined = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
+    std::fs::canonicalize(&joined).unwrap_or(joined)
+}
+
+/// Validates an image reference and normalises it (`dir:` paths become absolute).
+pub fn normalise_image(image: &str, base_dir: &Path) -> Result<String, (String, String)> {
+    if let Some(dir) = image.strip_prefix("dir:") {
+        if dir.is_empty() {
+            return Err(("`dir:` needs a path".into(), "e.g. dir:./rootfs".into()));
+        }
+        let path = resolve_path(base_dir, dir);
+        if !path.is_dir() {
+            return Err((
+                format!("root filesystem directory {} does not exist", path.display()),
+                "build it first (`just rootfs` builds the example one), or fix the path; relative paths start at the YAML file's directory".into(),
+            ));
+        }
+        let s = path.to_string_lossy().into_owned();
+        if s.contains([',', ':']) {
+            return Err(("the rootfs path must not contain ',' or ':' (overlayfs option syntax)".into(), "move or link it elsewhere".into()));
+        }
+        return Ok(format!("dir:{s}"));
+    }
+    Err((
+        format!("unsupported image reference {image:?}"),
+        "this version runs root filesystem directories: `dir:PATH`; registry images come with OCI image support".into(),
+    ))
+}
+
+fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpec> {
+    let mut allowed: Vec<&str> = SANDBOX_FIELDS.to_vec();
+    allowed.extend(SANDBOX_FIELDS_NOT_YET);
+    let f = ctx.map(node, "spec", &allowed)?;
+    let before = ctx.errors.len();
+    for key in SANDBOX_FIELDS_NOT_YET {
+        if let Some((_, n)) = f.entries.iter().find(|(k, _)| k == key) {
+            ctx.err(n, &format!("spec.{key}"), "not supported by this version yet", Some("remove it; this field is planned (see README: YAML reference)".into()));
+        }
+    }
+    let image = match f.get("image") {
+        None => {
+            ctx.err(node, "spec.image", "missing", Some("e.g. `image: dir:./rootfs`".into()));
+            None
+        }
+        Some(n) => ctx.nonempty_string(n, "spec.image").and_then(|s| match normalise_image(&s, base_dir) {
+            Ok(v) => Some(v),
+            Err((msg, hint)) => {
+                ctx.err(n, "spec.image", msg, Some(hint));
+                None
+            }
+        }),
+    };
+    let mut spec = SandboxSpec::new(image.unwrap_or_default());
+    if let Some(n) = f.get("isolation") {
+        let opts = [("auto", Isolation::Auto), ("microvm", Isolation::Microvm), ("namespace", Isolation::Namespace)];
+        spec.isolation = ctx.one_of(n, "spec.isolation", &opts).unwrap_or_default();
+    }
+    if let Some(n) = f.get("cpus") {
+        match &n.value {
+            Value::Scalar { text, plain: true } => match text.parse::<f64>() {
+                Ok(c) if c > 0.0 && c <= 1024.0 => spec.cpus = Some(c),
+                _ => ctx.err(n, "spec.cpus", format!("{text:?} is not a CPU count"), Some("a positive number such as 1, 2 or 0.5".into())),
+            },
+            _ => ctx.wrong_type(n, "spec.cpus", "a number of CPUs"),
+        }
+    }
+    if let Some(n) = f.get("memory") {
+        spec.memory = ctx.bytes(n, "spec.memory");
+        if let Some(m) = spec.memory {
+            if m < 4 << 20 {
+                ctx.err(n, "spec.memory", "below the 4Mi minimum", Some("sandboxes need at least a few MiB; e.g. 64Mi".into()));
+            }
+        }
+    }
+    if let Some(n) = f.get("env") {
+        if let Some(env) = ctx.string_map(n, "spec.env") {
+            for k in env.keys() {
+                let ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    ctx.err(n, &format!("spec.env.{k}"), "invalid environment variable name", Some("letters, digits and '_', not starting with a digit".into()));
+                }
+            }
+            spec.env = env;
+        }
+    }
+    if let Some(n) = f.get("workdir") {
+        spec.workdir = ctx.nonempty_string(n, "spec.workdir");
+        if spec.workdir.as_deref().is_some_and(|w| !w.starts_with('/')) {
+            ctx.err(n, "spec.workdir", "must be an absolute path", Some("e.g. /app".into()));
+        }
+    }
+    if let Some(n) = f.get("command") {
+        spec.command = ctx.string_list(n, "spec.command");
+        if spec.command.as_ref().is_some_and(|c| c.is_empty()) {
+            ctx.err(n, "spec.command", "must not be empty", Some("omit it to run no main process".into()));
+        }
+    }
+    if let Some(n) = f.get("user") {
+        spec.user = ctx.nonempty_string(n, "spec.user");
+    }
+    if let Some(n) = f.get("tty") {
+        spec.tty = ctx.bool(n, "spec.tty").unwrap_or(false);
+    }
+    if let Some(n) = f.get("userNamespace") {
+        spec.user_namespace = ctx.bool(n, "spec.userNamespace").unwrap_or(false);
+    }
+    if let Some(n) = f.get("restartPolicy") {
+        let opts = [("Always", RestartPolicy::Always), ("OnFailure", RestartPolicy::OnFailure), ("Never", RestartPolicy::Never)];
+        spec.restart_policy = ctx.one_of(n, "spec.restartPolicy", &opts).unwrap_or_default();
+    }
+    if let Some(n) = f.get("limits") {
+        if let Some(l) = ctx.map(n, "spec.limits", LIMIT_FIELDS) {
+            spec.limits = Limits {
+                pids: l.get("pids").and_then(|n| ctx.integer(n, "spec.limits.pids", 1, 4_194_304)),
+                nofile: l.get("nofile").and_then(|n| ctx.integer(n, "spec.limits.nofile", 16, 1_048_576)),
+                fsize: l.get("fsize").and_then(|n| ctx.bytes(n, "spec.limits.fsize")),
+                cpu_time_secs: l.get("cpuTime").and_then(|n| ctx.seconds(n, "spec.limits.cpuTime")),
+            };
+        }
+    }
+    if spec.tty && spec.command.is_none() && ctx.errors.len() == before {
+        ctx.err(node, "spec.tty", "a terminal needs a main process", Some("add `command`, or drop `tty`".into()));
+    }
+    (ctx.errors.len() == before).then_some(spec)
+}
+
+fn volume(ctx: &mut Ctx<'_>, node: Option<&Node>) -> Option<VolumeSpec> {
+    let Some(node) = node else { return Some(VolumeSpec { size: None }) };
+    let f = ctx.map(node, "spec", VOLUME_FIELDS)?;
+    let before = ctx.errors.len();
+    let size = f.get("size").and_then(|n| ctx.bytes(n, "spec.size"));
+    (ctx.errors.len() == before).then_some(VolumeSpec { size })
+}
+
+fn plugin(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<PluginSpec> {
+    let f = ctx.map(node, "spec", PLUGIN_FIELDS)?;
+    let before = ctx.errors.len();
+    let component = match f.get("component") {
+        None => {
+            ctx.err(node, "spec.component", "missing", Some("path to the plugin's .wasm component".into()));
+            None
+        }
+        Some(n) => ctx.nonempty_string(n, "spec.component").map(|c| resolve_path(base_dir, &c).to_string_lossy().into_owned()),
+    };
+    let config = f.get("config").and_then(|n| ctx.string_map(n, "spec.config")).unwrap_or_default();
+    let (mut memory, mut timeout_ms) = (None, None);
+    if let Some(n) = f.get("limits") {
+        if let Some(l) = ctx.map(n, "spec.limits", PLUGIN_LIMIT_FIELDS) {
+            memory = l.get("memory").and_then(|n| ctx.bytes(n, "spec.limits.memory"));
+            timeout_ms = l.get("timeout").and_then(|n| ctx.seconds(n, "spec.limits.timeout")).map(|s| s * 1000);
+        }
+    }
+    let mut grants = PluginGrants::default();
+    if let Some(n) = f.get("grants") {
+        if let Some(g) = ctx.map(n, "spec.grants", PLUGIN_GRANT_FIELDS) {
+            grants.env = g.get("env").and_then(|n| ctx.string_list(n, "spec.grants.env")).unwrap_or_default();
+            grants.read_only_dirs = g
+                .get("readOnlyDirs")
+                .and_then(|n| ctx.string_list(n, "spec.grants.readOnlyDirs"))
+                .unwrap_or_default()
+                .iter()
+                .map(|d| resolve_path(base_dir, d).to_string_lossy().into_owned())
+                .collect();
+            grants.http_hosts = g.get("httpHosts").and_then(|n| ctx.string_list(n, "spec.grants.httpHosts")).unwrap_or_default();
+        }
+    }
+    if ctx.errors.len() != before {
+        return None;
+    }
+    Some(PluginSpec { component: component?, config, memory, timeout_ms, grants })
+}
+
+/// Two resources of one kind with one name in the same source.
+pub(super) fn duplicates(manifests: &[Manifest]) -> Vec<SpecError> {
+    let mut seen: HashMap<(Kind, &str), &Origin> = HashMap::new();
+    let mut errors = Vec::new();
+    for m in manifests {
+        let key = (m.resource.kind(), m.resource.name.as_str());
+        if let Some(first) = seen.get(&key) {
+            errors.push(SpecError {
+                file: m.origin.file.clone(),
+                line: m.origin.line,
+                col: 1,
+                field: "metadata.name".into(),
+                message: format!("duplicate {} name {:?}", key.0, key.1),
+                hint: Some(format!("already declared at {first}; names are unique per kind")),
+            });
+        } else {
+            seen.insert(key, &m.origin);
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<SpecError> {
+        validate_file(Path::new("/tmp/x.yaml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn a_full_sandbox_parses() {
+        let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a-1, labels: { team: ml } }\nspec:\n  image: dir:/\n  cpus: 0.5\n  memory: 512Mi\n  env: { MODE: dev, PORT: 8080 }\n  workdir: /app\n  command: [sleep, '100']\n  restartPolicy: OnFailure\n  limits: { pids: 64, nofile: 1024, fsize: 1Mi, cpuTime: 1m }\n";
+        let m = validate_file(Path::new("/tmp/x.yaml"), text).unwrap();
+        let ResourceSpec::Sandbox(s) = &m[0].resource.spec else { panic!() };
+        assert_eq!(s.memory, Some(512 << 20));
+        assert_eq!(s.env["PORT"], "8080");
+        assert_eq!(s.limits.cpu_time_secs, Some(60));
+        assert_eq!(s.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(m[0].resource.labels["team"], "ml");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_location_and_hint() {
+        let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: Bad_Name }\nspec:\n  image: dir:/\n  memroy: 1Gi\n  cpus: two\n  limits: { pids: '5', fsize: 12XB }\n";
+        let errs = errors(text);
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.name", "spec.memroy", "spec.cpus", "spec.limits.pids", "spec.limits.fsize"]);
+        assert_eq!((errs[1].line, errs[1].col), (6, 3));
+        assert_eq!(errs[1].hint.as_deref(), Some("did you mean `memory`?"));
+        assert!(errs[4].to_string().contains("/tmp/x.yaml:8:"));
+    }
+
+    #[test]
+    fn wrong_kind_and_api_version() {
+        let errs = errors("apiVersion: v2\nkind: Sandbx\nmetadata: { name: a }\n");
+        assert!(errs[0].message.contains("unsupported apiVersion"));
+        assert_eq!(errs[1].hint.as_deref(), Some("did you mean `Sandbox`?"));
+    }
+
+    #[test]
+    fn duplicate_names_across_documents() {
+        let text = "apiVersion: orchestrator/v1\nkind: Volume\nmetadata: { name: v }\n---\napiVersion: orchestrator/v1\nkind: Volume\nmetadata: { name: v }\n";
+        let m = validate_file(Path::new("/tmp/x.yaml"), text).unwrap();
+        let d = duplicates(&m);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].line, 5);
+        assert!(d[0].hint.as_ref().unwrap().contains("/tmp/x.yaml:1"));
+    }
+
+    #[test]
+    fn not_yet_supported_fields_are_refused() {
+        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:/', network: { policy: none } }\n");
+        assert_eq!(errs[0].field, "spec.network");
+        assert!(errs[0].message.contains("not supported"));
+    }
+
+    #[test]
+    fn missing_rootfs_and_registry_images_are_explained() {
+        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:./nope-not-here' }\n");
+        assert!(errs[0].message.contains("does not exist"));
+        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'alpine:3.20' }\n");
+        assert!(errs[0].message.contains("unsupported image reference"));
+    }
+}
