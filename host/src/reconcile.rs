@@ -300,7 +300,12 @@ impl Orchestrator {
             }
             (Some(d), Some(row)) => (d.resource, row),
         };
-        let row = self.refresh(&row)?;
+        let mut row = self.refresh(&row)?;
+        if row.status == Status::Pending && shim_alive(&self.instance_dir(&row)) {
+            // A shim started by a process that died before recording it: let it finish starting
+            // and adopt it (starting another would fail on the instance lock anyway).
+            row = self.await_start(&row)?;
+        }
         if row.spec != desired.canonical_json() {
             self.remove_instance(&row)?;
             self.create_instance(&desired, false, false)?;
@@ -318,6 +323,17 @@ impl Orchestrator {
         }
         self.start_instance(row, &desired, false, false)?;
         Ok(Outcome::Restarted)
+    }
+
+    fn await_start(&mut self, row: &SandboxRow) -> Result<SandboxRow> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let next = self.refresh(row)?;
+            if next.status != Status::Pending || std::time::Instant::now() > deadline {
+                return Ok(next);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Restarts every sandbox that died, as its restart policy says (serve's periodic resync).

@@ -188,5 +188,6 @@ pub fn cleanup_instance(instance: &str, dir: &InstanceDir) {
             tracing::warn!("sandbox instance {instance}: {e}");
         }
     }
+    crate::shim::idmap::detach_all(dir.path(), true);
     let _ = std::fs::remove_file(dir.socket());
 }

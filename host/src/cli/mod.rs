@@ -294,12 +294,21 @@ fn diff(orch: &Orchestrator, file: &Path) -> Result<i32> {
 }
 
 fn delete(orch: &mut Orchestrator, names: Vec<String>, file: Option<PathBuf>) -> Result<i32> {
-    let names = match file {
-        Some(f) => load(None, &f)?.into_iter().map(|m| m.resource.name).collect(),
+    match file {
+        // What a file declares may already be gone: deleting it again is not an error.
+        Some(f) => {
+            let names: Vec<String> = load(None, &f)?.into_iter().map(|m| m.resource.name).collect();
+            if names.is_empty() {
+                return Ok(0);
+            }
+            each(orch, &names, "deleted", |o, n| match o.delete(n) {
+                Err(ReconcileError::NotFound(_)) => Ok(()),
+                other => other,
+            })
+        }
         None if names.is_empty() => bail!("name what to delete, or pass -f FILE|DIR"),
-        None => names,
-    };
-    each(orch, &names, "deleted", |o, n| o.delete(n))
+        None => each(orch, &names, "deleted", |o, n| o.delete(n)),
+    }
 }
 
 fn each(orch: &mut Orchestrator, names: &[String], done: &str, f: impl Fn(&mut Orchestrator, &str) -> std::result::Result<(), ReconcileError>) -> Result<i32> {

@@ -5,6 +5,7 @@
 //! exit or crash; the shim and its sandbox keep running.
 
 mod backend;
+pub mod idmap;
 mod namespace;
 mod server;
 

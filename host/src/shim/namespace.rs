@@ -43,18 +43,28 @@ impl Backend for NamespaceBackend {
             .map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());
 
+        let map = format!("0 {USERNS_BASE} {USERNS_SIZE}\n");
+        let lower_dirs = if cfg.spec.user_namespace {
+            let userns = super::idmap::userns_with_map(&map)?;
+            super::idmap::mount_layers(dir.path(), &cfg.lower_dirs, &userns)?
+        } else {
+            cfg.lower_dirs.clone()
+        };
         let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let pid = clone_agent(theirs, cfg.spec.user_namespace, |pid| {
+        let cloned = clone_agent(theirs, cfg.spec.user_namespace, |pid| {
             if cfg.spec.user_namespace {
-                write_id_maps(pid)?;
+                write_id_maps(pid, &map)?;
             }
             cgroup.add(pid).map_err(|e| format!("joining the cgroup: {e}"))
-        })?;
+        });
+        // The sandbox holds its own copies of the idmapped layers now (or failed to start).
+        super::idmap::detach_all(dir.path(), false);
+        let pid = cloned?;
         self.pid = Some(pid);
 
         let init = SandboxInit {
             hostname: cfg.name.clone(),
-            lower_dirs: cfg.lower_dirs.clone(),
+            lower_dirs,
             upper_dir: dir.upper().to_string_lossy().into_owned(),
             work_dir: dir.work().to_string_lossy().into_owned(),
             mount_point: dir.rootfs().to_string_lossy().into_owned(),
@@ -70,6 +80,7 @@ impl Backend for NamespaceBackend {
             Err(e) => return Err(format!("the agent did not start: {e}")),
         }
         ours.set_read_timeout(None).map_err(|e| e.to_string())?;
+        super::idmap::detach_all(dir.path(), true);
         Ok(ours)
     }
 
@@ -118,10 +129,9 @@ impl Backend for NamespaceBackend {
     }
 }
 
-fn write_id_maps(pid: i32) -> Result<(), String> {
-    let map = format!("0 {USERNS_BASE} {USERNS_SIZE}\n");
+fn write_id_maps(pid: i32, map: &str) -> Result<(), String> {
     for f in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{pid}/{f}"), &map).map_err(|e| format!("writing {f}: {e}"))?;
+        std::fs::write(format!("/proc/{pid}/{f}"), map).map_err(|e| format!("writing {f}: {e}"))?;
     }
     Ok(())
 }
