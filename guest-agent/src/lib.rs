@@ -15,6 +15,9 @@ use std::os::unix::net::UnixStream;
 /// locks itself down, answers `Ready` (or the error) and serves requests. Never returns.
 pub fn namespace_main(mut stream: UnixStream) -> ! {
     use protocol::{error, ErrorCode, Frame, Request, Response};
+    // The name `ps` shows for PID 1 inside the sandbox (we were started as /proc/self/exe).
+    // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"guest-agent".as_ptr(), 0, 0, 0) };
     let frame = match agent::read_first_request(&mut stream) {
         Ok(f) => f,
         Err(_) => std::process::exit(1),

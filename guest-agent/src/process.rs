@@ -213,8 +213,12 @@ pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> Result<Spawned, SpawnErr
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            for sig in [libc::SIGPIPE, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-                libc::signal(sig, libc::SIG_DFL);
+            // Dispositions survive execve: a process must not inherit ignored signals from
+            // whoever started the agent (a shell's background job ignores SIGINT and SIGQUIT).
+            for sig in 1..libc::SIGRTMIN() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
             }
             if libc::setsid() < 0 {
                 fail(0);

@@ -20,6 +20,9 @@ fn main() {
         }
         _ => {}
     }
+    // A CLI whose output is piped into `head` should end quietly, like any Unix tool.
+    // SAFETY: restoring the default SIGPIPE disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORCHESTRATOR_LOG").unwrap_or_else(|_| "warn".into()),

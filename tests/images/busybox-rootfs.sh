@@ -9,8 +9,9 @@ if [ -x "$dest/bin/busybox" ] && [ -f "$dest/.complete" ]; then
   exit 0
 fi
 busybox=/bin/busybox
-if ! "$busybox" --list >/dev/null 2>&1 || ! file -L "$busybox" 2>/dev/null | grep -q static; then
-  if [ -x /usr/bin/busybox ] && /usr/bin/busybox --list >/dev/null 2>&1; then busybox=/usr/bin/busybox; fi
+if [ ! -x "$busybox" ]; then
+  echo "busybox-rootfs: $busybox missing; install Debian's busybox-static (tests/setup.sh does)" >&2
+  exit 1
 fi
 tmp="$dest.tmp.$$"
 rm -rf "$tmp"

@@ -57,11 +57,10 @@ pub enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// List resources.
+    /// List resources: `get`, `get sandboxes|volumes|plugins|all`, `get [KIND] NAME`.
     Get {
-        kind: Option<KindArg>,
-        /// Only this name.
-        name: Option<String>,
+        #[arg(num_args = 0..=2, value_name = "KIND|NAME")]
+        args: Vec<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -153,7 +152,18 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Apply { file, dry_run, prune_empty } => apply(&mut open()?, &file, dry_run, prune_empty),
         Command::Diff { file } => diff(&open()?, &file),
-        Command::Get { kind, name, output } => output::get(&mut open()?, kind, name.as_deref(), output),
+        Command::Get { args, output } => {
+            let (kind, name) = match args.as_slice() {
+                [] => (None, None),
+                [one] => match KindArg::from_str(one, true) {
+                    Ok(k) => (Some(k), None),
+                    Err(_) => (Some(KindArg::All), Some(one.clone())),
+                },
+                [k, n] => (Some(KindArg::from_str(k, true).map_err(|_| anyhow!("unknown kind {k:?}: use sandboxes, volumes, plugins or all"))?), Some(n.clone())),
+                _ => bail!("get takes at most a kind and a name"),
+            };
+            output::get(&mut open()?, kind, name.as_deref(), output)
+        }
         Command::Describe { name } => output::describe(&mut open()?, &name),
         Command::Delete { names, file } => delete(&mut open()?, names, file),
         Command::Logs { name, follow, tail } => output::logs(&open()?, &name, follow, tail),
@@ -264,7 +274,12 @@ fn apply(orch: &mut Orchestrator, file: &Path, dry_run: bool, prune_empty: bool)
     adopt(orch)?;
     let (plan, lines, errors) = orch.apply(&source, &manifests, prune_empty)?;
     for item in plan.items.iter().filter(|i| i.kind != Kind::Sandbox && i.change != Change::Unchanged) {
-        println!("{}/{} {}", item.kind.as_str().to_lowercase(), item.name, format!("{:?}", item.change).to_lowercase());
+        let verb = match item.change {
+            Change::Create => "created",
+            Change::Update => "updated",
+            _ => "deleted",
+        };
+        println!("{}/{} {verb}", item.kind.as_str().to_lowercase(), item.name);
     }
     for line in lines {
         println!("{line}");

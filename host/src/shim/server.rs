@@ -118,6 +118,12 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
         Ok(l) => l,
         Err(e) => shared.finalize(SandboxState::Failed, format!("binding {}: {e}", shared.dir.socket().display()), true),
     };
+    if let Some(workdir) = &shared.cfg.spec.workdir {
+        // Like Docker's WORKDIR: created if the image lacks it. The agent handles requests in
+        // order, so it exists before the main process or any exec starts.
+        let id = shared.alloc_id();
+        shared.to_agent(id, Request::Mkdir { path: workdir.clone(), parents: true, mode: None });
+    }
     shared.publish_status();
     if shared.cfg.spec.command.is_some() {
         if shared.cfg.wait_for_attach {

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The main job on examples/: apply two sandboxes, show them, exec into them, apply again
+# (nothing restarts), then let `serve` reconcile the GitOps directory through a change.
+# Leaves nothing running. Usage: examples/demo.sh PATH/TO/orchestrator
+set -euo pipefail
+o=$(realpath "${1:?usage: demo.sh ORCHESTRATOR_BINARY}")
+cd "$(dirname "$0")"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+cleanup() {
+  [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  rm -f gitops/jobs/extra.yaml
+  "$o" delete -f sandboxes.yaml >/dev/null 2>&1 || true
+  "$o" delete -f gitops >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+cleanup
+
+step "orchestrator apply -f sandboxes.yaml"
+"$o" apply -f sandboxes.yaml
+"$o" get all
+
+step "exec: inside the sandbox"
+"$o" exec web -- sh -c 'echo "hostname: $(hostname)"; echo "pid 1: $(cat /proc/1/comm)"; echo "network: $(ls /sys/class/net)"; wget -qO- http://127.0.0.1:8080/'
+"$o" exec agent -- sh -c 'echo "user namespace map: $(cat /proc/self/uid_map)"'
+set +e; "$o" exec web -- sh -c 'exit 7'; echo "exit code: $?"; set -e
+
+step "apply again: nothing restarts"
+"$o" apply -f sandboxes.yaml
+"$o" diff -f sandboxes.yaml && echo "diff: no changes"
+
+step "serve --config gitops (GitOps): add a file and watch it reconcile"
+"$o" serve --config gitops --resync 2 &
+serve_pid=$!
+sleep 1
+cat > gitops/jobs/extra.yaml <<'YAML'
+apiVersion: orchestrator/v1
+kind: Sandbox
+metadata: { name: gitops-extra }
+spec: { image: "dir:../../rootfs", command: [sleep, "3600"] }
+YAML
+for _ in $(seq 50); do "$o" get gitops-extra 2>/dev/null | grep -q Running && break; sleep 0.1; done
+"$o" get
+rm gitops/jobs/extra.yaml
+sleep 1
+"$o" describe gitops-ticker | head -12
+"$o" logs gitops-ticker --tail 1
+
+step "done: cleaning up"

@@ -1,0 +1,34 @@
+# Every task a person runs. Run as root. `tests/setup.sh RECIPE` installs what is needed first.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+cache := env_var_or_default("ORCHESTRATOR_CACHE", "/var/cache/orchestrator-dev")
+bin := "target/release/orchestrator"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install Debian packages, just and the example rootfs (idempotent).
+setup:
+    bash tests/setup.sh
+
+# Build the busybox root filesystem the examples and tests use.
+rootfs:
+    bash tests/images/busybox-rootfs.sh {{cache}}/rootfs/busybox
+    ln -sfn {{cache}}/rootfs/busybox examples/rootfs
+
+build:
+    cargo build --release
+
+# The main job: apply examples/, show what runs, exec into it, reconcile a GitOps directory.
+demo: rootfs build
+    bash examples/demo.sh {{bin}}
+
+# The test suite (unit and integration; real namespaces, cgroups, shims and agents).
+test: rootfs
+    cargo test --workspace --no-fail-fast
+
+# Benchmarks against runc and bubblewrap on the same rootfs (hyperfine).
+bench: rootfs build
+    bash tests/bench/run.sh {{bin}} {{cache}}/rootfs/busybox

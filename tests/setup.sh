@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The project's machine set-up, idempotent: Debian packages, `just`, and the busybox root
+# filesystem the examples and tests use. Then runs the requested recipe.
+#
+#   tests/setup.sh demo    set up, then run the main job on examples/ (`just demo`)
+#   tests/setup.sh test    set up, then run the test suite (`just test`)
+#   tests/setup.sh bench   set up, then run the benchmarks (`just bench`)
+#   tests/setup.sh         set up only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-}
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: run as root (sandboxes need namespaces, mounts and cgroups; packages need apt)" >&2
+  exit 1
+fi
+
+packages=(busybox-static ca-certificates)
+case "$what" in
+  bench) packages+=(runc bubblewrap hyperfine) ;;
+esac
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v just >/dev/null 2>&1; then
+  echo "setup: installing just (cargo install, once)"
+  cargo install --locked --quiet just@1.59.0
+fi
+
+cache=${ORCHESTRATOR_CACHE:-/var/cache/orchestrator-dev}
+bash tests/images/busybox-rootfs.sh "$cache/rootfs/busybox"
+ln -sfn "$cache/rootfs/busybox" examples/rootfs
+
+if [ -n "$what" ]; then
+  exec just "$what"
+fi
