@@ -54,6 +54,14 @@ fn two_sandboxes_run_isolated_and_exec_works() {
     let (code, _, _) = env.sh("beta", "test -e /tmp/only-alpha");
     assert_eq!(code, 1);
 
+    // No other user can read the state or reach a sandbox's socket.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(env.instance_dir("alpha").join("shim.sock")), 0o600);
+    assert_eq!(mode(env.data_dir().join("state.db")), 0o600);
+    assert_eq!(mode(env.instance_dir("alpha").join("main.log")), 0o600);
+    assert_eq!(mode(env.data_dir()), 0o711);
+
     // The main process's output is in the logs.
     env.wait_for("main process output", Duration::from_secs(5), || env.ok(&["logs", "alpha"]).contains("main-started"));
 }
@@ -280,4 +288,43 @@ fn delete_leaves_no_process_mount_cgroup_or_directory() {
     assert_eq!(env.get().len(), 1);
     env.ok(&["delete", "-f", file.to_str().unwrap()]);
     assert!(env.get().is_empty());
+}
+
+#[test]
+fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
+    use guest_agent::protocol::{Request, Response};
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("term", "  tty: true\n  command: [sh]\n"));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let sock = env.instance_dir("term").join("shim.sock");
+    let mut c = ShimClient::connect(&sock).unwrap();
+    let id = c.attach().unwrap();
+    let s = c.sender(id);
+    s.send(Request::Resize { rows: 30, cols: 90 });
+    s.send(Request::Stdin { data: b"stty size; tty; echo marker-$((6*7))\n".to_vec() });
+    let mut seen = String::new();
+    while !seen.contains("marker-42") {
+        let f = c.recv().unwrap();
+        if let (true, Response::Stdout { data }) = (f.id == id, f.body) {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(seen.contains("30 90"), "{seen:?}");
+    assert!(seen.contains("/dev/pts/0"), "{seen:?}");
+    // Detaching (closing the connection) leaves the main process running.
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(env.status("term"), "Running");
+    assert!(env.ok(&["logs", "term"]).contains("marker-42"));
+    // A second client can attach again.
+    let mut c = ShimClient::connect(&sock).unwrap();
+    let id = c.attach().unwrap();
+    c.sender(id).send(Request::Stdin { data: b"exit 4\n".to_vec() });
+    loop {
+        let f = c.recv().unwrap();
+        if let (true, Response::Exited(st)) = (f.id == id, &f.body) {
+            assert_eq!(st.code, Some(4));
+            break;
+        }
+    }
 }

@@ -63,8 +63,11 @@ pub fn resolve(spec: Option<&str>) -> Result<Identity, String> {
 }
 
 pub fn resolve_in(spec: Option<&str>, passwd_text: &str, group_text: &str) -> Result<Identity, String> {
+    // No user asked for: whoever the agent runs as (root inside a sandbox).
+    // SAFETY: getuid has no preconditions.
+    let current = unsafe { libc::getuid() }.to_string();
     let spec = match spec {
-        None | Some("") => "0",
+        None | Some("") => current.as_str(),
         Some(s) => s,
     };
     let (user_part, group_part) = match spec.split_once(':') {
@@ -124,7 +127,8 @@ mod tests {
         assert_eq!(resolve_in(Some("1234"), PW, GR).unwrap().gid, 1234);
         assert_eq!(resolve_in(Some("app:staff"), PW, GR).unwrap().gid, 50);
         assert_eq!(resolve_in(Some("0:7"), PW, GR).unwrap().gid, 7);
-        assert_eq!(resolve_in(None, PW, GR).unwrap().uid, 0);
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(resolve_in(None, PW, GR).unwrap().uid, unsafe { libc::getuid() });
     }
 
     #[test]

@@ -23,8 +23,15 @@ pub fn default_data_dir() -> PathBuf {
 
 impl DataDir {
     pub fn open(root: &Path) -> std::io::Result<DataDir> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(root.join("sandboxes"))?;
         let root = std::fs::canonicalize(root)?;
+        // Directories are traversable (a user-namespaced sandbox's root, an unprivileged host
+        // uid, must reach its writable layer) but not listable; every file below is 0600, the
+        // shim sockets included, so no other user can read state or reach a sandbox.
+        for dir in [root.clone(), root.join("sandboxes")] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        }
         Ok(DataDir { root })
     }
 
@@ -83,17 +90,32 @@ impl InstanceDir {
     }
 }
 
-/// Writes a file so that readers see the old or the new content, never a torn one.
+/// Opens a file for appending, creating it readable by the owner only.
+pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+}
+
+/// Writes a file (owner-only) so that readers see the old or the new content, never a torn one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    drop(f);
     std::fs::rename(&tmp, path)
+}
+
+fn private_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)
 }
 
 /// An exclusive advisory lock held for the life of the returned file.
 pub fn try_lock(path: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    let file = private_lock_file(path)?;
     // SAFETY: flock on an fd we own.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc == 0 {
@@ -110,7 +132,7 @@ pub fn try_lock(path: &Path) -> std::io::Result<Option<std::fs::File>> {
 /// Blocks until the lock is ours.
 pub fn lock(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    let file = private_lock_file(path)?;
     loop {
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {

@@ -118,7 +118,14 @@ pub fn for_isolation(isolation: Isolation) -> Box<dyn Runtime> {
 }
 
 fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig) -> Result<(), RuntimeError> {
-    std::fs::create_dir_all(dir.path()).map_err(|e| RuntimeError::Io { path: dir.path().display().to_string(), source: e })?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir.path())
+            .map_err(|e| RuntimeError::Io { path: dir.path().display().to_string(), source: e })?;
+    }
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| RuntimeError::Start(e.to_string()))?;
     crate::paths::write_atomic(&dir.config(), &json).map_err(|e| RuntimeError::Io { path: dir.config().display().to_string(), source: e })?;
     let socket_len = dir.socket().as_os_str().len();

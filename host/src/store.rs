@@ -161,6 +161,11 @@ const SANDBOX_COLUMNS: &str = "name, instance, spec, status, isolation, shim_pid
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Specs carry environment values: owner-only, like the rest of the data directory.
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

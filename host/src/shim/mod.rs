@@ -104,7 +104,7 @@ fn fail_early(msg: &str) -> ! {
 
 /// From here on diagnostics go to the instance's shim.log.
 fn redirect_stderr(dir: &InstanceDir) {
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.shim_log()) {
+    if let Ok(f) = crate::paths::open_private_append(&dir.shim_log()) {
         // SAFETY: dup2 onto stderr of a file we just opened.
         unsafe { libc::dup2(f.as_raw_fd(), 2) };
     }

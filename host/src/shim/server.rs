@@ -95,7 +95,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
 
     let shim_pid = std::process::id();
     let writer = agent.try_clone().unwrap_or_else(|e| super::fail_early(&format!("agent stream: {e}")));
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.main_log()).ok();
+    let log = crate::paths::open_private_append(&dir.main_log()).ok();
     let shared = Arc::new(Shared {
         cfg,
         dir,
@@ -115,7 +115,12 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
     }
     let _ = std::fs::remove_file(shared.dir.socket());
     let listener = match UnixListener::bind(shared.dir.socket()) {
-        Ok(l) => l,
+        Ok(l) => {
+            use std::os::unix::fs::PermissionsExt;
+            // Connecting needs write permission on the socket: the owner (root) only.
+            let _ = std::fs::set_permissions(shared.dir.socket(), std::fs::Permissions::from_mode(0o600));
+            l
+        }
         Err(e) => shared.finalize(SandboxState::Failed, format!("binding {}: {e}", shared.dir.socket().display()), true),
     };
     if let Some(workdir) = &shared.cfg.spec.workdir {

@@ -288,6 +288,7 @@ pub fn load_source(path: &Path) -> Result<Vec<Manifest>, Vec<SpecError>> {
         }
     }
     errors.extend(validate::duplicates(&manifests));
+    errors.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     if errors.is_empty() {
         Ok(manifests)
     } else {
