@@ -116,6 +116,9 @@ fn limits_security_and_users() {
     assert_ne!(code, 0, "mount must be refused: {err}");
     let (code, _, _) = env.sh("beta", "unshare -n true");
     assert_ne!(code, 0, "unshare must be refused");
+    // PID 1 cannot be inspected or traced from inside (it is not dumpable).
+    let (_, out, _) = env.sh("beta", "cat /proc/1/environ >/dev/null 2>&1 && echo readable || echo denied; ls -l /proc/1/exe 2>&1 | grep -c denied");
+    assert_eq!(out, "denied\n1\n");
     // Kernel files are masked, /proc/sys is read-only.
     let masked: Vec<&str> = ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"]
         .into_iter()
@@ -327,4 +330,16 @@ fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
             break;
         }
     }
+}
+
+#[test]
+fn main_log_is_rotated_so_output_cannot_fill_the_disk() {
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("chatty", "  command: [sh, -c, 'yes 0123456789abcdef | head -c 20000000; echo; echo tail-marker; exec sleep 100000']\n"));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    env.wait_for("all output logged", Duration::from_secs(30), || env.ok(&["logs", "--tail", "1", "chatty"]).contains("tail-marker"));
+    let dir = env.instance_dir("chatty");
+    let current = std::fs::metadata(dir.join("main.log")).unwrap().len();
+    let rotated = std::fs::metadata(dir.join("main.log.1")).unwrap().len();
+    assert!(current < 16 << 20 && rotated >= 16 << 20 && rotated < 17 << 20, "current {current}, rotated {rotated}");
 }

@@ -33,6 +33,10 @@ pub fn namespace_main(mut stream: UnixStream) -> ! {
         fail(&mut stream, frame.id, format!("building the sandbox root: {e}"));
     }
     let lock_down = || -> Result<(), security::SecurityError> {
+        // Processes in the sandbox share our uid: non-dumpable keeps them from ptracing PID 1
+        // or reading its memory (execve makes their own children dumpable again).
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         security::drop_capabilities()?;
         security::set_no_new_privs()?;
         if init.seccomp {

@@ -31,6 +31,8 @@ const BACKOFF_RESET: Duration = Duration::from_secs(10);
 /// A `run` whose client never attaches starts its command anyway after this long.
 const ATTACH_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_TTY: TtySize = TtySize { rows: 24, cols: 80 };
+/// main.log is rotated to main.log.1 at this size, so a chatty sandbox cannot fill the disk.
+const LOG_ROTATE_BYTES: u64 = 16 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -264,7 +266,14 @@ impl Shared {
     }
 
     fn log_main(&self, data: &[u8]) {
-        if let Some(f) = lock(&self.log).as_mut() {
+        let mut log = lock(&self.log);
+        let full = log.as_ref().and_then(|f| f.metadata().ok()).is_some_and(|m| m.len() >= LOG_ROTATE_BYTES);
+        if full {
+            let path = self.dir.main_log();
+            let _ = std::fs::rename(&path, path.with_extension("log.1"));
+            *log = crate::paths::open_private_append(&path).ok();
+        }
+        if let Some(f) = log.as_mut() {
             let _ = f.write_all(data);
         }
     }
