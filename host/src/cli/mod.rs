@@ -39,6 +39,21 @@ pub enum KindArg {
     All,
 }
 
+/// How a command's process is run (shared by `exec` and `run`).
+#[derive(clap::Args, Debug)]
+pub struct ProcessArgs {
+    /// Keep stdin open and forward it.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create, update and prune resources to match a YAML file or directory.
@@ -83,16 +98,8 @@ pub enum Command {
     },
     /// Run a command in a running sandbox.
     Exec {
-        /// Keep stdin open and forward it.
-        #[arg(short = 'i', long)]
-        interactive: bool,
-        /// Allocate a terminal.
-        #[arg(short = 't', long)]
-        tty: bool,
-        #[arg(short = 'e', long = "env", value_name = "K=V")]
-        env: Vec<String>,
-        #[arg(short = 'w', long = "workdir")]
-        workdir: Option<String>,
+        #[command(flatten)]
+        process: ProcessArgs,
         #[arg(short = 'u', long)]
         user: Option<String>,
         /// Kill the command after this many seconds.
@@ -109,14 +116,8 @@ pub enum Command {
         rm: bool,
         #[arg(long)]
         name: Option<String>,
-        #[arg(short = 'i', long)]
-        interactive: bool,
-        #[arg(short = 't', long)]
-        tty: bool,
-        #[arg(short = 'e', long = "env", value_name = "K=V")]
-        env: Vec<String>,
-        #[arg(short = 'w', long = "workdir")]
-        workdir: Option<String>,
+        #[command(flatten)]
+        process: ProcessArgs,
         #[arg(long, default_value = "auto")]
         isolation: String,
         #[arg(long)]
@@ -167,20 +168,27 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Describe { name } => output::describe(&mut open()?, &name),
         Command::Delete { names, file } => delete(&mut open()?, names, file),
         Command::Logs { name, follow, tail } => output::logs(&open()?, &name, follow, tail),
-        Command::Exec { interactive, tty, env, workdir, user, timeout, name, command } => {
+        Command::Exec { process: p, user, timeout, name, command } => {
             let orch = open()?;
-            let opts = interactive::ExecOptions { interactive, tty, env: parse_env(&env)?, workdir, user, timeout };
+            let opts = interactive::ExecOptions {
+                interactive: p.interactive,
+                tty: p.tty,
+                env: parse_env(&p.env)?,
+                workdir: p.workdir,
+                user,
+                timeout,
+            };
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, name, interactive, tty, env, workdir, isolation, memory, cpus, image, command } => {
+        Command::Run { rm, name, process: p, isolation, memory, cpus, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
             spec.command = Some(command);
             spec.restart_policy = RestartPolicy::Never;
-            spec.tty = tty;
-            spec.env = parse_env(&env)?;
-            spec.workdir = workdir;
+            spec.tty = p.tty;
+            spec.env = parse_env(&p.env)?;
+            spec.workdir = p.workdir;
             spec.cpus = cpus;
             spec.memory = memory.map(|m| spec::quantity::parse_bytes(&m)).transpose().map_err(|e| anyhow!("--memory: {e}"))?;
             spec.isolation = match isolation.as_str() {
@@ -189,7 +197,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 "microvm" => Isolation::Microvm,
                 other => bail!("--isolation {other:?}: use auto, namespace or microvm"),
             };
-            interactive::run(&mut open()?, name, spec, interactive, rm)
+            interactive::run(&mut open()?, name, spec, p.interactive, rm)
         }
         Command::Stop { names } => each(&mut open()?, &names, "stopped", |o, n| o.stop(n)),
         Command::Start { names } => each(&mut open()?, &names, "started", |o, n| o.start(n)),

@@ -261,6 +261,9 @@ pub fn source_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Loads and validates a file or a directory tree. All errors of all files are returned.
 pub fn load_source(path: &Path) -> Result<Vec<Manifest>, Vec<SpecError>> {
+    // Absolute paths in every error and origin, whatever directory the CLI ran in.
+    let canonical = std::fs::canonicalize(path);
+    let path = canonical.as_deref().unwrap_or(path);
     let file_error = |file: &Path, message: String, hint: Option<String>| SpecError {
         file: file.to_path_buf(),
         line: 0,
