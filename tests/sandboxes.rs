@@ -343,3 +343,29 @@ fn main_log_is_rotated_so_output_cannot_fill_the_disk() {
     let rotated = std::fs::metadata(dir.join("main.log.1")).unwrap().len();
     assert!(current < 16 << 20 && rotated >= 16 << 20 && rotated < 17 << 20, "current {current}, rotated {rotated}");
 }
+
+#[test]
+fn a_client_that_stops_reading_does_not_stall_the_others() {
+    use guest_agent::protocol::Request;
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("busy", ""));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let sock = env.instance_dir("busy").join("shim.sock");
+    let mut slow = ShimClient::connect(&sock).unwrap();
+    let id = slow.start(Request::Exec(Box::new(ExecRequest { argv: vec!["yes".into()], ..Default::default() }))).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert_eq!(env.sh("busy", "echo ok").1, "ok\n");
+        assert!(started.elapsed() < Duration::from_secs(2), "other clients are served while one does not read");
+    }
+    // The one that never read is cut off once it falls too far behind; what was already in
+    // flight drains, then its stream ends.
+    let log = env.instance_dir("busy").join("shim.log");
+    env.wait_for("the stalled client to be disconnected", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("disconnecting it")
+    });
+    let cut_off = (0..10_000).any(|_| slow.recv().is_err());
+    assert!(cut_off, "request {id}: the stalled client's stream ended");
+    env.sh("busy", "pkill yes");
+}

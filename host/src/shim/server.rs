@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,15 +44,46 @@ enum Target {
     Main,
 }
 
+/// A client that falls this far behind is disconnected rather than allowed to stall the
+/// agent reader (and with it every other client and the sandbox's output).
+const CLIENT_BACKLOG_BYTES: usize = 16 << 20;
+
+/// One client connection. Frames go through a queue drained by the client's own writer thread,
+/// so a client that stops reading only ever blocks itself.
 struct Client {
-    out: Mutex<UnixStream>,
+    queue: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    conn: UnixStream,
     targets: Mutex<HashMap<u64, Target>>,
 }
 
 impl Client {
+    fn new(conn: &UnixStream) -> std::io::Result<Arc<Client>> {
+        let mut writer = conn.try_clone()?;
+        let (queue, frames) = mpsc::channel::<Vec<u8>>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let drained = queued.clone();
+        thread::spawn(move || {
+            for buf in frames {
+                drained.fetch_sub(buf.len(), Ordering::Relaxed);
+                if writer.write_all(&buf).is_err() {
+                    let _ = writer.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        });
+        Ok(Arc::new(Client { queue, queued, conn: conn.try_clone()?, targets: Mutex::new(HashMap::new()) }))
+    }
+
     fn send(&self, id: u64, body: Response) -> bool {
         let Ok(buf) = protocol::encode(&Frame { id, body }) else { return false };
-        lock(&self.out).write_all(&buf).is_ok()
+        if self.queued.fetch_add(buf.len(), Ordering::Relaxed) + buf.len() > CLIENT_BACKLOG_BYTES {
+            // The shim's stderr is its shim.log.
+            eprintln!("shim: a client fell {CLIENT_BACKLOG_BYTES} bytes behind; disconnecting it");
+            let _ = self.conn.shutdown(std::net::Shutdown::Both);
+            return false;
+        }
+        self.queue.send(buf).is_ok()
     }
 }
 
@@ -386,8 +417,7 @@ impl Shared {
     }
 
     fn serve_client(self: &Arc<Self>, conn: UnixStream) {
-        let Ok(writer) = conn.try_clone() else { return };
-        let client = Arc::new(Client { out: Mutex::new(writer), targets: Mutex::new(HashMap::new()) });
+        let Ok(client) = Client::new(&conn) else { return };
         let mut reader = BufReader::new(conn);
         loop {
             let payload = match protocol::read_payload(&mut reader) {
