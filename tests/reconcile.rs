@@ -194,3 +194,25 @@ fn killing_apply_at_any_moment_never_duplicates_or_leaks() {
         env.ok(&["delete", "k0", "k1", "k2"]);
     }
 }
+
+#[test]
+fn a_killed_sandbox_init_fails_the_sandbox_and_apply_restarts_it() {
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("victim", "  command: [sleep, '100000']\n"));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let shim = env.shim_pid("victim");
+    let inst = env.sandbox("victim")["instance"].as_str().unwrap().to_string();
+    // The agent is the shim's only child.
+    let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).unwrap();
+    let agent: i32 = children.split_whitespace().next().expect("the agent").parse().unwrap();
+    // SAFETY: killing the sandbox's init from the host, as the OOM killer or an operator might.
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    env.wait_for("the shim to notice and exit", Duration::from_secs(5), || !pid_alive(shim));
+    let s = env.sandbox("victim");
+    assert_eq!(s["status"], "Failed");
+    assert!(s["message"].as_str().unwrap_or("").contains("exited unexpectedly"), "{s}");
+    assert!(leftovers(&inst).is_empty(), "{:?}", leftovers(&inst));
+    let out = env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("sandbox/victim restarted"), "{out}");
+    assert_eq!(env.status("victim"), "Running");
+}

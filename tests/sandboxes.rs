@@ -369,3 +369,23 @@ fn a_client_that_stops_reading_does_not_stall_the_others() {
     assert!(cut_off, "request {id}: the stalled client's stream ended");
     env.sh("busy", "pkill yes");
 }
+
+#[test]
+fn logs_follow_a_running_sandbox_and_get_speaks_yaml() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("talker", "  restartPolicy: Never\n  command: [sh, -c, 'echo one; sleep 1; echo two; sleep 1; echo three']\n"));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let mut follow = env.cmd(&["logs", "-f", "talker"]).stdout(Stdio::piped()).spawn().unwrap();
+    let lines: Vec<String> = std::io::BufReader::new(follow.stdout.take().unwrap()).lines().map(Result::unwrap).collect();
+    // `-f` ends by itself once the sandbox has exited and everything was printed.
+    assert!(follow.wait().unwrap().success());
+    assert_eq!(lines, ["one", "two", "three"]);
+
+    let yaml = env.ok(&["get", "sandboxes", "talker", "-o", "yaml"]);
+    let docs = yaml_rust2::YamlLoader::load_from_str(&yaml).expect("get -o yaml is YAML");
+    let obj = &docs[0][0];
+    assert_eq!(obj["name"].as_str(), Some("talker"));
+    assert_eq!(obj["status"].as_str(), Some("Exited"));
+    assert_eq!(obj["kind"].as_str(), Some("Sandbox"));
+}

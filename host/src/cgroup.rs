@@ -38,6 +38,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     version: Version,
+    /// The cgroup filesystem root (`/sys/fs/cgroup`).
+    root: PathBuf,
     /// One directory per controller on v1, a single one on v2.
     dirs: Vec<PathBuf>,
 }
@@ -49,12 +51,16 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 impl Cgroup {
     /// The cgroup of `instance`, whether or not it exists.
     pub fn of(instance: &str) -> Cgroup {
-        let version = detect();
+        Cgroup::at(Path::new(ROOT), detect(), instance)
+    }
+
+    /// The cgroup of `instance` under a given cgroup filesystem root and version.
+    pub fn at(root: &Path, version: Version, instance: &str) -> Cgroup {
         let dirs = match version {
-            Version::V2 => vec![Path::new(ROOT).join(PARENT).join(instance)],
-            Version::V1 => V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join(PARENT).join(instance)).collect(),
+            Version::V2 => vec![root.join(PARENT).join(instance)],
+            Version::V1 => V1_CONTROLLERS.iter().map(|c| root.join(c).join(PARENT).join(instance)).collect(),
         };
-        Cgroup { version, dirs }
+        Cgroup { version, root: root.to_path_buf(), dirs }
     }
 
     pub fn version(&self) -> Version {
@@ -64,9 +70,9 @@ impl Cgroup {
     pub fn create(&self, limits: &Limits) -> io::Result<()> {
         if self.version == Version::V2 {
             // Controllers must be enabled on every ancestor's subtree_control.
-            let parent = Path::new(ROOT).join(PARENT);
+            let parent = self.root.join(PARENT);
             fs::create_dir_all(&parent)?;
-            for dir in [Path::new(ROOT), parent.as_path()] {
+            for dir in [self.root.as_path(), parent.as_path()] {
                 let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu +pids");
             }
         }
@@ -172,5 +178,38 @@ impl Cgroup {
             Version::V1 => (&self.dirs[0], "memory.usage_in_bytes"),
         };
         fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The v2 layout written into a plain directory (these machines run cgroup v1, so the real
+    /// v2 path is exercised only on v2 hosts); checks file names and value formats.
+    #[test]
+    fn v2_limits_use_the_unified_file_names() {
+        let root = tempfile::tempdir().unwrap();
+        let cg = Cgroup::at(root.path(), Version::V2, "sb-1");
+        cg.create(&Limits { memory: Some(64 << 20), cpus: Some(1.5), pids: Some(99) }).unwrap();
+        let dir = root.path().join("orchestrator/sb-1");
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(read("pids.max"), "99");
+        assert_eq!(fs::read_to_string(root.path().join("orchestrator/cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
+    }
+
+    #[test]
+    fn v1_limits_go_to_each_controller() {
+        let root = tempfile::tempdir().unwrap();
+        let cg = Cgroup::at(root.path(), Version::V1, "sb-2");
+        cg.create(&Limits { memory: Some(1 << 30), cpus: Some(0.25), pids: None }).unwrap();
+        let read = |c: &str, f: &str| fs::read_to_string(root.path().join(c).join("orchestrator/sb-2").join(f)).unwrap();
+        assert_eq!(read("memory", "memory.limit_in_bytes"), (1u64 << 30).to_string());
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert!(!root.path().join("pids/orchestrator/sb-2/pids.max").exists());
     }
 }
