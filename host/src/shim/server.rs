@@ -101,6 +101,20 @@ struct Main {
     backoff: Option<Duration>,
 }
 
+/// The main process's log file and its size (kept here, not asked of the kernel per write).
+struct MainLog {
+    file: File,
+    written: u64,
+}
+
+impl MainLog {
+    fn open(path: &std::path::Path) -> Option<MainLog> {
+        let file = crate::paths::open_private_append(path).ok()?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Some(MainLog { file, written })
+    }
+}
+
 struct Shared {
     cfg: ShimConfig,
     dir: InstanceDir,
@@ -112,7 +126,7 @@ struct Shared {
     /// Set once the sandbox is going down: the state to record and why.
     ending: Mutex<Option<(SandboxState, String)>>,
     stopping: AtomicBool,
-    log: Mutex<Option<File>>,
+    log: Mutex<Option<MainLog>>,
     backend: Mutex<Box<dyn Backend>>,
 }
 
@@ -128,7 +142,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
 
     let shim_pid = std::process::id();
     let writer = agent.try_clone().unwrap_or_else(|e| super::fail_early(&format!("agent stream: {e}")));
-    let log = crate::paths::open_private_append(&dir.main_log()).ok();
+    let log = MainLog::open(&dir.main_log());
     let shared = Arc::new(Shared {
         cfg,
         dir,
@@ -283,29 +297,26 @@ impl Shared {
         main.agent_id = Some(id);
         main.last_start = Some(Instant::now());
         let tty = self.cfg.spec.tty;
-        let req = ExecRequest {
+        let req = self.augment(ExecRequest {
             argv,
-            env: self.base_env(),
-            cwd: self.cfg.spec.workdir.clone(),
-            user: self.cfg.spec.user.clone(),
             tty: tty.then_some(DEFAULT_TTY),
             stdin: tty || self.cfg.main_stdin,
-            rlimits: self.rlimits(Rlimits::default()),
-            timeout_ms: None,
-        };
+            ..Default::default()
+        });
         self.to_agent(id, Request::Exec(Box::new(req)));
     }
 
     fn log_main(&self, data: &[u8]) {
         let mut log = lock(&self.log);
-        let full = log.as_ref().and_then(|f| f.metadata().ok()).is_some_and(|m| m.len() >= LOG_ROTATE_BYTES);
-        if full {
+        if log.as_ref().is_some_and(|l| l.written >= LOG_ROTATE_BYTES) {
             let path = self.dir.main_log();
             let _ = std::fs::rename(&path, path.with_extension("log.1"));
-            *log = crate::paths::open_private_append(&path).ok();
+            *log = MainLog::open(&path);
         }
-        if let Some(f) = log.as_mut() {
-            let _ = f.write_all(data);
+        if let Some(l) = log.as_mut() {
+            if l.file.write_all(data).is_ok() {
+                l.written += data.len() as u64;
+            }
         }
     }
 
