@@ -15,9 +15,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-packages=(busybox-static ca-certificates)
+packages=(busybox-static ca-certificates docker-registry skopeo python3)
 case "$what" in
-  bench) packages+=(runc bubblewrap hyperfine) ;;
+  bench) packages+=(runc bubblewrap hyperfine umoci debootstrap) ;;
 esac
 missing=()
 for p in "${packages[@]}"; do

@@ -30,7 +30,9 @@ pub struct StartRequest<'a> {
     pub name: &'a str,
     pub instance: &'a str,
     pub dir: &'a InstanceDir,
+    /// The spec with the image's defaults applied.
     pub spec: &'a SandboxSpec,
+    pub image: &'a crate::image::ResolvedImage,
     pub wait_for_attach: bool,
     pub main_stdin: bool,
 }
@@ -71,7 +73,7 @@ impl Runtime for NamespaceRuntime {
 
     fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
         self.check_host().map_err(|e| RuntimeError::Unavailable("namespace", e))?;
-        let image = crate::image::resolve(&req.spec.image)?;
+        let image = req.image;
         let cfg = ShimConfig {
             instance: req.instance.to_string(),
             name: req.name.to_string(),

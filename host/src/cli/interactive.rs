@@ -227,6 +227,9 @@ pub fn attach(orch: &Orchestrator, name: &str) -> Result<i32> {
 }
 
 pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec, interactive: bool, rm: bool) -> Result<i32> {
+    if spec.command.is_none() && spec.image.starts_with("dir:") {
+        bail!("a root filesystem directory has no default command: give one after `--`");
+    }
     let name = name.unwrap_or_else(|| {
         let mut b = [0u8; 3];
         let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));

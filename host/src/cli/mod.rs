@@ -1,6 +1,7 @@
 //! The `orchestrator` command line: argument parsing (clap) and one function per command.
 //! Errors carry their context (file, line, field, sandbox) up to `main`, which prints them.
 
+mod images;
 mod interactive;
 mod output;
 mod serve;
@@ -17,6 +18,9 @@ pub struct Cli {
     /// Where state, images and sandboxes live.
     #[arg(long, global = true, env = "ORCHESTRATOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Registries reached over plain HTTP (host:port, comma-separated); all others use TLS.
+    #[arg(long, global = true, env = "ORCHESTRATOR_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -125,7 +129,8 @@ pub enum Command {
         #[arg(long)]
         cpus: Option<f64>,
         image: String,
-        #[arg(last = true, required = true)]
+        /// Without one, the image's Entrypoint and Cmd run (as with docker run).
+        #[arg(last = true)]
         command: Vec<String>,
     },
     /// Stop sandboxes (they stay stopped until `start`).
@@ -134,6 +139,11 @@ pub enum Command {
     Start { names: Vec<String> },
     /// Attach to a sandbox's main process (Ctrl-P Ctrl-Q detaches).
     Attach { name: String },
+    /// Manage images: pull, ls, inspect, rm, prune, import.
+    Image {
+        #[command(subcommand)]
+        command: images::ImageCommand,
+    },
     /// Watch a directory and keep sandboxes in line with it (GitOps).
     Serve {
         #[arg(long)]
@@ -149,6 +159,10 @@ pub enum Command {
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(crate::paths::default_data_dir);
+    if !cli.insecure_registry.is_empty() {
+        // The registry client reads the list from the environment (serve and apply pull too).
+        std::env::set_var(crate::image::registry::INSECURE_ENV, cli.insecure_registry.join(","));
+    }
     let open = || Orchestrator::open(&data_dir).with_context(|| format!("data directory {}", data_dir.display()));
     match cli.command {
         Command::Apply { file, dry_run, prune_empty } => apply(&mut open()?, &file, dry_run, prune_empty),
@@ -184,7 +198,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
-            spec.command = Some(command);
+            spec.command = (!command.is_empty()).then_some(command);
             spec.restart_policy = RestartPolicy::Never;
             spec.tty = p.tty;
             spec.env = parse_env(&p.env)?;
@@ -202,6 +216,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Stop { names } => each(&mut open()?, &names, "stopped", |o, n| o.stop(n)),
         Command::Start { names } => each(&mut open()?, &names, "started", |o, n| o.start(n)),
         Command::Attach { name } => interactive::attach(&open()?, &name),
+        Command::Image { command } => images::run(&open()?, command),
         Command::Serve { config, resync, prune_empty } => serve::serve(&mut open()?, &config, resync, prune_empty),
     }
 }

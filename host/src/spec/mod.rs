@@ -92,7 +92,8 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxSpec {
-    /// Normalised reference: `dir:/absolute/path` for now.
+    /// Normalised reference: `dir:/abs`, `oci-layout:/abs[:TAG]`, `oci-archive:/abs[:TAG]` or a
+    /// registry reference.
     pub image: String,
     pub isolation: Isolation,
     pub cpus: Option<f64>,
@@ -105,6 +106,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     pub restart_policy: RestartPolicy,
     pub user_namespace: bool,
+    #[serde(default)]
+    pub pull_policy: crate::image::PullPolicy,
 }
 
 impl SandboxSpec {
@@ -122,6 +125,7 @@ impl SandboxSpec {
             limits: Limits::default(),
             restart_policy: RestartPolicy::Always,
             user_namespace: false,
+            pull_policy: crate::image::PullPolicy::IfNotPresent,
         }
     }
 }

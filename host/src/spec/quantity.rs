@@ -72,6 +72,16 @@ pub fn format_bytes(n: u64) -> String {
     n.to_string()
 }
 
+/// Sizes for people: 1.0 MiB, 235.4 MiB, 512 B.
+pub fn human_bytes(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= size {
+            return format!("{:.1} {unit}", n as f64 / size as f64);
+        }
+    }
+    format!("{n} B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,11 +231,11 @@ const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
 const SANDBOX_FIELDS: &[&str] = &[
     "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
-    "restartPolicy", "userNamespace",
+    "restartPolicy", "userNamespace", "pullPolicy",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on a network rule must not get a sandbox without it).
-const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "network", "ports", "secrets", "patches", "hooks", "kernel", "pullPolicy"];
+const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "network", "ports", "secrets", "patches", "hooks", "kernel"];
 const LIMIT_FIELDS: &[&str] = &["pids", "nofile", "fsize", "cpuTime"];
 const VOLUME_FIELDS: &[&str] = &["size"];
 const PLUGIN_FIELDS: &[&str] = &["component", "config", "limits", "grants"];
@@ -344,7 +344,8 @@ fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
     std::fs::canonicalize(&joined).unwrap_or(joined)
 }
 
-/// Validates an image reference and normalises it (`dir:` paths become absolute).
+/// Validates an image reference and normalises it: `dir:`, `oci-layout:` and `oci-archive:`
+/// paths become absolute (relative to the YAML file); registry references are checked.
 pub fn normalise_image(image: &str, base_dir: &Path) -> Result<String, (String, String)> {
     if let Some(dir) = image.strip_prefix("dir:") {
         if dir.is_empty() {
@@ -363,10 +364,27 @@ pub fn normalise_image(image: &str, base_dir: &Path) -> Result<String, (String, 
         }
         return Ok(format!("dir:{s}"));
     }
-    Err((
-        format!("unsupported image reference {image:?}"),
-        "this version runs root filesystem directories: `dir:PATH`; registry images come with OCI image support".into(),
-    ))
+    for prefix in ["oci-layout:", "oci-archive:"] {
+        if let Some(rest) = image.strip_prefix(prefix) {
+            let (path, tag) = match rest.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') && !resolve_path(base_dir, rest).exists() => (p, Some(t)),
+                _ => (rest, None),
+            };
+            let abs = resolve_path(base_dir, path);
+            if !abs.exists() {
+                return Err((format!("{} does not exist", abs.display()), format!("{prefix}PATH[:TAG], PATH relative to the YAML file")));
+            }
+            let tag = tag.map(|t| format!(":{t}")).unwrap_or_default();
+            return Ok(format!("{prefix}{}{tag}", abs.display()));
+        }
+    }
+    match image.parse::<oci_client::Reference>() {
+        Ok(r) => Ok(r.whole()),
+        Err(e) => Err((
+            format!("{image:?} is not an image reference: {e}"),
+            "use a registry reference (alpine:3.20, host:port/name@sha256:...), oci-layout:DIR[:TAG], oci-archive:FILE[:TAG] or dir:PATH".into(),
+        )),
+    }
 }
 
 fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpec> {
@@ -447,6 +465,11 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
     if let Some(n) = f.get("userNamespace") {
         spec.user_namespace = ctx.bool(n, "spec.userNamespace").unwrap_or(false);
     }
+    if let Some(n) = f.get("pullPolicy") {
+        use crate::image::PullPolicy;
+        let opts = [("IfNotPresent", PullPolicy::IfNotPresent), ("Always", PullPolicy::Always), ("Never", PullPolicy::Never)];
+        spec.pull_policy = ctx.one_of(n, "spec.pullPolicy", &opts).unwrap_or_default();
+    }
     if let Some(n) = f.get("restartPolicy") {
         let opts = [("Always", RestartPolicy::Always), ("OnFailure", RestartPolicy::OnFailure), ("Never", RestartPolicy::Never)];
         spec.restart_policy = ctx.one_of(n, "spec.restartPolicy", &opts).unwrap_or_default();
@@ -461,7 +484,7 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
             };
         }
     }
-    if spec.tty && spec.command.is_none() && ctx.errors.len() == before {
+    if spec.tty && spec.command.is_none() && spec.image.starts_with("dir:") && ctx.errors.len() == before {
         ctx.err(node, "spec.tty", "a terminal needs a main process", Some("add `command`, or drop `tty`".into()));
     }
     (ctx.errors.len() == before).then_some(spec)
@@ -594,7 +617,11 @@ mod tests {
     fn missing_rootfs_and_registry_images_are_explained() {
         let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:./nope-not-here' }\n");
         assert!(errs[0].message.contains("does not exist"));
-        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'alpine:3.20' }\n");
-        assert!(errs[0].message.contains("unsupported image reference"));
+        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'Not A Ref!' }\n");
+        assert!(errs[0].message.contains("is not an image reference"), "{:?}", errs[0]);
+        let ok = validate_file(Path::new("/tmp/x.yaml"), "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'alpine:3.20', pullPolicy: Never }\n").unwrap();
+        let ResourceSpec::Sandbox(s) = &ok[0].resource.spec else { panic!() };
+        assert_eq!(s.image, "docker.io/library/alpine:3.20");
+        assert_eq!(s.pull_policy, crate::image::PullPolicy::Never);
     }
 }

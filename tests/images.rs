@@ -1,0 +1,245 @@
+//! Images from a real registry (Debian's docker-registry on a free loopback port, images pushed
+//! with skopeo from OCI layouts the project builds itself): files, whiteouts, Docker defaults,
+//! digests, multi-arch indexes, the store's sharing, and every failure a user can meet:
+//! unknown tags, a registry that is down, a corrupted blob, hostile layers, plain HTTP that
+//! was not allowed, pullPolicy Never.
+
+mod common;
+
+use common::*;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The test layouts (built once per machine by tests/images/oci-images.py).
+fn layouts() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = PathBuf::from("/var/cache/orchestrator-dev/oci-test");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/oci-images.py");
+        let st = Command::new("python3").arg(&script).arg(rootfs()).arg(&out).status().expect("python3");
+        assert!(st.success(), "building the test OCI layouts failed");
+        out.join("layout")
+    })
+    .clone()
+}
+
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry; `tests/setup.sh test` installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, port, dir }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// skopeo copy of a layout tag to REPO:TAG here; returns the reference.
+    fn push(&self, layout_tag: &str, repo: &str, all: bool) -> String {
+        let dest = format!("{}/{repo}", self.host());
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if all {
+            cmd.arg("--all");
+        }
+        let st = cmd.arg(format!("oci:{}:{layout_tag}", layouts().display())).arg(format!("docker://{dest}")).status().expect("skopeo");
+        assert!(st.success(), "skopeo push of {layout_tag}");
+        dest
+    }
+
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir.path().join("data/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn with_registry(env: &Env, reg: &Registry, args: &[&str]) -> std::process::Output {
+    env.cmd(args).env("ORCHESTRATOR_INSECURE_REGISTRIES", reg.host()).output().unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn sandboxes_from_a_registry_image_see_what_docker_would_give() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let image = reg.push("busybox", "tests/busybox:1", false);
+    let out = with_registry(&env, &reg, &["image", "pull", &image]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The image's Entrypoint + Cmd, Env, WorkingDir and User, as docker run would use them.
+    let out = with_registry(&env, &reg, &["run", "--rm", &image]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from /app as app\n", "{}", stderr(&out));
+    // Whiteouts, replacements, opaque directories, modes and owners from the two layers.
+    let script = "test -e /etc/motd && echo motd-present; cat /etc/replaced; ls /opt/data; stat -c '%a %U' /usr/local/bin/suid-tool /app/hello.txt; echo $GREETING";
+    let out = with_registry(&env, &reg, &["run", "--rm", &image, "--", "sh", "-c", script]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "second\nnew.txt\n4755 root\n640 app\nhello\n", "{}", stderr(&out));
+
+    // By digest, and a YAML sandbox from the registry reference.
+    let digest = serde_json::from_str::<serde_json::Value>(&env.ok(&["image", "inspect", &image])).unwrap()["manifestDigest"].as_str().unwrap().to_string();
+    let by_digest = format!("{}/tests/busybox@{digest}", reg.host());
+    let out = with_registry(&env, &reg, &["image", "pull", "-q", &by_digest]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: from-registry }}\nspec:\n  image: {image}\n  isolation: namespace\n  command: [sleep, '100000']\n");
+    let f = env.file("s.yaml", &yaml);
+    let out = with_registry(&env, &reg, &["apply", "-f", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.sh("from-registry", "pwd; id -un; cat /app/hello.txt").1, "/app\napp\nhello from the image\n");
+}
+
+#[test]
+fn the_second_sandbox_needs_no_download_and_no_unpacking() {
+    let env = Env::new();
+    let mut reg = Registry::start();
+    let image = reg.push("busybox", "tests/shared:1", false);
+    let started = Instant::now();
+    assert!(with_registry(&env, &reg, &["image", "pull", "-q", &image]).status.success());
+    let first_pull = started.elapsed();
+    let layers = env.data_dir().join("images/layers/sha256");
+    let stamp = |p: &Path| std::fs::read_dir(p).unwrap().map(|e| { let e = e.unwrap(); (e.file_name(), e.metadata().unwrap().modified().unwrap()) }).collect::<Vec<_>>();
+    let before = stamp(&layers);
+    // The registry is gone: a second and third sandbox must still start, from the store.
+    let _ = reg.child.kill();
+    let _ = reg.child.wait();
+    let yaml = ["a", "b"].map(|n| format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: {n} }}\nspec: {{ image: '{image}', isolation: namespace, command: [sleep, '100000'] }}\n")).join("---\n");
+    let f = env.file("s.yaml", &yaml);
+    let started = Instant::now();
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let two_sandboxes = started.elapsed();
+    assert_eq!(stamp(&layers), before, "no layer was unpacked again");
+    assert_eq!(env.status("a"), "Running");
+    assert_eq!(env.status("b"), "Running");
+    eprintln!("first pull {first_pull:?}; two sandboxes from the store (no registry) {two_sandboxes:?}");
+}
+
+#[test]
+fn multi_arch_indexes_resolve_to_this_host() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let image = reg.push("multi", "tests/multi:1", true);
+    let out = with_registry(&env, &reg, &["run", "--rm", &image, "--", "cat", "/arch"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "amd64\n", "{}", stderr(&out));
+}
+
+#[test]
+fn failures_are_clear_and_keep_nothing() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let image = reg.push("busybox", "tests/fail:1", false);
+
+    let out = with_registry(&env, &reg, &["image", "pull", &format!("{}/tests/fail:nope", reg.host())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no such image or tag"), "{}", stderr(&out));
+
+    let out = with_registry(&env, &reg, &["image", "pull", "127.0.0.1:1/tests/fail:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("reachable"), "{}", stderr(&out));
+
+    // Plain HTTP only where allowed: without the setting, the pull fails over TLS.
+    let out = env.run(&["image", "pull", &image]);
+    assert!(!out.status.success(), "plain HTTP must not be used silently");
+
+    // pullPolicy Never with nothing local.
+    let yaml = format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: never }}\nspec: {{ image: '{image}', isolation: namespace, pullPolicy: Never }}\n");
+    let f = env.file("never.yaml", &yaml);
+    let out = with_registry(&env, &reg, &["apply", "-f", f.to_str().unwrap()]);
+    assert!(stderr(&out).contains("pullPolicy is Never") || String::from_utf8_lossy(&out.stdout).contains("pullPolicy is Never"), "{}", stderr(&out));
+
+    // A corrupted blob in the registry: refused, and nothing kept.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")]).output().unwrap().stdout,
+    )
+    .unwrap();
+    let layer = manifest["layers"][1]["digest"].as_str().unwrap().to_string();
+    let blob = reg.blob_file(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = with_registry(&env, &reg, &["image", "pull", &image]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not match its digest"), "{}", stderr(&out));
+    let hex = layer.trim_start_matches("sha256:");
+    assert!(!env.data_dir().join("images/blobs/sha256").join(hex).exists(), "the corrupted blob was not kept");
+    assert_eq!(std::fs::read_dir(env.data_dir().join("images/tmp")).unwrap().count(), 0, "no partial files");
+}
+
+#[test]
+fn hostile_layers_are_rejected_and_nothing_is_written_outside() {
+    let env = Env::new();
+    let reg = Registry::start();
+    for (tag, why) in [("evil-dotdot", "`..`"), ("evil-symlink", "symlink"), ("evil-hardlink", "`..`")] {
+        let image = reg.push(tag, &format!("tests/{tag}:1"), false);
+        let out = with_registry(&env, &reg, &["image", "pull", &image]);
+        assert!(!out.status.success(), "{tag} must be refused");
+        assert!(stderr(&out).contains("hostile") && stderr(&out).contains(why), "{tag}: {}", stderr(&out));
+    }
+    for escaped in ["escaped-dotdot", "escaped-symlink"] {
+        assert!(!Path::new("/tmp").join(escaped).exists());
+        assert!(!env.data_dir().join("images").join(escaped).exists());
+        assert!(!env.data_dir().join(escaped).exists());
+    }
+    assert_eq!(std::fs::read_dir(env.data_dir().join("images/tmp")).unwrap().count(), 0, "no half-unpacked layer left");
+    assert!(env.ok(&["image", "ls", "-o", "json"]).trim() == "[]");
+}
+
+#[test]
+fn import_ls_rm_and_prune() {
+    let env = Env::new();
+    let out = env.ok(&["image", "import", rootfs().to_str().unwrap(), "local/busybox:dev"]);
+    assert!(out.contains("docker.io/local/busybox:dev"), "{out}");
+    let out = env.run(&["run", "--rm", "local/busybox:dev", "--", "cat", "/etc/motd"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "busybox sandbox\n", "{}", stderr(&out));
+    let ls = env.ok(&["image", "ls"]);
+    assert!(ls.contains("docker.io/local/busybox:dev"));
+    // In use by a sandbox: prune keeps it even after the reference is gone.
+    let f = env.file("s.yaml", "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: user }\nspec: { image: 'local/busybox:dev', isolation: namespace, command: [sleep, '100000'] }\n");
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    env.ok(&["image", "rm", "local/busybox:dev"]);
+    env.ok(&["image", "prune"]);
+    let layers = || std::fs::read_dir(env.data_dir().join("images/layers/sha256")).unwrap().count();
+    assert_eq!(layers(), 1, "the running sandbox's layer is kept");
+    env.ok(&["delete", "user"]);
+    let out = env.ok(&["image", "prune"]);
+    assert!(out.contains("removed 1 layer"), "{out}");
+    assert_eq!(layers(), 0);
+}
