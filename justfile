@@ -29,6 +29,7 @@ demo: rootfs build
 test: rootfs
     cargo test --workspace --no-fail-fast
 
-# Benchmarks against runc and bubblewrap on the same rootfs (hyperfine).
+# Benchmarks: sandboxes vs runc and bubblewrap, image pulls vs skopeo + umoci (hyperfine).
 bench: rootfs build
     bash tests/bench/run.sh {{bin}} {{cache}}/rootfs/busybox
+    bash tests/bench/images.sh {{bin}} {{cache}}

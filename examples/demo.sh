@@ -5,6 +5,7 @@
 set -euo pipefail
 o=$(realpath "${1:?usage: demo.sh ORCHESTRATOR_BINARY}")
 cd "$(dirname "$0")"
+export ORCHESTRATOR_INSECURE_REGISTRIES=${ORCHESTRATOR_INSECURE_REGISTRIES:-127.0.0.1:5000}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 cleanup() {
@@ -21,7 +22,8 @@ step "orchestrator apply -f sandboxes.yaml"
 "$o" get all
 
 step "exec: inside the sandbox"
-"$o" exec web -- sh -c 'echo "hostname: $(hostname)"; echo "pid 1: $(cat /proc/1/comm)"; echo "network: $(ls /sys/class/net)"; wget -qO- http://127.0.0.1:8080/'
+"$o" exec web -- sh -c 'echo "hostname: $(hostname)"; echo "pid 1: $(cat /proc/1/comm)"; echo "network: $(ls /sys/class/net)"; echo "user: $(id -un), cwd: $(pwd), GREETING: $GREETING"; wget -qO- http://127.0.0.1:8080/hello.txt'
+"$o" image ls
 "$o" exec agent -- sh -c 'echo "user namespace map: $(cat /proc/self/uid_map)"'
 set +e; "$o" exec web -- sh -c 'exit 7'; echo "exit code: $?"; set -e
 

@@ -243,3 +243,21 @@ fn import_ls_rm_and_prune() {
     assert!(out.contains("removed 1 layer"), "{out}");
     assert_eq!(layers(), 0);
 }
+
+#[test]
+fn oci_archives_as_skopeo_writes_them() {
+    let env = Env::new();
+    let archive = env.dir.path().join("busybox.tar");
+    let st = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:busybox", layouts().display()))
+        .arg(format!("oci-archive:{}:v1", archive.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let reference = format!("oci-archive:{}:v1", archive.display());
+    let out = env.run(&["run", "--rm", &reference, "--", "cat", "/etc/replaced"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "second\n", "{}", stderr(&out));
+    let out = env.run(&["image", "pull", &format!("oci-archive:{}:nope", archive.display())]);
+    assert!(stderr(&out).contains("no image tagged"), "{}", stderr(&out));
+}

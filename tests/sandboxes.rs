@@ -99,6 +99,7 @@ fn limits_security_and_users() {
         std::thread::sleep(Duration::from_millis(30));
     }
     bomb.wait().unwrap();
+    assert_eq!(env.sh("alpha", "echo alive").1, "alive\n", "the agent (PID 1) survives a fork bomb in its sandbox");
     assert!(peak <= 50, "pids limit holds: peak {peak}");
     assert!(peak >= 45, "the bomb really reached the limit: peak {peak}");
 

@@ -38,6 +38,16 @@ fi
 cache=${ORCHESTRATOR_CACHE:-/var/cache/orchestrator-dev}
 bash tests/images/busybox-rootfs.sh "$cache/rootfs/busybox"
 ln -sfn "$cache/rootfs/busybox" examples/rootfs
+python3 tests/images/oci-images.py "$cache/rootfs/busybox" "$cache/oci-test"
+
+case "$what" in
+  demo)
+    # The examples run an image from a local registry (loopback, plain HTTP, listed as insecure).
+    bash tests/images/registry.sh start 127.0.0.1:5000 "$cache/registry"
+    bash tests/images/registry.sh push "$cache/oci-test/layout:busybox" 127.0.0.1:5000/demo/busybox:1 ;;
+  bench)
+    bash tests/images/debian-python.sh "$cache" ;;
+esac
 
 if [ -n "$what" ]; then
   exec just "$what"

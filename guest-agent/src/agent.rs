@@ -22,6 +22,15 @@ use std::time::{Duration, Instant};
 /// may keep the pipe open forever).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Starts a thread without panicking when the sandbox's pids limit refuses one.
+fn spawn_thread(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    thread::Builder::new().spawn(f).map(|_| ())
+}
+
+fn out_of_threads(e: std::io::Error) -> Response {
+    error(ErrorCode::SpawnFailed, format!("cannot start a thread ({e}); is the sandbox at its pids limit?"))
+}
+
 /// Serialises whole frames onto the shared connection.
 pub struct Outbox {
     stream: Mutex<UnixStream>,
@@ -93,13 +102,16 @@ pub fn serve(stream: UnixStream) -> ! {
     });
     {
         let agent = agent.clone();
-        thread::spawn(move || loop {
+        let started = spawn_thread(move || loop {
             match signals.wait() {
                 Ok(nix::sys::signal::Signal::SIGCHLD) => agent.reaper.reap(),
                 Ok(sig) => agent.signal_all(sig as i32),
                 Err(_) => {}
             }
         });
+        if started.is_err() {
+            std::process::exit(1);
+        }
     }
     let mut reader = BufReader::with_capacity(CHUNK_LEN + 64, stream);
     loop {
@@ -161,14 +173,18 @@ impl Agent {
             }),
             Request::ReadFile { path, offset, len } => {
                 let out = self.out.clone();
-                thread::spawn(move || files::read_file(&path, offset, len, &mut |r| out.send(id, r)));
+                if let Err(e) = spawn_thread(move || files::read_file(&path, offset, len, &mut |r| out.send(id, r))) {
+                    self.reply(id, out_of_threads(e));
+                }
             }
             Request::WriteFile { path, offset, data, truncate, mode } => {
                 self.out.send(id, files::write_file(&path, offset, &data, truncate, mode));
             }
             Request::ListDir { path } => {
                 let out = self.out.clone();
-                thread::spawn(move || files::list_dir(&path, &mut |r| out.send(id, r)));
+                if let Err(e) = spawn_thread(move || files::list_dir(&path, &mut |r| out.send(id, r))) {
+                    self.reply(id, out_of_threads(e));
+                }
             }
             Request::Stat { path, follow_symlinks } => {
                 self.out.send(id, files::stat(&path, follow_symlinks));
@@ -245,70 +261,111 @@ impl Agent {
                 return self.reply(id, error(ErrorCode::SpawnFailed, e.to_string()));
             }
         };
-        let stdin_tx = sp.stdin.map(|fd| {
-            let (tx, rx) = mpsc::channel::<StdinMsg>();
-            thread::spawn(move || {
-                let mut f = std::fs::File::from(fd);
-                while let Ok(StdinMsg::Data(d)) = rx.recv() {
-                    if f.write_all(&d).is_err() {
-                        break;
-                    }
-                }
-            });
-            tx
-        });
-        let master = sp.pty_master.map(Arc::new);
-        sessions.insert(id, Session { pid: sp.pid, stdin: stdin_tx, pty_master: master });
-        drop(sessions);
-        self.out.send(id, Response::Started { pid: sp.pid as u32 });
-
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let mut pumps = 0;
-        for (fd, is_err) in [(Some(sp.stdout), false), (sp.stderr, true)] {
-            let Some(fd) = fd else { continue };
-            pumps += 1;
-            let out = self.out.clone();
-            let done = done_tx.clone();
-            thread::spawn(move || {
-                pump(fd, is_err, id, &out);
-                let _ = done.send(());
-            });
-        }
-        drop(done_tx);
-        let agent = self.clone();
+        // Everything that serves the process exists before it may exec (it waits at the gate).
+        let gate = sp.gate;
         let pid = sp.pid;
-        let exit_rx = sp.exit;
-        let timeout = req.timeout_ms.map(Duration::from_millis);
-        thread::spawn(move || {
-            let mut timed_out = false;
-            let mut status = match timeout {
-                Some(t) => match exit_rx.recv_timeout(t) {
-                    Ok(s) => Some(s),
-                    Err(RecvTimeoutError::Timeout) => {
-                        timed_out = true;
-                        // SAFETY: killing the process group of a child we started (it called setsid).
-                        unsafe {
-                            libc::kill(-pid, libc::SIGKILL);
-                            libc::kill(pid, libc::SIGKILL);
+        let suppress_exit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let setup = (|| -> std::io::Result<Option<Sender<StdinMsg>>> {
+            let stdin_tx = match sp.stdin {
+                Some(fd) => {
+                    let (tx, rx) = mpsc::channel::<StdinMsg>();
+                    spawn_thread(move || {
+                        let mut f = std::fs::File::from(fd);
+                        while let Ok(StdinMsg::Data(d)) = rx.recv() {
+                            if f.write_all(&d).is_err() {
+                                break;
+                            }
                         }
-                        exit_rx.recv().ok()
-                    }
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
-                None => exit_rx.recv().ok(),
-            };
-            let deadline = Instant::now() + DRAIN_TIMEOUT;
-            for _ in 0..pumps {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if done_rx.recv_timeout(left).is_err() {
-                    break;
+                    })?;
+                    Some(tx)
                 }
+                None => None,
+            };
+            let (done_tx, done_rx) = mpsc::channel::<()>();
+            let mut pumps = 0;
+            for (fd, is_err) in [(Some(sp.stdout), false), (sp.stderr, true)] {
+                let Some(fd) = fd else { continue };
+                pumps += 1;
+                let out = self.out.clone();
+                let done = done_tx.clone();
+                spawn_thread(move || {
+                    pump(fd, is_err, id, &out);
+                    let _ = done.send(());
+                })?;
             }
-            agent.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            let mut st = status.take().unwrap_or(ExitStatus { code: None, signal: None, timed_out: false });
-            st.timed_out = timed_out;
-            agent.out.send(id, Response::Exited(st));
-        });
+            drop(done_tx);
+            let agent = self.clone();
+            let exit_rx = sp.exit;
+            let timeout = req.timeout_ms.map(Duration::from_millis);
+            let suppress = suppress_exit.clone();
+            spawn_thread(move || agent.wait_exec(id, pid, exit_rx, done_rx, pumps, timeout, &suppress))?;
+            Ok(stdin_tx)
+        })();
+        let stdin_tx = match setup {
+            Ok(tx) => tx,
+            Err(e) => {
+                // Dropping the gate unreleased makes the held child exit.
+                suppress_exit.store(true, std::sync::atomic::Ordering::SeqCst);
+                drop(gate);
+                drop(sessions);
+                return self.reply(id, out_of_threads(e));
+            }
+        };
+        let master = sp.pty_master.map(Arc::new);
+        sessions.insert(id, Session { pid, stdin: stdin_tx, pty_master: master });
+        drop(sessions);
+        self.out.send(id, Response::Started { pid: pid as u32 });
+        if let Err(e) = gate.release() {
+            suppress_exit.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.reply(id, error(ErrorCode::SpawnFailed, e.to_string()));
+        }
+    }
+
+    /// Waits for an exec to end (killing it at its timeout), lets its output drain, and reports
+    /// the exit, unless the process never got to exec (then an error was reported instead).
+    #[allow(clippy::too_many_arguments)]
+    fn wait_exec(
+        &self,
+        id: u64,
+        pid: i32,
+        exit_rx: mpsc::Receiver<ExitStatus>,
+        done_rx: mpsc::Receiver<()>,
+        pumps: usize,
+        timeout: Option<Duration>,
+        suppress: &std::sync::atomic::AtomicBool,
+    ) {
+        let mut timed_out = false;
+        let status = match timeout {
+            Some(t) => match exit_rx.recv_timeout(t) {
+                Ok(s) => Some(s),
+                Err(RecvTimeoutError::Timeout) => {
+                    timed_out = true;
+                    // SAFETY: killing the process group of a child we started (it called setsid).
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    exit_rx.recv().ok()
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+            None => exit_rx.recv().ok(),
+        };
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        for _ in 0..pumps {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if done_rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        if suppress.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        let mut st = status.unwrap_or(ExitStatus { code: None, signal: None, timed_out: false });
+        st.timed_out = timed_out;
+        self.out.send(id, Response::Exited(st));
     }
 
     fn signal_all(&self, sig: i32) {

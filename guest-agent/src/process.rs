@@ -63,7 +63,9 @@ pub struct SpawnRequest<'a> {
     pub stdin: bool,
 }
 
-/// The parent's ends of a started process's standard streams.
+/// The parent's ends of a started process's standard streams. The child waits at its `gate`
+/// right before execve, so the caller can set up everything that serves it first (a process
+/// that forks fast must not starve the agent of the threads that pump its output).
 pub struct Spawned {
     pub pid: i32,
     pub exit: Receiver<ExitStatus>,
@@ -73,6 +75,33 @@ pub struct Spawned {
     pub stderr: Option<OwnedFd>,
     /// The PTY master, for resizing.
     pub pty_master: Option<OwnedFd>,
+    pub gate: Gate,
+}
+
+/// Lets a held child exec. Dropping it unreleased makes the child exit (status 126).
+pub struct Gate {
+    go: OwnedFd,
+    errors: OwnedFd,
+    program: String,
+}
+
+impl Gate {
+    /// Releases the child and reports whether it reached execve.
+    pub fn release(self) -> Result<(), SpawnError> {
+        // SAFETY: one byte into our pipe; EPIPE (the child already failed) is reported below.
+        unsafe { libc::write(self.go.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        drop(self.go);
+        let mut buf = [0u8; 4];
+        if read_full(self.errors.as_raw_fd(), &mut buf) != 4 {
+            return Ok(());
+        }
+        let stage = STAGES.get(buf[0] as usize).copied().unwrap_or("exec");
+        let errno = i32::from(buf[1]) | (i32::from(buf[2]) << 8);
+        if stage == "execve" && errno == libc::ENOENT {
+            return Err(SpawnError::NotFound(self.program));
+        }
+        Err(SpawnError::Os { stage, source: std::io::Error::from_raw_os_error(errno) })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +221,7 @@ pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> Result<Spawned, SpawnErr
     let err_fd = stderr_child.as_ref().map(|f| f.as_raw_fd()).unwrap_or(out_fd);
     let tty = req.tty.is_some();
     let (err_r, err_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
     let (uid, gid) = (req.identity.uid, req.identity.gid);
 
     let (tx, rx) = mpsc::channel();
@@ -248,27 +278,19 @@ pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> Result<Spawned, SpawnErr
             if libc::chdir(cwd_c.as_ptr()) != 0 {
                 fail(7);
             }
+            let mut go = 0u8;
+            if libc::read(go_r.as_raw_fd(), (&mut go as *mut u8).cast(), 1) != 1 {
+                libc::_exit(126);
+            }
             libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
             fail(8);
         }
     }
     children.insert(pid, tx);
     drop(children);
-    drop((stdin_child, stdout_child, stderr_child, err_w, devnull));
-
-    let mut buf = [0u8; 4];
-    let n = read_full(err_r.as_raw_fd(), &mut buf);
-    if n == 4 {
-        let stage = STAGES.get(buf[0] as usize).copied().unwrap_or("exec");
-        let errno = i32::from(buf[1]) | (i32::from(buf[2]) << 8);
-        let _ = rx.recv();
-        let source = std::io::Error::from_raw_os_error(errno);
-        if stage == "execve" && errno == libc::ENOENT {
-            return Err(SpawnError::NotFound(program.clone()));
-        }
-        return Err(SpawnError::Os { stage, source });
-    }
-    Ok(Spawned { pid, exit: rx, stdin: stdin_parent, stdout: stdout_parent, stderr: stderr_parent, pty_master: master })
+    drop((stdin_child, stdout_child, stderr_child, err_w, go_r, devnull));
+    let gate = Gate { go: go_w, errors: err_r, program: program.clone() };
+    Ok(Spawned { pid, exit: rx, stdin: stdin_parent, stdout: stdout_parent, stderr: stderr_parent, pty_master: master, gate })
 }
 
 fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {

@@ -376,8 +376,7 @@ impl Orchestrator {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
         let dir = self.instance_dir(&row);
         let rt = runtime::for_isolation(spec.isolation);
-        let result = crate::image::ImageStore::open(self.data.root())
-            .and_then(|store| crate::image::resolve(&store, &spec.image, spec.pull_policy))
+        let result = crate::image::resolve(self.data.root(), &spec.image, spec.pull_policy)
             .map_err(runtime::RuntimeError::from)
             .and_then(|image| {
                 let effective = crate::image::apply_defaults(spec, &image.config);

@@ -2,6 +2,7 @@
 """Builds the OCI image layouts the image tests push to a real registry, from the busybox rootfs.
 
   oci-images.py ROOTFS OUT
+  oci-images.py --single ROOTFS OUT TAG [ENV=VALUE...]   one gzip layer of ROOTFS, tagged TAG
 
 OUT/layout holds (tags): busybox (2 layers: deletions, replacements, an opaque directory, Docker
 process defaults), multi (an index: linux/amd64 and a marked linux/arm64), and hostile images
@@ -10,7 +11,11 @@ Idempotent: an existing complete OUT is left alone.
 """
 import gzip, hashlib, io, json, os, sys, tarfile
 
-rootfs, out = sys.argv[1], sys.argv[2]
+single = sys.argv[1] == "--single"
+if single:
+    rootfs, out, single_tag, single_env = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+else:
+    rootfs, out = sys.argv[1], sys.argv[2]
 layout = os.path.join(out, "layout")
 if os.path.exists(os.path.join(out, ".complete")):
     sys.exit(0)
@@ -60,6 +65,19 @@ def image(layers, config_extra, arch="amd64"):
 def tag(desc, name):
     d = dict(desc); d["annotations"] = {"org.opencontainers.image.ref.name": name}
     index["manifests"].append(d)
+
+def whole_tree(t):
+    t.add(rootfs, arcname=".", recursive=True, filter=lambda ti: None if ti.name in ("./.complete",) else ti)
+
+if single:
+    desc = image([tar_of(whole_tree)], {"Env": single_env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]})
+    tag(desc, single_tag)
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump(index, f)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    open(os.path.join(out, ".complete"), "w").close()
+    sys.exit(0)
 
 def base(t):
     for dirpath, dirnames, filenames in os.walk(rootfs):

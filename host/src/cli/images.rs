@@ -46,8 +46,9 @@ fn store(orch: &Orchestrator) -> Result<ImageStore> {
     Ok(ImageStore::open(orch.data.root())?)
 }
 
-/// Per-layer progress bars on a terminal; nothing otherwise (a summary line follows).
+/// Per-layer progress bars on a terminal; a plain line per finished layer otherwise.
 struct Bars {
+    quiet: bool,
     multi: Option<MultiProgress>,
     bars: Mutex<HashMap<String, ProgressBar>>,
 }
@@ -55,11 +56,16 @@ struct Bars {
 impl Bars {
     fn new(quiet: bool) -> Bars {
         let multi = (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
-        Bars { multi, bars: Mutex::new(HashMap::new()) }
+        Bars { quiet, multi, bars: Mutex::new(HashMap::new()) }
     }
 
     fn update(&self, digest: &str, done: u64, total: Option<u64>) {
-        let Some(multi) = &self.multi else { return };
+        let Some(multi) = &self.multi else {
+            if !self.quiet && total == Some(done) {
+                eprintln!("layer {digest}: {} downloaded", format_bytes(done));
+            }
+            return;
+        };
         let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         let bar = bars.entry(digest.to_string()).or_insert_with(|| {
             let b = multi.add(ProgressBar::new(total.unwrap_or(0)));

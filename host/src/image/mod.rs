@@ -123,8 +123,9 @@ pub fn pull(store: &ImageStore, reference: &str, progress: registry::Progress<'_
     }
 }
 
-/// Layers and defaults for a sandbox's image, fetching it as `policy` says.
-pub fn resolve(store: &ImageStore, reference: &str, policy: PullPolicy) -> Result<ResolvedImage, ImageError> {
+/// Layers and defaults for a sandbox's image, fetching it as `policy` says. The store under
+/// `data_root` is only opened for store-backed references (`dir:` stays on the fast path).
+pub fn resolve(data_root: &std::path::Path, reference: &str, policy: PullPolicy) -> Result<ResolvedImage, ImageError> {
     if let Some(path) = reference.strip_prefix("dir:") {
         let path = PathBuf::from(path);
         if !path.is_dir() {
@@ -132,6 +133,8 @@ pub fn resolve(store: &ImageStore, reference: &str, policy: PullPolicy) -> Resul
         }
         return Ok(ResolvedImage { layers: vec![path], config: ImageConfig::default(), digest: None });
     }
+    let store = ImageStore::open(data_root)?;
+    let store = &store;
     let key = canonical(reference);
     let record = match (policy, store.record(&key)) {
         (PullPolicy::Always, _) => pull(store, &key, &no_progress)?,
