@@ -261,3 +261,47 @@ fn oci_archives_as_skopeo_writes_them() {
     let out = env.run(&["image", "pull", &format!("oci-archive:{}:nope", archive.display())]);
     assert!(stderr(&out).contains("no image tagged"), "{}", stderr(&out));
 }
+
+/// Runs a shell script in a private mount namespace (mounts vanish with it).
+fn in_private_mounts(script: &str) -> String {
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", script]).output().unwrap();
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn microvm_disks_are_built_once_per_image_and_hold_the_merged_layers() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let image = reg.push("busybox", "tests/disk:1", false);
+    assert!(with_registry(&env, &reg, &["image", "pull", "-q", &image]).status.success());
+    let started = Instant::now();
+    let disk = env.ok(&["image", "disk", &image]).trim().to_string();
+    let built_in = started.elapsed();
+    let mtime = std::fs::metadata(&disk).unwrap().modified().unwrap();
+    assert_eq!(env.ok(&["image", "disk", &image]).trim(), disk, "cached");
+    assert_eq!(std::fs::metadata(&disk).unwrap().modified().unwrap(), mtime, "built once");
+    let mnt = env.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = mnt.display();
+    let seen = in_private_mounts(&format!(
+        "mount -t erofs -o loop,ro {disk} {m} && (test -e {m}/etc/motd && echo motd-present; cat {m}/etc/replaced; ls {m}/opt/data; stat -c '%a %u' {m}/usr/local/bin/suid-tool {m}/app/hello.txt; test -x {m}/bin/busybox && echo busybox)"
+    ));
+    assert_eq!(seen, "second\nnew.txt\n4755 0\n640 1000\nbusybox\n");
+    eprintln!("EROFS disk of the busybox image built in {built_in:?}");
+}
+
+#[test]
+fn scratch_disks_are_sparse_writable_ext4() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("scratch.ext4");
+    orchestrator::image::disk::scratch_disk(&disk, 256 << 20).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&disk).unwrap();
+    assert_eq!(meta.len(), 256 << 20);
+    assert!(meta.blocks() * 512 < 32 << 20, "sparse: {} bytes allocated", meta.blocks() * 512);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let seen = in_private_mounts(&format!("mount -o loop {} {} && echo data > {}/f && cat {}/f", disk.display(), mnt.display(), mnt.display(), mnt.display()));
+    assert_eq!(seen, "data\n");
+}

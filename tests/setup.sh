@@ -15,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-packages=(busybox-static ca-certificates docker-registry skopeo python3)
+packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux)
 case "$what" in
   bench) packages+=(runc bubblewrap hyperfine umoci debootstrap) ;;
 esac

@@ -40,6 +40,8 @@ pub enum ImageCommand {
     Prune,
     /// Make a local image from a root filesystem directory or tarball.
     Import { source: PathBuf, tag: String },
+    /// Build (once) and print the read-only EROFS disk of a local image, for microVMs.
+    Disk { reference: String },
 }
 
 fn store(orch: &Orchestrator) -> Result<ImageStore> {
@@ -143,6 +145,12 @@ pub fn run(orch: &Orchestrator, cmd: ImageCommand) -> Result<i32> {
         ImageCommand::Prune => {
             let (layers, blobs) = store.prune(&layers_in_use(orch))?;
             println!("removed {layers} layer(s) and {blobs} blob(s)");
+            Ok(0)
+        }
+        ImageCommand::Disk { reference } => {
+            let key = canonical(&image_arg(&reference)?);
+            let r = store.record(&key).ok_or_else(|| anyhow!("no local image {key:?} (pull it first)"))?;
+            println!("{}", image::disk::image_disk(&store, &r)?.display());
             Ok(0)
         }
         ImageCommand::Import { source, tag } => {

@@ -3,6 +3,7 @@
 //! (`alpine:3.20`, `host:port/name@sha256:...`), `oci-layout:DIR[:TAG]` and
 //! `oci-archive:FILE[:TAG]`. Everything but `dir:` goes through the content-addressed store.
 
+pub mod disk;
 pub mod install;
 pub mod layout;
 pub mod oci;

@@ -91,6 +91,10 @@ impl ImageStore {
         Ok(ImageStore { root })
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
         Ok(self.root.join("blobs/sha256").join(digest_hex(digest)?))
     }
@@ -250,6 +254,12 @@ impl ImageStore {
             let name = e.file_name().to_string_lossy().into_owned();
             if !keep_blobs.contains(&name) && fs::remove_file(e.path()).is_ok() {
                 removed.1 += 1;
+            }
+        }
+        let keep_disks: Vec<String> = records.iter().filter_map(|r| digest_hex(&r.manifest_digest).ok().map(|h| format!("{h}.erofs"))).collect();
+        for e in fs::read_dir(self.root.join("disks")).into_iter().flatten().flatten() {
+            if !keep_disks.contains(&e.file_name().to_string_lossy().into_owned()) {
+                let _ = fs::remove_file(e.path());
             }
         }
         for e in fs::read_dir(self.root.join("tmp")).into_iter().flatten().flatten() {
