@@ -34,13 +34,25 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry that demands HTTP basic auth (htpasswd, bcrypt) for this user and password.
+    fn start_with(auth: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let mut auth_section = String::new();
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd").args(["-nbB", user, password]).output().expect("htpasswd (Debian apache2-utils)");
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, out.stdout).unwrap();
+            auth_section = format!("auth:\n  htpasswd:\n    realm: tests\n    path: {}\n", htpasswd.display());
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_section}",
                 dir.path().join("data").display()
             ),
         )
@@ -66,13 +78,20 @@ impl Registry {
 
     /// skopeo copy of a layout tag to REPO:TAG here; returns the reference.
     fn push(&self, layout_tag: &str, repo: &str, all: bool) -> String {
+        self.push_from(&layouts(), layout_tag, repo, all, None)
+    }
+
+    fn push_from(&self, layout: &Path, layout_tag: &str, repo: &str, all: bool, creds: Option<&str>) -> String {
         let dest = format!("{}/{repo}", self.host());
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
         if all {
             cmd.arg("--all");
         }
-        let st = cmd.arg(format!("oci:{}:{layout_tag}", layouts().display())).arg(format!("docker://{dest}")).status().expect("skopeo");
+        if let Some(c) = creds {
+            cmd.args(["--dest-creds", c]);
+        }
+        let st = cmd.arg(format!("oci:{}:{layout_tag}", layout.display())).arg(format!("docker://{dest}")).status().expect("skopeo");
         assert!(st.success(), "skopeo push of {layout_tag}");
         dest
     }
@@ -304,4 +323,63 @@ fn scratch_disks_are_sparse_writable_ext4() {
     std::fs::create_dir(&mnt).unwrap();
     let seen = in_private_mounts(&format!("mount -o loop {} {} && echo data > {}/f && cat {}/f", disk.display(), mnt.display(), mnt.display(), mnt.display()));
     assert_eq!(seen, "data\n");
+}
+
+#[test]
+fn basic_auth_from_the_environment_or_docker_config() {
+    let env = Env::new();
+    let reg = Registry::start_with(Some(("alice", "s3cret")));
+    let image = reg.push_from(&layouts(), "busybox", "private/busybox:1", false, Some("alice:s3cret"));
+    let out = with_registry(&env, &reg, &["image", "pull", "-q", &image]);
+    assert!(!out.status.success(), "anonymous pulls are refused by this registry");
+    let out = env
+        .cmd(&["image", "pull", "-q", &image])
+        .env("ORCHESTRATOR_INSECURE_REGISTRIES", reg.host())
+        .env("ORCHESTRATOR_REGISTRY_USERNAME", "alice")
+        .env("ORCHESTRATOR_REGISTRY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "env credentials: {}", stderr(&out));
+    env.ok(&["image", "rm", &image]);
+    env.ok(&["image", "prune"]);
+    use base64::Engine;
+    let docker = env.dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let token = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    std::fs::write(docker.join("config.json"), format!("{{\"auths\": {{\"{}\": {{\"auth\": \"{token}\"}}}}}}", reg.host())).unwrap();
+    let out = env.cmd(&["image", "pull", "-q", &image]).env("ORCHESTRATOR_INSECURE_REGISTRIES", reg.host()).env("DOCKER_CONFIG", &docker).output().unwrap();
+    assert!(out.status.success(), "docker config.json credentials: {}", stderr(&out));
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_do_the_work_once() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let image = reg.push("busybox", "tests/concurrent:1", false);
+    let children: Vec<Child> = (0..3)
+        .map(|_| env.cmd(&["image", "pull", "-q", &image]).env("ORCHESTRATOR_INSECURE_REGISTRIES", reg.host()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let count = |d: &str| std::fs::read_dir(env.data_dir().join(d)).unwrap().count();
+    assert_eq!(count("images/layers/sha256"), 2, "each layer unpacked once");
+    assert_eq!(count("images/tmp"), 0, "nothing left half-done");
+    assert_eq!(env.ok(&["image", "ls", "-o", "json"]).matches("reference").count(), 1);
+}
+
+#[test]
+fn a_debian_image_with_python3_runs_python() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let cache = PathBuf::from("/var/cache/orchestrator-dev");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/debian-python.sh");
+    let st = Command::new("bash").arg(&script).arg(&cache).status().unwrap();
+    assert!(st.success(), "building the Debian + python3 image (debootstrap)");
+    let image = reg.push_from(&cache.join("oci-debian-python/layout"), "python", "tests/python:3", false, None);
+    let out = with_registry(&env, &reg, &["run", "--rm", &image, "--", "python3", "-c", "import sys; print(6 * 7, sys.version_info.major)"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42 3\n", "{}", stderr(&out));
+    let out = with_registry(&env, &reg, &["run", "--rm", &image, "--", "sh", "-c", "grep -o 'Debian GNU/Linux 12' /etc/os-release | head -1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Debian GNU/Linux 12\n");
 }

@@ -15,9 +15,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux)
+packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux debootstrap apache2-utils)
 case "$what" in
-  bench) packages+=(runc bubblewrap hyperfine umoci debootstrap) ;;
+  bench) packages+=(runc bubblewrap hyperfine umoci) ;;
 esac
 missing=()
 for p in "${packages[@]}"; do
@@ -45,7 +45,8 @@ case "$what" in
     # The examples run an image from a local registry (loopback, plain HTTP, listed as insecure).
     bash tests/images/registry.sh start 127.0.0.1:5000 "$cache/registry"
     bash tests/images/registry.sh push "$cache/oci-test/layout:busybox" 127.0.0.1:5000/demo/busybox:1 ;;
-  bench)
+  bench|test)
+    # Debian 12 + python3 (debootstrap, ~90 s once; cached).
     bash tests/images/debian-python.sh "$cache" ;;
 esac
 
