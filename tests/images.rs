@@ -383,3 +383,28 @@ fn a_debian_image_with_python3_runs_python() {
     let out = with_registry(&env, &reg, &["run", "--rm", &image, "--", "sh", "-c", "grep -o 'Debian GNU/Linux 12' /etc/os-release | head -1"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Debian GNU/Linux 12\n");
 }
+
+#[test]
+fn an_interrupted_pull_leaves_nothing_half_used() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let cache = PathBuf::from("/var/cache/orchestrator-dev");
+    let st = Command::new("bash").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/debian-python.sh")).arg(&cache).status().unwrap();
+    assert!(st.success());
+    let image = reg.push_from(&cache.join("oci-debian-python/layout"), "python", "tests/interrupted:1", false, None);
+    for delay in [Duration::from_millis(300), Duration::from_millis(1200)] {
+        let mut child = env.cmd(&["image", "pull", "-q", &image]).env("ORCHESTRATOR_INSECURE_REGISTRIES", reg.host()).spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever it got to, nothing unfinished is visible as an image or a layer.
+        let recorded = env.ok(&["image", "ls", "-o", "json"]);
+        let layers = std::fs::read_dir(env.data_dir().join("images/layers/sha256")).map(|d| d.count()).unwrap_or(0);
+        assert!(recorded.trim() == "[]" || layers == 1, "after {delay:?}: record {recorded} with {layers} layers");
+    }
+    // The next pull completes and the image runs.
+    let out = with_registry(&env, &reg, &["run", "--rm", &image, "--", "python3", "-c", "print('ok')"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", stderr(&out));
+    env.ok(&["image", "prune"]);
+    assert_eq!(std::fs::read_dir(env.data_dir().join("images/tmp")).unwrap().count(), 0, "prune clears what interrupted pulls left");
+}
