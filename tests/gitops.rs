@@ -48,7 +48,7 @@ fn serve_follows_the_directory() {
     std::fs::write(cfg.join(".a.yaml.swp"), sandbox_yaml("web", "  command: [sleep, '200000']\n")).unwrap();
     std::fs::rename(cfg.join(".a.yaml.swp"), cfg.join("a.yaml")).unwrap();
     env.wait_for("web to be recreated", Duration::from_secs(5), || {
-        names(&env).contains(&"web".to_string()) && env.shim_pid("web") != web_shim
+        names(&env).contains(&"web".to_string()) && env.try_shim_pid("web").is_some_and(|p| p != web_shim)
     });
     assert_eq!(env.sh("web", "ps -o args | grep '^sleep'").1, "sleep 200000\n");
 
@@ -71,7 +71,7 @@ fn serve_follows_the_directory() {
     // SAFETY: killing the shim as a crash would.
     unsafe { libc::kill(killed, libc::SIGKILL) };
     env.wait_for("web restarted by resync", Duration::from_secs(10), || {
-        env.status("web") == "Running" && env.shim_pid("web") != killed
+        env.status("web") == "Running" && env.try_shim_pid("web").is_some_and(|p| p != killed)
     });
     assert_eq!(env.sh("web", "echo back").1, "back\n");
 }

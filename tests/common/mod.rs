@@ -96,6 +96,14 @@ impl Env {
         self.data_dir().join("sandboxes").join(inst)
     }
 
+    /// The shim's pid, or None while the sandbox or its shim does not exist yet (for polling).
+    pub fn try_shim_pid(&self, name: &str) -> Option<i32> {
+        let objs = self.get();
+        let inst = objs.iter().find(|o| o["name"] == name)?["instance"].as_str()?.to_string();
+        let pid = std::fs::read_to_string(self.data_dir().join("sandboxes").join(inst).join("shim.pid")).ok()?;
+        pid.trim().parse().ok()
+    }
+
     pub fn shim_pid(&self, name: &str) -> i32 {
         std::fs::read_to_string(self.instance_dir(name).join("shim.pid")).unwrap().trim().parse().unwrap()
     }
