@@ -97,10 +97,15 @@ pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Writes a file (owner-only) so that readers see the old or the new content, never a torn one.
+/// Concurrent writers each use their own temporary file; the last rename wins.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let unique = format!(".{name}.{}.{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let tmp = path.with_file_name(unique);
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(data)?;
     drop(f);

@@ -376,12 +376,20 @@ impl Orchestrator {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
         let dir = self.instance_dir(&row);
         let rt = runtime::for_isolation(spec.isolation);
-        let result = crate::image::resolve(self.data.root(), &spec.image, spec.pull_policy)
+        let outcome = crate::image::resolve(self.data.root(), &spec.image, spec.pull_policy)
             .map_err(runtime::RuntimeError::from)
             .and_then(|image| {
                 let effective = crate::image::apply_defaults(spec, &image.config);
                 rt.start(&StartRequest { name: &row.name, instance: &row.instance, dir: &dir, spec: &effective, image: &image, wait_for_attach, main_stdin })
             });
+        let result = match outcome {
+            // A shim launched for this instance by a process that died before recording it.
+            Err(runtime::RuntimeError::AlreadyRunning) => match self.await_start(&row)? {
+                adopted if adopted.status == Status::Running => Ok(()),
+                other => Err(runtime::RuntimeError::Start(format!("the instance's existing shim did not start ({})", other.status.as_str()))),
+            },
+            other => other,
+        };
         match result {
             Ok(()) => {
                 row.status = Status::Running;

@@ -20,6 +20,9 @@ pub enum RuntimeError {
     Spawn(std::io::Error),
     #[error("{0}")]
     Start(String),
+    /// Another shim holds this instance (one a killed CLI launched): adopt it, do not fail.
+    #[error("another shim already runs this sandbox")]
+    AlreadyRunning,
     #[error("writing {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error(transparent)]
@@ -153,6 +156,7 @@ fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig) -> Result<(), RuntimeError> 
     let _ = child.wait();
     match line.trim_end() {
         "READY" => Ok(()),
+        l if l.ends_with(crate::shim::ALREADY_RUNNING) => Err(RuntimeError::AlreadyRunning),
         l if l.starts_with("ERROR: ") => Err(RuntimeError::Start(l["ERROR: ".len()..].to_string())),
         _ => {
             let log = std::fs::read_to_string(dir.shim_log()).unwrap_or_default();

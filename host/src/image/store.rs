@@ -218,6 +218,7 @@ impl ImageStore {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json") && !e.file_name().to_string_lossy().starts_with('.'))
             .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
             .collect();
         out.sort_by(|a, b| a.reference.cmp(&b.reference));

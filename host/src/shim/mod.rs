@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 pub use backend::Backend;
 
+/// What a shim says when the instance it was asked to run already has one.
+pub const ALREADY_RUNNING: &str = "another shim already runs this sandbox";
+
 /// Everything the shim needs, written by the host into the instance directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShimConfig {
@@ -68,7 +71,7 @@ pub fn main(dir: PathBuf) -> ! {
     let dir = InstanceDir(dir);
     let lock = match crate::paths::try_lock(&dir.lock()) {
         Ok(Some(l)) => l,
-        Ok(None) => fail_early("another shim already runs this sandbox"),
+        Ok(None) => fail_early(ALREADY_RUNNING),
         Err(e) => fail_early(&format!("locking {}: {e}", dir.lock().display())),
     };
     let cfg = match ShimConfig::load(dir.path()) {
