@@ -408,3 +408,15 @@ fn an_interrupted_pull_leaves_nothing_half_used() {
     env.ok(&["image", "prune"]);
     assert_eq!(std::fs::read_dir(env.data_dir().join("images/tmp")).unwrap().count(), 0, "prune clears what interrupted pulls left");
 }
+
+#[test]
+fn images_with_many_layers_run_with_and_without_a_user_namespace() {
+    let env = Env::new();
+    let reference = format!("oci-layout:{}:many", layouts().display());
+    let out = env.run(&["run", "--rm", &reference, "--", "sh", "-c", "ls /layers | wc -l; cat /layers/1 /layers/60"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "60\nlayer 1\nlayer 60\n", "{}", stderr(&out));
+    let yaml = format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: many }}\nspec: {{ image: '{reference}', isolation: namespace, userNamespace: true }}\n");
+    let f = env.file("many.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(env.sh("many", "cat /layers/30; id -u").1, "layer 30\n0\n");
+}

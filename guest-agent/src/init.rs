@@ -56,6 +56,9 @@ pub fn setup_root(init: &SandboxInit) -> Result<(), InitError> {
     mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
 
     let root = Path::new(&init.mount_point);
+    if !init.base_dir.is_empty() {
+        step(chdir(init.base_dir.as_str()).map_err(errno), || format!("entering {}", init.base_dir))?;
+    }
     let overlay = format!(
         "lowerdir={},upperdir={},workdir={}",
         init.lower_dirs.join(":"),

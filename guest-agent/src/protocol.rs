@@ -160,7 +160,11 @@ pub struct FileStat {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxInit {
     pub hostname: String,
-    /// Read-only lower directories, topmost first.
+    /// The overlay is mounted from this directory, so the directories below can be short
+    /// relative names: the whole overlay option must fit in one page (4 KiB), and absolute
+    /// store paths would cap an image at about 35 layers.
+    pub base_dir: String,
+    /// Read-only lower directories, topmost first (relative to `base_dir` or absolute).
     pub lower_dirs: Vec<String>,
     pub upper_dir: String,
     pub work_dir: String,

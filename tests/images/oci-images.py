@@ -17,8 +17,12 @@ if single:
 else:
     rootfs, out = sys.argv[1], sys.argv[2]
 layout = os.path.join(out, "layout")
-if os.path.exists(os.path.join(out, ".complete")):
+if os.path.exists(os.path.join(out, ".complete")) and (single or os.path.exists(os.path.join(out, ".v2"))):
     sys.exit(0)
+if not single and os.path.exists(out):
+    import shutil
+    shutil.rmtree(out)
+os.makedirs(out, exist_ok=True)
 os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
 index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
 
@@ -121,8 +125,14 @@ hostile = {
 for name, build in hostile.items():
     tag(image([tar_of(base), tar_of(build)], {"Env": ["PATH=/bin"]}), name)
 
+def numbered(n):
+    return lambda t: add_file(t, "layers/%d" % n, ("layer %d\n" % n).encode())
+tag(image([tar_of(base)] + [tar_of(numbered(n)) for n in range(1, 61)], {"Env": ["PATH=/bin"]}), "many")
+
 with open(os.path.join(layout, "index.json"), "w") as f:
     json.dump(index, f)
 with open(os.path.join(layout, "oci-layout"), "w") as f:
     json.dump({"imageLayoutVersion": "1.0.0"}, f)
 open(os.path.join(out, ".complete"), "w").close()
+if not single:
+    open(os.path.join(out, ".v2"), "w").close()

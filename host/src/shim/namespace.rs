@@ -48,8 +48,13 @@ impl Backend for NamespaceBackend {
             let userns = super::idmap::userns_with_map(&map)?;
             super::idmap::mount_layers(dir.path(), &cfg.lower_dirs, &userns)?
         } else {
-            cfg.lower_dirs.clone()
+            short_layer_names(dir.path(), &cfg.lower_dirs)?
         };
+        // Relative to the instance directory (see SandboxInit::base_dir).
+        let lower_dirs: Vec<String> = lower_dirs
+            .iter()
+            .map(|l| std::path::Path::new(l).strip_prefix(dir.path()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| l.clone()))
+            .collect();
         let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let cloned = clone_agent(theirs, cfg.spec.user_namespace, |pid| {
             if cfg.spec.user_namespace {
@@ -64,9 +69,10 @@ impl Backend for NamespaceBackend {
 
         let init = SandboxInit {
             hostname: cfg.name.clone(),
+            base_dir: dir.path().to_string_lossy().into_owned(),
             lower_dirs,
-            upper_dir: dir.upper().to_string_lossy().into_owned(),
-            work_dir: dir.work().to_string_lossy().into_owned(),
+            upper_dir: "upper".into(),
+            work_dir: "work".into(),
             mount_point: dir.rootfs().to_string_lossy().into_owned(),
             seccomp: true,
         };
@@ -127,6 +133,20 @@ impl Backend for NamespaceBackend {
     fn init_pid(&self) -> Option<i32> {
         self.pid
     }
+}
+
+/// `l0`, `l1`, … in the instance directory, linking to the image layers (topmost first).
+fn short_layer_names(instance_dir: &std::path::Path, layers: &[String]) -> Result<Vec<String>, String> {
+    layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let link = instance_dir.join(format!("l{i}"));
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(layer, &link).map_err(|e| format!("linking layer {i}: {e}"))?;
+            Ok(link.to_string_lossy().into_owned())
+        })
+        .collect()
 }
 
 fn write_id_maps(pid: i32, map: &str) -> Result<(), String> {
