@@ -158,6 +158,24 @@ fn row_to_sandbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
 
 const SANDBOX_COLUMNS: &str = "name, instance, spec, status, isolation, shim_pid, exit_code, restarts, message, user_stopped, created_at, started_at, finished_at";
 
+/// Retries `f` while the database is busy or locked. Switching a new database to WAL can
+/// report SQLITE_BUSY without consulting the busy handler (several processes opening a fresh
+/// data directory at once), so the open-time steps retry here, up to a deadline.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
@@ -167,12 +185,20 @@ impl Store {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
         conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Store { conn };
-        store.migrate()?;
-        Ok(store)
+        loop {
+            match store.migrate() {
+                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other.map(|()| store),
+            }
+        }
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -366,6 +392,19 @@ mod tests {
             // dropped without commit: as if the process died here
         }
         assert!(s.resources(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn many_connections_opening_a_fresh_database_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let threads: Vec<_> = (0..8).map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || Store::open(&db).map(|_| ()))
+        }).collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
     }
 
     #[test]

@@ -229,9 +229,17 @@ impl ImageStore {
         fs::remove_file(self.ref_path(reference)).is_ok()
     }
 
-    /// The resolved image for a record: layers topmost first, for overlayfs.
+    /// The resolved image for a record: layers topmost first, for overlayfs. A layer listed
+    /// twice is kept at its topmost place only: overlayfs refuses one directory twice, and the
+    /// top copy's files and whiteouts already cover all the lower copy did.
     pub fn resolved(&self, record: &ImageRecord) -> Result<ResolvedImage, ImageError> {
-        let layers = record.diff_ids.iter().rev().map(|d| self.layer_path(d)).collect::<Result<Vec<_>, _>>()?;
+        let mut layers: Vec<PathBuf> = Vec::new();
+        for d in record.diff_ids.iter().rev() {
+            let p = self.layer_path(d)?;
+            if !layers.contains(&p) {
+                layers.push(p);
+            }
+        }
         Ok(ResolvedImage { layers, config: record.config.clone(), digest: Some(record.manifest_digest.clone()) })
     }
 
@@ -267,5 +275,37 @@ impl ImageStore {
             let _ = if e.path().is_dir() { fs::remove_dir_all(e.path()) } else { fs::remove_file(e.path()) };
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_listed_twice_is_kept_at_its_topmost_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let record = ImageRecord {
+            reference: "x".into(),
+            manifest_digest: d('0'),
+            config_digest: d('1'),
+            diff_ids: vec![d('a'), d('b'), d('a'), d('c')],
+            layer_digests: vec![],
+            size: 0,
+            config: Default::default(),
+            pulled_at: String::new(),
+        };
+        let names: Vec<String> = store.resolved(&record).unwrap().layers.iter().map(|p| p.file_name().unwrap().to_string_lossy()[..1].to_string()).collect();
+        assert_eq!(names, ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn digests_that_are_not_sha256_hex_are_refused() {
+        assert!(digest_hex("sha256:../../etc/passwd").is_err());
+        assert!(digest_hex("md5:abc").is_err());
+        assert!(digest_hex(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(digest_hex(&format!("sha256:{}", "a".repeat(64))).is_ok());
     }
 }
