@@ -158,17 +158,19 @@ fn row_to_sandbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
 
 const SANDBOX_COLUMNS: &str = "name, instance, spec, status, isolation, shim_pid, exit_code, restarts, message, user_stopped, created_at, started_at, finished_at";
 
-/// Retries `f` while the database is busy or locked. Switching a new database to WAL can
-/// report SQLITE_BUSY without consulting the busy handler (several processes opening a fresh
-/// data directory at once), so the open-time steps retry here, up to a deadline.
-fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Retries `f` while the database is busy or locked, up to a deadline. Switching a new database
+/// to WAL can report SQLITE_BUSY without consulting the busy handler (several processes
+/// opening a fresh data directory at once), so the open-time steps retry here.
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         match f() {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(StoreError::Sqlite(e)) if is_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,
@@ -185,20 +187,12 @@ impl Store {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
         conn.busy_timeout(Duration::from_secs(30))?;
-        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
+        retry_busy(|| Ok(conn.pragma_update(None, "journal_mode", "WAL")?))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Store { conn };
-        loop {
-            match store.migrate() {
-                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                other => return other.map(|()| store),
-            }
-        }
+        retry_busy(|| store.migrate())?;
+        Ok(store)
     }
 
     fn migrate(&mut self) -> Result<()> {

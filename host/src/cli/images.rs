@@ -1,14 +1,13 @@
 //! `orchestrator image pull|ls|inspect|rm|prune|import`.
 
 use crate::image::oci::host_platform;
-use crate::image::store::{hex, ImageStore};
+use crate::image::store::{sha256_digest, ImageStore};
 use crate::image::{self, canonical, install};
 use crate::reconcile::Orchestrator;
 use crate::spec::quantity::human_bytes as format_bytes;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -214,7 +213,7 @@ fn import(store: &ImageStore, source: &Path, reference: &str) -> Result<image::I
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         });
         let config_bytes = serde_json::to_vec(&config)?;
-        let config_digest = format!("sha256:{}", hex(&Sha256::digest(&config_bytes)));
+        let config_digest = sha256_digest(&config_bytes);
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -222,7 +221,7 @@ fn import(store: &ImageStore, source: &Path, reference: &str) -> Result<image::I
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": bytes_len}],
         });
         let manifest_bytes = serde_json::to_vec(&manifest)?;
-        let manifest_digest = format!("sha256:{}", hex(&Sha256::digest(&manifest_bytes)));
+        let manifest_digest = sha256_digest(&manifest_bytes);
         store.put_blob(&manifest_digest, &manifest_bytes[..])?;
         let parsed: image::oci::Manifest = serde_json::from_slice(&manifest_bytes)?;
         let pending = install::Pending { reference, manifest_digest, manifest: parsed, config_bytes };

@@ -2,9 +2,8 @@
 //! store does not have yet (in parallel, each once), and record what the reference resolved to.
 
 use super::oci::{ConfigFile, Descriptor, Manifest};
-use super::store::{hex, ImageRecord, ImageStore};
+use super::store::{sha256_digest, ImageRecord, ImageStore};
 use super::ImageError;
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
 pub struct Pending<'a> {
@@ -20,7 +19,7 @@ pub fn install(
     p: Pending<'_>,
     blob_for: &(dyn Fn(&Descriptor) -> Result<PathBuf, ImageError> + Sync),
 ) -> Result<ImageRecord, ImageError> {
-    let got = format!("sha256:{}", hex(&Sha256::digest(&p.config_bytes)));
+    let got = sha256_digest(&p.config_bytes);
     if got != p.manifest.config.digest {
         return Err(ImageError::DigestMismatch { expected: p.manifest.config.digest.clone(), got });
     }

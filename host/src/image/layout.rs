@@ -4,9 +4,8 @@
 
 use super::install::{install, Pending};
 use super::oci::{is_index, select_platform, Descriptor, Index, Manifest};
-use super::store::{digest_hex, hex, ImageRecord, ImageStore};
+use super::store::{digest_hex, sha256_digest, ImageRecord, ImageStore};
 use super::ImageError;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -25,7 +24,7 @@ pub fn split_tag(spec: &str) -> (PathBuf, Option<String>) {
 fn blob(dir: &Path, digest: &str) -> Result<Vec<u8>, ImageError> {
     let path = dir.join("blobs/sha256").join(digest_hex(digest)?);
     let bytes = std::fs::read(&path).map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))?;
-    let got = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+    let got = sha256_digest(&bytes);
     if got != digest {
         return Err(ImageError::DigestMismatch { expected: digest.to_string(), got });
     }

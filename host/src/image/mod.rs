@@ -135,13 +135,12 @@ pub fn resolve(data_root: &std::path::Path, reference: &str, policy: PullPolicy)
         return Ok(ResolvedImage { layers: vec![path], config: ImageConfig::default(), digest: None });
     }
     let store = ImageStore::open(data_root)?;
-    let store = &store;
     let key = canonical(reference);
     let record = match (policy, store.record(&key)) {
-        (PullPolicy::Always, _) => pull(store, &key, &no_progress)?,
+        (PullPolicy::Always, _) => pull(&store, &key, &no_progress)?,
         (_, Some(r)) => r,
         (PullPolicy::Never, None) => return Err(ImageError::NotPresent(key)),
-        (PullPolicy::IfNotPresent, None) => pull(store, &key, &no_progress)?,
+        (PullPolicy::IfNotPresent, None) => pull(&store, &key, &no_progress)?,
     };
     store.resolved(&record)
 }

@@ -44,6 +44,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The `sha256:HEX` digest of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
 /// `sha256:HEX` -> `HEX`, refusing anything else (a digest names a file: it must be safe).
 pub fn digest_hex(digest: &str) -> Result<&str, ImageError> {
     let hex = digest.strip_prefix("sha256:").ok_or_else(|| ImageError::Invalid(format!("unsupported digest {digest:?} (sha256 only)")))?;
