@@ -29,7 +29,14 @@ demo: rootfs build
 test: rootfs
     cargo test --workspace --no-fail-fast
 
-# Benchmarks: sandboxes vs runc and bubblewrap, image pulls vs skopeo + umoci (hyperfine).
-bench: rootfs build
+# Build every plugin component (C, Python, JavaScript; Rust where wasm32-wasip2 exists) into target/plugins.
+plugins:
+    bash tests/plugins/toolchains.sh
+    bash plugins/build.sh target/plugins
+
+# Benchmarks: sandboxes vs runc and bubblewrap, image pulls vs skopeo + umoci (hyperfine),
+# plugin decisions in C, JS and Python vs native Rust.
+bench: rootfs build plugins
     bash tests/bench/run.sh {{bin}} {{cache}}/rootfs/busybox
     bash tests/bench/images.sh {{bin}} {{cache}}
+    cargo bench -p orchestrator --bench plugins

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's machine set-up, idempotent: Debian packages, `just`, and the busybox root
-# filesystem the examples and tests use. Then runs the requested recipe.
+# The project's machine set-up, idempotent: Debian packages, `just`, the busybox root
+# filesystem the examples and tests use, and (test, bench) the Wasm plugin toolchains and
+# components. Then runs the requested recipe.
 #
 #   tests/setup.sh demo    set up, then run the main job on examples/ (`just demo`)
 #   tests/setup.sh test    set up, then run the test suite (`just test`)
@@ -47,7 +48,10 @@ case "$what" in
     bash tests/images/registry.sh push "$cache/oci-test/layout:busybox" 127.0.0.1:5000/demo/busybox:1 ;;
   bench|test)
     # Debian 12 + python3 (debootstrap, ~90 s once; cached).
-    bash tests/images/debian-python.sh "$cache" ;;
+    bash tests/images/debian-python.sh "$cache"
+    # Plugin toolchains (C, Python, JavaScript; cached) and the plugin components.
+    bash tests/plugins/toolchains.sh
+    bash plugins/build.sh target/plugins ;;
 esac
 
 if [ -n "$what" ]; then

@@ -66,6 +66,8 @@ pub fn setup_root(init: &SandboxInit) -> Result<(), InitError> {
         init.work_dir
     );
     mnt(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&overlay))?;
+    // Before /proc, /sys and /dev exist in the new root, so no patch can reach them.
+    crate::patch::apply(root, &init.patches).map_err(|e| InitError { step: "applying rootfs patches".into(), source: std::io::Error::other(e.to_string()) })?;
 
     let proc_dir = root.join("proc");
     mkdir_p(&proc_dir, 0o555)?;

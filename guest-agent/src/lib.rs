@@ -4,6 +4,7 @@
 pub mod agent;
 mod files;
 pub mod init;
+pub mod patch;
 mod process;
 pub mod protocol;
 pub mod security;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 /// Bumped on every incompatible change; the handshake refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest payload accepted in one frame.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// Oversized frames up to this size are skipped (the stream stays in sync); beyond it the
@@ -171,6 +171,116 @@ pub struct SandboxInit {
     /// Where the overlay is assembled before pivot_root.
     pub mount_point: String,
     pub seccomp: bool,
+    /// Root filesystem patches (declarative `spec.patches` and rootfs-patch plugins), applied
+    /// in order to the writable layer before anything runs; empty when the sandbox restarts
+    /// on a layer that already has them.
+    pub patches: Vec<PatchOp>,
+}
+
+/// One change to a sandbox's root filesystem. Paths are absolute inside the sandbox and are
+/// checked with [`check_patch_path`] on both sides of the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PatchOp {
+    Write { path: String, contents: Vec<u8>, mode: u32 },
+    Append { path: String, contents: Vec<u8> },
+    Mkdir { path: String, mode: u32 },
+    Symlink { path: String, target: String },
+    Chmod { path: String, mode: u32 },
+    Remove { path: String },
+}
+
+impl PatchOp {
+    pub fn path(&self) -> &str {
+        match self {
+            PatchOp::Write { path, .. }
+            | PatchOp::Append { path, .. }
+            | PatchOp::Mkdir { path, .. }
+            | PatchOp::Symlink { path, .. }
+            | PatchOp::Chmod { path, .. }
+            | PatchOp::Remove { path } => path,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            PatchOp::Write { .. } => "write",
+            PatchOp::Append { .. } => "append",
+            PatchOp::Mkdir { .. } => "mkdir",
+            PatchOp::Symlink { .. } => "symlink",
+            PatchOp::Chmod { .. } => "chmod",
+            PatchOp::Remove { .. } => "remove",
+        }
+    }
+
+    /// Bytes of file contents this operation carries.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            PatchOp::Write { contents, .. } | PatchOp::Append { contents, .. } => contents.len(),
+            PatchOp::Symlink { target, .. } => target.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// All patches of one sandbox travel in its `Init` frame, so their contents are bounded well
+/// below [`MAX_FRAME_LEN`].
+pub const MAX_PATCH_BYTES: usize = 768 * 1024;
+/// At most this many operations per sandbox.
+pub const MAX_PATCH_OPS: usize = 4096;
+/// Kernel file systems that a patch must never reach.
+const PATCH_FORBIDDEN_ROOTS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Why a patch path is refused, or `Ok` for an absolute, normalised path inside the root that
+/// is not the root itself and not under a kernel file system.
+pub fn check_patch_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not an absolute path"));
+    }
+    if path.contains('\0') {
+        return Err(format!("{path:?} contains a NUL byte"));
+    }
+    if path.len() > 4096 {
+        return Err("the path is longer than 4096 bytes".into());
+    }
+    let mut components = 0;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("{path:?} leaves the root filesystem (`..`)")),
+            _ => components += 1,
+        }
+    }
+    if components == 0 {
+        return Err("the root directory itself cannot be patched".into());
+    }
+    for root in PATCH_FORBIDDEN_ROOTS {
+        let normalised: String = path.split('/').filter(|p| !p.is_empty() && *p != ".").fold(String::new(), |acc, p| acc + "/" + p);
+        if normalised == *root || normalised.starts_with(&format!("{root}/")) {
+            return Err(format!("{path:?} is under {root}, which is the kernel's, not the image's"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a whole list: every path, the operation count and the total payload.
+pub fn check_patches(ops: &[PatchOp]) -> Result<(), String> {
+    if ops.len() > MAX_PATCH_OPS {
+        return Err(format!("{} operations; at most {MAX_PATCH_OPS} are allowed", ops.len()));
+    }
+    let mut total = 0usize;
+    for (i, op) in ops.iter().enumerate() {
+        check_patch_path(op.path()).map_err(|e| format!("operation {} ({}): {e}", i + 1, op.name()))?;
+        if let PatchOp::Symlink { target, .. } = op {
+            if target.is_empty() || target.contains('\0') {
+                return Err(format!("operation {} (symlink): the target is empty or contains a NUL byte", i + 1));
+            }
+        }
+        total = total.saturating_add(op.payload_len());
+    }
+    if total > MAX_PATCH_BYTES {
+        return Err(format!("the patches carry {total} bytes; at most {MAX_PATCH_BYTES} are allowed (put large files in the image or a volume)"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 const ROOT: &str = "/sys/fs/cgroup";
 /// Parent group of every sandbox's cgroup.
 pub const PARENT: &str = "orchestrator";
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+/// `cpuacct` may be the same directory as `cpu` (co-mounted) or its own hierarchy; either works.
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids"];
 const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +179,33 @@ impl Cgroup {
             Version::V1 => (&self.dirs[0], "memory.usage_in_bytes"),
         };
         fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+    }
+
+    /// The directory of a v1 controller (`memory`, `cpu`, `cpuacct`, `pids`) or the v2 group.
+    fn controller(&self, v1_name: &str) -> Option<&PathBuf> {
+        match self.version {
+            Version::V2 => self.dirs.first(),
+            Version::V1 => V1_CONTROLLERS.iter().position(|c| *c == v1_name).and_then(|i| self.dirs.get(i)),
+        }
+    }
+
+    /// CPU time used by the group, microseconds.
+    pub fn cpu_usage_us(&self) -> Option<u64> {
+        match self.version {
+            Version::V2 => {
+                let stat = fs::read_to_string(self.controller("cpu")?.join("cpu.stat")).ok()?;
+                stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
+            }
+            Version::V1 => {
+                let ns: u64 = fs::read_to_string(self.controller("cpuacct")?.join("cpuacct.usage")).ok()?.trim().parse().ok()?;
+                Some(ns / 1000)
+            }
+        }
+    }
+
+    /// Tasks in the group now.
+    pub fn pids_current(&self) -> Option<u64> {
+        fs::read_to_string(self.controller("pids")?.join("pids.current")).ok()?.trim().parse().ok()
     }
 }
 

@@ -1,17 +1,89 @@
-//! Hook points in a sandbox's life where plugins (WebAssembly components) will act: before
-//! start on the writable layer (rootfs patches), at create (secret resolution), per new network
-//! flow (policy decisions) and periodically (metrics). This release runs no hooks; the list
-//! below names the points so the plugin work has one place to attach to.
+//! The plugin hooks of a sandbox's start, run by the reconciler before the shim launches:
+//! rootfs patches (declarative `spec.patches`, then each `hooks.rootfsPatch` plugin in order)
+//! on an instance's first start, and `spec.secrets` through their providers on every start.
+//! Any failure refuses the start with the plugin's message: secrets and patches fail closed.
+//! (Network-policy plugins are called per flow through `plugin::policy`; metrics sinks by
+//! `serve`'s loop in `plugin::metrics`.)
 
-/// Where in a sandbox's life a hook runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookPoint {
-    /// After the writable layer exists, before the sandbox's init starts.
-    RootfsPatch,
-    /// While creating the sandbox, before anything runs inside.
-    SecretResolve,
-    /// For every new network flow and DNS query.
-    NetworkPolicy,
-    /// Every metrics interval.
-    MetricsSink,
+use crate::image::ResolvedImage;
+use crate::plugin::secrets::ResolvedSecret;
+use crate::plugin::{ImageInfo, LoadedPlugin, Registry, SandboxInfo};
+use crate::spec::{PluginSpec, Resource, SandboxSpec};
+use guest_agent::protocol::{check_patches, PatchOp};
+use std::sync::Arc;
+
+/// What the hooks produced for one start.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub patches: Vec<PatchOp>,
+    pub secrets: Vec<ResolvedSecret>,
+}
+
+/// The identity plugins see.
+pub fn sandbox_info(resource: &Resource, spec: &SandboxSpec, isolation: &str) -> SandboxInfo {
+    SandboxInfo { name: resource.name.clone(), labels: resource.labels.clone(), image: spec.image.clone(), isolation: isolation.to_string() }
+}
+
+fn image_info(spec: &SandboxSpec, image: &ResolvedImage) -> ImageInfo {
+    let c = &image.config;
+    ImageInfo {
+        reference: spec.image.clone(),
+        digest: image.digest.clone(),
+        env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        entrypoint: c.entrypoint.clone(),
+        cmd: c.cmd.clone(),
+        working_dir: c.workdir.clone().unwrap_or_default(),
+        user: c.user.clone().unwrap_or_default(),
+    }
+}
+
+/// Loads every plugin the sandbox names, so a missing or broken one is reported before
+/// anything starts.
+pub fn plugins_for(
+    registry: &Registry,
+    spec: &SandboxSpec,
+    lookup: &dyn Fn(&str) -> Option<PluginSpec>,
+) -> Result<std::collections::HashMap<String, Arc<LoadedPlugin>>, String> {
+    let mut out = std::collections::HashMap::new();
+    for (field, name) in spec.plugin_refs() {
+        if out.contains_key(name) {
+            continue;
+        }
+        let plugin_spec = lookup(name).ok_or_else(|| {
+            format!("spec.{field} names plugin {name:?}, which is not declared; apply a `kind: Plugin` resource named {name}")
+        })?;
+        let plugin = registry.get(name, &plugin_spec).map_err(|e| format!("spec.{field}: {e}"))?;
+        out.insert(name.to_string(), plugin);
+    }
+    Ok(out)
+}
+
+/// Runs the start hooks. `first_start`: the writable layer is new, so patches apply.
+pub fn prepare(
+    registry: &Registry,
+    lookup: &dyn Fn(&str) -> Option<PluginSpec>,
+    info: &SandboxInfo,
+    spec: &SandboxSpec,
+    image: &ResolvedImage,
+    first_start: bool,
+) -> Result<Prepared, String> {
+    let plugins = plugins_for(registry, spec, lookup)?;
+    let mut prepared = Prepared::default();
+    if first_start {
+        prepared.patches = spec.patches.clone();
+        let image = image_info(spec, image);
+        for name in &spec.hooks.rootfs_patch {
+            let ops = plugins[name.as_str()].patch(info, &image).map_err(|e| format!("rootfs patch: {e}"))?;
+            tracing::info!(sandbox = %info.name, plugin = %name, "{} patch operations", ops.len());
+            prepared.patches.extend(ops);
+        }
+        check_patches(&prepared.patches).map_err(|e| format!("rootfs patches: {e}"))?;
+    }
+    for secret in &spec.secrets {
+        let value = plugins[secret.provider.as_str()]
+            .resolve_secret(info, &secret.key)
+            .map_err(|e| format!("secret {} (key {:?}): {e}", secret.env, secret.key))?;
+        prepared.secrets.push(ResolvedSecret::new(secret.env.clone(), secret.allow_hosts.clone(), value));
+    }
+    Ok(prepared)
 }

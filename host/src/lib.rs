@@ -7,6 +7,7 @@ pub mod client;
 pub mod hooks;
 pub mod image;
 pub mod paths;
+pub mod plugin;
 pub mod reconcile;
 pub mod runtime;
 pub mod shim;

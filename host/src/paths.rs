@@ -48,6 +48,12 @@ impl DataDir {
         self.root.join("reconcile.lock")
     }
 
+    /// Compiled plugin code, keyed by component hash and engine; `ORCHESTRATOR_PLUGIN_CACHE`
+    /// points several data directories at one cache.
+    pub fn plugin_cache(&self) -> PathBuf {
+        std::env::var_os("ORCHESTRATOR_PLUGIN_CACHE").map(PathBuf::from).unwrap_or_else(|| self.root.join("plugins").join("cache"))
+    }
+
     pub fn instance(&self, instance: &str) -> InstanceDir {
         InstanceDir(self.root.join("sandboxes").join(instance))
     }
@@ -79,6 +85,11 @@ impl InstanceDir {
     pub fn shim_log(&self) -> PathBuf {
         self.0.join("shim.log")
     }
+    /// Exists once the instance's writable layer has its rootfs patches.
+    pub fn patched_marker(&self) -> PathBuf {
+        self.0.join("patched")
+    }
+
     pub fn upper(&self) -> PathBuf {
         self.0.join("upper")
     }

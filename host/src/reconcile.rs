@@ -10,6 +10,7 @@
 //! - Converging is idempotent: a running sandbox whose spec is unchanged is left alone.
 
 use crate::paths::{shim_alive, DataDir, InstanceDir};
+use crate::plugin::Registry;
 use crate::runtime::{self, StartRequest};
 use crate::shim::read_state;
 use crate::spec::{Kind, Manifest, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
@@ -18,6 +19,7 @@ use guest_agent::protocol::SandboxState;
 use serde::Serialize;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Grace period between SIGTERM and SIGKILL when a sandbox is stopped or replaced.
@@ -84,6 +86,8 @@ pub enum Outcome {
 pub struct Orchestrator {
     pub data: DataDir,
     pub store: Store,
+    /// Plugins by name, loaded on first use (no wasmtime engine until a plugin is needed).
+    pub plugins: Arc<Registry>,
 }
 
 /// Random hex for instance ids.
@@ -111,7 +115,8 @@ impl Orchestrator {
     pub fn open(root: &Path) -> Result<Orchestrator> {
         let data = DataDir::open(root).map_err(|e| ReconcileError::DataDir { path: root.display().to_string(), source: e })?;
         let store = Store::open(&data.db())?;
-        Ok(Orchestrator { data, store })
+        let plugins = Arc::new(Registry::new(Some(data.plugin_cache())));
+        Ok(Orchestrator { data, store, plugins })
     }
 
     /// Takes the reconcile lock (blocking) for the life of the returned file.
@@ -188,10 +193,27 @@ impl Orchestrator {
                 self.store.event(&format!("{}/{}", item.kind, item.name), verb, &format!("desired state from {}", item.origin))?;
             }
         }
+        let (mut lines, mut errors) = (Vec::new(), Vec::new());
+        // Compile new and changed plugins now, so a broken component is reported at apply.
+        for m in manifests {
+            if let ResourceSpec::Plugin(spec) = &m.resource.spec {
+                match self.plugins.refresh(&m.resource.name, spec) {
+                    Some(Ok(p)) => lines.push(format!(
+                        "plugin/{} loaded ({})",
+                        m.resource.name,
+                        p.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    )),
+                    Some(Err(e)) => {
+                        lines.push(format!("plugin/{} failed: {e}", m.resource.name));
+                        self.store.event(&format!("Plugin/{}", m.resource.name), "LoadFailed", &e.to_string())?;
+                    }
+                    None => {}
+                }
+            }
+        }
         let mut names: Vec<String> =
             plan.items.iter().filter(|i| i.kind == Kind::Sandbox).map(|i| i.name.clone()).collect();
         names.dedup();
-        let (mut lines, mut errors) = (Vec::new(), Vec::new());
         for name in names {
             match self.converge(&name) {
                 Ok(Outcome::Nothing) => lines.push(format!("sandbox/{name} unchanged")),
@@ -349,6 +371,14 @@ impl Orchestrator {
         Ok(lines)
     }
 
+    /// The spec of the applied Plugin resource `name`.
+    pub fn plugin_spec(&self, name: &str) -> Option<crate::spec::PluginSpec> {
+        match self.store.resource(Kind::Plugin, name).ok().flatten()?.resource.spec {
+            ResourceSpec::Plugin(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Records a new instance (Pending) and starts it.
     pub fn create_instance(&mut self, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
@@ -379,8 +409,25 @@ impl Orchestrator {
         let outcome = crate::image::resolve(self.data.root(), &spec.image, spec.pull_policy)
             .map_err(runtime::RuntimeError::from)
             .and_then(|image| {
-                let effective = crate::image::apply_defaults(spec, &image.config);
-                rt.start(&StartRequest { name: &row.name, instance: &row.instance, dir: &dir, spec: &effective, image: &image, wait_for_attach, main_stdin })
+                let info = crate::hooks::sandbox_info(res, spec, rt.isolation().as_str());
+                let lookup = |name: &str| self.plugin_spec(name);
+                let first_start = !dir.patched_marker().exists();
+                let prepared = crate::hooks::prepare(&self.plugins, &lookup, &info, spec, &image, first_start).map_err(runtime::RuntimeError::Start)?;
+                let mut effective = crate::image::apply_defaults(spec, &image.config);
+                for secret in &prepared.secrets {
+                    effective.env.insert(secret.env.clone(), secret.placeholder.clone());
+                }
+                rt.start(&StartRequest {
+                    name: &row.name,
+                    instance: &row.instance,
+                    dir: &dir,
+                    spec: &effective,
+                    image: &image,
+                    wait_for_attach,
+                    main_stdin,
+                    patches: &prepared.patches,
+                    secrets: &prepared.secrets,
+                })
             });
         let result = match outcome {
             // A shim launched for this instance by a process that died before recording it.

@@ -38,6 +38,10 @@ pub struct StartRequest<'a> {
     pub image: &'a crate::image::ResolvedImage,
     pub wait_for_attach: bool,
     pub main_stdin: bool,
+    /// Root filesystem patches for a first start (empty otherwise).
+    pub patches: &'a [guest_agent::protocol::PatchOp],
+    /// Resolved secrets, handed to the shim over a pipe, never written anywhere.
+    pub secrets: &'a [crate::plugin::secrets::ResolvedSecret],
 }
 
 pub trait Runtime: Send + Sync {
@@ -86,8 +90,9 @@ impl Runtime for NamespaceRuntime {
             spec: req.spec.clone(),
             wait_for_attach: req.wait_for_attach,
             main_stdin: req.main_stdin,
+            patches: req.patches.to_vec(),
         };
-        launch_shim(req.dir, &cfg)
+        launch_shim(req.dir, &cfg, req.secrets)
     }
 }
 
@@ -122,7 +127,7 @@ pub fn for_isolation(isolation: Isolation) -> Box<dyn Runtime> {
     }
 }
 
-fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig) -> Result<(), RuntimeError> {
+fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig, secrets: &[crate::plugin::secrets::ResolvedSecret]) -> Result<(), RuntimeError> {
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -142,13 +147,21 @@ fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig) -> Result<(), RuntimeError> 
     let mut child = Command::new(self_binary())
         .arg("__shim")
         .arg(dir.path())
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .spawn()
         .map_err(RuntimeError::Spawn)?;
+    // Secrets travel over the shim's stdin only: a pipe, never a file or an argument.
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let mut payload = crate::plugin::secrets::encode(secrets);
+        // A shim that died before reading shows up as a failed start below.
+        let _ = stdin.write_all(payload.as_bytes());
+        crate::plugin::secrets::wipe(&mut payload);
+    }
     let stdout = child.stdout.take().ok_or_else(|| RuntimeError::Start("no readiness pipe".into()))?;
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);

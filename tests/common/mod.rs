@@ -27,6 +27,12 @@ pub fn rootfs() -> PathBuf {
         .clone()
 }
 
+/// Compiled plugin code shared by all tests (compiling a 12-18 MB interpreter component takes
+/// seconds; every test has its own data directory).
+pub fn plugin_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache")
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "these tests create namespaces and cgroups: run them as root (`just test`)");
@@ -50,7 +56,7 @@ impl Env {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args).env("ORCHESTRATOR_DATA_DIR", self.data_dir()).stdin(Stdio::null());
+        c.args(args).env("ORCHESTRATOR_DATA_DIR", self.data_dir()).env("ORCHESTRATOR_PLUGIN_CACHE", plugin_cache()).stdin(Stdio::null());
         c
     }
 
@@ -165,7 +171,7 @@ pub fn leftovers(instance: &str) -> Vec<String> {
     if mounts.contains(instance) {
         found.push(format!("a mount of {instance}"));
     }
-    for ctrl in ["memory", "cpu", "pids", ""] {
+    for ctrl in ["memory", "cpu", "cpuacct", "pids", ""] {
         let p = Path::new("/sys/fs/cgroup").join(ctrl).join("orchestrator").join(instance);
         if p.exists() {
             found.push(format!("cgroup {}", p.display()));

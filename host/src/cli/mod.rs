@@ -4,6 +4,7 @@
 mod images;
 mod interactive;
 mod output;
+mod plugins;
 mod serve;
 
 use crate::reconcile::{Change, Orchestrator, ReconcileError};
@@ -144,6 +145,11 @@ pub enum Command {
         #[command(subcommand)]
         command: images::ImageCommand,
     },
+    /// Plugins: check a component, evaluate a network policy, list applied plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: plugins::PluginCommand,
+    },
     /// Watch a directory and keep sandboxes in line with it (GitOps).
     Serve {
         #[arg(long)]
@@ -217,6 +223,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Start { names } => each(&mut open()?, &names, "started", |o, n| o.start(n)),
         Command::Attach { name } => interactive::attach(&open()?, &name),
         Command::Image { command } => images::run(&open()?, command),
+        Command::Plugin { command } => plugins::run(&open()?, command),
         Command::Serve { config, resync, prune_empty } => serve::serve(&mut open()?, &config, resync, prune_empty),
     }
 }

@@ -36,6 +36,32 @@ pub struct ShimConfig {
     pub wait_for_attach: bool,
     /// Give the main process a stdin (interactive `run -i`, PTY sandboxes).
     pub main_stdin: bool,
+    /// Root filesystem patches, present only for the start that creates the writable layer.
+    #[serde(default)]
+    pub patches: Vec<guest_agent::protocol::PatchOp>,
+}
+
+/// The sandbox's resolved secrets, held in this shim's memory for its whole life (the network
+/// proxy substitutes them into requests to their allowed hosts).
+static SECRETS: std::sync::OnceLock<Vec<crate::plugin::secrets::ResolvedSecret>> = std::sync::OnceLock::new();
+
+/// Reads the secrets the launcher writes to our stdin (then EOF), at most 4 MiB.
+fn receive_secrets() {
+    use std::io::Read;
+    let mut text = String::new();
+    let _ = std::io::stdin().lock().take(4 << 20).read_to_string(&mut text);
+    let secrets = crate::plugin::secrets::decode(&text);
+    crate::plugin::secrets::wipe(&mut text);
+    let _ = SECRETS.set(secrets);
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto stdin of /dev/null; the pipe is done.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+}
+
+/// How many secrets this shim holds (for status and tests; never their values).
+pub fn secrets_held() -> usize {
+    SECRETS.get().map(Vec::len).unwrap_or(0)
 }
 
 impl ShimConfig {
@@ -68,6 +94,10 @@ pub fn main(dir: PathBuf) -> ! {
     }
     // SAFETY: setsid in the fresh child.
     unsafe { libc::setsid() };
+    // Nobody (not even a process of our own uid) may read our memory: it holds secrets.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    receive_secrets();
     let dir = InstanceDir(dir);
     let lock = match crate::paths::try_lock(&dir.lock()) {
         Ok(Some(l)) => l,

@@ -75,6 +75,7 @@ impl Backend for NamespaceBackend {
             work_dir: "work".into(),
             mount_point: dir.rootfs().to_string_lossy().into_owned(),
             seccomp: true,
+            patches: cfg.patches.clone(),
         };
         ours.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
         protocol::write_frame(&mut ours, &Frame { id: 1, body: Request::Init(Box::new(init)) })
@@ -87,6 +88,10 @@ impl Backend for NamespaceBackend {
         }
         ours.set_read_timeout(None).map_err(|e| e.to_string())?;
         super::idmap::detach_all(dir.path(), true);
+        if !cfg.patches.is_empty() || !dir.patched_marker().exists() {
+            // The writable layer now has its patches: later starts must not apply them again.
+            let _ = crate::paths::write_atomic(&dir.patched_marker(), b"");
+        }
         Ok(ours)
     }
 

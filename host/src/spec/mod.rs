@@ -108,6 +108,61 @@ pub struct SandboxSpec {
     pub user_namespace: bool,
     #[serde(default)]
     pub pull_policy: crate::image::PullPolicy,
+    /// Secrets resolved by provider plugins at start; the sandbox sees placeholders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+    /// Declarative root filesystem patches, applied before the rootfs-patch plugins' ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<guest_agent::protocol::PatchOp>,
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    #[serde(default, skip_serializing_if = "NetworkSpec::is_empty")]
+    pub network: NetworkSpec,
+}
+
+/// One entry of `spec.secrets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Environment variable that receives the placeholder.
+    pub env: String,
+    /// Plugin (secret-provider) that resolves it.
+    pub provider: String,
+    /// What the provider is asked for.
+    pub key: String,
+    /// Hosts the real value may be sent to (enforced by the network proxy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<String>,
+}
+
+/// Plugins run at points of the sandbox's life (`spec.hooks`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rootfs_patch: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_sinks: Vec<String>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.rootfs_patch.is_empty() && self.metrics_sinks.is_empty()
+    }
+}
+
+/// `spec.network`: the policy plugins consulted for every new flow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<String>,
+}
+
+impl NetworkSpec {
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
 }
 
 impl SandboxSpec {
@@ -126,6 +181,10 @@ impl SandboxSpec {
             restart_policy: RestartPolicy::Always,
             user_namespace: false,
             pull_policy: crate::image::PullPolicy::IfNotPresent,
+            secrets: Vec::new(),
+            patches: Vec::new(),
+            hooks: Hooks::default(),
+            network: NetworkSpec::default(),
         }
     }
 }
@@ -153,6 +212,21 @@ pub struct PluginSpec {
     pub memory: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub grants: PluginGrants,
+    /// How often a metrics sink receives samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
+}
+
+impl SandboxSpec {
+    /// Every plugin this sandbox names, with the field that names it.
+    pub fn plugin_refs(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        out.extend(self.hooks.rootfs_patch.iter().map(|p| ("hooks.rootfsPatch".to_string(), p.as_str())));
+        out.extend(self.hooks.metrics_sinks.iter().map(|p| ("hooks.metricsSinks".to_string(), p.as_str())));
+        out.extend(self.network.plugins.iter().map(|p| ("network.plugins".to_string(), p.as_str())));
+        out.extend(self.secrets.iter().map(|s| (format!("secrets[{}].provider", s.env), s.provider.as_str())));
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

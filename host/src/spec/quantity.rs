@@ -63,6 +63,37 @@ pub fn parse_seconds(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// Milliseconds from a duration: `250ms`, `2s`, `1m30s`; a bare number is seconds.
+pub fn parse_millis(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return n.checked_mul(1000).ok_or_else(|| "duration overflows".to_string());
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest[digits..].find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len() - digits);
+        let (num, unit) = (&rest[..digits], &rest[digits..digits + unit_len]);
+        let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a duration"))?;
+        let scale = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("{text:?} is not a duration (a number needs a unit: ms, s, m, h, d)")),
+            other => return Err(format!("unknown unit {other:?} in {text:?}")),
+        };
+        total = total.checked_add(n.checked_mul(scale).ok_or("duration overflows")?).ok_or("duration overflows")?;
+        rest = &rest[digits + unit_len..];
+    }
+    if t.is_empty() {
+        return Err("an empty duration".into());
+    }
+    Ok(total)
+}
+
 pub fn format_bytes(n: u64) -> String {
     for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
         if n >= size && n % size == 0 {
@@ -104,6 +135,11 @@ mod tests {
         assert_eq!(parse_seconds("42").unwrap(), 42);
         assert!(parse_seconds("10x").is_err());
         assert!(parse_seconds("1h5").is_err());
+        assert_eq!(parse_millis("250ms").unwrap(), 250);
+        assert_eq!(parse_millis("1m30s").unwrap(), 90_000);
+        assert_eq!(parse_millis("2").unwrap(), 2000);
+        assert!(parse_millis("5x").is_err());
+        assert!(parse_millis("10ms5").is_err());
     }
 
     #[test]

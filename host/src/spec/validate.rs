@@ -2,9 +2,10 @@
 //! (never just the first): unknown fields (with a "did you mean"), wrong types, bad quantities,
 //! invalid and duplicate names, missing required fields, fields not supported yet.
 
-use super::quantity::{parse_bytes, parse_seconds};
+use super::quantity::{parse_bytes, parse_millis, parse_seconds};
 use super::yaml::{parse_documents, Node, Value};
 use super::*;
+use guest_agent::protocol::PatchOp;
 use std::collections::HashMap;
 
 struct Ctx<'f> {
@@ -183,6 +184,24 @@ impl<'f> Ctx<'f> {
         }
     }
 
+    fn millis(&mut self, node: &Node, field: &str) -> Option<u64> {
+        let Value::Scalar { text, .. } = &node.value else {
+            self.wrong_type(node, field, "a duration such as 500ms or 2s");
+            return None;
+        };
+        match parse_millis(text) {
+            Ok(0) => {
+                self.err(node, field, "must be greater than zero", None);
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.err(node, field, format!("invalid duration: {e}"), Some("e.g. 200ms, 2s, 1m".into()));
+                None
+            }
+        }
+    }
+
     fn string_list(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
         let Value::Seq(items) = &node.value else {
             self.wrong_type(node, field, "a list of strings");
@@ -231,14 +250,19 @@ const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
 const SANDBOX_FIELDS: &[&str] = &[
     "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
-    "restartPolicy", "userNamespace", "pullPolicy",
+    "restartPolicy", "userNamespace", "pullPolicy", "secrets", "patches", "hooks", "network",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on a network rule must not get a sandbox without it).
-const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "network", "ports", "secrets", "patches", "hooks", "kernel"];
+const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "ports", "kernel"];
+const NETWORK_FIELDS: &[&str] = &["plugins"];
+const NETWORK_FIELDS_NOT_YET: &[&str] = &["policy", "rules", "blockDomains", "blockDomainSuffixes"];
+const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "allowHosts"];
+const HOOK_FIELDS: &[&str] = &["rootfsPatch", "metricsSinks"];
+const PATCH_FIELDS: &[&str] = &["op", "path", "content", "mode", "target"];
 const LIMIT_FIELDS: &[&str] = &["pids", "nofile", "fsize", "cpuTime"];
 const VOLUME_FIELDS: &[&str] = &["size"];
-const PLUGIN_FIELDS: &[&str] = &["component", "config", "limits", "grants"];
+const PLUGIN_FIELDS: &[&str] = &["component", "config", "limits", "grants", "interval"];
 const PLUGIN_LIMIT_FIELDS: &[&str] = &["memory", "timeout"];
 const PLUGIN_GRANT_FIELDS: &[&str] = &["env", "readOnlyDirs", "httpHosts"];
 
@@ -484,10 +508,171 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
             };
         }
     }
+    if let Some(n) = f.get("secrets") {
+        spec.secrets = secrets(ctx, n);
+    }
+    if let Some(n) = f.get("patches") {
+        spec.patches = patches(ctx, n);
+    }
+    if let Some(n) = f.get("hooks") {
+        if let Some(h) = ctx.map(n, "spec.hooks", HOOK_FIELDS) {
+            spec.hooks.rootfs_patch = h.get("rootfsPatch").and_then(|n| plugin_names(ctx, n, "spec.hooks.rootfsPatch")).unwrap_or_default();
+            spec.hooks.metrics_sinks = h.get("metricsSinks").and_then(|n| plugin_names(ctx, n, "spec.hooks.metricsSinks")).unwrap_or_default();
+        }
+    }
+    if let Some(n) = f.get("network") {
+        let mut allowed = NETWORK_FIELDS.to_vec();
+        allowed.extend(NETWORK_FIELDS_NOT_YET);
+        if let Some(net) = ctx.map(n, "spec.network", &allowed) {
+            for (key, node) in &net.entries {
+                if NETWORK_FIELDS_NOT_YET.contains(key) {
+                    ctx.err(node, &format!("spec.network.{key}"), "not supported by this version yet", Some("remove it; network policies arrive with the networking work (README: YAML reference)".into()));
+                }
+            }
+            spec.network.plugins = net.get("plugins").and_then(|n| plugin_names(ctx, n, "spec.network.plugins")).unwrap_or_default();
+        }
+    }
     if spec.tty && spec.command.is_none() && spec.image.starts_with("dir:") && ctx.errors.len() == before {
         ctx.err(node, "spec.tty", "a terminal needs a main process", Some("add `command`, or drop `tty`".into()));
     }
     (ctx.errors.len() == before).then_some(spec)
+}
+
+/// A list of Plugin resource names.
+fn plugin_names(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Vec<String>> {
+    let names = ctx.string_list(node, field)?;
+    for (i, name) in names.iter().enumerate() {
+        if !super::is_valid_name(name) {
+            ctx.err(node, &format!("{field}[{i}]"), format!("{name:?} is not a plugin name"), Some("the metadata.name of a `kind: Plugin` resource".into()));
+        }
+    }
+    Some(names)
+}
+
+fn env_name_ok(k: &str) -> bool {
+    k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn secrets(ctx: &mut Ctx<'_>, node: &Node) -> Vec<SecretRef> {
+    let Value::Seq(items) = &node.value else {
+        ctx.wrong_type(node, "spec.secrets", "a list of { env, provider, key }");
+        return Vec::new();
+    };
+    let mut out: Vec<SecretRef> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("spec.secrets[{i}]");
+        let Some(f) = ctx.map(item, &field, SECRET_FIELDS) else { continue };
+        let required = |ctx: &mut Ctx<'_>, key: &str, hint: &str| match f.get(key) {
+            Some(n) => ctx.nonempty_string(n, &format!("{field}.{key}")),
+            None => {
+                ctx.err(item, &format!("{field}.{key}"), "missing", Some(hint.into()));
+                None
+            }
+        };
+        let env = required(ctx, "env", "the environment variable that receives the placeholder, e.g. API_KEY");
+        let provider = required(ctx, "provider", "the name of a secret-provider Plugin");
+        let key = required(ctx, "key", "what the provider is asked for");
+        let allow_hosts = f.get("allowHosts").and_then(|n| ctx.string_list(n, &format!("{field}.allowHosts"))).unwrap_or_default();
+        let (Some(env), Some(provider), Some(key)) = (env, provider, key) else { continue };
+        if !env_name_ok(&env) {
+            ctx.err(item, &format!("{field}.env"), format!("{env:?} is not an environment variable name"), Some("letters, digits and '_', not starting with a digit".into()));
+        }
+        if out.iter().any(|s| s.env == env) {
+            ctx.err(item, &format!("{field}.env"), format!("{env} is given two secrets"), Some("one secret per variable".into()));
+        }
+        if !super::is_valid_name(&provider) {
+            ctx.err(item, &format!("{field}.provider"), format!("{provider:?} is not a plugin name"), None);
+        }
+        out.push(SecretRef { env, provider, key, allow_hosts });
+    }
+    out
+}
+
+/// An octal permission string: `0644`, `0o644` or `644`.
+fn mode(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<u32> {
+    let text = ctx.string(node, field)?;
+    let digits = text.strip_prefix("0o").unwrap_or(&text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Some(m),
+        _ => {
+            ctx.err(node, field, format!("{text:?} is not a file mode"), Some("octal permission bits, e.g. 0644 or 0755".into()));
+            None
+        }
+    }
+}
+
+fn patches(ctx: &mut Ctx<'_>, node: &Node) -> Vec<PatchOp> {
+    let Value::Seq(items) = &node.value else {
+        ctx.wrong_type(node, "spec.patches", "a list of { op, path, ... }");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("spec.patches[{i}]");
+        let Some(f) = ctx.map(item, &field, PATCH_FIELDS) else { continue };
+        let Some(op_node) = f.get("op") else {
+            ctx.err(item, &format!("{field}.op"), "missing", Some("one of write, append, mkdir, symlink, chmod, remove".into()));
+            continue;
+        };
+        let ops = [("write", 0), ("append", 1), ("mkdir", 2), ("symlink", 3), ("chmod", 4), ("remove", 5)];
+        let Some(op) = ctx.one_of(op_node, &format!("{field}.op"), &ops) else { continue };
+        let Some(path_node) = f.get("path") else {
+            ctx.err(item, &format!("{field}.path"), "missing", Some("an absolute path inside the sandbox".into()));
+            continue;
+        };
+        let Some(path) = ctx.nonempty_string(path_node, &format!("{field}.path")) else { continue };
+        if let Err(e) = guest_agent::protocol::check_patch_path(&path) {
+            ctx.err(path_node, &format!("{field}.path"), e, Some("an absolute path inside the sandbox, without `..`, outside /proc, /sys and /dev".into()));
+            continue;
+        }
+        let content = f.get("content").and_then(|n| ctx.string(n, &format!("{field}.content"))).unwrap_or_default().into_bytes();
+        let mode_of = |ctx: &mut Ctx<'_>, default: Option<u32>| match f.get("mode") {
+            Some(n) => mode(ctx, n, &format!("{field}.mode")),
+            None => default,
+        };
+        let allowed_extra: &[&str] = match op {
+            0 => &["content", "mode"],
+            1 => &["content"],
+            2 => &["mode"],
+            3 => &["target"],
+            4 => &["mode"],
+            _ => &[],
+        };
+        for (key, n) in &f.entries {
+            if !["op", "path"].contains(key) && !allowed_extra.contains(key) {
+                ctx.err(n, &format!("{field}.{key}"), format!("not used by op {}", ops[op].0), Some(format!("op {} takes: path{}", ops[op].0, allowed_extra.iter().map(|k| format!(", {k}")).collect::<String>())));
+            }
+        }
+        let patch = match op {
+            0 => mode_of(ctx, Some(0o644)).map(|mode| PatchOp::Write { path, contents: content, mode }),
+            1 => Some(PatchOp::Append { path, contents: content }),
+            2 => mode_of(ctx, Some(0o755)).map(|mode| PatchOp::Mkdir { path, mode }),
+            3 => match f.get("target").and_then(|n| ctx.nonempty_string(n, &format!("{field}.target"))) {
+                Some(target) => Some(PatchOp::Symlink { path, target }),
+                None => {
+                    if f.get("target").is_none() {
+                        ctx.err(item, &format!("{field}.target"), "missing", Some("what the link points to".into()));
+                    }
+                    None
+                }
+            },
+            4 => match mode_of(ctx, None) {
+                Some(mode) => Some(PatchOp::Chmod { path, mode }),
+                None => {
+                    if f.get("mode").is_none() {
+                        ctx.err(item, &format!("{field}.mode"), "missing", Some("e.g. 0600".into()));
+                    }
+                    None
+                }
+            },
+            _ => Some(PatchOp::Remove { path }),
+        };
+        out.extend(patch);
+    }
+    if let Err(e) = guest_agent::protocol::check_patches(&out) {
+        ctx.err(node, "spec.patches", e, None);
+    }
+    out
 }
 
 fn volume(ctx: &mut Ctx<'_>, node: Option<&Node>) -> Option<VolumeSpec> {
@@ -513,7 +698,7 @@ fn plugin(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<PluginSpec>
     if let Some(n) = f.get("limits") {
         if let Some(l) = ctx.map(n, "spec.limits", PLUGIN_LIMIT_FIELDS) {
             memory = l.get("memory").and_then(|n| ctx.bytes(n, "spec.limits.memory"));
-            timeout_ms = l.get("timeout").and_then(|n| ctx.seconds(n, "spec.limits.timeout")).map(|s| s * 1000);
+            timeout_ms = l.get("timeout").and_then(|n| ctx.millis(n, "spec.limits.timeout"));
         }
     }
     let mut grants = PluginGrants::default();
@@ -533,7 +718,8 @@ fn plugin(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<PluginSpec>
     if ctx.errors.len() != before {
         return None;
     }
-    Some(PluginSpec { component: component?, config, memory, timeout_ms, grants })
+    let interval_secs = f.get("interval").and_then(|n| ctx.seconds(n, "spec.interval"));
+    Some(PluginSpec { component: component?, config, memory, timeout_ms, grants, interval_secs })
 }
 
 /// Two resources of one kind with one name in the same source.

@@ -1,0 +1,209 @@
+//! The typed calls of the four hook kinds: our types in, WIT types across, our types out, and
+//! everything a plugin returns checked before anyone uses it (reason lengths, cache times,
+//! patch paths and sizes, secret sizes).
+
+use super::bindings::exports::orchestrator::plugin::{metrics_sink, network_policy as np, rootfs_patch as rp};
+use super::bindings::orchestrator::plugin::types;
+use super::loaded::{Kind, LoadedPlugin};
+use super::PluginError;
+use guest_agent::protocol::{check_patches, PatchOp};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Longest deny reason kept; longer ones are cut.
+const MAX_REASON: usize = 1024;
+/// Longest time a decision may be cached.
+pub const MAX_CACHE_SECONDS: u32 = 3600;
+/// Largest secret value accepted.
+pub const MAX_SECRET_LEN: usize = 64 * 1024;
+
+/// Who a call is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SandboxInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub image: String,
+    pub isolation: String,
+}
+
+impl SandboxInfo {
+    fn wit(&self) -> types::SandboxInfo {
+        types::SandboxInfo {
+            name: self.name.clone(),
+            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            image: self.image.clone(),
+            isolation: self.isolation.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowAction {
+    Allow,
+    Deny(String),
+    InterceptTls,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowVerdict {
+    pub action: FlowAction,
+    pub cache_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsVerdict {
+    /// `None` allows; `Some(reason)` denies.
+    pub denied: Option<String>,
+    pub cache_seconds: u32,
+}
+
+/// The image as a rootfs-patch plugin sees it.
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub digest: Option<String>,
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// One resource sample for metrics sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub sandbox: String,
+    pub labels: BTreeMap<String, String>,
+    pub timestamp_ms: u64,
+    pub cpu_usage_us: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: u32,
+}
+
+fn ip_wit(ip: IpAddr) -> types::IpAddress {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            types::IpAddress::Ipv4((a, b, c, d))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            types::IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+        }
+    }
+}
+
+fn reason(text: String) -> String {
+    super::bounded(&text, MAX_REASON)
+}
+
+impl LoadedPlugin {
+    pub fn decide_flow(&self, sandbox: &SandboxInfo, protocol: Protocol, ip: IpAddr, port: u16, domain: Option<&str>) -> Result<FlowVerdict, PluginError> {
+        let indices = self.export(&self.exports.network_policy, Kind::NetworkPolicy)?;
+        let flow = np::Flow {
+            sandbox: sandbox.wit(),
+            protocol: match protocol {
+                Protocol::Tcp => np::Protocol::Tcp,
+                Protocol::Udp => np::Protocol::Udp,
+            },
+            destination: ip_wit(ip),
+            port,
+            domain: domain.map(str::to_string),
+        };
+        let decision = self.call("decide-flow", |store, instance| indices.load(&mut *store, instance)?.call_decide_flow(&mut *store, &flow))?;
+        Ok(FlowVerdict {
+            action: match decision.action {
+                np::Action::Allow => FlowAction::Allow,
+                np::Action::Deny(r) => FlowAction::Deny(reason(r)),
+                np::Action::InterceptTls => FlowAction::InterceptTls,
+            },
+            cache_seconds: decision.cache_seconds.min(MAX_CACHE_SECONDS),
+        })
+    }
+
+    pub fn decide_dns(&self, sandbox: &SandboxInfo, name: &str, record_type: &str) -> Result<DnsVerdict, PluginError> {
+        let indices = self.export(&self.exports.network_policy, Kind::NetworkPolicy)?;
+        let query = np::DnsQuery {
+            sandbox: sandbox.wit(),
+            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            record_type: record_type.to_string(),
+        };
+        let decision = self.call("decide-dns", |store, instance| indices.load(&mut *store, instance)?.call_decide_dns(&mut *store, &query))?;
+        Ok(DnsVerdict {
+            denied: match decision.action {
+                np::DnsAction::Allow => None,
+                np::DnsAction::Deny(r) => Some(reason(r)),
+            },
+            cache_seconds: decision.cache_seconds.min(MAX_CACHE_SECONDS),
+        })
+    }
+
+    /// The patch operations for a sandbox, validated (no path leaves the root, sizes bounded).
+    pub fn patch(&self, sandbox: &SandboxInfo, image: &ImageInfo) -> Result<Vec<PatchOp>, PluginError> {
+        let indices = self.export(&self.exports.rootfs_patch, Kind::RootfsPatch)?;
+        let info = rp::ImageInfo {
+            reference: image.reference.clone(),
+            digest: image.digest.clone(),
+            env: image.env.clone(),
+            entrypoint: image.entrypoint.clone(),
+            cmd: image.cmd.clone(),
+            working_dir: image.working_dir.clone(),
+            user: image.user.clone(),
+        };
+        let wit = sandbox.wit();
+        let result = self.call("patch", |store, instance| indices.load(&mut *store, instance)?.call_patch(&mut *store, &wit, &info))?;
+        let ops = result.map_err(|m| PluginError::Refused { plugin: self.name.clone(), call: "patch", message: reason(m) })?;
+        let ops: Vec<PatchOp> = ops
+            .into_iter()
+            .map(|op| match op {
+                rp::Operation::Write(w) => PatchOp::Write { path: w.path, contents: w.contents, mode: w.mode },
+                rp::Operation::Append(a) => PatchOp::Append { path: a.path, contents: a.contents },
+                rp::Operation::Mkdir(m) => PatchOp::Mkdir { path: m.path, mode: m.mode },
+                rp::Operation::Symlink(s) => PatchOp::Symlink { path: s.path, target: s.target },
+                rp::Operation::Chmod(c) => PatchOp::Chmod { path: c.path, mode: c.mode },
+                rp::Operation::Remove(path) => PatchOp::Remove { path },
+            })
+            .collect();
+        check_patches(&ops).map_err(|message| PluginError::Invalid { plugin: self.name.clone(), call: "patch", message })?;
+        Ok(ops)
+    }
+
+    pub fn resolve_secret(&self, sandbox: &SandboxInfo, key: &str) -> Result<String, PluginError> {
+        let indices = self.export(&self.exports.secret_provider, Kind::SecretProvider)?;
+        let wit = sandbox.wit();
+        let result = self.call("resolve", |store, instance| indices.load(&mut *store, instance)?.call_resolve(&mut *store, &wit, key))?;
+        let value = result.map_err(|m| PluginError::Refused { plugin: self.name.clone(), call: "resolve", message: reason(m) })?;
+        if value.len() > MAX_SECRET_LEN {
+            return Err(PluginError::Invalid { plugin: self.name.clone(), call: "resolve", message: format!("a {}-byte value; at most {MAX_SECRET_LEN} bytes", value.len()) });
+        }
+        if value.is_empty() {
+            return Err(PluginError::Invalid { plugin: self.name.clone(), call: "resolve", message: format!("an empty value for key {key:?}") });
+        }
+        Ok(value)
+    }
+
+    pub fn receive(&self, samples: &[Sample]) -> Result<(), PluginError> {
+        let indices = self.export(&self.exports.metrics_sink, Kind::MetricsSink)?;
+        let batch: Vec<metrics_sink::Sample> = samples
+            .iter()
+            .map(|s| metrics_sink::Sample {
+                sandbox: s.sandbox.clone(),
+                labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                timestamp_ms: s.timestamp_ms,
+                cpu_usage_us: s.cpu_usage_us,
+                memory_bytes: s.memory_bytes,
+                memory_limit_bytes: s.memory_limit_bytes,
+                pids: s.pids,
+            })
+            .collect();
+        let result = self.call("receive", |store, instance| indices.load(&mut *store, instance)?.call_receive(&mut *store, &batch))?;
+        result.map_err(|m| PluginError::Refused { plugin: self.name.clone(), call: "receive", message: reason(m) })
+    }
+}
