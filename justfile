@@ -22,7 +22,7 @@ build:
     cargo build --release
 
 # The main job: apply examples/, show what runs, exec into it, reconcile a GitOps directory.
-demo: rootfs build
+demo: rootfs build plugins
     bash examples/demo.sh {{bin}}
 
 # The test suite (unit and integration; real namespaces, cgroups, shims and agents).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on examples/: apply two sandboxes, show them, exec into them, apply again
-# (nothing restarts), then let `serve` reconcile the GitOps directory through a change.
+# (nothing restarts), ask a network policy written in C and in Python (Wasm plugins), patch a
+# sandbox's root filesystem, then let `serve` reconcile the GitOps directory through a change.
 # Leaves nothing running. Usage: examples/demo.sh PATH/TO/orchestrator
 set -euo pipefail
 o=$(realpath "${1:?usage: demo.sh ORCHESTRATOR_BINARY}")
@@ -12,6 +13,7 @@ cleanup() {
   [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
   rm -f gitops/jobs/extra.yaml
   "$o" delete -f sandboxes.yaml >/dev/null 2>&1 || true
+  "$o" delete -f plugins.yaml >/dev/null 2>&1 || true
   "$o" delete -f gitops >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -30,6 +32,17 @@ set +e; "$o" exec web -- sh -c 'exit 7'; echo "exit code: $?"; set -e
 step "apply again: nothing restarts"
 "$o" apply -f sandboxes.yaml
 "$o" diff -f sandboxes.yaml && echo "diff: no changes"
+
+step "plugins: the same policy in C and Python, rootfs patches"
+"$o" plugin check ../target/plugins/egress-guard-c.wasm
+"$o" apply -f plugins.yaml
+for p in egress-guard egress-guard-py; do
+  "$o" plugin eval "$p" --connect 169.254.169.254:80 || true
+  "$o" plugin eval "$p" --connect 93.184.216.34:443 --domain www.example.com
+  "$o" plugin eval "$p" --dns tracker.test --sandbox patched || true
+done
+"$o" plugin eval egress-guard --connect 93.184.216.34:443 --domain example.com --repeat 10000
+"$o" exec patched -- sh -c 'cat /etc/motd; tail -n1 /etc/hosts; ls -ld /srv/data'
 
 step "serve --config gitops (GitOps): add a file and watch it reconcile"
 "$o" serve --config gitops --resync 2 &

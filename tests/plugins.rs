@@ -264,13 +264,19 @@ fn metrics_sinks_receive_samples_and_fail_open() {
             .filter_map(|l| l.split("cpu_us=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
             .collect::<Vec<_>>()
     };
-    env.wait_for("two batches of samples", Duration::from_secs(30), || sample_line(&std::fs::read_to_string(&log).unwrap_or_default()).len() >= 2);
+    env.wait_for("two batches of samples", Duration::from_secs(120), || sample_line(&std::fs::read_to_string(&log).unwrap_or_default()).len() >= 2);
     let text = std::fs::read_to_string(&log).unwrap();
     let cpu = sample_line(&text);
     assert!(cpu[1] > cpu[0], "CPU time grows in a busy sandbox: {cpu:?}");
     assert!(text.contains("memory=") && text.contains("pids="), "{text}");
     assert!(text.contains("metrics sink failed") && text.contains("sink unavailable"), "{text}");
     assert_eq!(env.status("measured"), "Running");
+    assert!(!text.lines().any(|l| l.contains("sample sandbox=measured") && l.contains("broken-sink")), "{text}");
+    // Fixing the Plugin resource under serve reloads it: the same sink now receives samples.
+    std::fs::write(config.join("broken.yaml"), plugin("broken-sink", "")).unwrap();
+    env.wait_for("samples at the repaired sink", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| l.contains("sample sandbox=measured") && l.contains("broken-sink"))
+    });
     let _ = serve.kill();
     let _ = serve.wait();
 }

@@ -45,7 +45,10 @@ case "$what" in
   demo)
     # The examples run an image from a local registry (loopback, plain HTTP, listed as insecure).
     bash tests/images/registry.sh start 127.0.0.1:5000 "$cache/registry"
-    bash tests/images/registry.sh push "$cache/oci-test/layout:busybox" 127.0.0.1:5000/demo/busybox:1 ;;
+    bash tests/images/registry.sh push "$cache/oci-test/layout:busybox" 127.0.0.1:5000/demo/busybox:1
+    # Plugin toolchains and components for examples/plugins.yaml.
+    bash tests/plugins/toolchains.sh
+    bash plugins/build.sh target/plugins ;;
   bench|test)
     # Debian 12 + python3 (debootstrap, ~90 s once; cached).
     bash tests/images/debian-python.sh "$cache"

@@ -199,11 +199,15 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root.path().join("etc")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("victim"), root.path().join("motd")).unwrap();
         fs::write(outside.path().join("victim"), "untouched").unwrap();
-        apply(root.path(), &[write("/etc/passwd", "x", 0o644)]).unwrap();
-        // `/etc` resolved inside the root: the absolute target was created under the root.
+        // The link's target does not exist inside the root: refused, nothing written outside.
+        assert!(apply(root.path(), &[write("/etc/passwd", "x", 0o644)]).is_err());
         assert!(!outside.path().join("passwd").exists());
-        let inside = root.path().join(outside.path().strip_prefix("/").unwrap()).join("passwd");
-        assert_eq!(fs::read_to_string(inside).unwrap(), "x");
+        // Once it exists inside the root, the write lands there, not at the host path.
+        let inside = root.path().join(outside.path().strip_prefix("/").unwrap());
+        fs::create_dir_all(&inside).unwrap();
+        apply(root.path(), &[write("/etc/passwd", "x", 0o644)]).unwrap();
+        assert!(!outside.path().join("passwd").exists());
+        assert_eq!(fs::read_to_string(inside.join("passwd")).unwrap(), "x");
         // A final component that is a symlink is not followed by write.
         let err = apply(root.path(), &[write("/motd", "x", 0o644)]).unwrap_err();
         assert!(err.to_string().contains("motd"), "{err}");

@@ -32,6 +32,8 @@ pub struct Target {
 }
 
 struct SinkState {
+    /// The Plugin resource as last seen: a changed one is retried at once, without back-off.
+    spec: PluginSpec,
     next_due: Instant,
     backoff: Option<Duration>,
     pending: Vec<Sample>,
@@ -106,7 +108,12 @@ pub fn run(db: PathBuf, registry: Arc<Registry>, stop: Arc<AtomicBool>) {
         sinks.retain(|name, _| all.contains_key(name));
         for (name, (spec, targets)) in all {
             let interval = spec.interval_secs.map(Duration::from_secs).unwrap_or(DEFAULT_INTERVAL);
-            let state = sinks.entry(name.clone()).or_insert_with(|| SinkState { next_due: now + interval, backoff: None, pending: Vec::new() });
+            let state = sinks.entry(name.clone()).or_insert_with(|| SinkState { spec: spec.clone(), next_due: now + interval, backoff: None, pending: Vec::new() });
+            if state.spec != spec {
+                state.spec = spec.clone();
+                state.backoff = None;
+                state.next_due = now;
+            }
             if now < state.next_due {
                 continue;
             }

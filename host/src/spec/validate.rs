@@ -765,6 +765,35 @@ mod tests {
     }
 
     #[test]
+    fn plugin_fields_parse_and_bad_ones_are_located() {
+        let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: dir:/\n  patches:\n    - { op: write, path: /etc/motd, content: hi, mode: '0600' }\n    - { op: symlink, path: /l, target: /etc/motd }\n  secrets: [ { env: API_KEY, provider: vault, key: k } ]\n  hooks: { rootfsPatch: [p1], metricsSinks: [m1] }\n  network: { plugins: [g1] }\n";
+        let m = validate_file(Path::new("/tmp/x.yaml"), text).unwrap();
+        let ResourceSpec::Sandbox(s) = &m[0].resource.spec else { panic!() };
+        assert_eq!(s.patches[0], PatchOp::Write { path: "/etc/motd".into(), contents: b"hi".to_vec(), mode: 0o600 });
+        assert_eq!(s.secrets[0].provider, "vault");
+        assert_eq!(s.plugin_refs().len(), 4);
+
+        let bad = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: dir:/\n  patches:\n    - { op: write, path: /../etc/shadow, content: x }\n    - { op: chmod, path: /x }\n    - { op: remove, path: /proc/1 }\n    - { op: mkdir, path: /d, target: /x }\n  secrets: [ { env: 1BAD, provider: vault } ]\n  hooks: { rootfsPatch: [Not_A_Name] }\n";
+        let errs = validate_file(Path::new("/tmp/x.yaml"), bad).unwrap_err();
+        let fields: Vec<(&str, usize)> = errs.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        for expected in [("spec.patches[0].path", 7), ("spec.patches[1].mode", 8), ("spec.patches[2].path", 9), ("spec.patches[3].target", 10), ("spec.secrets[0].key", 11), ("spec.hooks.rootfsPatch[0]", 12)] {
+            assert!(fields.contains(&expected), "{expected:?} not in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn a_spec_without_plugin_fields_keeps_its_canonical_form() {
+        // Stored specs from before these fields existed must compare equal, or every sandbox
+        // would be recreated on upgrade.
+        let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:/' }\n";
+        let m = validate_file(Path::new("/tmp/x.yaml"), text).unwrap();
+        let json = m[0].resource.canonical_json();
+        for key in ["secrets", "patches", "hooks", "network"] {
+            assert!(!json.contains(key), "{json}");
+        }
+    }
+
+    #[test]
     fn every_error_is_reported_with_location_and_hint() {
         let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: Bad_Name }\nspec:\n  image: dir:/\n  memroy: 1Gi\n  cpus: two\n  limits: { pids: '5', fsize: 12XB }\n";
         let errs = errors(text);
@@ -795,7 +824,10 @@ mod tests {
     #[test]
     fn not_yet_supported_fields_are_refused() {
         let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:/', network: { policy: none } }\n");
-        assert_eq!(errs[0].field, "spec.network");
+        assert_eq!(errs[0].field, "spec.network.policy");
+        assert!(errs[0].message.contains("not supported"));
+        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:/', volumes: [] }\n");
+        assert_eq!(errs[0].field, "spec.volumes");
         assert!(errs[0].message.contains("not supported"));
     }
 
