@@ -28,11 +28,17 @@ fn plugin_spec(name: &str, config: &[(&str, &str)]) -> PluginSpec {
         component: component(name).to_string_lossy().into_owned(),
         config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         memory: None,
-        timeout_ms: None,
+        // Interpreter components in a debug build, with the suite running beside them, can
+        // take longer than the 1 s default on a first call.
+        timeout_ms: Some(TEST_TIMEOUT_MS),
         grants: PluginGrants::default(),
         interval_secs: None,
     }
 }
+
+const TEST_TIMEOUT_MS: u64 = 10_000;
+/// The same, for Plugin resources in YAML.
+const TEST_LIMITS: &str = "  limits: { timeout: 10s }\n";
 
 fn sandbox(name: &str, labels: &[(&str, &str)]) -> SandboxInfo {
     SandboxInfo {
@@ -138,7 +144,7 @@ fn plugin_check_and_eval_from_the_command_line() {
 fn rootfs_patches_from_a_plugin_and_the_spec_are_inside_the_sandbox() {
     let env = Env::new();
     let yaml = format!(
-        "apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: patcher }}\nspec:\n  component: {}\n  config: {{ greeting: hi-from-config }}\n---\n{}",
+        "apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: patcher }}\nspec:\n  component: {}\n  config: {{ greeting: hi-from-config }}\n{TEST_LIMITS}---\n{}",
         component("test-patch-js").display(),
         sandbox_yaml(
             "patched",
@@ -167,7 +173,7 @@ fn a_failing_or_escaping_patch_plugin_refuses_the_sandbox() {
         ("escaping", "{ escape: 'true' }", "leaves the root filesystem"),
     ] {
         let yaml = format!(
-            "apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: p-{name} }}\nspec:\n  component: {}\n  config: {config}\n---\n{}",
+            "apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: p-{name} }}\nspec:\n  component: {}\n  config: {config}\n{TEST_LIMITS}---\n{}",
             component("test-patch-js").display(),
             sandbox_yaml(name, &format!("  command: [sleep, '100000']\n  hooks: {{ rootfsPatch: [p-{name}] }}\n"))
         );
@@ -192,7 +198,7 @@ fn secret_values_never_reach_the_store_the_logs_or_the_sandbox() {
     std::fs::create_dir_all(&secrets).unwrap();
     std::fs::write(secrets.join("openai"), format!("{VALUE}\n")).unwrap();
     let yaml = format!(
-        "apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: vault }}\nspec:\n  component: {}\n  grants: {{ readOnlyDirs: ['{}:/secrets'] }}\n---\n{}",
+        "apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: vault }}\nspec:\n  component: {}\n  grants: {{ readOnlyDirs: ['{}:/secrets'] }}\n{TEST_LIMITS}---\n{}",
         component("test-secrets-py").display(),
         secrets.display(),
         sandbox_yaml("agent", "  command: [sh, -c, 'echo started with $API_KEY; exec sleep 100000']\n  secrets: [ { env: API_KEY, provider: vault, key: openai, allowHosts: [api.example.com] } ]\n")
@@ -242,7 +248,7 @@ fn metrics_sinks_receive_samples_and_fail_open() {
     let config = env.dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
     let plugin = |name: &str, extra: &str| {
-        format!("apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  component: {}\n  interval: 1s\n{extra}", component("test-metrics-py").display())
+        format!("apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: {name} }}\nspec:\n  component: {}\n  interval: 1s\n{TEST_LIMITS}{extra}", component("test-metrics-py").display())
     };
     std::fs::write(config.join("sink.yaml"), plugin("sink", "")).unwrap();
     std::fs::write(config.join("broken.yaml"), plugin("broken-sink", "  config: { fail: 'true' }\n")).unwrap();

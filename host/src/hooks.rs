@@ -58,6 +58,10 @@ pub fn plugins_for(
     Ok(out)
 }
 
+fn loaded<'a>(plugins: &'a std::collections::HashMap<String, Arc<LoadedPlugin>>, name: &str) -> Result<&'a Arc<LoadedPlugin>, String> {
+    plugins.get(name).ok_or_else(|| format!("plugin {name} was not loaded"))
+}
+
 /// Runs the start hooks. `first_start`: the writable layer is new, so patches apply.
 pub fn prepare(
     registry: &Registry,
@@ -73,14 +77,14 @@ pub fn prepare(
         prepared.patches = spec.patches.clone();
         let image = image_info(spec, image);
         for name in &spec.hooks.rootfs_patch {
-            let ops = plugins[name.as_str()].patch(info, &image).map_err(|e| format!("rootfs patch: {e}"))?;
+            let ops = loaded(&plugins, name)?.patch(info, &image).map_err(|e| format!("rootfs patch: {e}"))?;
             tracing::info!(sandbox = %info.name, plugin = %name, "{} patch operations", ops.len());
             prepared.patches.extend(ops);
         }
         check_patches(&prepared.patches).map_err(|e| format!("rootfs patches: {e}"))?;
     }
     for secret in &spec.secrets {
-        let value = plugins[secret.provider.as_str()]
+        let value = loaded(&plugins, &secret.provider)?
             .resolve_secret(info, &secret.key)
             .map_err(|e| format!("secret {} (key {:?}): {e}", secret.env, secret.key))?;
         prepared.secrets.push(ResolvedSecret::new(secret.env.clone(), secret.allow_hosts.clone(), value));

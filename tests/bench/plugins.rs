@@ -59,6 +59,7 @@ fn main() {
     times.sort();
     println!("| native Rust (same rule) | - | - | - | {:.3} us | {:.3} us | {} ({allowed} allowed) |", percentile(&times, 0.5), percentile(&times, 0.99), times.len());
 
+    let mut fresh_rows = Vec::new();
     for (lang, calls) in [("c", 100_000), ("js", 20_000), ("py", 20_000)] {
         let path = dir.join(format!("egress-guard-{lang}.wasm"));
         if !path.exists() {
@@ -92,6 +93,18 @@ fn main() {
             allowed += matches!(v.action, orchestrator::plugin::FlowAction::Allow) as usize;
         }
         times.sort();
+        // The same calls, each in a fresh instance (no pool): what pooling saves.
+        plugin.disable_pooling();
+        let fresh_calls = (calls / 20).max(200);
+        let mut fresh = Vec::with_capacity(fresh_calls);
+        for i in 0..fresh_calls {
+            let (ip, port, domain) = flows[i % flows.len()];
+            let t = Instant::now();
+            plugin.decide_flow(&sandbox, Protocol::Tcp, ip, port, domain).unwrap();
+            fresh.push(t.elapsed());
+        }
+        fresh.sort();
+        fresh_rows.push(format!("| {lang} component, fresh instance per call | {:.1} us | {:.1} us | {fresh_calls} |", percentile(&fresh, 0.5), percentile(&fresh, 0.99)));
         println!(
             "| {lang} component | {:.1} MiB | {:.0} ms | {:.1} ms | {:.2} us | {:.2} us | {calls} ({allowed} allowed) |",
             size as f64 / 1048576.0,
@@ -100,5 +113,11 @@ fn main() {
             percentile(&times, 0.5),
             percentile(&times, 0.99)
         );
+    }
+    println!();
+    println!("| without the instance pool | decision p50 | decision p99 | calls |");
+    println!("|---|---|---|---|");
+    for row in fresh_rows {
+        println!("{row}");
     }
 }

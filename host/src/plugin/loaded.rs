@@ -78,6 +78,8 @@ pub struct LoadedPlugin {
     config: Arc<Vec<(String, String)>>,
     pre: InstancePre<StoreState>,
     pool: Mutex<Vec<Pooled>>,
+    /// Off only to measure what pooling saves (`disable_pooling`).
+    pooling: std::sync::atomic::AtomicBool,
 }
 
 impl LoadedPlugin {
@@ -98,6 +100,7 @@ impl LoadedPlugin {
             config: Arc::new(spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             pre,
             pool: Mutex::new(Vec::new()),
+            pooling: std::sync::atomic::AtomicBool::new(true),
         };
         if plugin.kinds().is_empty() {
             return Err(PluginError::Link {
@@ -140,6 +143,14 @@ impl LoadedPlugin {
         self.pool.lock().map(|p| p.len()).unwrap_or(0)
     }
 
+    /// Makes every call instantiate afresh (for benchmarks comparing the two).
+    pub fn disable_pooling(&self) {
+        self.pooling.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.clear();
+        }
+    }
+
     /// Runs `f` against an instance of this plugin under its deadline and limits.
     pub(super) fn call<R>(&self, call: &'static str, f: impl FnOnce(&mut Store<StoreState>, &Instance) -> wasmtime::Result<R>) -> Result<R, PluginError> {
         let taken = self.pool.lock().ok().and_then(|mut p| p.pop());
@@ -153,7 +164,7 @@ impl LoadedPlugin {
         Self::arm(&mut pooled.store, self.timeout_ms());
         match f(&mut pooled.store, &pooled.instance) {
             Ok(value) => {
-                if pooled.store.data().output_len() < OUTPUT_CAPACITY / 2 {
+                if self.pooling.load(std::sync::atomic::Ordering::Relaxed) && pooled.store.data().output_len() < OUTPUT_CAPACITY / 2 {
                     if let Ok(mut pool) = self.pool.lock() {
                         if pool.len() < POOL_SIZE {
                             pool.push(pooled);

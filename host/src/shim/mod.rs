@@ -59,11 +59,6 @@ fn receive_secrets() {
     }
 }
 
-/// How many secrets this shim holds (for status and tests; never their values).
-pub fn secrets_held() -> usize {
-    SECRETS.get().map(Vec::len).unwrap_or(0)
-}
-
 impl ShimConfig {
     pub fn load(dir: &Path) -> Result<ShimConfig, String> {
         let text = std::fs::read_to_string(InstanceDir(dir.to_path_buf()).config())

@@ -88,7 +88,7 @@ impl Backend for NamespaceBackend {
         }
         ours.set_read_timeout(None).map_err(|e| e.to_string())?;
         super::idmap::detach_all(dir.path(), true);
-        if !cfg.patches.is_empty() || !dir.patched_marker().exists() {
+        if !dir.patched_marker().exists() {
             // The writable layer now has its patches: later starts must not apply them again.
             let _ = crate::paths::write_atomic(&dir.patched_marker(), b"");
         }

@@ -200,6 +200,8 @@ pub struct VolumeSpec {
 pub struct PluginGrants {
     pub env: Vec<String>,
     pub read_only_dirs: Vec<String>,
+    /// Reserved for outgoing HTTP grants (refused by validation in this version).
+    #[serde(default)]
     pub http_hosts: Vec<String>,
 }
 

@@ -148,58 +148,36 @@ impl<'f> Ctx<'f> {
         }
     }
 
-    fn bytes(&mut self, node: &Node, field: &str) -> Option<u64> {
+    /// A positive number read by `parse`; `expected` names the type, `what` the value in errors.
+    fn positive(&mut self, node: &Node, field: &str, parse: fn(&str) -> Result<u64, String>, expected: &str, what: &str, hint: &str) -> Option<u64> {
         let Value::Scalar { text, .. } = &node.value else {
-            self.wrong_type(node, field, "a quantity such as 512Mi or 1G");
+            self.wrong_type(node, field, expected);
             return None;
         };
-        match parse_bytes(text) {
+        match parse(text) {
             Ok(0) => {
                 self.err(node, field, "must be greater than zero", None);
                 None
             }
             Ok(n) => Some(n),
             Err(e) => {
-                self.err(node, field, format!("invalid quantity: {e}"), Some("use a number with an optional unit: Ki, Mi, Gi, Ti (binary) or k, M, G, T (decimal), e.g. 512Mi".into()));
+                self.err(node, field, format!("invalid {what}: {e}"), Some(hint.into()));
                 None
             }
         }
+    }
+
+    fn bytes(&mut self, node: &Node, field: &str) -> Option<u64> {
+        let hint = "use a number with an optional unit: Ki, Mi, Gi, Ti (binary) or k, M, G, T (decimal), e.g. 512Mi";
+        self.positive(node, field, parse_bytes, "a quantity such as 512Mi or 1G", "quantity", hint)
     }
 
     fn seconds(&mut self, node: &Node, field: &str) -> Option<u64> {
-        let Value::Scalar { text, .. } = &node.value else {
-            self.wrong_type(node, field, "a duration such as 60s or 5m");
-            return None;
-        };
-        match parse_seconds(text) {
-            Ok(0) => {
-                self.err(node, field, "must be greater than zero", None);
-                None
-            }
-            Ok(n) => Some(n),
-            Err(e) => {
-                self.err(node, field, format!("invalid duration: {e}"), Some("e.g. 30s, 5m, 1h30m".into()));
-                None
-            }
-        }
+        self.positive(node, field, parse_seconds, "a duration such as 60s or 5m", "duration", "e.g. 30s, 5m, 1h30m")
     }
 
     fn millis(&mut self, node: &Node, field: &str) -> Option<u64> {
-        let Value::Scalar { text, .. } = &node.value else {
-            self.wrong_type(node, field, "a duration such as 500ms or 2s");
-            return None;
-        };
-        match parse_millis(text) {
-            Ok(0) => {
-                self.err(node, field, "must be greater than zero", None);
-                None
-            }
-            Ok(n) => Some(n),
-            Err(e) => {
-                self.err(node, field, format!("invalid duration: {e}"), Some("e.g. 200ms, 2s, 1m".into()));
-                None
-            }
-        }
+        self.positive(node, field, parse_millis, "a duration such as 500ms or 2s", "duration", "e.g. 200ms, 2s, 1m")
     }
 
     fn string_list(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
@@ -712,7 +690,10 @@ fn plugin(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<PluginSpec>
                 .iter()
                 .map(|d| resolve_path(base_dir, d).to_string_lossy().into_owned())
                 .collect();
-            grants.http_hosts = g.get("httpHosts").and_then(|n| ctx.string_list(n, "spec.grants.httpHosts")).unwrap_or_default();
+            if let Some(n) = g.get("httpHosts") {
+                // Refused, not ignored: a provider relying on it must not load half-working.
+                ctx.err(n, "spec.grants.httpHosts", "not supported by this version yet", Some("outgoing HTTP for plugins (wasi:http) is planned; read secrets from a granted directory or environment variable meanwhile".into()));
+            }
         }
     }
     if ctx.errors.len() != before {
