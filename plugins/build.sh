@@ -33,6 +33,8 @@ plugins=(
   "test-patch-js           js        rootfs-patch-plugin     wit                               tests/plugins/js/patcher.js"
   "test-secrets-py         python    secret-provider-plugin  wit                               tests/plugins/python/secrets"
   "test-metrics-py         python    metrics-sink-plugin     wit                               tests/plugins/python/metrics"
+  # Its WIT directory's deps/ links to tests/plugins/wit-deps (vendored WASI 0.2.12 and wit/plugin.wit).
+  "test-http-secrets-py    python    http-secret-provider    tests/plugins/python/http-secrets/wit  tests/plugins/python/http-secrets"
   "log-decisions-js        js        network-policy-plugin   wit                               policies/log-decisions/log-decisions.js"
   "hostile-c               c         all-kinds               wit                               tests/plugins/c/hostile.c"
   "wrong-world-c           c         greeter                 tests/plugins/c/wrong-world.wit   tests/plugins/c/wrong-world.c"
@@ -76,7 +78,8 @@ fingerprint() {
   local wit=$1 src=$2
   shift 2
   {
-    find "$src" "$wit" "$0" "$env_file" "$@" -type f \( -name '*.c' -o -name '*.h' -o -name '*.py' \
+    # -L: WIT directories may link their deps (tests/plugins/python/http-secrets/wit/deps).
+    find -L "$src" "$wit" "$0" "$env_file" "$@" -type f \( -name '*.c' -o -name '*.h' -o -name '*.py' \
       -o -name '*.js' -o -name '*.wit' -o -name '*.sh' -o -name '*.rs' -o -name Cargo.toml \) \
       -not -path '*/__pycache__/*' -print0 |
       sort -z | xargs -0 sha256sum

@@ -394,3 +394,57 @@ fn compiled_components_are_cached_and_changes_reload() {
     // The old plugin still answers for calls that hold it.
     assert!(matches!(warm.decide_flow(&sb, Protocol::Tcp, private, 443, None).unwrap().action, FlowAction::Deny(_)));
 }
+
+/// A tiny HTTP/1.1 server on a real socket: `GET /secrets/openai` answers `VALUE\n`, anything
+/// else 404. Returns its port and a counter of connections it accepted.
+fn secret_server(value: &'static str) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let (status, body) = if request_line.starts_with("GET /secrets/openai ") { ("200 OK", format!("{value}\n")) } else { ("404 Not Found", "no such secret\n".to_string()) };
+            let mut stream = stream;
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, hits)
+}
+
+/// Outgoing HTTP (wasi:http) from a Python secret provider reaches only the hosts its Plugin
+/// resource grants; a refused request never opens a connection.
+#[test]
+fn http_grants_let_a_provider_reach_only_its_hosts() {
+    const VALUE: &str = "token-from-http-7c1e";
+    let (port, hits) = secret_server(VALUE);
+    let reg = registry();
+    let sb = sandbox("agent", &[]);
+    let authority = format!("127.0.0.1:{port}");
+    let spec_with = |grants: Vec<String>| {
+        let mut spec = plugin_spec("test-http-secrets-py", &[("authority", &authority)]);
+        spec.grants.http_hosts = grants;
+        spec
+    };
+    let granted = reg.get("http-granted", &spec_with(vec![authority.clone()])).unwrap();
+    assert_eq!(granted.resolve_secret(&sb, "openai").unwrap(), VALUE);
+    let missing = granted.resolve_secret(&sb, "nope").unwrap_err().to_string();
+    assert!(missing.contains("404"), "{missing}");
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(before, 2);
+    for (name, grants) in [("http-none", vec![]), ("http-other-port", vec!["127.0.0.1:1".to_string()]), ("http-other-host", vec!["vault.internal".to_string()])] {
+        let plugin = reg.get(name, &spec_with(grants)).unwrap();
+        let err = plugin.resolve_secret(&sb, "openai").unwrap_err().to_string();
+        assert!(err.to_ascii_lowercase().contains("denied"), "{name}: {err}");
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before, "a refused request never connects");
+}

@@ -6,8 +6,9 @@
 //!   the ticker advances the epoch every `TICK`, so no guest runs unbounded.
 //! - A cached artefact is only used when its key matches the component's SHA-256, this
 //!   wasmtime's version and the engine's compatibility hash; anything else is recompiled.
-//! - The linker offers WASI 0.2 (with no preopens, environment or network unless granted) and
-//!   the `host` interface; nothing else, so a component importing more fails to load.
+//! - The linker offers WASI 0.2 and `wasi:http` (no preopens, environment, sockets or HTTP hosts
+//!   unless granted) and the `host` interface; nothing else, so a component importing more fails
+//!   to load.
 
 use super::loaded::LoadedPlugin;
 use super::state::StoreState;
@@ -51,6 +52,7 @@ impl PluginHost {
         let engine = Engine::new(&config).map_err(link_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(link_error)?;
         super::bindings::AllKinds::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s).map_err(link_error)?;
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -82,7 +84,7 @@ impl PluginHost {
         let digest = hex(&Sha256::digest(&bytes));
         let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Link {
             plugin: name.into(),
-            message: format!("{e:#}; this host provides WASI 0.2 and {} (see docs/plugins.md)", super::ABI_PACKAGE),
+            message: format!("{e:#}; this host provides WASI 0.2, wasi:http 0.2 and {} (see docs/plugins.md)", super::ABI_PACKAGE),
         })?;
         LoadedPlugin::new(name, spec, digest, pre, LoadInfo { cached, elapsed: started.elapsed() })
     }

@@ -41,7 +41,7 @@ fn meaning(import: &str) -> &'static str {
         i if i.starts_with("wasi:filesystem/") => "files: none unless spec.grants.readOnlyDirs names directories",
         "wasi:cli/environment" => "environment variables: none unless spec.grants.env names them",
         i if i.starts_with("wasi:sockets/") => "network sockets: always denied to plugins",
-        i if i.starts_with("wasi:http/") => "outgoing HTTP: not provided by this version (the plugin will not load; build without it)",
+        i if i.starts_with("wasi:http/") => "outgoing HTTP: only to hosts in spec.grants.httpHosts",
         i if i.starts_with("wasi:clocks/") => "clocks (always available)",
         i if i.starts_with("wasi:random/") => "random numbers (always available)",
         "wasi:cli/stdout" | "wasi:cli/stderr" => "output, kept for error messages",

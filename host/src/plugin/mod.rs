@@ -4,7 +4,8 @@
 //! - `engine`: one wasmtime engine per process, the linker, the epoch ticker and the on-disk
 //!   cache of compiled code.
 //! - `state`: what one store holds (WASI context with only granted capabilities, limits, the
-//!   plugin's config) and the `host` imports (log, config).
+//!   plugin's config) and the `host` imports (log, config); `http`: outgoing HTTP limited to
+//!   the granted hosts.
 //! - `loaded`: a compiled, pre-instantiated plugin; calls with deadlines, a pool of instances
 //!   that is never refilled from a trapped store, and error messages that say what happened.
 //! - `kinds`: the typed calls of the four hook kinds, converting to and from WIT types and
@@ -16,6 +17,7 @@
 //!   loop of `serve`, and `plugin check`.
 
 mod engine;
+pub mod http;
 pub mod inspect;
 mod kinds;
 mod loaded;

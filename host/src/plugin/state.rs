@@ -1,9 +1,9 @@
 //! What one plugin store holds, and the `host` interface a plugin imports.
 //!
-//! A store starts with nothing: no environment, no preopened directory, no network, stdin
-//! closed; stdout and stderr go to a bounded buffer whose tail is shown when a call fails.
-//! Grants from the Plugin resource add exactly the environment variables and read-only
-//! directories named there.
+//! A store starts with nothing: no environment, no preopened directory, no network, no HTTP,
+//! stdin closed; stdout and stderr go to a bounded buffer whose tail is shown when a call fails.
+//! Grants from the Plugin resource add exactly the environment variables, read-only
+//! directories and HTTP hosts named there.
 
 use super::bindings::orchestrator::plugin::{host, types};
 use super::PluginError;
@@ -13,6 +13,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Default memory per instance when the Plugin resource sets none (interpreters such as
 /// componentize-py's need tens of MiB).
@@ -29,6 +30,8 @@ pub struct StoreState {
     plugin: Arc<str>,
     config: Arc<Vec<(String, String)>>,
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_grant: super::http::HttpGrant,
     table: ResourceTable,
     pub(super) limiter: Limiter,
     pub(super) output: MemoryOutputPipe,
@@ -87,10 +90,17 @@ impl StoreState {
                 source: std::io::Error::other(format!("{e:#}")),
             })?;
         }
+        let http_grant = super::http::HttpGrant {
+            plugin: plugin.clone(),
+            hosts: Arc::new(spec.grants.http_hosts.clone()),
+            timeout: std::time::Duration::from_millis(spec.timeout_ms.unwrap_or(super::loaded::DEFAULT_TIMEOUT_MS)),
+        };
         Ok(StoreState {
             plugin,
             config,
             wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            http_grant,
             table: ResourceTable::new(),
             limiter: Limiter { memory_limit: spec.memory.unwrap_or(DEFAULT_MEMORY), memory_refused: false },
             output,
@@ -126,6 +136,12 @@ pub(super) fn grant_paths(grant: &str) -> (&str, &str) {
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { hooks: &mut self.http_grant, table: &mut self.table, ctx: &mut self.http }
     }
 }
 

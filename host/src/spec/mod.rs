@@ -200,7 +200,7 @@ pub struct VolumeSpec {
 pub struct PluginGrants {
     pub env: Vec<String>,
     pub read_only_dirs: Vec<String>,
-    /// Reserved for outgoing HTTP grants (refused by validation in this version).
+    /// Hosts the plugin may reach over `wasi:http`: `host`, `host:port` or `*.domain`.
     #[serde(default)]
     pub http_hosts: Vec<String>,
 }

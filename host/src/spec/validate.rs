@@ -690,9 +690,13 @@ fn plugin(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<PluginSpec>
                 .iter()
                 .map(|d| resolve_path(base_dir, d).to_string_lossy().into_owned())
                 .collect();
+            grants.http_hosts = g.get("httpHosts").and_then(|n| ctx.string_list(n, "spec.grants.httpHosts")).unwrap_or_default();
             if let Some(n) = g.get("httpHosts") {
-                // Refused, not ignored: a provider relying on it must not load half-working.
-                ctx.err(n, "spec.grants.httpHosts", "not supported by this version yet", Some("outgoing HTTP for plugins (wasi:http) is planned; read secrets from a granted directory or environment variable meanwhile".into()));
+                for (i, host) in grants.http_hosts.iter().enumerate() {
+                    if let Err(e) = crate::plugin::http::check_grant(host) {
+                        ctx.err(n, &format!("spec.grants.httpHosts[{i}]"), e, Some("e.g. vault.internal, 127.0.0.1:8200 or *.example.com".into()));
+                    }
+                }
             }
         }
     }
