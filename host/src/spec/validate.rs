@@ -2,10 +2,12 @@
 //! (never just the first): unknown fields (with a "did you mean"), wrong types, bad quantities,
 //! invalid and duplicate names, missing required fields, fields not supported yet.
 
+mod plugin_fields;
+
+use plugin_fields::{patches, plugin_names, secrets};
 use super::quantity::{parse_bytes, parse_millis, parse_seconds};
 use super::yaml::{parse_documents, Node, Value};
 use super::*;
-use guest_agent::protocol::PatchOp;
 use std::collections::HashMap;
 
 struct Ctx<'f> {
@@ -516,143 +518,6 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
     (ctx.errors.len() == before).then_some(spec)
 }
 
-/// A list of Plugin resource names.
-fn plugin_names(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Vec<String>> {
-    let names = ctx.string_list(node, field)?;
-    for (i, name) in names.iter().enumerate() {
-        if !super::is_valid_name(name) {
-            ctx.err(node, &format!("{field}[{i}]"), format!("{name:?} is not a plugin name"), Some("the metadata.name of a `kind: Plugin` resource".into()));
-        }
-    }
-    Some(names)
-}
-
-fn env_name_ok(k: &str) -> bool {
-    k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn secrets(ctx: &mut Ctx<'_>, node: &Node) -> Vec<SecretRef> {
-    let Value::Seq(items) = &node.value else {
-        ctx.wrong_type(node, "spec.secrets", "a list of { env, provider, key }");
-        return Vec::new();
-    };
-    let mut out: Vec<SecretRef> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let field = format!("spec.secrets[{i}]");
-        let Some(f) = ctx.map(item, &field, SECRET_FIELDS) else { continue };
-        let required = |ctx: &mut Ctx<'_>, key: &str, hint: &str| match f.get(key) {
-            Some(n) => ctx.nonempty_string(n, &format!("{field}.{key}")),
-            None => {
-                ctx.err(item, &format!("{field}.{key}"), "missing", Some(hint.into()));
-                None
-            }
-        };
-        let env = required(ctx, "env", "the environment variable that receives the placeholder, e.g. API_KEY");
-        let provider = required(ctx, "provider", "the name of a secret-provider Plugin");
-        let key = required(ctx, "key", "what the provider is asked for");
-        let allow_hosts = f.get("allowHosts").and_then(|n| ctx.string_list(n, &format!("{field}.allowHosts"))).unwrap_or_default();
-        let (Some(env), Some(provider), Some(key)) = (env, provider, key) else { continue };
-        if !env_name_ok(&env) {
-            ctx.err(item, &format!("{field}.env"), format!("{env:?} is not an environment variable name"), Some("letters, digits and '_', not starting with a digit".into()));
-        }
-        if out.iter().any(|s| s.env == env) {
-            ctx.err(item, &format!("{field}.env"), format!("{env} is given two secrets"), Some("one secret per variable".into()));
-        }
-        if !super::is_valid_name(&provider) {
-            ctx.err(item, &format!("{field}.provider"), format!("{provider:?} is not a plugin name"), None);
-        }
-        out.push(SecretRef { env, provider, key, allow_hosts });
-    }
-    out
-}
-
-/// An octal permission string: `0644`, `0o644` or `644`.
-fn mode(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<u32> {
-    let text = ctx.string(node, field)?;
-    let digits = text.strip_prefix("0o").unwrap_or(&text);
-    match u32::from_str_radix(digits, 8) {
-        Ok(m) if m <= 0o7777 => Some(m),
-        _ => {
-            ctx.err(node, field, format!("{text:?} is not a file mode"), Some("octal permission bits, e.g. 0644 or 0755".into()));
-            None
-        }
-    }
-}
-
-fn patches(ctx: &mut Ctx<'_>, node: &Node) -> Vec<PatchOp> {
-    let Value::Seq(items) = &node.value else {
-        ctx.wrong_type(node, "spec.patches", "a list of { op, path, ... }");
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let field = format!("spec.patches[{i}]");
-        let Some(f) = ctx.map(item, &field, PATCH_FIELDS) else { continue };
-        let Some(op_node) = f.get("op") else {
-            ctx.err(item, &format!("{field}.op"), "missing", Some("one of write, append, mkdir, symlink, chmod, remove".into()));
-            continue;
-        };
-        let ops = [("write", 0), ("append", 1), ("mkdir", 2), ("symlink", 3), ("chmod", 4), ("remove", 5)];
-        let Some(op) = ctx.one_of(op_node, &format!("{field}.op"), &ops) else { continue };
-        let Some(path_node) = f.get("path") else {
-            ctx.err(item, &format!("{field}.path"), "missing", Some("an absolute path inside the sandbox".into()));
-            continue;
-        };
-        let Some(path) = ctx.nonempty_string(path_node, &format!("{field}.path")) else { continue };
-        if let Err(e) = guest_agent::protocol::check_patch_path(&path) {
-            ctx.err(path_node, &format!("{field}.path"), e, Some("an absolute path inside the sandbox, without `..`, outside /proc, /sys and /dev".into()));
-            continue;
-        }
-        let content = f.get("content").and_then(|n| ctx.string(n, &format!("{field}.content"))).unwrap_or_default().into_bytes();
-        let mode_of = |ctx: &mut Ctx<'_>, default: Option<u32>| match f.get("mode") {
-            Some(n) => mode(ctx, n, &format!("{field}.mode")),
-            None => default,
-        };
-        let allowed_extra: &[&str] = match op {
-            0 => &["content", "mode"],
-            1 => &["content"],
-            2 => &["mode"],
-            3 => &["target"],
-            4 => &["mode"],
-            _ => &[],
-        };
-        for (key, n) in &f.entries {
-            if !["op", "path"].contains(key) && !allowed_extra.contains(key) {
-                ctx.err(n, &format!("{field}.{key}"), format!("not used by op {}", ops[op].0), Some(format!("op {} takes: path{}", ops[op].0, allowed_extra.iter().map(|k| format!(", {k}")).collect::<String>())));
-            }
-        }
-        let patch = match op {
-            0 => mode_of(ctx, Some(0o644)).map(|mode| PatchOp::Write { path, contents: content, mode }),
-            1 => Some(PatchOp::Append { path, contents: content }),
-            2 => mode_of(ctx, Some(0o755)).map(|mode| PatchOp::Mkdir { path, mode }),
-            3 => match f.get("target").and_then(|n| ctx.nonempty_string(n, &format!("{field}.target"))) {
-                Some(target) => Some(PatchOp::Symlink { path, target }),
-                None => {
-                    if f.get("target").is_none() {
-                        ctx.err(item, &format!("{field}.target"), "missing", Some("what the link points to".into()));
-                    }
-                    None
-                }
-            },
-            4 => match mode_of(ctx, None) {
-                Some(mode) => Some(PatchOp::Chmod { path, mode }),
-                None => {
-                    if f.get("mode").is_none() {
-                        ctx.err(item, &format!("{field}.mode"), "missing", Some("e.g. 0600".into()));
-                    }
-                    None
-                }
-            },
-            _ => Some(PatchOp::Remove { path }),
-        };
-        out.extend(patch);
-    }
-    if let Err(e) = guest_agent::protocol::check_patches(&out) {
-        ctx.err(node, "spec.patches", e, None);
-    }
-    out
-}
-
 fn volume(ctx: &mut Ctx<'_>, node: Option<&Node>) -> Option<VolumeSpec> {
     let Some(node) = node else { return Some(VolumeSpec { size: None }) };
     let f = ctx.map(node, "spec", VOLUME_FIELDS)?;
@@ -732,6 +597,7 @@ pub(super) fn duplicates(manifests: &[Manifest]) -> Vec<SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guest_agent::protocol::PatchOp;
 
     fn errors(text: &str) -> Vec<SpecError> {
         validate_file(Path::new("/tmp/x.yaml"), text).unwrap_err()
