@@ -14,6 +14,7 @@ use super::loaded::LoadedPlugin;
 use super::state::StoreState;
 use super::PluginError;
 use crate::spec::PluginSpec;
+use crate::image::store::hex;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -80,8 +81,8 @@ impl PluginHost {
         let started = Instant::now();
         let path = Path::new(&spec.component);
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { plugin: name.into(), path: spec.component.clone(), source })?;
-        let (component, cached) = self.component(name, &spec.component, &bytes)?;
         let digest = hex(&Sha256::digest(&bytes));
+        let (component, cached) = self.component(name, &spec.component, &bytes, &digest)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Link {
             plugin: name.into(),
             message: format!("{e:#}; this host provides WASI 0.2, wasi:http 0.2 and {} (see docs/plugins.md)", super::ABI_PACKAGE),
@@ -94,7 +95,7 @@ impl PluginHost {
         let started = Instant::now();
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { plugin: shown.clone(), path: shown.clone(), source })?;
-        let (component, cached) = self.component(&shown, &shown, &bytes)?;
+        let (component, cached) = self.component(&shown, &shown, &bytes, &hex(&Sha256::digest(&bytes)))?;
         Ok((component, LoadInfo { cached, elapsed: started.elapsed() }))
     }
 
@@ -103,13 +104,14 @@ impl PluginHost {
         self.linker.instantiate_pre(component).map(|_| ()).map_err(|e| format!("{e:#}"))
     }
 
-    fn component(&self, name: &str, path: &str, bytes: &[u8]) -> Result<(Component, bool), PluginError> {
+    /// `digest`: the hex SHA-256 of `bytes` (hashed once by the caller; 18 MiB takes ~10 ms).
+    fn component(&self, name: &str, path: &str, bytes: &[u8], digest: &str) -> Result<(Component, bool), PluginError> {
         let compile_error = |message: String| PluginError::Compile { plugin: name.into(), path: path.into(), message };
         if !wasmparser::Parser::is_component(bytes) {
             let what = if wasmparser::Parser::is_core_wasm(bytes) { "a core WebAssembly module, not a component" } else { "not WebAssembly" };
             return Err(compile_error(format!("{what}; build it with a component toolchain or `wasm-tools component new` (docs/plugins.md)")));
         }
-        let cache_file = self.cache_dir.as_ref().map(|dir| dir.join(format!("{}-{}.cwasm", hex(&Sha256::digest(bytes)), self.compatibility())));
+        let cache_file = self.cache_dir.as_ref().map(|dir| dir.join(format!("{digest}-{}.cwasm", self.compatibility())));
         if let Some(file) = &cache_file {
             if file.exists() {
                 // SAFETY: the file was written by `Component::serialize` of this same engine
@@ -146,8 +148,4 @@ impl PluginHost {
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

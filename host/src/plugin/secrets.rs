@@ -58,7 +58,7 @@ fn placeholder() -> String {
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = f.read_exact(&mut buf);
     }
-    format!("ORCHESTRATOR_SECRET_{}", super::engine::hex(&buf))
+    format!("ORCHESTRATOR_SECRET_{}", crate::image::store::hex(&buf))
 }
 
 /// Serialises secrets for the shim's stdin; the buffer is the caller's to wipe.
