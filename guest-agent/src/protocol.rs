@@ -212,13 +212,14 @@ impl PatchOp {
         }
     }
 
-    /// Bytes of file contents this operation carries.
+    /// Bytes this operation puts on the wire (path and contents), for the size bound.
     pub fn payload_len(&self) -> usize {
-        match self {
+        let data = match self {
             PatchOp::Write { contents, .. } | PatchOp::Append { contents, .. } => contents.len(),
             PatchOp::Symlink { target, .. } => target.len(),
             _ => 0,
-        }
+        };
+        self.path().len() + data
     }
 }
 
