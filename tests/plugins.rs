@@ -258,12 +258,21 @@ fn metrics_sinks_receive_samples_and_fail_open() {
     )
     .unwrap();
     let log = env.dir.path().join("serve.log");
-    let mut serve = env
+    let serve = env
         .cmd(&["serve", "--config", config.to_str().unwrap()])
         .stderr(std::fs::File::create(&log).unwrap())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends, so a failed assertion leaves no `serve` behind.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _serve = KillOnDrop(serve);
     let sample_line = |text: &str| {
         text.lines()
             .filter(|l| l.contains("sample sandbox=measured"))
@@ -283,8 +292,6 @@ fn metrics_sinks_receive_samples_and_fail_open() {
     env.wait_for("samples at the repaired sink", Duration::from_secs(60), || {
         std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| l.contains("sample sandbox=measured") && l.contains("broken-sink"))
     });
-    let _ = serve.kill();
-    let _ = serve.wait();
 }
 
 /// Hostile plugins: each failure is clear, fails the way its kind promises, and the host goes
