@@ -90,15 +90,6 @@ pub struct Orchestrator {
     pub plugins: Arc<Registry>,
 }
 
-/// Random hex for instance ids.
-fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn object(name: &str) -> String {
     format!("Sandbox/{name}")
@@ -385,7 +376,7 @@ impl Orchestrator {
         let isolation = runtime::for_isolation(spec.isolation).isolation();
         let row = SandboxRow {
             name: res.name.clone(),
-            instance: format!("{}-{}", res.name, random_hex(4)),
+            instance: format!("{}-{}", res.name, crate::image::store::random_hex(4)),
             spec: res.canonical_json(),
             status: Status::Pending,
             isolation: isolation.as_str().into(),

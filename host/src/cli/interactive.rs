@@ -231,9 +231,7 @@ pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec,
         bail!("a root filesystem directory has no default command: give one after `--`");
     }
     let name = name.unwrap_or_else(|| {
-        let mut b = [0u8; 3];
-        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-        format!("run-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
+        format!("run-{}", crate::image::store::random_hex(3))
     });
     if !crate::spec::is_valid_name(&name) {
         bail!("--name {name:?}: use 1-63 lowercase letters, digits and '-'");

@@ -45,6 +45,13 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// The `sha256:HEX` digest of some bytes.
+/// `bytes` random bytes from the kernel, as hex (names of temporaries, instances, placeholders).
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    hex(&buf)
+}
+
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
@@ -113,9 +120,7 @@ impl ImageStore {
     }
 
     fn tmp_path(&self, tag: &str) -> PathBuf {
-        let mut b = [0u8; 8];
-        let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-        self.root.join("tmp").join(format!("{tag}-{}", hex(&b)))
+        self.root.join("tmp").join(format!("{tag}-{}", random_hex(8)))
     }
 
     /// A fresh, empty working directory under tmp/ (the caller removes it).

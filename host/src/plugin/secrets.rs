@@ -53,12 +53,7 @@ pub fn wipe(s: &mut String) {
 
 /// A random token that is safe inside headers, URLs and shell words.
 fn placeholder() -> String {
-    use std::io::Read;
-    let mut buf = [0u8; 12];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
-    format!("ORCHESTRATOR_SECRET_{}", crate::image::store::hex(&buf))
+    format!("ORCHESTRATOR_SECRET_{}", crate::image::store::random_hex(12))
 }
 
 /// Serialises secrets for the shim's stdin; the buffer is the caller's to wipe.
