@@ -71,7 +71,8 @@ fn serve_follows_the_directory() {
     // SAFETY: killing the shim as a crash would.
     unsafe { libc::kill(killed, libc::SIGKILL) };
     env.wait_for("web restarted by resync", Duration::from_secs(10), || {
-        env.status("web") == "Running" && env.try_shim_pid("web").is_some_and(|p| p != killed)
+        // The new shim writes its pid before it is ready: wait until it answers, too.
+        env.status("web") == "Running" && env.try_shim_pid("web").is_some_and(|p| p != killed) && env.sh("web", "true").0 == 0
     });
     assert_eq!(env.sh("web", "echo back").1, "back\n");
 }
