@@ -77,6 +77,21 @@ fn handled_signals() -> nix::sys::signal::SigSet {
     set
 }
 
+static VM_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The agent is a microVM's init: ending means powering the VM off, never exiting.
+pub fn set_vm_mode() {
+    VM_MODE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Ends the agent: exit in a namespace sandbox, power-off in a microVM.
+pub fn finish(code: i32) -> ! {
+    if VM_MODE.load(std::sync::atomic::Ordering::SeqCst) {
+        crate::vm::power_off()
+    }
+    std::process::exit(code)
+}
+
 /// Serves the protocol on `stream` until the peer closes it or asks for shutdown; never returns.
 pub fn serve(stream: UnixStream) -> ! {
     let signals = handled_signals();
@@ -92,7 +107,7 @@ pub fn serve(stream: UnixStream) -> ! {
     process::set_cloexec(stream.as_raw_fd());
     let writer = match stream.try_clone() {
         Ok(w) => w,
-        Err(_) => std::process::exit(1),
+        Err(_) => finish(1),
     };
     let agent = Arc::new(Agent {
         out: Outbox::new(writer),
@@ -110,7 +125,7 @@ pub fn serve(stream: UnixStream) -> ! {
             }
         });
         if started.is_err() {
-            std::process::exit(1);
+            finish(1);
         }
     }
     let mut reader = BufReader::with_capacity(CHUNK_LEN + 64, stream);
@@ -129,7 +144,7 @@ pub fn serve(stream: UnixStream) -> ! {
         }
     }
     agent.shutdown(Duration::ZERO);
-    std::process::exit(0);
+    finish(0);
 }
 
 /// Reads frames of one kind until the first request; used before `serve` (namespace init).
@@ -195,7 +210,7 @@ impl Agent {
             Request::Shutdown { grace_ms } => {
                 self.shutdown(Duration::from_millis(grace_ms));
                 self.out.send(id, Response::Done);
-                std::process::exit(0);
+                finish(0);
             }
             Request::Init(_) => self.reply(id, error(ErrorCode::BadRequest, "sandbox is already initialised")),
             Request::Status | Request::Attach | Request::Stop { .. } => {

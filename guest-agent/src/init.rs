@@ -49,7 +49,21 @@ const MASKED_FILES: &[&str] = &[
 const MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/sys/firmware"];
 const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"];
 
+/// How the new root replaces the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchRoot {
+    /// pivot_root, then detach the old root (namespace sandboxes).
+    PivotRoot,
+    /// Move the new root over `/` and chroot into it: the only way off an initramfs, where
+    /// pivot_root is refused (microVMs).
+    MoveMount,
+}
+
 pub fn setup_root(init: &SandboxInit) -> Result<(), InitError> {
+    setup_root_in(init, SwitchRoot::PivotRoot)
+}
+
+pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot) -> Result<(), InitError> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // The shim has moved us into the sandbox's cgroup by now: make it our cgroup root.
     step(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(errno), || "entering a cgroup namespace".into())?;
@@ -84,8 +98,16 @@ pub fn setup_root(init: &SandboxInit) -> Result<(), InitError> {
     }
 
     step(chdir(root).map_err(errno), || "entering the new root".into())?;
-    step(pivot_root(".", ".").map_err(errno), || "pivot_root".into())?;
-    step(umount2(".", MntFlags::MNT_DETACH).map_err(errno), || "detaching the old root".into())?;
+    match switch {
+        SwitchRoot::PivotRoot => {
+            step(pivot_root(".", ".").map_err(errno), || "pivot_root".into())?;
+            step(umount2(".", MntFlags::MNT_DETACH).map_err(errno), || "detaching the old root".into())?;
+        }
+        SwitchRoot::MoveMount => {
+            mnt(Some("."), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+            step(nix::unistd::chroot(".").map_err(errno), || "chroot into the new root".into())?;
+        }
+    }
     step(chdir("/").map_err(errno), || "chdir /".into())?;
 
     mask_kernel_files()?;

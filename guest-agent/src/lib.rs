@@ -9,8 +9,23 @@ mod process;
 pub mod protocol;
 pub mod security;
 pub mod users;
+pub mod vm;
 
 use std::os::unix::net::UnixStream;
+
+/// The last step before `Ready`, for namespace and microVM sandboxes alike.
+pub fn lock_down(seccomp: bool) -> Result<(), security::SecurityError> {
+    // Processes in the sandbox share our uid: non-dumpable keeps them from ptracing PID 1
+    // or reading its memory (execve makes their own children dumpable again).
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    security::drop_capabilities()?;
+    security::set_no_new_privs()?;
+    if seccomp {
+        security::install_seccomp()?;
+    }
+    Ok(())
+}
 
 /// Entry point of a namespace sandbox's PID 1: receives `Init` on `stream`, builds the root,
 /// locks itself down, answers `Ready` (or the error) and serves requests. Never returns.
@@ -33,19 +48,7 @@ pub fn namespace_main(mut stream: UnixStream) -> ! {
     if let Err(e) = init::setup_root(&init) {
         fail(&mut stream, frame.id, format!("building the sandbox root: {e}"));
     }
-    let lock_down = || -> Result<(), security::SecurityError> {
-        // Processes in the sandbox share our uid: non-dumpable keeps them from ptracing PID 1
-        // or reading its memory (execve makes their own children dumpable again).
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-        security::drop_capabilities()?;
-        security::set_no_new_privs()?;
-        if init.seccomp {
-            security::install_seccomp()?;
-        }
-        Ok(())
-    };
-    if let Err(e) = lock_down() {
+    if let Err(e) = lock_down(init.seccomp) {
         fail(&mut stream, frame.id, e.to_string());
     }
     if protocol::write_frame(&mut stream, &Frame { id: frame.id, body: Response::Ready }).is_err() {

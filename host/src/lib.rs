@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod hooks;
 pub mod image;
+pub mod microvm;
 pub mod paths;
 pub mod plugin;
 pub mod reconcile;

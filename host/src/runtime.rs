@@ -1,7 +1,7 @@
 //! Runtimes: the host side of each isolation kind. A runtime says whether this host can run its
 //! kind, starts a sandbox instance (through a detached shim) and stops it. Namespace sandboxes
-//! are implemented; microVMs report why they are not available yet, and `auto` picks the best
-//! kind this host can run.
+//! and microVMs are implemented; `auto` picks microVMs only where this host's KVM can boot the
+//! guest kernel (see `microvm::probe`).
 
 use crate::cgroup::Cgroup;
 use crate::paths::{shim_alive, InstanceDir};
@@ -91,12 +91,40 @@ impl Runtime for NamespaceRuntime {
             wait_for_attach: req.wait_for_attach,
             main_stdin: req.main_stdin,
             patches: req.patches.to_vec(),
+            microvm: None,
         };
         launch_shim(req.dir, &cfg, req.secrets)
     }
 }
 
-pub struct MicrovmRuntime;
+/// MicroVM sandboxes: the shim boots the guest kernel with the agent's initramfs, the image's
+/// read-only EROFS disk and the instance's ext4 scratch disk.
+pub struct MicrovmRuntime {
+    pub data: PathBuf,
+}
+
+/// The guest kernel's command line. No `nomodule`: the agent loads the virtio modules.
+pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet loglevel=4 panic=-1 reboot=acpi pci=off i8042.noaux i8042.nokbd i8042.nopnp random.trust_cpu=on";
+/// Default guest memory and scratch disk size.
+const DEFAULT_VM_MEMORY: u64 = 256 << 20;
+const SCRATCH_SIZE: u64 = 4 << 30;
+
+impl MicrovmRuntime {
+    fn image_disk(&self, req: &StartRequest<'_>) -> Result<PathBuf, RuntimeError> {
+        if let Some(dir) = req.spec.image.strip_prefix("dir:") {
+            // A plain directory: its own disk per instance (there is no digest to share by).
+            let disk = req.dir.path().join("image.erofs");
+            if !disk.exists() {
+                crate::image::disk::dir_disk(std::path::Path::new(dir), &disk)?;
+            }
+            return Ok(disk);
+        }
+        let store = crate::image::store::ImageStore::open(&self.data)?;
+        let key = crate::image::canonical(&req.spec.image);
+        let record = store.record(&key).ok_or_else(|| RuntimeError::Start(format!("image {key} is not in the local store")))?;
+        Ok(crate::image::disk::image_disk(&store, &record)?)
+    }
+}
 
 impl Runtime for MicrovmRuntime {
     fn isolation(&self) -> Isolation {
@@ -104,22 +132,61 @@ impl Runtime for MicrovmRuntime {
     }
 
     fn check_host(&self) -> Result<(), String> {
-        Err("this version has no microVM monitor yet; use `isolation: namespace` or `auto`".into())
+        crate::microvm::probe::ready(&self.data)
     }
 
-    fn start(&self, _req: &StartRequest<'_>) -> Result<(), RuntimeError> {
-        Err(RuntimeError::Unavailable("microvm", self.check_host().unwrap_err()))
+    fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
+        self.check_host().map_err(|e| RuntimeError::Unavailable("microvm", e))?;
+        let kernel = crate::microvm::kernel::configured(&self.data).map_err(RuntimeError::Start)?;
+        let agent = crate::microvm::initramfs::agent_binary().map_err(RuntimeError::Start)?;
+        let initrd = crate::microvm::initramfs::cached(&self.data, &kernel, &agent).map_err(RuntimeError::Start)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(req.dir.path())
+                .map_err(|e| RuntimeError::Io { path: req.dir.path().display().to_string(), source: e })?;
+        }
+        let image_disk = self.image_disk(req)?;
+        let scratch_disk = req.dir.path().join("scratch.ext4");
+        if !scratch_disk.exists() {
+            crate::image::disk::scratch_disk(&scratch_disk, SCRATCH_SIZE)?;
+        }
+        let vcpus = req.spec.cpus.map(|c| c.ceil().clamp(1.0, 32.0) as u8).unwrap_or(1);
+        let cfg = ShimConfig {
+            instance: req.instance.to_string(),
+            name: req.name.to_string(),
+            dir: req.dir.path().to_path_buf(),
+            isolation: Isolation::Microvm,
+            lower_dirs: Vec::new(),
+            spec: req.spec.clone(),
+            wait_for_attach: req.wait_for_attach,
+            main_stdin: req.main_stdin,
+            patches: req.patches.to_vec(),
+            microvm: Some(crate::shim::MicrovmConfig {
+                kernel: kernel.image.clone(),
+                initrd,
+                cmdline: GUEST_CMDLINE.into(),
+                image_disk,
+                scratch_disk,
+                vcpus,
+                mem_bytes: req.spec.memory.unwrap_or(DEFAULT_VM_MEMORY),
+            }),
+        };
+        launch_shim(req.dir, &cfg, req.secrets)
     }
 }
 
 /// The runtime for a requested isolation; `auto` prefers microVMs where the host can run them.
-pub fn for_isolation(isolation: Isolation) -> Box<dyn Runtime> {
+pub fn for_isolation(isolation: Isolation, data: &std::path::Path) -> Box<dyn Runtime> {
+    let microvm = MicrovmRuntime { data: data.to_path_buf() };
     match isolation {
         Isolation::Namespace => Box::new(NamespaceRuntime),
-        Isolation::Microvm => Box::new(MicrovmRuntime),
+        Isolation::Microvm => Box::new(microvm),
         Isolation::Auto => {
-            if MicrovmRuntime.check_host().is_ok() {
-                Box::new(MicrovmRuntime)
+            if microvm.check_host().is_ok() {
+                Box::new(microvm)
             } else {
                 Box::new(NamespaceRuntime)
             }

@@ -3,6 +3,7 @@
 
 mod images;
 mod interactive;
+mod microvm;
 mod output;
 mod plugins;
 mod serve;
@@ -150,6 +151,13 @@ pub enum Command {
         #[command(subcommand)]
         command: plugins::PluginCommand,
     },
+    /// What isolation this host can run, and how to fix what it cannot.
+    Doctor,
+    /// The microVM guest kernel: fetch, show, initramfs.
+    Kernel {
+        #[command(subcommand)]
+        command: microvm::KernelCommand,
+    },
     /// Watch a directory and keep sandboxes in line with it (GitOps).
     Serve {
         #[arg(long)]
@@ -224,6 +232,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Attach { name } => interactive::attach(&open()?, &name),
         Command::Image { command } => images::run(&open()?, command),
         Command::Plugin { command } => plugins::run(&open()?, command),
+        Command::Doctor => microvm::doctor(&data_dir),
+        Command::Kernel { command } => microvm::kernel(&data_dir, command),
         Command::Serve { config, resync, prune_empty } => serve::serve(&mut open()?, &config, resync, prune_empty),
     }
 }

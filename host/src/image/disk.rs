@@ -64,6 +64,17 @@ pub fn image_disk(store: &ImageStore, record: &ImageRecord) -> Result<PathBuf, I
     Ok(path)
 }
 
+/// An EROFS disk of one plain directory (`dir:` images), written to `out`.
+pub fn dir_disk(dir: &Path, out: &Path) -> Result<(), ImageError> {
+    let tmp = out.with_extension("erofs.partial");
+    let result = Command::new("mkfs.erofs").arg("--quiet").arg(&tmp).arg(dir).output().map_err(|e| tool_error("mkfs.erofs", e))?;
+    if !result.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ImageError::Store(format!("mkfs.erofs {}: {}", dir.display(), String::from_utf8_lossy(&result.stderr).trim())));
+    }
+    std::fs::rename(&tmp, out).map_err(|e| ImageError::Store(format!("{}: {e}", out.display())))
+}
+
 /// A sandbox's writable scratch disk: a sparse ext4 file of `size` bytes.
 pub fn scratch_disk(path: &Path, size: u64) -> Result<(), ImageError> {
     let file = std::fs::File::create(path).map_err(|e| ImageError::Store(format!("{}: {e}", path.display())))?;

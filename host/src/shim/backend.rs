@@ -17,4 +17,9 @@ pub trait Backend: Send {
     fn teardown(&mut self);
     /// Process id of the sandbox's init as seen from the host, if any.
     fn init_pid(&self) -> Option<i32>;
+    /// Why the sandbox ended, when the backend knows more than "init exited" (a VM's kernel
+    /// panic, triple fault, power-off).
+    fn end_reason(&mut self) -> Option<String> {
+        None
+    }
 }

@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod idmap;
+mod microvm;
 mod namespace;
 mod server;
 
@@ -39,6 +40,21 @@ pub struct ShimConfig {
     /// Root filesystem patches, present only for the start that creates the writable layer.
     #[serde(default)]
     pub patches: Vec<guest_agent::protocol::PatchOp>,
+    /// What the VMM boots, for `isolation: microvm`.
+    #[serde(default)]
+    pub microvm: Option<MicrovmConfig>,
+}
+
+/// A microVM's machine: resolved by the host runtime, booted by the shim's VMM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MicrovmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub image_disk: PathBuf,
+    pub scratch_disk: PathBuf,
+    pub vcpus: u8,
+    pub mem_bytes: u64,
 }
 
 /// The sandbox's resolved secrets, held in this shim's memory for its whole life (the network
@@ -106,7 +122,7 @@ pub fn main(dir: PathBuf) -> ! {
     redirect_stderr(&dir);
     let mut backend: Box<dyn Backend> = match cfg.isolation {
         Isolation::Namespace | Isolation::Auto => Box::new(namespace::NamespaceBackend::default()),
-        Isolation::Microvm => fail_early("microVM isolation is not available in this version"),
+        Isolation::Microvm => Box::new(microvm::MicrovmBackend::default()),
     };
     let shim_pid = std::process::id();
     let _ = std::fs::write(dir.path().join("shim.pid"), shim_pid.to_string());

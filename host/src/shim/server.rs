@@ -213,9 +213,11 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
             Err(_) => break,
         }
     }
-    let (state, message) = lock(&shared.ending)
-        .clone()
-        .unwrap_or((SandboxState::Failed, "the sandbox's init exited unexpectedly".into()));
+    let ending = lock(&shared.ending).clone();
+    let (state, message) = ending.unwrap_or_else(|| {
+        let why = lock(&shared.backend).end_reason().unwrap_or_else(|| "the sandbox's init exited unexpectedly".into());
+        (SandboxState::Failed, why)
+    });
     shared.finalize(state, message, false)
 }
 

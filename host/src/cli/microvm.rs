@@ -1,0 +1,57 @@
+//! `orchestrator doctor` (what isolation this host can run, and the fix for what it cannot)
+//! and `orchestrator kernel fetch|show|initramfs` (the guest kernel in the data dir).
+
+use anyhow::{anyhow, Result};
+use clap::Subcommand;
+use std::path::Path;
+
+#[derive(Subcommand, Debug)]
+pub enum KernelCommand {
+    /// Download Debian's cloud kernel package and extract it into the data dir (never installed).
+    Fetch,
+    /// Show the guest kernel sandboxes use.
+    Show,
+    /// Build (or reuse) the guest initramfs for the configured kernel; print its path.
+    Initramfs,
+}
+
+pub fn kernel(data: &Path, cmd: KernelCommand) -> Result<i32> {
+    match cmd {
+        KernelCommand::Fetch => {
+            let k = crate::microvm::kernel::fetch(data).map_err(|e| anyhow!(e))?;
+            println!("kernel {} in {}", k.version, k.dir.display());
+        }
+        KernelCommand::Show => {
+            let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;
+            println!("version: {}\nimage:   {}\nmodules: {}", k.version, k.image.display(), k.modules.display());
+        }
+        KernelCommand::Initramfs => {
+            let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;
+            let agent = crate::microvm::initramfs::agent_binary().map_err(|e| anyhow!(e))?;
+            println!("{}", crate::microvm::initramfs::cached(data, &k, &agent).map_err(|e| anyhow!(e))?.display());
+        }
+    }
+    Ok(0)
+}
+
+/// Prints each check; exit 0 when microVMs work, 1 when only namespace sandboxes do.
+pub fn doctor(data: &Path) -> Result<i32> {
+    use crate::runtime::Runtime;
+    let ns = crate::runtime::NamespaceRuntime.check_host();
+    println!("namespace sandboxes: {}", match &ns {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("NO: {e}"),
+    });
+    let mut all_ok = true;
+    for c in crate::microvm::probe::all(data) {
+        match c.result {
+            Ok(what) => println!("microvm {}: ok, {what}", c.name),
+            Err(why) => {
+                all_ok = false;
+                println!("microvm {}: NO: {why}", c.name);
+            }
+        }
+    }
+    println!("isolation auto: {}", if all_ok { "microvm" } else { "namespace" });
+    Ok(if all_ok { 0 } else { 1 })
+}

@@ -1,0 +1,119 @@
+//! MicroVM sandboxes: the shim runs the VMM (`vmm` crate) in its own process, so the VM lives
+//! exactly as long as the shim. The agent is the guest's init; it connects back over vsock,
+//! which the VMM bridges to the stream this backend hands the shim. From there on everything
+//! (exec, files, logs, supervision) is the same code as for namespace sandboxes.
+
+use super::{Backend, ShimConfig};
+use crate::paths::InstanceDir;
+use guest_agent::protocol::{self, Frame, Request, Response, SandboxInit};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// Boot to `Ready`: generous, because the nested test harness emulates the outer VM.
+fn ready_timeout() -> Duration {
+    std::env::var("ORCHESTRATOR_VM_READY_TIMEOUT").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(120))
+}
+
+/// How long the console log may grow (the guest writes it; it must not fill the disk).
+const CONSOLE_LIMIT: u64 = 4 << 20;
+
+#[derive(Default)]
+pub struct MicrovmBackend {
+    vm: Option<vmm::Vm>,
+}
+
+fn console_tail(dir: &InstanceDir) -> String {
+    let text = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(12).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+impl Backend for MicrovmBackend {
+    fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String> {
+        let dir = InstanceDir(cfg.dir.clone());
+        let m = cfg.microvm.as_ref().ok_or("the shim config has no microVM section")?;
+        let vm_cfg = vmm::VmConfig {
+            vcpus: m.vcpus,
+            mem_bytes: m.mem_bytes,
+            kernel: m.kernel.clone(),
+            initrd: Some(m.initrd.clone()),
+            cmdline: m.cmdline.clone(),
+            disks: vec![
+                vmm::DiskConfig { path: m.image_disk.clone(), read_only: true },
+                vmm::DiskConfig { path: m.scratch_disk.clone(), read_only: false },
+            ],
+            console_log: Some(dir.path().join("console.log")),
+            console_limit: CONSOLE_LIMIT,
+            guest_cid: 3,
+        };
+        let started = vmm::Vm::start(&vm_cfg).map_err(|e| format!("starting the VM: {e}"))?;
+        let mut agent = started.agent;
+        self.vm = Some(started.vm);
+        let init = SandboxInit {
+            hostname: cfg.name.clone(),
+            base_dir: String::new(),
+            lower_dirs: vec![guest_agent::vm::IMAGE_MOUNT.into()],
+            upper_dir: format!("{}/upper", guest_agent::vm::SCRATCH_MOUNT),
+            work_dir: format!("{}/work", guest_agent::vm::SCRATCH_MOUNT),
+            mount_point: guest_agent::vm::ROOT_MOUNT.into(),
+            seccomp: true,
+            patches: cfg.patches.clone(),
+        };
+        agent.set_read_timeout(Some(ready_timeout())).map_err(|e| e.to_string())?;
+        protocol::write_frame(&mut agent, &Frame { id: 1, body: Request::Init(Box::new(init)) }).map_err(|e| format!("sending init to the agent: {e}"))?;
+        let answer = protocol::read_frame::<Response>(&mut agent);
+        let ended = self.vm.as_ref().and_then(|vm| vm.wait(Duration::ZERO));
+        match answer {
+            Ok(Frame { body: Response::Ready, .. }) => {}
+            Ok(Frame { body: Response::Error { message, .. }, .. }) => return Err(message),
+            Ok(other) => return Err(format!("unexpected answer from the agent: {:?}", other.body)),
+            Err(e) => {
+                let why = match ended {
+                    Some(reason) => format!("the VM ended before the agent was ready: {reason}"),
+                    None => format!("the agent did not answer within {:?}: {e}", ready_timeout()),
+                };
+                return Err(format!("{why}; console:\n{}", console_tail(&dir)));
+            }
+        }
+        agent.set_read_timeout(None).map_err(|e| e.to_string())?;
+        if !dir.patched_marker().exists() {
+            let _ = crate::paths::write_atomic(&dir.patched_marker(), b"");
+        }
+        Ok(agent)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> bool {
+        match &self.vm {
+            None => true,
+            Some(vm) => match vm.wait(timeout) {
+                Some(reason) => {
+                    if !matches!(reason, vmm::ExitReason::PowerOff | vmm::ExitReason::Stopped) {
+                        tracing::warn!("microVM ended: {reason}");
+                    }
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(vm) = &self.vm {
+            vm.stop();
+        }
+    }
+
+    fn teardown(&mut self) {
+        // Dropping the VM stops it and joins its threads; guest memory goes with it.
+        self.vm = None;
+    }
+
+    fn init_pid(&self) -> Option<i32> {
+        None
+    }
+
+    fn end_reason(&mut self) -> Option<String> {
+        let reason = self.vm.as_ref()?.wait(Duration::from_secs(2))?;
+        Some(format!("the microVM ended: {reason}"))
+    }
+}
