@@ -18,16 +18,24 @@ rootfs:
     bash tests/images/busybox-rootfs.sh {{cache}}/rootfs/busybox
     ln -sfn {{cache}}/rootfs/busybox examples/rootfs
 
+# The release binaries, and the static guest agent microVM initramfs images carry.
 build:
     cargo build --release
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
 
 # The main job: apply examples/, show what runs, exec into it, reconcile a GitOps directory.
 demo: rootfs build plugins
     bash examples/demo.sh {{bin}}
 
-# The test suite (unit and integration; real namespaces, cgroups, shims and agents).
+# The test suite (unit and integration; real namespaces, cgroups, shims and agents), then the
+# microVM tests on a real KVM (in the nested-KVM harness where this host's KVM cannot boot one).
 test: rootfs
     cargo test --workspace --no-fail-fast
+    bash tests/vm/run-tests.sh
+
+# Only the microVM tests (the nested-KVM harness when needed; optional test-name filter).
+test-vm *filter:
+    bash tests/vm/run-tests.sh {{filter}}
 
 # Build every plugin component (C, Python, JavaScript; Rust where wasm32-wasip2 exists) into target/plugins.
 plugins:
@@ -35,8 +43,9 @@ plugins:
     bash plugins/build.sh target/plugins
 
 # Benchmarks: sandboxes vs runc and bubblewrap, image pulls vs skopeo + umoci (hyperfine),
-# plugin decisions in C, JS and Python vs native Rust.
+# plugin decisions in C, JS and Python vs native Rust, microVM boot vs QEMU microvm.
 bench: rootfs build plugins
     bash tests/bench/run.sh {{bin}} {{cache}}/rootfs/busybox
     bash tests/bench/images.sh {{bin}} {{cache}}
     cargo bench -p orchestrator --bench plugins
+    bash tests/vm/bench.sh

@@ -170,6 +170,8 @@ pub struct Vm {
 pub struct Started {
     pub vm: Vm,
     pub agent: UnixStream,
+    /// Receives the moment the agent's vsock connection is accepted.
+    pub agent_connected: std::sync::mpsc::Receiver<Instant>,
 }
 
 impl Vm {
@@ -239,7 +241,8 @@ impl Vm {
             virtio.push((format!("virtio-blk {}", d.path.display()), Box::new(dev)));
         }
         let (host_end, agent) = UnixStream::pair().map_err(io("socketpair"))?;
-        virtio.push(("virtio-vsock".into(), Box::new(devices::vsock::Vsock::new(cfg.guest_cid, host_end))));
+        let (connected_tx, agent_connected) = std::sync::mpsc::channel();
+        virtio.push(("virtio-vsock".into(), Box::new(devices::vsock::Vsock::new(cfg.guest_cid, host_end, connected_tx))));
         virtio.push(("virtio-rng".into(), Box::new(devices::rng::Rng)));
         if virtio.len() as u32 > IRQ_MAX - VIRTIO_FIRST_IRQ + 1 {
             return Err(VmmError::Config("too many devices for the IOAPIC's pins".into()));
@@ -302,7 +305,7 @@ impl Vm {
                 }
             }
         }
-        Ok(Started { vm: Vm { control, vcpus, transports, panic, _vm: vm }, agent })
+        Ok(Started { vm: Vm { control, vcpus, transports, panic, _vm: vm }, agent, agent_connected })
     }
 
     /// Waits up to `timeout` for the VM to end; the reason, once it has.

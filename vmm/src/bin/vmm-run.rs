@@ -3,9 +3,8 @@
 //! shims, not through this.
 //!
 //!   vmm-run --kernel K [--initrd I] [--cmdline S] [--mem MiB] [--cpus N] [--disk PATH[:ro]]...
-//!           [--console FILE] [--agent-wait]   (--agent-wait: report when the agent connects)
+//!           [--console FILE]
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 use vmm::{DiskConfig, Vm, VmConfig};
 
@@ -22,7 +21,6 @@ fn main() {
         console_limit: u64::MAX,
         guest_cid: 3,
     };
-    let mut agent_wait = false;
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| fail(&format!("{a} needs a value")));
         match a.as_str() {
@@ -40,21 +38,11 @@ fn main() {
                 cfg.disks.push(DiskConfig { path: path.into(), read_only: ro });
             }
             "--console" => cfg.console_log = Some(val().into()),
-            "--agent-wait" => agent_wait = true,
             other => fail(&format!("unknown argument {other}")),
         }
     }
     let t0 = Instant::now();
     let started = Vm::start(&cfg).unwrap_or_else(|e| fail(&e.to_string()));
-    if agent_wait {
-        let mut agent = started.agent;
-        let _ = agent.set_read_timeout(Some(Duration::from_secs(120)));
-        let mut b = [0u8; 1];
-        // The agent sends nothing unasked; a connected, idle stream times out instead of EOF.
-        let _ = agent.set_read_timeout(Some(Duration::from_millis(1)));
-        let _ = agent.read(&mut b);
-        eprintln!("vmm-run: started in {:?}", t0.elapsed());
-    }
     let reason = started.vm.wait(Duration::from_secs(3600));
     eprintln!("vmm-run: {} after {:?}", reason.map(|r| r.to_string()).unwrap_or_else(|| "still running".into()), t0.elapsed());
 }

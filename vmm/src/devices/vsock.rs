@@ -43,11 +43,13 @@ pub struct Vsock {
     guest_cid: u64,
     /// The host end of the agent connection, until the guest connects.
     host_end: Option<UnixStream>,
+    /// Told once when the agent connects (boot-to-agent measurements).
+    connected: Option<std::sync::mpsc::Sender<std::time::Instant>>,
 }
 
 impl Vsock {
-    pub fn new(guest_cid: u64, host_end: UnixStream) -> Vsock {
-        Vsock { guest_cid, host_end: Some(host_end) }
+    pub fn new(guest_cid: u64, host_end: UnixStream, connected: std::sync::mpsc::Sender<std::time::Instant>) -> Vsock {
+        Vsock { guest_cid, host_end: Some(host_end), connected: Some(connected) }
     }
 }
 
@@ -67,9 +69,10 @@ impl VirtioDevice for Vsock {
     fn activate(&mut self, ctx: Activation) -> std::io::Result<JoinHandle<()>> {
         // A reset driver re-activates; the agent's host end is handed over only once.
         let host_end = self.host_end.take();
+        let connected = self.connected.take();
         let guest_cid = self.guest_cid;
         std::thread::Builder::new().name("virtio-vsock".into()).spawn(move || {
-            let mut m = Muxer { guest_cid, host_end, conn: None, control: VecDeque::new(), rx_starved: false };
+            let mut m = Muxer { guest_cid, host_end, connected, conn: None, control: VecDeque::new(), rx_starved: false };
             m.serve(ctx)
         })
     }
@@ -150,6 +153,7 @@ impl Conn {
 pub(crate) struct Muxer {
     guest_cid: u64,
     host_end: Option<UnixStream>,
+    connected: Option<std::sync::mpsc::Sender<std::time::Instant>>,
     conn: Option<Conn>,
     /// Header-only packets waiting for an rx buffer (responses, credit updates, resets).
     control: VecDeque<Header>,
@@ -289,6 +293,9 @@ impl Muxer {
                             guest_done_sending: false,
                         });
                         self.control.push_back(self.reply(hdr, OP_RESPONSE));
+                        if let Some(tx) = self.connected.take() {
+                            let _ = tx.send(std::time::Instant::now());
+                        }
                         return;
                     }
                 }
@@ -467,7 +474,7 @@ mod tests {
 
     fn muxer() -> (Muxer, UnixStream) {
         let (host_end, shim_end) = UnixStream::pair().unwrap();
-        (Muxer { guest_cid: GUEST, host_end: Some(host_end), conn: None, control: VecDeque::new(), rx_starved: false }, shim_end)
+        (Muxer { guest_cid: GUEST, host_end: Some(host_end), connected: None, conn: None, control: VecDeque::new(), rx_starved: false }, shim_end)
     }
 
     fn guest_packet(mem: &GuestMemoryMmap, m: &mut Muxer, h: Header, payload: &[u8]) {

@@ -1,0 +1,283 @@
+//! MicroVM boot benchmark: our VMM vs QEMU `-M microvm,acpi=on`, side by side in one run, with
+//! the same kernel, the same initramfs (our static agent as init), the same two virtio-blk
+//! disks, vsock and rng. For both, the same driver measures:
+//! - agent-ready: from launching the VM to the agent's vsock connection being accepted;
+//! - full: launch, agent Init (disks mounted, overlay root), `exec true`, shutdown, VM gone.
+//! Ours runs in this process through the `vmm` crate (as in a shim); QEMU runs as a process
+//! with vhost-vsock, and the agent connects to our AF_VSOCK listener.
+//! Also: `orchestrator run --rm --isolation microvm ... true` end to end, and the resident
+//! memory of each VMM excluding guest RAM.
+//!
+//! Needs a KVM that boots guests: `just bench` runs it in the nested-KVM harness.
+//!   ORCHESTRATOR_BENCH_RUNS (default 5), ORCHESTRATOR_BIN (default target/release/orchestrator)
+
+use guest_agent::protocol::{self, ExecRequest, Frame, Request, Response, SandboxInit};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CACHE: &str = "/var/cache/orchestrator-dev";
+const MEM_MIB: u64 = 256;
+
+fn orchestrator() -> PathBuf {
+    std::env::var_os("ORCHESTRATOR_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/orchestrator")))
+}
+
+fn orch(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(orchestrator()).arg("--data-dir").arg(data).args(args).output().expect("running orchestrator");
+    assert!(out.status.success(), "orchestrator {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Setup {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    image: PathBuf,
+    scratch_template: PathBuf,
+    cmdline: String,
+    work: PathBuf,
+}
+
+/// The agent session both VMMs get: Init, `exec true`, shutdown.
+fn session(stream: &mut UnixStream) -> Result<(), String> {
+    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+    let init = SandboxInit {
+        hostname: "bench".into(),
+        base_dir: String::new(),
+        lower_dirs: vec![guest_agent::vm::IMAGE_MOUNT.into()],
+        upper_dir: format!("{}/upper", guest_agent::vm::SCRATCH_MOUNT),
+        work_dir: format!("{}/work", guest_agent::vm::SCRATCH_MOUNT),
+        mount_point: guest_agent::vm::ROOT_MOUNT.into(),
+        seccomp: true,
+        patches: Vec::new(),
+    };
+    protocol::write_frame(stream, &Frame { id: 1, body: Request::Init(Box::new(init)) }).map_err(|e| e.to_string())?;
+    match protocol::read_frame::<Response>(stream).map_err(|e| e.to_string())?.body {
+        Response::Ready => {}
+        other => return Err(format!("init: {other:?}")),
+    }
+    let exec = ExecRequest {
+        argv: vec!["true".into()],
+        env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into_iter().collect(),
+        cwd: None,
+        user: None,
+        tty: None,
+        stdin: false,
+        rlimits: Default::default(),
+        timeout_ms: None,
+    };
+    protocol::write_frame(stream, &Frame { id: 2, body: Request::Exec(Box::new(exec)) }).map_err(|e| e.to_string())?;
+    loop {
+        let f = protocol::read_frame::<Response>(stream).map_err(|e| e.to_string())?;
+        match f.body {
+            Response::Exited(_) if f.id == 2 => break,
+            Response::Error { message, .. } => return Err(message),
+            _ => {}
+        }
+    }
+    protocol::write_frame(stream, &Frame { id: 3, body: Request::Shutdown { grace_ms: 0 } }).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn fresh_scratch(s: &Setup, name: &str) -> PathBuf {
+    let p = s.work.join(name);
+    let st = Command::new("cp").arg("--sparse=always").arg(&s.scratch_template).arg(&p).status().unwrap();
+    assert!(st.success());
+    p
+}
+
+fn ours(s: &Setup) -> (Duration, Duration) {
+    let scratch = fresh_scratch(s, "scratch-ours.ext4");
+    let cfg = vmm::VmConfig {
+        vcpus: 1,
+        mem_bytes: MEM_MIB << 20,
+        kernel: s.kernel.clone(),
+        initrd: Some(s.initrd.clone()),
+        cmdline: s.cmdline.clone(),
+        disks: vec![vmm::DiskConfig { path: s.image.clone(), read_only: true }, vmm::DiskConfig { path: scratch, read_only: false }],
+        console_log: Some(s.work.join("console-ours.log")),
+        console_limit: 1 << 20,
+        guest_cid: 3,
+    };
+    let t0 = Instant::now();
+    let started = vmm::Vm::start(&cfg).expect("starting our VM");
+    let connected = started.agent_connected.recv_timeout(Duration::from_secs(120)).expect("our agent connected");
+    let ready = connected - t0;
+    let mut agent = started.agent;
+    session(&mut agent).expect("session with our VM");
+    let reason = started.vm.wait(Duration::from_secs(60)).expect("our VM ended");
+    assert_eq!(reason, vmm::ExitReason::PowerOff);
+    let full = t0.elapsed();
+    drop(started.vm);
+    (ready, full)
+}
+
+/// An AF_VSOCK listener on the host's agent port (QEMU's vhost-vsock guest connects here).
+fn vsock_listener() -> i32 {
+    // SAFETY: socket/bind/listen on a fresh fd with a zeroed sockaddr_vm.
+    unsafe {
+        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "AF_VSOCK socket: {} (is vhost_vsock loaded?)", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_cid = libc::VMADDR_CID_ANY;
+        addr.svm_port = guest_agent::vm::AGENT_PORT;
+        assert_eq!(libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), std::mem::size_of::<libc::sockaddr_vm>() as u32), 0, "bind vsock: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::listen(fd, 4), 0);
+        fd
+    }
+}
+
+fn qemu(s: &Setup, listener: i32) -> (Duration, Duration) {
+    let scratch = fresh_scratch(s, "scratch-qemu.ext4");
+    let drive = |id: &str, path: &Path, ro: bool| format!("id={id},file={},format=raw,if=none,cache=none,aio=threads{}", path.display(), if ro { ",readonly=on" } else { "" });
+    let t0 = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm,acpi=on", "-enable-kvm", "-cpu", "host", "-m", &MEM_MIB.to_string(), "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none"])
+        .arg("-serial").arg(format!("file:{}", s.work.join("console-qemu.log").display()))
+        .arg("-kernel").arg(&s.kernel).arg("-initrd").arg(&s.initrd).arg("-append").arg(&s.cmdline)
+        .arg("-drive").arg(drive("img", &s.image, true)).args(["-device", "virtio-blk-device,drive=img"])
+        .arg("-drive").arg(drive("scr", &scratch, false)).args(["-device", "virtio-blk-device,drive=scr"])
+        .args(["-device", "vhost-vsock-device,guest-cid=3", "-device", "virtio-rng-device"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64");
+    let mut pfd = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on our listener.
+    let n = unsafe { libc::poll(&mut pfd, 1, 120_000) };
+    assert_eq!(n, 1, "QEMU's guest agent did not connect within 120 s");
+    // SAFETY: accept on our listener; the new fd is owned by the UnixStream below.
+    let fd = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    assert!(fd >= 0);
+    let ready = t0.elapsed();
+    // SAFETY: a connected stream socket we own (vsock supports what UnixStream uses).
+    let mut agent = unsafe { UnixStream::from_raw_fd(fd) };
+    session(&mut agent).expect("session with the QEMU VM");
+    let status = child.wait().expect("waiting for qemu");
+    assert!(status.success(), "qemu exited with {status}");
+    (ready, t0.elapsed())
+}
+
+/// Resident memory of a process excluding its largest anonymous mapping of at least
+/// `guest_bytes` (guest RAM), in KiB.
+fn rss_without_guest_kib(pid: u32, guest_bytes: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut total = 0;
+    let mut guest = 0;
+    let mut size_kib = 0;
+    for line in smaps.lines() {
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some("Size:"), Some(v)) => size_kib = v.parse::<u64>().unwrap_or(0),
+            (Some("Rss:"), Some(v)) => {
+                let rss = v.parse::<u64>().unwrap_or(0);
+                total += rss;
+                if size_kib * 1024 >= guest_bytes && rss > guest {
+                    guest = rss;
+                }
+            }
+            _ => {}
+        }
+    }
+    total - guest
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs: usize = std::env::var("ORCHESTRATOR_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let work = tempfile::Builder::new().prefix("vm-bench-").tempdir_in("/tmp").unwrap();
+    let data = work.path().join("data");
+    let doctor = Command::new(orchestrator()).arg("--data-dir").arg(&data).arg("doctor").output().unwrap();
+    if !doctor.status.success() {
+        eprintln!("SKIPPED: this host cannot boot microVMs; run `just bench` (nested harness):\n{}", String::from_utf8_lossy(&doctor.stdout));
+        std::process::exit(if std::env::var_os("ORCHESTRATOR_REQUIRE_MICROVM").is_some() { 1 } else { 0 });
+    }
+    let show = orch(&data, &["kernel", "show"]);
+    let kernel = PathBuf::from(show.lines().find_map(|l| l.strip_prefix("image:")).unwrap().trim());
+    let initrd = PathBuf::from(orch(&data, &["kernel", "initramfs"]).trim());
+    let busybox = format!("oci-layout:{CACHE}/oci-test/layout:busybox");
+    orch(&data, &["image", "pull", &busybox]);
+    let image = PathBuf::from(orch(&data, &["image", "disk", &busybox]).trim());
+    let scratch_template = work.path().join("scratch-template.ext4");
+    let f = std::fs::File::create(&scratch_template).unwrap();
+    f.set_len(1 << 30).unwrap();
+    drop(f);
+    assert!(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-m", "0"]).arg(&scratch_template).status().unwrap().success());
+    let setup = Setup { kernel, initrd, image, scratch_template, cmdline: orchestrator::runtime::GUEST_CMDLINE.into(), work: work.path().to_path_buf() };
+    let listener = vsock_listener();
+
+    let (mut our_ready, mut our_full, mut q_ready, mut q_full) = (vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        let (r, f) = ours(&setup);
+        let (qr, qf) = qemu(&setup, listener);
+        eprintln!("run {i}: ours ready {} full {} | qemu ready {} full {}", ms(r), ms(f), ms(qr), ms(qf));
+        our_ready.push(r);
+        our_full.push(f);
+        q_ready.push(qr);
+        q_full.push(qf);
+    }
+
+    // Memory: a running VM of each, measured from outside.
+    let vmm_run = Path::new(&orchestrator()).with_file_name("vmm-run");
+    let scratch = fresh_scratch(&setup, "scratch-mem.ext4");
+    let mut ours_proc = Command::new(&vmm_run)
+        .args(["--kernel", setup.kernel.to_str().unwrap(), "--initrd", setup.initrd.to_str().unwrap(), "--cmdline", &setup.cmdline, "--mem", &MEM_MIB.to_string(), "--console", "/dev/null"])
+        .arg("--disk").arg(format!("{}:ro", setup.image.display())).arg("--disk").arg(&scratch)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vmm-run");
+    let q_scratch = fresh_scratch(&setup, "scratch-qmem.ext4");
+    let mut q_proc = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm,acpi=on", "-enable-kvm", "-cpu", "host", "-m", &MEM_MIB.to_string(), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-display", "none", "-serial", "null"])
+        .arg("-kernel").arg(&setup.kernel).arg("-initrd").arg(&setup.initrd).arg("-append").arg(&setup.cmdline)
+        .arg("-drive").arg(format!("id=img,file={},format=raw,if=none,readonly=on", setup.image.display())).args(["-device", "virtio-blk-device,drive=img"])
+        .arg("-drive").arg(format!("id=scr,file={},format=raw,if=none", q_scratch.display())).args(["-device", "virtio-blk-device,drive=scr"])
+        .args(["-device", "virtio-rng-device"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu");
+    // Both booted to their agent's wait for a host connection (ours) or for vsock (QEMU).
+    std::thread::sleep(Duration::from_secs(40));
+    let our_rss = rss_without_guest_kib(ours_proc.id(), (MEM_MIB << 20) / 2);
+    let q_rss = rss_without_guest_kib(q_proc.id(), (MEM_MIB << 20) / 2);
+    let _ = ours_proc.kill();
+    let _ = q_proc.kill();
+    let _ = ours_proc.wait();
+    let _ = q_proc.wait();
+    // SAFETY: closing our listener.
+    unsafe { libc::close(listener.as_raw_fd()) };
+
+    // The whole user-facing path: CLI, store, shim, VMM, agent, exec, teardown.
+    let mut runs_full = Vec::new();
+    for _ in 0..runs.min(3) {
+        let t = Instant::now();
+        orch(&data, &["run", "--rm", "--isolation", "microvm", &busybox, "--", "true"]);
+        runs_full.push(t.elapsed());
+    }
+
+    println!("\nmicroVM boot, {runs} runs each, median (nested KVM under TCG: absolute times are slow, compare the ratio)");
+    println!("| | ours | QEMU microvm | ours / QEMU |");
+    println!("|---|---|---|---|");
+    let (a, b) = (median(our_ready), median(q_ready));
+    println!("| start → agent ready | {} | {} | {:.2} |", ms(a), ms(b), a.as_secs_f64() / b.as_secs_f64());
+    let (a, b) = (median(our_full), median(q_full));
+    println!("| start → init, exec true, power-off | {} | {} | {:.2} |", ms(a), ms(b), a.as_secs_f64() / b.as_secs_f64());
+    println!("| VMM resident memory excluding guest RAM | {} KiB | {} KiB | {:.2} |", our_rss, q_rss, our_rss as f64 / q_rss.max(1) as f64);
+    println!("| `orchestrator run --rm --isolation microvm busybox -- true` | {} | | |", ms(median(runs_full)));
+}
