@@ -64,8 +64,7 @@ fn two_microvms_boot_exec_files_stop_and_recover() {
         + &vm_yaml("py", &python_image(), "  memory: 320Mi\n  cpus: 2\n  command: [sleep, '100000']\n");
     let file = env.file("vms.yaml", &yaml);
     let t0 = Instant::now();
-    let out = env.run(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "apply: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    apply_within(&env, &file, Duration::from_secs(400));
     eprintln!("two microVMs up in {:?}", t0.elapsed());
     assert_eq!(env.status("bb"), "Running");
     assert_eq!(env.status("py"), "Running");
@@ -117,8 +116,7 @@ fn two_microvms_boot_exec_files_stop_and_recover() {
     // SAFETY: killing the shim process this test's sandbox runs in.
     unsafe { libc::kill(py_shim, libc::SIGKILL) };
     env.wait_for("the killed shim to be gone", Duration::from_secs(10), || !pid_alive(py_shim));
-    let out = env.run(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply_within(&env, &file, Duration::from_secs(400));
     assert_eq!(env.status("py"), "Running");
     assert_ne!(env.shim_pid("py"), py_shim);
     assert_eq!(env.sh("py", "echo back").1, "back\n");
@@ -126,6 +124,33 @@ fn two_microvms_boot_exec_files_stop_and_recover() {
     let py_instance = env.sandbox("py")["instance"].as_str().unwrap().to_string();
     env.ok(&["delete", "bb", "py"]);
     assert!(leftovers(&py_instance).is_empty(), "{:?}", leftovers(&py_instance));
+}
+
+/// Applies `file`; past `limit`, prints every instance's shim log and console and fails, so a
+/// VM that never comes up is diagnosable instead of a silent hang.
+fn apply_within(env: &Env, file: &Path, limit: Duration) {
+    let mut child = env.cmd(&["apply", "-f", file.to_str().unwrap()]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "apply: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut report = String::new();
+    if let Ok(entries) = std::fs::read_dir(env.data_dir().join("sandboxes")) {
+        for e in entries.flatten() {
+            for f in ["shim.log", "console.log"] {
+                let text = std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                report.push_str(&format!("== {}/{f}\n{}\n", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            }
+        }
+    }
+    let _ = child.kill();
+    panic!("apply did not finish within {limit:?}:\n{report}");
 }
 
 /// The VMM binary next to `orchestrator` (same workspace target directory).

@@ -221,9 +221,16 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
     shared.finalize(state, message, false)
 }
 
+/// How long the agent has to answer Hello: it is up (it answered Init), so only a broken
+/// channel is this slow; without a bound the launcher would wait for READY forever.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn handshake(shared: &Shared, reader: &mut BufReader<UnixStream>) -> Result<(), String> {
     shared.to_agent(1, Request::Hello { version: PROTOCOL_VERSION, client: "shim".into() });
-    match protocol::read_frame::<Response>(reader) {
+    let _ = reader.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let answer = protocol::read_frame::<Response>(reader);
+    let _ = reader.get_ref().set_read_timeout(None);
+    match answer {
         Ok(Frame { body: Response::Hello { .. }, .. }) => Ok(()),
         Ok(Frame { body: Response::Error { message, .. }, .. }) => Err(message),
         Ok(f) => Err(format!("unexpected {:?}", f.body)),
