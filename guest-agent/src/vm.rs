@@ -34,14 +34,24 @@ fn say(msg: &str) {
     }
 }
 
-/// Ends the VM: flush the disks, then power off.
+/// The vsock connection to the host, once made (for `power_off`).
+static HOST_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Ends the VM: flush the disks, then power off. Once locked down the agent has neither
+/// CAP_SYS_BOOT nor reboot(2) (its own seccomp filter): then closing the host channel is the
+/// signal, and the VMM ends the VM when the agent's connection closes (after the last reply
+/// has reached the host).
 pub fn power_off() -> ! {
-    // SAFETY: sync and reboot(2) with the power-off command; PID 1 may do both.
+    // SAFETY: sync, reboot(2) with the power-off command, and shutdown(2) on our own socket.
     unsafe {
         libc::sync();
         libc::reboot(libc::LINUX_REBOOT_CMD_POWER_OFF);
+        let fd = HOST_FD.load(std::sync::atomic::Ordering::SeqCst);
+        if fd >= 0 {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
     }
-    // reboot only returns on failure; hang rather than let init exit.
+    // Init must not exit (the kernel would panic): wait for the VMM to end the VM.
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -125,7 +135,10 @@ fn connect_host() -> Result<UnixStream, String> {
             }
         };
         match result {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                HOST_FD.store(s.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+                return Ok(s);
+            }
             Err(e) if Instant::now() > deadline => return Err(format!("connecting to the host over vsock: {e}")),
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }

@@ -81,6 +81,13 @@ fn session(stream: &mut UnixStream) -> Result<(), String> {
     Ok(())
 }
 
+/// Progress on stderr when ORCHESTRATOR_BENCH_VERBOSE is set (diagnosing a stuck run).
+fn progress(what: &str) {
+    if std::env::var_os("ORCHESTRATOR_BENCH_VERBOSE").is_some() {
+        eprintln!("bench: {what}");
+    }
+}
+
 fn fresh_scratch(s: &Setup, name: &str) -> PathBuf {
     let p = s.work.join(name);
     let st = Command::new("cp").arg("--sparse=always").arg(&s.scratch_template).arg(&p).status().unwrap();
@@ -102,11 +109,14 @@ fn ours(s: &Setup) -> (Duration, Duration) {
         guest_cid: 3,
     };
     let t0 = Instant::now();
+    progress("ours: starting");
     let started = vmm::Vm::start(&cfg).expect("starting our VM");
     let connected = started.agent_connected.recv_timeout(Duration::from_secs(120)).expect("our agent connected");
     let ready = connected - t0;
+    progress("ours: agent connected");
     let mut agent = started.agent;
     session(&mut agent).expect("session with our VM");
+    progress("ours: session done");
     let reason = started.vm.wait(Duration::from_secs(60)).expect("our VM ended");
     assert_eq!(reason, vmm::ExitReason::PowerOff);
     let full = t0.elapsed();
@@ -132,7 +142,7 @@ fn vsock_listener() -> i32 {
 
 fn qemu(s: &Setup, listener: i32) -> (Duration, Duration) {
     let scratch = fresh_scratch(s, "scratch-qemu.ext4");
-    let drive = |id: &str, path: &Path, ro: bool| format!("id={id},file={},format=raw,if=none,cache=none,aio=threads{}", path.display(), if ro { ",readonly=on" } else { "" });
+    let drive = |id: &str, path: &Path, ro: bool| format!("id={id},file={},format=raw,if=none{}", path.display(), if ro { ",readonly=on" } else { "" });
     let t0 = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm,acpi=on", "-enable-kvm", "-cpu", "host", "-m", &MEM_MIB.to_string(), "-smp", "1"])
@@ -146,19 +156,32 @@ fn qemu(s: &Setup, listener: i32) -> (Duration, Duration) {
         .stdout(Stdio::null())
         .spawn()
         .expect("starting qemu-system-x86_64");
-    let mut pfd = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
-    // SAFETY: poll on our listener.
-    let n = unsafe { libc::poll(&mut pfd, 1, 120_000) };
-    assert_eq!(n, 1, "QEMU's guest agent did not connect within 120 s");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut pfd = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on our listener.
+        if unsafe { libc::poll(&mut pfd, 1, 50) } == 1 {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("qemu exited with {status} before its guest agent connected");
+        }
+        assert!(Instant::now() < deadline, "QEMU's guest agent did not connect within 120 s");
+    }
     // SAFETY: accept on our listener; the new fd is owned by the UnixStream below.
     let fd = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
     assert!(fd >= 0);
     let ready = t0.elapsed();
+    progress("qemu: agent connected");
     // SAFETY: a connected stream socket we own (vsock supports what UnixStream uses).
     let mut agent = unsafe { UnixStream::from_raw_fd(fd) };
     session(&mut agent).expect("session with the QEMU VM");
-    let status = child.wait().expect("waiting for qemu");
-    assert!(status.success(), "qemu exited with {status}");
+    progress("qemu: session done");
+    // As our VMM does: when the agent closes its channel (its power-off), the host ends the VM.
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut agent, &mut rest);
+    let _ = child.kill();
+    let _ = child.wait();
     (ready, t0.elapsed())
 }
 
@@ -247,19 +270,27 @@ fn main() {
         .arg("-kernel").arg(&setup.kernel).arg("-initrd").arg(&setup.initrd).arg("-append").arg(&setup.cmdline)
         .arg("-drive").arg(format!("id=img,file={},format=raw,if=none,readonly=on", setup.image.display())).args(["-device", "virtio-blk-device,drive=img"])
         .arg("-drive").arg(format!("id=scr,file={},format=raw,if=none", q_scratch.display())).args(["-device", "virtio-blk-device,drive=scr"])
-        .args(["-device", "virtio-rng-device"])
+        .args(["-device", "vhost-vsock-device,guest-cid=3", "-device", "virtio-rng-device"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .expect("qemu");
-    // Both booted to their agent's wait for a host connection (ours) or for vsock (QEMU).
-    std::thread::sleep(Duration::from_secs(40));
+    // Both boot until their agent is connected and waits for Init (we never send it).
+    let mut pfd = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll and accept on our listener; the accepted fd is closed below.
+    let q_conn = unsafe {
+        assert_eq!(libc::poll(&mut pfd, 1, 120_000), 1, "QEMU's agent did not connect for the memory measurement");
+        libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+    };
+    std::thread::sleep(Duration::from_secs(20));
     let our_rss = rss_without_guest_kib(ours_proc.id(), (MEM_MIB << 20) / 2);
     let q_rss = rss_without_guest_kib(q_proc.id(), (MEM_MIB << 20) / 2);
     let _ = ours_proc.kill();
     let _ = q_proc.kill();
     let _ = ours_proc.wait();
     let _ = q_proc.wait();
+    // SAFETY: closing the connection we accepted.
+    unsafe { libc::close(q_conn) };
     // SAFETY: closing our listener.
     unsafe { libc::close(listener.as_raw_fd()) };
 

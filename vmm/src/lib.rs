@@ -50,7 +50,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExitReason {
-    /// The guest powered off (ACPI S5).
+    /// The guest powered off (ACPI S5), or its agent ended the sandbox by closing its channel.
     PowerOff,
     /// The guest asked for a reset; a sandbox does not reboot, so this ends it too.
     Reboot,
@@ -242,12 +242,24 @@ impl Vm {
         }
         let (host_end, agent) = UnixStream::pair().map_err(io("socketpair"))?;
         let (connected_tx, agent_connected) = std::sync::mpsc::channel();
-        virtio.push(("virtio-vsock".into(), Box::new(devices::vsock::Vsock::new(cfg.guest_cid, host_end, connected_tx))));
+        let ended = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?);
+        let control = Arc::new(VmControl {
+            reason: Mutex::new(None),
+            ended: ended.clone(),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            running_vcpus: AtomicUsize::new(0),
+            vcpu_threads: Mutex::new(Vec::new()),
+        });
+        let on_close = {
+            let control = control.clone();
+            Box::new(move || control.finish(ExitReason::PowerOff)) as Box<dyn FnOnce() + Send>
+        };
+        virtio.push(("virtio-vsock".into(), Box::new(devices::vsock::Vsock::new(cfg.guest_cid, host_end, connected_tx, on_close))));
         virtio.push(("virtio-rng".into(), Box::new(devices::rng::Rng)));
         if virtio.len() as u32 > IRQ_MAX - VIRTIO_FIRST_IRQ + 1 {
             return Err(VmmError::Config("too many devices for the IOAPIC's pins".into()));
         }
-        let ended = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?);
         let mut infos = Vec::new();
         let mut transports = Vec::new();
         for (i, (name, dev)) in virtio.into_iter().enumerate() {
@@ -269,14 +281,6 @@ impl Vm {
         kernel::write_start_info(&mem, cfg.mem_bytes, &cfg.cmdline, initrd, rsdp)?;
         cpu::write_boot_tables(&mem)?;
 
-        let control = Arc::new(VmControl {
-            reason: Mutex::new(None),
-            ended,
-            changed: Condvar::new(),
-            stop: AtomicBool::new(false),
-            running_vcpus: AtomicUsize::new(0),
-            vcpu_threads: Mutex::new(Vec::new()),
-        });
         let bus = Arc::new(bus);
         let mut vcpus = Vec::new();
         for i in 0..cfg.vcpus {

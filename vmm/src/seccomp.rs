@@ -54,6 +54,8 @@ const DEVICE: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_shutdown,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
     libc::SYS_ioctl,
     libc::SYS_fcntl,
 ];

@@ -45,11 +45,14 @@ pub struct Vsock {
     host_end: Option<UnixStream>,
     /// Told once when the agent connects (boot-to-agent measurements).
     connected: Option<std::sync::mpsc::Sender<std::time::Instant>>,
+    /// Called once when the guest closes the agent connection and everything it sent has
+    /// reached the host: the agent's way of ending the VM (it cannot call reboot(2) itself).
+    on_agent_closed: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Vsock {
-    pub fn new(guest_cid: u64, host_end: UnixStream, connected: std::sync::mpsc::Sender<std::time::Instant>) -> Vsock {
-        Vsock { guest_cid, host_end: Some(host_end), connected: Some(connected) }
+    pub fn new(guest_cid: u64, host_end: UnixStream, connected: std::sync::mpsc::Sender<std::time::Instant>, on_agent_closed: Box<dyn FnOnce() + Send>) -> Vsock {
+        Vsock { guest_cid, host_end: Some(host_end), connected: Some(connected), on_agent_closed: Some(on_agent_closed) }
     }
 }
 
@@ -70,9 +73,10 @@ impl VirtioDevice for Vsock {
         // A reset driver re-activates; the agent's host end is handed over only once.
         let host_end = self.host_end.take();
         let connected = self.connected.take();
+        let on_agent_closed = self.on_agent_closed.take();
         let guest_cid = self.guest_cid;
         std::thread::Builder::new().name("virtio-vsock".into()).spawn(move || {
-            let mut m = Muxer { guest_cid, host_end, connected, conn: None, control: VecDeque::new(), rx_starved: false };
+            let mut m = Muxer { guest_cid, host_end, connected, on_agent_closed, conn: None, control: VecDeque::new(), rx_starved: false };
             m.serve(ctx)
         })
     }
@@ -154,6 +158,7 @@ pub(crate) struct Muxer {
     guest_cid: u64,
     host_end: Option<UnixStream>,
     connected: Option<std::sync::mpsc::Sender<std::time::Instant>>,
+    on_agent_closed: Option<Box<dyn FnOnce() + Send>>,
     conn: Option<Conn>,
     /// Header-only packets waiting for an rx buffer (responses, credit updates, resets).
     control: VecDeque<Header>,
@@ -324,17 +329,30 @@ impl Muxer {
                     c.guest_done_sending = true;
                     if hdr.flags & SHUTDOWN_BOTH == SHUTDOWN_BOTH {
                         self.flush_to_host();
-                        self.reset_conn();
+                        self.agent_closed();
                     }
                 }
             }
-            OP_RST if ours => {
-                if let Some(c) = self.conn.take() {
-                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
-                }
-            }
+            OP_RST if ours => self.agent_closed(),
             OP_RST => {}
             _ => self.control.push_back(self.reply(hdr, OP_RST)),
+        }
+    }
+
+    /// The guest closed the agent connection: deliver what is left (bounded wait: the host end
+    /// is a local socket), close it, and tell the VM.
+    fn agent_closed(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let _ = c.stream.set_nonblocking(false);
+            let _ = c.stream.set_write_timeout(Some(std::time::Duration::from_secs(2)));
+            let (a, b) = c.pending.as_slices();
+            let _ = (&c.stream).write_all(a).and_then(|_| (&c.stream).write_all(b));
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            let h = Header { src_cid: HOST_CID, dst_cid: self.guest_cid, src_port: AGENT_PORT, dst_port: c.guest_port, kind: TYPE_STREAM, op: OP_RST, ..Default::default() };
+            self.control.push_back(h);
+        }
+        if let Some(f) = self.on_agent_closed.take() {
+            f();
         }
     }
 
@@ -474,7 +492,7 @@ mod tests {
 
     fn muxer() -> (Muxer, UnixStream) {
         let (host_end, shim_end) = UnixStream::pair().unwrap();
-        (Muxer { guest_cid: GUEST, host_end: Some(host_end), connected: None, conn: None, control: VecDeque::new(), rx_starved: false }, shim_end)
+        (Muxer { guest_cid: GUEST, host_end: Some(host_end), connected: None, on_agent_closed: None, conn: None, control: VecDeque::new(), rx_starved: false }, shim_end)
     }
 
     fn guest_packet(mem: &GuestMemoryMmap, m: &mut Muxer, h: Header, payload: &[u8]) {
