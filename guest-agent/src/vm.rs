@@ -162,6 +162,20 @@ fn mount_disks() -> Result<(), String> {
     Ok(())
 }
 
+/// The `Init` a microVM's agent expects: the overlay over the two disks it mounts itself.
+pub fn sandbox_init(hostname: &str, patches: Vec<crate::protocol::PatchOp>) -> crate::protocol::SandboxInit {
+    crate::protocol::SandboxInit {
+        hostname: hostname.to_string(),
+        base_dir: String::new(),
+        lower_dirs: vec![IMAGE_MOUNT.into()],
+        upper_dir: format!("{SCRATCH_MOUNT}/upper"),
+        work_dir: format!("{SCRATCH_MOUNT}/work"),
+        mount_point: ROOT_MOUNT.into(),
+        seccomp: true,
+        patches,
+    }
+}
+
 pub fn main() -> ! {
     crate::agent::set_vm_mode();
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.

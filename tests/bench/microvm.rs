@@ -11,7 +11,7 @@
 //! Needs a KVM that boots guests: `just bench` runs it in the nested-KVM harness.
 //!   ORCHESTRATOR_BENCH_RUNS (default 5), ORCHESTRATOR_BIN (default target/release/orchestrator)
 
-use guest_agent::protocol::{self, ExecRequest, Frame, Request, Response, SandboxInit};
+use guest_agent::protocol::{self, ExecRequest, Frame, Request, Response};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -43,16 +43,7 @@ struct Setup {
 /// The agent session both VMMs get: Init, `exec true`, shutdown.
 fn session(stream: &mut UnixStream) -> Result<(), String> {
     stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
-    let init = SandboxInit {
-        hostname: "bench".into(),
-        base_dir: String::new(),
-        lower_dirs: vec![guest_agent::vm::IMAGE_MOUNT.into()],
-        upper_dir: format!("{}/upper", guest_agent::vm::SCRATCH_MOUNT),
-        work_dir: format!("{}/work", guest_agent::vm::SCRATCH_MOUNT),
-        mount_point: guest_agent::vm::ROOT_MOUNT.into(),
-        seccomp: true,
-        patches: Vec::new(),
-    };
+    let init = guest_agent::vm::sandbox_init("bench", Vec::new());
     protocol::write_frame(stream, &Frame { id: 1, body: Request::Init(Box::new(init)) }).map_err(|e| e.to_string())?;
     match protocol::read_frame::<Response>(stream).map_err(|e| e.to_string())?.body {
         Response::Ready => {}

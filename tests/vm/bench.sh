@@ -10,12 +10,7 @@ export ORCHESTRATOR_KERNEL_DIR=$kernel_guest
 python3 tests/images/oci-images.py "$cache/rootfs/busybox" "$cache/oci-test" >/dev/null
 RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
 cargo build -q --release -p orchestrator -p vmm --bins
-bench_bin=$(cargo bench -q -p orchestrator --bench microvm --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "microvm" and m.get("executable"):
-        print(m["executable"])')
+bench_bin=$(bash tests/vm/executable.sh bench microvm)
 [ -x "$bench_bin" ] || { echo "bench: could not build the microvm benchmark" >&2; exit 1; }
 export ORCHESTRATOR_BIN=$PWD/target/release/orchestrator ORCHESTRATOR_REQUIRE_MICROVM=1
 if "$ORCHESTRATOR_BIN" --data-dir "$(mktemp -d)" doctor >/dev/null 2>&1; then

@@ -18,12 +18,7 @@ bash tests/images/debian-python.sh "$cache" >/dev/null
 # The static agent for the initramfs, the orchestrator, vmm-run and the test binary.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build -q -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
 cargo build -q -p orchestrator -p vmm --bins
-test_bin=$(cargo test -q -p orchestrator --test microvm --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "microvm" and m.get("executable"):
-        print(m["executable"])')
+test_bin=$(bash tests/vm/executable.sh test microvm)
 [ -x "$test_bin" ] || { echo "test-vm: could not build the microvm test binary" >&2; exit 1; }
 
 export ORCHESTRATOR_REQUIRE_MICROVM=1

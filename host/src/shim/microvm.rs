@@ -5,7 +5,7 @@
 
 use super::{Backend, ShimConfig};
 use crate::paths::InstanceDir;
-use guest_agent::protocol::{self, Frame, Request, Response, SandboxInit};
+use guest_agent::protocol::{self, Frame, Request, Response};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -49,16 +49,7 @@ impl Backend for MicrovmBackend {
         let started = vmm::Vm::start(&vm_cfg).map_err(|e| format!("starting the VM: {e}"))?;
         let mut agent = started.agent;
         self.vm = Some(started.vm);
-        let init = SandboxInit {
-            hostname: cfg.name.clone(),
-            base_dir: String::new(),
-            lower_dirs: vec![guest_agent::vm::IMAGE_MOUNT.into()],
-            upper_dir: format!("{}/upper", guest_agent::vm::SCRATCH_MOUNT),
-            work_dir: format!("{}/work", guest_agent::vm::SCRATCH_MOUNT),
-            mount_point: guest_agent::vm::ROOT_MOUNT.into(),
-            seccomp: true,
-            patches: cfg.patches.clone(),
-        };
+        let init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
         agent.set_read_timeout(Some(ready_timeout())).map_err(|e| e.to_string())?;
         protocol::write_frame(&mut agent, &Frame { id: 1, body: Request::Init(Box::new(init)) }).map_err(|e| format!("sending init to the agent: {e}"))?;
         let answer = protocol::read_frame::<Response>(&mut agent);
