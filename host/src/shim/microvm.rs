@@ -22,10 +22,12 @@ pub struct MicrovmBackend {
     vm: Option<vmm::Vm>,
 }
 
+/// The console's last lines on one line: the start error travels as a single line to the
+/// launcher (the readiness pipe), and the state file keeps the same text.
 fn console_tail(dir: &InstanceDir) -> String {
     let text = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(12).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).rev().take(12).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 impl Backend for MicrovmBackend {
@@ -63,7 +65,7 @@ impl Backend for MicrovmBackend {
                     Some(reason) => format!("the VM ended before the agent was ready: {reason}"),
                     None => format!("the agent did not answer within {:?}: {e}", ready_timeout()),
                 };
-                return Err(format!("{why}; console:\n{}", console_tail(&dir)));
+                return Err(format!("{why}; console: {}", console_tail(&dir)));
             }
         }
         agent.set_read_timeout(None).map_err(|e| e.to_string())?;
