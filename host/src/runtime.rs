@@ -140,14 +140,7 @@ impl Runtime for MicrovmRuntime {
         let kernel = crate::microvm::kernel::configured(&self.data).map_err(RuntimeError::Start)?;
         let agent = crate::microvm::initramfs::agent_binary().map_err(RuntimeError::Start)?;
         let initrd = crate::microvm::initramfs::cached(&self.data, &kernel, &agent).map_err(RuntimeError::Start)?;
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o711)
-                .create(req.dir.path())
-                .map_err(|e| RuntimeError::Io { path: req.dir.path().display().to_string(), source: e })?;
-        }
+        create_instance_dir(req.dir)?;
         let image_disk = self.image_disk(req)?;
         let scratch_disk = req.dir.path().join("scratch.ext4");
         if !scratch_disk.exists() {
@@ -194,15 +187,18 @@ pub fn for_isolation(isolation: Isolation, data: &std::path::Path) -> Box<dyn Ru
     }
 }
 
+/// The instance directory: 0711, so the shim's socket inside is reachable only by name.
+fn create_instance_dir(dir: &InstanceDir) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir.path())
+        .map_err(|e| RuntimeError::Io { path: dir.path().display().to_string(), source: e })
+}
+
 fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig, secrets: &[crate::plugin::secrets::ResolvedSecret]) -> Result<(), RuntimeError> {
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(dir.path())
-            .map_err(|e| RuntimeError::Io { path: dir.path().display().to_string(), source: e })?;
-    }
+    create_instance_dir(dir)?;
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| RuntimeError::Start(e.to_string()))?;
     crate::paths::write_atomic(&dir.config(), &json).map_err(|e| RuntimeError::Io { path: dir.config().display().to_string(), source: e })?;
     let socket_len = dir.socket().as_os_str().len();

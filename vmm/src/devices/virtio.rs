@@ -324,11 +324,6 @@ impl Poller {
         self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
     }
 
-    pub fn modify(&self, fd: std::os::fd::RawFd, token: u64, events: vmm_sys_util::epoll::EventSet) -> std::io::Result<()> {
-        use vmm_sys_util::epoll::{ControlOperation, EpollEvent};
-        self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
-    }
-
     pub fn remove(&self, fd: std::os::fd::RawFd) {
         use vmm_sys_util::epoll::{ControlOperation, EpollEvent};
         let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());

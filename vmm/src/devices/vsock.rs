@@ -240,9 +240,14 @@ impl Muxer {
         }
     }
 
+    /// A header-only packet from the host's agent port to the guest's end of the connection.
+    fn agent_header(guest_cid: u64, guest_port: u32, op: u16) -> Header {
+        Header { src_cid: HOST_CID, dst_cid: guest_cid, src_port: AGENT_PORT, dst_port: guest_port, kind: TYPE_STREAM, op, ..Default::default() }
+    }
+
     fn reset_conn(&mut self) {
         if let Some(c) = self.conn.take() {
-            let h = Header { src_cid: HOST_CID, dst_cid: self.guest_cid, src_port: AGENT_PORT, dst_port: c.guest_port, kind: TYPE_STREAM, op: OP_RST, ..Default::default() };
+            let h = Self::agent_header(self.guest_cid, c.guest_port, OP_RST);
             self.control.push_back(h);
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
         }
@@ -348,7 +353,7 @@ impl Muxer {
             let (a, b) = c.pending.as_slices();
             let _ = (&c.stream).write_all(a).and_then(|_| (&c.stream).write_all(b));
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
-            let h = Header { src_cid: HOST_CID, dst_cid: self.guest_cid, src_port: AGENT_PORT, dst_port: c.guest_port, kind: TYPE_STREAM, op: OP_RST, ..Default::default() };
+            let h = Self::agent_header(self.guest_cid, c.guest_port, OP_RST);
             self.control.push_back(h);
         }
         if let Some(f) = self.on_agent_closed.take() {
@@ -379,7 +384,7 @@ impl Muxer {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
         }
         if c.fwd_cnt.wrapping_sub(c.fwd_cnt_told) >= BUF_ALLOC / 4 {
-            let h = Header { src_cid: HOST_CID, dst_cid: self.guest_cid, src_port: AGENT_PORT, dst_port: c.guest_port, kind: TYPE_STREAM, op: OP_CREDIT_UPDATE, ..Default::default() };
+            let h = Self::agent_header(self.guest_cid, c.guest_port, OP_CREDIT_UPDATE);
             self.control.push_back(h);
         }
     }
