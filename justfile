@@ -30,7 +30,7 @@ demo: rootfs build plugins
 # The test suite (unit and integration; real namespaces, cgroups, shims and agents), then the
 # microVM tests on a real KVM (in the nested-KVM harness where this host's KVM cannot boot one).
 test: rootfs
-    cargo test --workspace --no-fail-fast
+    ORCHESTRATOR_TEST_KERNEL_DIR="$(bash tests/vm/kernels.sh {{cache}} | sed -n 's/^guest=//p')" cargo test --workspace --no-fail-fast
     bash tests/vm/run-tests.sh
 
 # Only the microVM tests (the nested-KVM harness when needed; optional test-name filter).

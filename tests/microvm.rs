@@ -126,6 +126,89 @@ fn two_microvms_boot_exec_files_stop_and_recover() {
     assert!(leftovers(&py_instance).is_empty(), "{:?}", leftovers(&py_instance));
 }
 
+/// A vmlinux whose PVH entry note (Xen's PHYS32_ENTRY, type 18) is renamed away: a kernel as
+/// built without CONFIG_PVH, which the VMM must enter through the Linux 64-bit boot protocol.
+fn without_pvh_note(mut vmlinux: Vec<u8>) -> Vec<u8> {
+    // Note header: namesz 4, descsz 4 or 8, type 18, name "Xen\0".
+    let mut found = 0;
+    for desc in [4u32, 8] {
+        let mut pattern = Vec::new();
+        for word in [4u32, desc, 18] {
+            pattern.extend_from_slice(&word.to_le_bytes());
+        }
+        pattern.extend_from_slice(b"Xen\0");
+        let mut at = 0;
+        while let Some(pos) = vmlinux[at..].windows(pattern.len()).position(|w| w == pattern.as_slice()) {
+            let i = at + pos;
+            vmlinux[i + 8] = 0x7f; // an unknown Xen note type
+            found += 1;
+            at = i + pattern.len();
+        }
+    }
+    assert!(found > 0, "the kernel has no PVH note to remove");
+    vmlinux
+}
+
+/// The cgroup v1 memory controller's file for an instance, or v2's.
+fn cgroup_file(instance: &str, v1: &str, v2: &str) -> PathBuf {
+    let v2_dir = Path::new("/sys/fs/cgroup/orchestrator").join(instance);
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return v2_dir.join(v2);
+    }
+    Path::new("/sys/fs/cgroup/memory/orchestrator").join(instance).join(v1)
+}
+
+#[test]
+fn a_sandbox_kernel_without_pvh_boots_through_the_64_bit_entry_inside_its_cgroup() {
+    let env = env();
+    if !microvms_work(&env) {
+        return;
+    }
+    let show = env.ok(&["kernel", "show"]);
+    let field = |name: &str| show.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().to_string();
+    let (version, image, modules) = (field("version:"), field("image:"), field("modules:"));
+    // A package of its own: the vmlinux without its PVH note, Debian's modules beside it.
+    let pkg = env.dir.path().join("kernel-nopvh");
+    std::fs::create_dir_all(pkg.join("boot")).unwrap();
+    std::fs::create_dir_all(pkg.join("lib/modules")).unwrap();
+    std::os::unix::fs::symlink(&modules, pkg.join("lib/modules").join(&version)).unwrap();
+    let vmlinux = vmm::kernel::vmlinux_from(&std::fs::read(&image).unwrap()).unwrap();
+    std::fs::write(pkg.join("boot").join(format!("vmlinux-{version}")), without_pvh_note(vmlinux)).unwrap();
+
+    let yaml = vm_yaml("own", &busybox_image(), &format!("  memory: 128Mi
+  cpus: 1
+  kernel: {}
+", pkg.display()));
+    let file = env.file("own.yaml", &yaml);
+    apply_within(&env, &file, Duration::from_secs(300));
+    assert_eq!(env.status("own"), "Running");
+    assert_eq!(env.sh("own", "uname -r").1.trim(), version);
+    assert_eq!(env.sh("own", "echo works; exit 3"), (3, "works
+".to_string(), String::new()));
+    let log = std::fs::read_to_string(env.instance_dir("own").join("shim.log")).unwrap();
+    assert!(log.contains("through the Linux 64-bit entry"), "{log}");
+
+    // The VMM runs in the sandbox's cgroup, bounded at guest RAM plus the VMM's headroom.
+    let instance = env.sandbox("own")["instance"].as_str().unwrap().to_string();
+    let shim = env.shim_pid("own");
+    let procs = std::fs::read_to_string(cgroup_file(&instance, "cgroup.procs", "cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l.trim() == shim.to_string()), "shim {shim} not in its cgroup: {procs}");
+    let limit: u64 = std::fs::read_to_string(cgroup_file(&instance, "memory.limit_in_bytes", "memory.max")).unwrap().trim().parse().unwrap();
+    assert_eq!(limit, (128 << 20) + (64 << 20));
+    let used: u64 = std::fs::read_to_string(cgroup_file(&instance, "memory.usage_in_bytes", "memory.current")).unwrap().trim().parse().unwrap();
+    assert!(used > 16 << 20, "guest memory is charged to the sandbox: {used} bytes");
+
+    env.ok(&["delete", "own"]);
+    assert!(leftovers(&instance).is_empty(), "{:?}", leftovers(&instance));
+
+    // A kernel that is not there is refused with the field that names it.
+    let bad = env.file("bad.yaml", &vm_yaml("bad", &busybox_image(), "  kernel: linux-image-not-provisioned
+"));
+    let out = env.run(&["apply", "-f", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && err.contains("spec.kernel") && err.contains("linux-image-not-provisioned"), "{err}");
+}
+
 /// Applies `file`; past `limit`, prints every instance's shim log and console and fails, so a
 /// VM that never comes up is diagnosable instead of a silent hang.
 fn apply_within(env: &Env, file: &Path, limit: Duration) {
@@ -168,11 +251,15 @@ fn a_guest_kernel_panic_is_reported() {
     let image = kernel.lines().find_map(|l| l.strip_prefix("image:")).unwrap().trim().to_string();
     let initrd = env.ok(&["kernel", "initramfs"]).trim().to_string();
     assert!(vmm_run().exists(), "build vmm-run first (`cargo build -p vmm`)");
-    // No init at that path and no root disk: the kernel panics, and the VMM says so.
-    let out = Command::new(vmm_run())
-        .args(["--kernel", &image, "--initrd", &initrd, "--console", "/dev/null", "--cmdline", "console=ttyS0 quiet panic=-1 reboot=acpi pci=off rdinit=/no-such-init"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the guest kernel panicked: ") && err.contains("Kernel panic"), "{err}");
+    // No init at that path and no root disk: the kernel panics, and the VMM says so. Once
+    // through PVH, once through the bzImage's own 64-bit entry (its decompressor runs).
+    for (boot, entry) in [("auto", "the PVH entry"), ("linux64", "the Linux 64-bit entry at 0x100200")] {
+        let out = Command::new(vmm_run())
+            .args(["--boot", boot, "--kernel", &image, "--initrd", &initrd, "--console", "/dev/null", "--cmdline", "console=ttyS0 quiet panic=-1 reboot=acpi pci=off rdinit=/no-such-init"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("booting through {entry}")), "{boot}: {err}");
+        assert!(err.contains("the guest kernel panicked: ") && err.contains("Kernel panic"), "{boot}: {err}");
+    }
 }

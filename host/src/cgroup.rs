@@ -118,6 +118,24 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves the calling process back to the root cgroup(s), so a process that put itself in
+    /// (a microVM's shim) can then remove its group without being killed with it.
+    pub fn leave(&self) -> io::Result<()> {
+        let me = std::process::id().to_string();
+        match self.version {
+            Version::V2 => write(&self.root.join("cgroup.procs"), &me),
+            Version::V1 => {
+                for ctrl in V1_CONTROLLERS {
+                    let procs = self.root.join(ctrl).join("cgroup.procs");
+                    if procs.exists() {
+                        write(&procs, &me)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn exists(&self) -> bool {
         self.dirs.iter().any(|d| d.exists())
     }

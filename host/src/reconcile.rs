@@ -373,7 +373,7 @@ impl Orchestrator {
     /// Records a new instance (Pending) and starts it.
     pub fn create_instance(&mut self, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
-        let isolation = runtime::for_isolation(spec.isolation, self.data.root()).isolation();
+        let isolation = runtime::for_sandbox(spec, self.data.root()).isolation();
         let row = SandboxRow {
             name: res.name.clone(),
             instance: format!("{}-{}", res.name, crate::image::store::random_hex(4)),
@@ -396,7 +396,7 @@ impl Orchestrator {
     fn start_instance(&mut self, mut row: SandboxRow, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
         let dir = self.instance_dir(&row);
-        let rt = runtime::for_isolation(spec.isolation, self.data.root());
+        let rt = runtime::for_sandbox(spec, self.data.root());
         let outcome = crate::image::resolve(self.data.root(), &spec.image, spec.pull_policy)
             .map_err(runtime::RuntimeError::from)
             .and_then(|image| {

@@ -101,6 +101,8 @@ impl Runtime for NamespaceRuntime {
 /// read-only EROFS disk and the instance's ext4 scratch disk.
 pub struct MicrovmRuntime {
     pub data: PathBuf,
+    /// The sandbox's `kernel:`; None: the configured kernel.
+    pub kernel: Option<String>,
 }
 
 /// The guest kernel's command line. No `nomodule`: the agent loads the virtio modules.
@@ -132,12 +134,13 @@ impl Runtime for MicrovmRuntime {
     }
 
     fn check_host(&self) -> Result<(), String> {
-        crate::microvm::probe::ready(&self.data)
+        crate::microvm::probe::ready(&self.data, self.kernel.as_deref())
     }
 
     fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
         self.check_host().map_err(|e| RuntimeError::Unavailable("microvm", e))?;
-        let kernel = crate::microvm::kernel::configured(&self.data).map_err(RuntimeError::Start)?;
+        let kernel = crate::microvm::kernel::for_sandbox(&self.data, self.kernel.as_deref()).map_err(RuntimeError::Start)?;
+        let boot_image = kernel.boot_image(&self.data).map_err(RuntimeError::Start)?;
         let agent = crate::microvm::initramfs::agent_binary().map_err(RuntimeError::Start)?;
         let initrd = crate::microvm::initramfs::cached(&self.data, &kernel, &agent).map_err(RuntimeError::Start)?;
         create_instance_dir(req.dir)?;
@@ -158,7 +161,7 @@ impl Runtime for MicrovmRuntime {
             main_stdin: req.main_stdin,
             patches: req.patches.to_vec(),
             microvm: Some(crate::shim::MicrovmConfig {
-                kernel: kernel.image.clone(),
+                kernel: boot_image,
                 initrd,
                 cmdline: GUEST_CMDLINE.into(),
                 image_disk,
@@ -171,9 +174,11 @@ impl Runtime for MicrovmRuntime {
     }
 }
 
-/// The runtime for a requested isolation; `auto` prefers microVMs where the host can run them.
-pub fn for_isolation(isolation: Isolation, data: &std::path::Path) -> Box<dyn Runtime> {
-    let microvm = MicrovmRuntime { data: data.to_path_buf() };
+/// The runtime for a sandbox's isolation; `auto` prefers microVMs where the host can run them
+/// with the sandbox's kernel.
+pub fn for_sandbox(spec: &SandboxSpec, data: &std::path::Path) -> Box<dyn Runtime> {
+    let microvm = MicrovmRuntime { data: data.to_path_buf(), kernel: spec.kernel.clone() };
+    let isolation = spec.isolation;
     match isolation {
         Isolation::Namespace => Box::new(NamespaceRuntime),
         Isolation::Microvm => Box::new(microvm),

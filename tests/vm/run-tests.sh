@@ -15,8 +15,10 @@ bash tests/images/busybox-rootfs.sh "$cache/rootfs/busybox" >/dev/null
 python3 tests/images/oci-images.py "$cache/rootfs/busybox" "$cache/oci-test" >/dev/null
 bash tests/images/debian-python.sh "$cache" >/dev/null
 
-# The static agent for the initramfs, the orchestrator, vmm-run and the test binary.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
+# The static agent for the initramfs (release: a third of the debug build's size, which every
+# guest unpacks at boot), the orchestrator, vmm-run and the test binary.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
+export ORCHESTRATOR_GUEST_AGENT=$PWD/target/x86_64-unknown-linux-gnu/release/orchestrator-agent
 cargo build -q -p orchestrator -p vmm --bins
 test_bin=$(bash tests/vm/executable.sh test microvm)
 [ -x "$test_bin" ] || { echo "test-vm: could not build the microvm test binary" >&2; exit 1; }

@@ -1,9 +1,11 @@
 //! vCPU set-up for the PVH entry (32-bit protected mode, flat segments, paging off, EBX =
-//! `hvm_start_info`), CPUID from KVM's supported set (its own leaves kept, so the guest finds
+//! `hvm_start_info`) or the Linux 64-bit entry (long mode, identity paging, RSI =
+//! `boot_params`), CPUID from KVM's supported set (its own leaves kept, so the guest finds
 //! kvmclock), boot MSRs, the LAPIC's LINT0/LINT1, and the run loop that dispatches exits.
 
 use crate::bus::Bus;
 use crate::layout::*;
+use crate::kernel::Entry;
 use crate::{ExitReason, VmControl, VmmError};
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
@@ -12,6 +14,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
+const X86_CR0_PG: u64 = 0x8000_0000;
+const X86_CR4_PAE: u64 = 0x20;
+const EFER_LME: u64 = 0x100;
+const EFER_LMA: u64 = 0x400;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
 const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
@@ -84,9 +90,9 @@ fn segment(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-/// Writes the boot GDT and an empty IDT into guest memory (shared by every vCPU).
-pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
-    let gdt = boot_gdt();
+/// Writes the boot GDT for `entry`'s mode and an empty IDT (shared by every vCPU).
+pub fn write_boot_tables(mem: &GuestMemoryMmap, entry: Entry) -> Result<(), VmmError> {
+    let gdt = boot_gdt(matches!(entry, Entry::Linux64(_)));
     for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_ADDR + 8 * i as u64)).map_err(|e| VmmError::Config(format!("writing the GDT: {e}")))?;
     }
@@ -94,18 +100,20 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     Ok(())
 }
 
-fn boot_gdt() -> [u64; 4] {
+/// Flat segments over 4 GiB: 32-bit code for the PVH entry, 64-bit code (L set, D clear) for
+/// the Linux 64-bit entry.
+fn boot_gdt(long_mode: bool) -> [u64; 4] {
     [
         gdt_entry(0, 0, 0),
-        gdt_entry(0xc09b, 0, 0xffff_ffff), // 32-bit code, 4 GiB
-        gdt_entry(0xc093, 0, 0xffff_ffff), // 32-bit data, 4 GiB
+        gdt_entry(if long_mode { 0xa09b } else { 0xc09b }, 0, 0xffff_ffff),
+        gdt_entry(0xc093, 0, 0xffff_ffff), // data, 4 GiB
         gdt_entry(0x008b, 0, 0x67),        // TSS
     ]
 }
 
-/// Puts a vCPU in the state the PVH entry expects. Only the boot vCPU gets registers; the
-/// others wait for INIT/SIPI from the guest.
-pub fn configure(kvm: &Kvm, vcpu: &VcpuFd, index: u8, count: u8, entry: GuestAddress) -> Result<(), VmmError> {
+/// Puts a vCPU in the state its entry expects. Only the boot vCPU gets registers; the others
+/// wait for INIT/SIPI from the guest. `cr3` is the identity map for the 64-bit entry.
+pub fn configure(kvm: &Kvm, vcpu: &VcpuFd, index: u8, count: u8, entry: Entry, cr3: u64) -> Result<(), VmmError> {
     let k = |what: &'static str| move |e| VmmError::Kvm(what, e);
     vcpu.set_cpuid2(&cpuid_for(kvm, index, count)?).map_err(k("KVM_SET_CPUID2"))?;
     let entries: Vec<kvm_msr_entry> = [
@@ -138,7 +146,8 @@ pub fn configure(kvm: &Kvm, vcpu: &VcpuFd, index: u8, count: u8, entry: GuestAdd
         return Ok(());
     }
     let mut sregs = vcpu.get_sregs().map_err(k("KVM_GET_SREGS"))?;
-    let gdt = boot_gdt();
+    let long_mode = matches!(entry, Entry::Linux64(_));
+    let gdt = boot_gdt(long_mode);
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
     sregs.idt.base = IDT_ADDR;
@@ -152,12 +161,23 @@ pub fn configure(kvm: &Kvm, vcpu: &VcpuFd, index: u8, count: u8, entry: GuestAdd
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = segment(gdt[3], 3);
-    sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
-    sregs.cr3 = 0;
-    sregs.cr4 = 0;
-    sregs.efer = 0;
+    let regs = match entry {
+        Entry::Pvh(at) => {
+            sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+            sregs.cr3 = 0;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            kvm_regs { rflags: 0x2, rip: at.0, rbx: START_INFO_ADDR, ..Default::default() }
+        }
+        Entry::Linux64(at) => {
+            sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+            sregs.cr3 = cr3;
+            sregs.cr4 = X86_CR4_PAE;
+            sregs.efer = EFER_LME | EFER_LMA;
+            kvm_regs { rflags: 0x2, rip: at.0, rsi: BOOT_PARAMS_ADDR, rsp: BOOT_STACK_TOP, rbp: BOOT_STACK_TOP, ..Default::default() }
+        }
+    };
     vcpu.set_sregs(&sregs).map_err(k("KVM_SET_SREGS"))?;
-    let regs = kvm_regs { rflags: 0x2, rip: entry.0, rbx: START_INFO_ADDR, ..Default::default() };
     vcpu.set_regs(&regs).map_err(k("KVM_SET_REGS"))?;
     Ok(())
 }
@@ -213,8 +233,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn boot_segments_are_flat_32_bit() {
-        let gdt = boot_gdt();
+    fn boot_segments_are_flat_32_or_64_bit() {
+        let long = boot_gdt(true);
+        let cs64 = segment(long[1], 1);
+        assert_eq!((cs64.l, cs64.db, cs64.type_, cs64.limit), (1, 0, 0xb, 0xffff_ffff));
+        let gdt = boot_gdt(false);
         let cs = segment(gdt[1], 1);
         assert_eq!((cs.base, cs.limit, cs.selector, cs.type_, cs.db, cs.l, cs.g, cs.present), (0, 0xffff_ffff, 8, 0xb, 1, 0, 1, 1));
         let ds = segment(gdt[2], 2);

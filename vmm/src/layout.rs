@@ -8,6 +8,11 @@ pub const IDT_ADDR: u64 = 0x520;
 pub const START_INFO_ADDR: u64 = 0x6000;
 pub const MODLIST_ADDR: u64 = 0x6040;
 pub const MEMMAP_ADDR: u64 = 0x7000;
+/// Linux 64-bit boot protocol: `boot_params` (the zero page), then the identity-mapping page
+/// tables (PML4, PDPT, four page directories: 0x9000-0xefff), and a boot stack below 0x6000.
+pub const BOOT_PARAMS_ADDR: u64 = 0x8000;
+pub const PML4_ADDR: u64 = 0x9000;
+pub const BOOT_STACK_TOP: u64 = 0x5ff0;
 /// Kernel command line and its capacity (the kernel's COMMAND_LINE_SIZE on x86 is 2048).
 pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 2048;

@@ -13,6 +13,7 @@ mod cpu;
 pub mod devices;
 pub mod kernel;
 pub mod layout;
+mod linux64;
 pub mod seccomp;
 
 use bus::{Bus, BusDevice};
@@ -88,8 +89,10 @@ pub struct DiskConfig {
 pub struct VmConfig {
     pub vcpus: u8,
     pub mem_bytes: u64,
-    /// A bzImage (with an LZ4 vmlinux inside) or an ELF vmlinux with a PVH note.
+    /// A bzImage or an ELF vmlinux: entered through PVH when it has the note (the bzImage's LZ4
+    /// vmlinux is unpacked here), else through the Linux 64-bit entry (see `boot`).
     pub kernel: PathBuf,
+    pub boot: kernel::BootProtocol,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub disks: Vec<DiskConfig>,
@@ -172,6 +175,8 @@ pub struct Started {
     pub agent: UnixStream,
     /// Receives the moment the agent's vsock connection is accepted.
     pub agent_connected: std::sync::mpsc::Receiver<Instant>,
+    /// How the kernel was entered.
+    pub entry: kernel::Entry,
 }
 
 impl Vm {
@@ -207,19 +212,20 @@ impl Vm {
         }
         let mem = Arc::new(mem);
 
-        let image = std::fs::read(&cfg.kernel).map_err(io(format!("reading the kernel {}", cfg.kernel.display())))?;
-        let vmlinux = kernel::vmlinux_from(&image)?;
+        let mut image = std::fs::File::open(&cfg.kernel).map_err(io(format!("opening the kernel {}", cfg.kernel.display())))?;
+        let loaded = kernel::load_kernel(&mem, &mut image, cfg.boot).map_err(|e| match e {
+            VmmError::Kernel(why) => VmmError::Kernel(format!("{}: {why}", cfg.kernel.display())),
+            other => other,
+        })?;
         drop(image);
-        let loaded = kernel::load(&mem, &vmlinux)?;
-        drop(vmlinux);
         let initrd = match &cfg.initrd {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(io(format!("reading the initramfs {}", path.display())))?;
-                Some((kernel::load_initrd(&mem, cfg.mem_bytes, loaded.end, &bytes)?, bytes.len()))
+                let mut file = std::fs::File::open(path).map_err(io(format!("opening the initramfs {}", path.display())))?;
+                let size = file.metadata().map_err(io(format!("reading the initramfs {}", path.display())))?.len();
+                Some((kernel::load_initrd(&mem, cfg.mem_bytes, loaded.end, &mut file, size)?, size as usize))
             }
             None => None,
         };
-
         let mut bus = Bus::default();
         let console_file = match &cfg.console_log {
             Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(io(format!("opening {}", p.display())))?),
@@ -278,14 +284,25 @@ impl Vm {
         }
 
         let rsdp = acpi::write_tables(&mem, cfg.vcpus, &infos)?;
-        kernel::write_start_info(&mem, cfg.mem_bytes, &cfg.cmdline, initrd, rsdp)?;
-        cpu::write_boot_tables(&mem)?;
+        kernel::write_cmdline(&mem, &cfg.cmdline)?;
+        let cr3 = match loaded.entry {
+            kernel::Entry::Pvh(_) => {
+                kernel::write_start_info(&mem, cfg.mem_bytes, initrd, rsdp)?;
+                0
+            }
+            kernel::Entry::Linux64(_) => {
+                linux64::write_boot_params(&mem, loaded.setup_header, cfg.mem_bytes, cfg.cmdline.len() + 1, initrd, rsdp)?;
+                linux64::write_page_tables(&mem)?
+            }
+        };
+        tracing::debug!("booting through {:?}", loaded.entry);
+        cpu::write_boot_tables(&mem, loaded.entry)?;
 
         let bus = Arc::new(bus);
         let mut vcpus = Vec::new();
         for i in 0..cfg.vcpus {
             let fd = vm.create_vcpu(u64::from(i)).map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
-            cpu::configure(&kvm, &fd, i, cfg.vcpus, loaded.entry)?;
+            cpu::configure(&kvm, &fd, i, cfg.vcpus, loaded.entry, cr3)?;
             let (bus, control2) = (bus.clone(), control.clone());
             control.running_vcpus.fetch_add(1, Ordering::SeqCst);
             let handle = std::thread::Builder::new().name(format!("vcpu{i}")).spawn(move || {
@@ -309,7 +326,7 @@ impl Vm {
                 }
             }
         }
-        Ok(Started { vm: Vm { control, vcpus, transports, panic, _vm: vm }, agent, agent_connected })
+        Ok(Started { vm: Vm { control, vcpus, transports, panic, _vm: vm }, agent, agent_connected, entry: loaded.entry })
     }
 
     /// Waits up to `timeout` for the VM to end; the reason, once it has.

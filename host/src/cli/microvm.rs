@@ -9,7 +9,7 @@ use std::path::Path;
 pub enum KernelCommand {
     /// Download Debian's cloud kernel package and extract it into the data dir (never installed).
     Fetch,
-    /// Show the guest kernel sandboxes use.
+    /// Show the guest kernel sandboxes use (and unpack, once, the vmlinux the VMM boots).
     Show,
     /// Build (or reuse) the guest initramfs for the configured kernel; print its path.
     Initramfs,
@@ -23,7 +23,9 @@ pub fn kernel(data: &Path, cmd: KernelCommand) -> Result<i32> {
         }
         KernelCommand::Show => {
             let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;
-            println!("version: {}\nimage:   {}\nmodules: {}", k.version, k.image.display(), k.modules.display());
+            let modules = k.modules.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "none (drivers built in)".into());
+            let boot = k.boot_image(data).map_err(|e| anyhow!(e))?;
+            println!("version: {}\nimage:   {}\nboot:    {}\nmodules: {modules}", k.version, k.image.display(), boot.display());
         }
         KernelCommand::Initramfs => {
             let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;

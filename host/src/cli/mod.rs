@@ -130,6 +130,9 @@ pub enum Command {
         memory: Option<String>,
         #[arg(long)]
         cpus: Option<f64>,
+        /// MicroVMs: the guest kernel (a package directory, an image file, or a name in DATA/kernels).
+        #[arg(long)]
+        kernel: Option<String>,
         image: String,
         /// Without one, the image's Entrypoint and Cmd run (as with docker run).
         #[arg(last = true)]
@@ -208,7 +211,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, name, process: p, isolation, memory, cpus, image, command } => {
+        Command::Run { rm, name, process: p, isolation, memory, cpus, kernel, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
@@ -225,6 +228,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 "microvm" => Isolation::Microvm,
                 other => bail!("--isolation {other:?}: use auto, namespace or microvm"),
             };
+            if let Some(k) = kernel {
+                if spec.isolation == Isolation::Namespace {
+                    bail!("--kernel: a namespace sandbox runs on the host's kernel; use --isolation microvm");
+                }
+                let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+                spec.kernel = Some(spec::normalise_kernel(&k, &cwd).map_err(|(msg, hint)| anyhow!("--kernel: {msg}\n    hint: {hint}"))?);
+            }
             interactive::run(&mut open()?, name, spec, p.interactive, rm)
         }
         Command::Stop { names } => each(&mut open()?, &names, "stopped", |o, n| o.stop(n)),

@@ -44,7 +44,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The `sha256:HEX` digest of some bytes.
 /// `bytes` random bytes from the kernel, as hex (names of temporaries, instances, placeholders).
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -52,6 +51,7 @@ pub fn random_hex(bytes: usize) -> String {
     hex(&buf)
 }
 
+/// The `sha256:HEX` digest of some bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }

@@ -40,10 +40,12 @@ fn depends(module: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(&rest[..end]).split(',').map(|d| d.trim().replace('-', "_")).filter(|d| !d.is_empty()).collect()
 }
 
-/// Modules to load, dependencies first. Names built into the kernel are skipped.
+/// Modules to load, dependencies first. Names built into the kernel are skipped; a kernel
+/// without a modules tree gets none (its drivers must be built in).
 pub fn resolve(kernel: &GuestKernel, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
-    let index = module_index(&kernel.modules);
-    let builtin: HashSet<String> = std::fs::read_to_string(kernel.modules.join("modules.builtin"))
+    let Some(modules) = &kernel.modules else { return Ok(Vec::new()) };
+    let index = module_index(modules);
+    let builtin: HashSet<String> = std::fs::read_to_string(modules.join("modules.builtin"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.rsplit('/').next())
@@ -137,6 +139,8 @@ pub fn cached(data: &Path, kernel: &GuestKernel, agent_path: &Path) -> Result<Pa
     let mut h = Sha256::new();
     h.update(kernel.version.as_bytes());
     h.update(kernel.dir.to_string_lossy().as_bytes());
+    h.update(kernel.image.to_string_lossy().as_bytes());
+    h.update(kernel.modules.as_deref().unwrap_or(Path::new("")).to_string_lossy().as_bytes());
     h.update(&agent);
     for m in GUEST_MODULES {
         h.update(m.as_bytes());

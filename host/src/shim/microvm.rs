@@ -2,8 +2,14 @@
 //! exactly as long as the shim. The agent is the guest's init; it connects back over vsock,
 //! which the VMM bridges to the stream this backend hands the shim. From there on everything
 //! (exec, files, logs, supervision) is the same code as for namespace sandboxes.
+//!
+//! The shim puts itself (the VMM: vCPU and device threads) into the sandbox's cgroup before the
+//! VM exists, so guest RAM, VMM overhead and CPU time are charged to the sandbox: `cpus` is a
+//! CPU quota as for namespace sandboxes, memory is bounded at the guest's RAM plus
+//! `VMM_MEMORY_HEADROOM`, and metrics sinks see microVMs like any other sandbox.
 
 use super::{Backend, ShimConfig};
+use crate::cgroup::{Cgroup, Limits};
 use crate::paths::InstanceDir;
 use guest_agent::protocol::{self, Frame, Request, Response};
 use std::os::unix::net::UnixStream;
@@ -17,9 +23,14 @@ fn ready_timeout() -> Duration {
 /// How long the console log may grow (the guest writes it; it must not fill the disk).
 const CONSOLE_LIMIT: u64 = 4 << 20;
 
+/// What the VMM may use beyond guest RAM (its own heap, thread stacks, the page cache of the
+/// disks it reads) before the cgroup reclaims or, at worst, kills it.
+const VMM_MEMORY_HEADROOM: u64 = 64 << 20;
+
 #[derive(Default)]
 pub struct MicrovmBackend {
     vm: Option<vmm::Vm>,
+    cgroup: Option<Cgroup>,
 }
 
 /// The console's last lines on one line: the start error travels as a single line to the
@@ -34,10 +45,18 @@ impl Backend for MicrovmBackend {
     fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String> {
         let dir = InstanceDir(cfg.dir.clone());
         let m = cfg.microvm.as_ref().ok_or("the shim config has no microVM section")?;
+        let cgroup = Cgroup::of(&cfg.instance);
+        // A previous shim of this instance may have died without cleaning up.
+        cgroup.destroy().map_err(|e| format!("removing a stale cgroup: {e}"))?;
+        let limits = Limits { memory: Some(m.mem_bytes + VMM_MEMORY_HEADROOM), cpus: cfg.spec.cpus, pids: None };
+        cgroup.create(&limits).map_err(|e| format!("cgroup: {e}"))?;
+        self.cgroup = Some(cgroup.clone());
+        cgroup.add(std::process::id() as i32).map_err(|e| format!("moving the VMM into the sandbox's cgroup: {e}"))?;
         let vm_cfg = vmm::VmConfig {
             vcpus: m.vcpus,
             mem_bytes: m.mem_bytes,
             kernel: m.kernel.clone(),
+            boot: vmm::kernel::BootProtocol::Auto,
             initrd: Some(m.initrd.clone()),
             cmdline: m.cmdline.clone(),
             disks: vec![
@@ -49,6 +68,8 @@ impl Backend for MicrovmBackend {
             guest_cid: 3,
         };
         let started = vmm::Vm::start(&vm_cfg).map_err(|e| format!("starting the VM: {e}"))?;
+        // The shim log (this process's stderr) records what booted, whatever the log level.
+        eprintln!("microVM: {} through {}, {} vCPU(s), {} MiB", m.kernel.display(), started.entry, m.vcpus, m.mem_bytes >> 20);
         let mut agent = started.agent;
         self.vm = Some(started.vm);
         let init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
@@ -99,6 +120,11 @@ impl Backend for MicrovmBackend {
     fn teardown(&mut self) {
         // Dropping the VM stops it and joins its threads; guest memory goes with it.
         self.vm = None;
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.leave().and_then(|_| cg.destroy()) {
+                tracing::warn!("cgroup cleanup: {e}");
+            }
+        }
     }
 
     fn init_pid(&self) -> Option<i32> {

@@ -3,7 +3,7 @@
 
 pub mod quantity;
 mod validate;
-pub use validate::normalise_image;
+pub use validate::{normalise_image, normalise_kernel};
 pub mod yaml;
 
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,10 @@ pub struct SandboxSpec {
     pub hooks: Hooks,
     #[serde(default, skip_serializing_if = "NetworkSpec::is_empty")]
     pub network: NetworkSpec,
+    /// MicroVMs: the guest kernel, as an absolute path (an extracted package directory or a
+    /// kernel image file) or the name of a kernel in `DATA/kernels`; None: the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// One entry of `spec.secrets`.
@@ -185,6 +189,7 @@ impl SandboxSpec {
             patches: Vec::new(),
             hooks: Hooks::default(),
             network: NetworkSpec::default(),
+            kernel: None,
         }
     }
 }

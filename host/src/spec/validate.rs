@@ -231,10 +231,11 @@ const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
 const SANDBOX_FIELDS: &[&str] = &[
     "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
     "restartPolicy", "userNamespace", "pullPolicy", "secrets", "patches", "hooks", "network",
+    "kernel",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on a network rule must not get a sandbox without it).
-const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "ports", "kernel"];
+const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "ports"];
 const NETWORK_FIELDS: &[&str] = &["plugins"];
 const NETWORK_FIELDS_NOT_YET: &[&str] = &["policy", "rules", "blockDomains", "blockDomainSuffixes"];
 const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "allowHosts"];
@@ -391,6 +392,24 @@ pub fn normalise_image(image: &str, base_dir: &Path) -> Result<String, (String, 
     }
 }
 
+/// `spec.kernel`: a path (with a `/`, relative to the YAML file) to an extracted kernel package
+/// or a kernel image file, made absolute and checked to exist; or the name of a kernel in the
+/// data directory's `kernels/`, checked when the sandbox starts.
+pub fn normalise_kernel(kernel: &str, base_dir: &Path) -> Result<String, (String, String)> {
+    if !kernel.contains('/') {
+        let ok = kernel.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)) && !kernel.starts_with('.');
+        if !ok {
+            return Err((format!("{kernel:?} is not a kernel name"), "the name of a kernel under DATA/kernels (as `orchestrator kernel fetch` provisions, e.g. linux-image-6.1.0-57-cloud-amd64), or a path such as ./kernels/vmlinux".into()));
+        }
+        return Ok(kernel.to_string());
+    }
+    let path = resolve_path(base_dir, kernel);
+    if !path.exists() {
+        return Err((format!("kernel {} does not exist", path.display()), "an extracted kernel package directory (boot/vmlinuz-V, lib/modules/V) or a kernel image file; relative paths start at the YAML file's directory".into()));
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
+
 fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpec> {
     let mut allowed: Vec<&str> = SANDBOX_FIELDS.to_vec();
     allowed.extend(SANDBOX_FIELDS_NOT_YET);
@@ -510,6 +529,18 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
                 }
             }
             spec.network.plugins = net.get("plugins").and_then(|n| plugin_names(ctx, n, "spec.network.plugins")).unwrap_or_default();
+        }
+    }
+    if let Some(n) = f.get("kernel") {
+        spec.kernel = ctx.nonempty_string(n, "spec.kernel").and_then(|k| match normalise_kernel(&k, base_dir) {
+            Ok(k) => Some(k),
+            Err((msg, hint)) => {
+                ctx.err(n, "spec.kernel", msg, Some(hint));
+                None
+            }
+        });
+        if spec.isolation == Isolation::Namespace {
+            ctx.err(n, "spec.kernel", "a namespace sandbox runs on the host's kernel", Some("remove `kernel`, or use `isolation: microvm` (or auto)".into()));
         }
     }
     if spec.tty && spec.command.is_none() && spec.image.starts_with("dir:") && ctx.errors.len() == before {
@@ -670,6 +701,28 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].line, 5);
         assert!(d[0].hint.as_ref().unwrap().contains("/tmp/x.yaml:1"));
+    }
+
+    #[test]
+    fn a_sandbox_kernel_is_a_path_made_absolute_or_a_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("k/boot")).unwrap();
+        let yaml = dir.path().join("s.yaml");
+        let doc = |kernel: &str, isolation: &str| format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: a }}\nspec:\n  image: dir:/\n  isolation: {isolation}\n  kernel: {kernel}\n");
+        let kernel_of = |text: &str| match &validate_file(&yaml, text).unwrap()[0].resource.spec {
+            ResourceSpec::Sandbox(s) => s.kernel.clone(),
+            _ => panic!(),
+        };
+        let abs = std::fs::canonicalize(dir.path().join("k")).unwrap();
+        assert_eq!(kernel_of(&doc("./k", "microvm")), Some(abs.to_string_lossy().into_owned()));
+        assert_eq!(kernel_of(&doc("linux-image-6.1.0-57-cloud-amd64", "auto")), Some("linux-image-6.1.0-57-cloud-amd64".into()));
+        let errs = validate_file(&yaml, &doc("./missing", "microvm")).unwrap_err();
+        assert_eq!((errs[0].field.as_str(), errs[0].line), ("spec.kernel", 7));
+        assert!(errs[0].message.contains("does not exist"), "{}", errs[0].message);
+        let errs = validate_file(&yaml, &doc("'bad name'", "microvm")).unwrap_err();
+        assert!(errs[0].message.contains("not a kernel name"), "{}", errs[0].message);
+        let errs = validate_file(&yaml, &doc("./k", "namespace")).unwrap_err();
+        assert!(errs[0].message.contains("host's kernel"), "{}", errs[0].message);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and initramfs by hand and for the boot benchmark. The orchestrator itself runs VMs inside
 //! shims, not through this.
 //!
-//!   vmm-run --kernel K [--initrd I] [--cmdline S] [--mem MiB] [--cpus N] [--disk PATH[:ro]]...
+//!   vmm-run --kernel K [--boot auto|pvh|linux64] [--initrd I] [--cmdline S] [--mem MiB] [--cpus N] [--disk PATH[:ro]]...
 //!           [--console FILE]
 
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ fn main() {
         vcpus: 1,
         mem_bytes: 256 << 20,
         kernel: Default::default(),
+        boot: Default::default(),
         initrd: None,
         cmdline: "console=ttyS0 panic=-1 reboot=acpi quiet".into(),
         disks: Vec::new(),
@@ -27,6 +28,7 @@ fn main() {
             "--kernel" => cfg.kernel = val().into(),
             "--initrd" => cfg.initrd = Some(val().into()),
             "--cmdline" => cfg.cmdline = val(),
+            "--boot" => cfg.boot = val().parse().unwrap_or_else(|e: String| fail(&e)),
             "--mem" => cfg.mem_bytes = val().parse::<u64>().unwrap_or_else(|_| fail("--mem takes MiB")) << 20,
             "--cpus" => cfg.vcpus = val().parse().unwrap_or_else(|_| fail("--cpus takes a number")),
             "--disk" => {
@@ -43,6 +45,7 @@ fn main() {
     }
     let t0 = Instant::now();
     let started = Vm::start(&cfg).unwrap_or_else(|e| fail(&e.to_string()));
+    eprintln!("vmm-run: booting through {} ({:?} after start)", started.entry, t0.elapsed());
     let reason = started.vm.wait(Duration::from_secs(3600));
     eprintln!("vmm-run: {} after {:?}", reason.map(|r| r.to_string()).unwrap_or_else(|| "still running".into()), t0.elapsed());
 }
