@@ -78,6 +78,10 @@ fn two_microvms_boot_exec_files_stop_and_recover() {
     assert!((80 * 1024..=128 * 1024).contains(&mem_kib), "bb has 128Mi of RAM, the guest sees {mem_kib} KiB");
     assert_eq!(env.sh("py", "nproc").1.trim(), "2");
     assert_eq!(env.sh("bb", "nproc").1.trim(), "1");
+    // No CMOS RTC is emulated: the wall clock comes from kvmclock, and is the host's.
+    let guest_now: i64 = env.sh("bb", "date +%s").1.trim().parse().unwrap();
+    let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((guest_now - host_now).abs() < 120, "guest clock {guest_now}, host {host_now}");
 
     // exec: output, stderr and exit codes; python in the Debian image.
     let (code, out, err) = env.sh("bb", "echo out; echo err >&2; exit 7");
@@ -101,7 +105,10 @@ fn two_microvms_boot_exec_files_stop_and_recover() {
 
     // Logs of the main process; the console log of the VM exists on the host.
     env.wait_for("bb's main output", Duration::from_secs(30), || env.ok(&["logs", "bb"]).contains("main-up"));
-    assert!(env.instance_dir("bb").join("console.log").exists());
+    // `logs --console`: what the guest kernel and agent printed on the VM's serial console.
+    let console = env.run(&["logs", "--console", "bb"]);
+    assert!(console.status.success(), "{}", String::from_utf8_lossy(&console.stderr));
+    assert_eq!(console.stdout, std::fs::read(env.instance_dir("bb").join("console.log")).unwrap());
 
     // stop: the agent ends everything and powers the VM off; nothing is left.
     let bb_instance = env.sandbox("bb")["instance"].as_str().unwrap().to_string();

@@ -82,6 +82,10 @@ impl InstanceDir {
     pub fn main_log(&self) -> PathBuf {
         self.0.join("main.log")
     }
+    /// A microVM's serial console (its kernel's and guest agent's messages), bounded.
+    pub fn console_log(&self) -> PathBuf {
+        self.0.join("console.log")
+    }
     pub fn shim_log(&self) -> PathBuf {
         self.0.join("shim.log")
     }

@@ -101,6 +101,9 @@ pub enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// A microVM's console instead: what its kernel and guest agent printed.
+        #[arg(long)]
+        console: bool,
     },
     /// Run a command in a running sandbox.
     Exec {
@@ -198,7 +201,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Describe { name } => output::describe(&mut open()?, &name),
         Command::Delete { names, file } => delete(&mut open()?, names, file),
-        Command::Logs { name, follow, tail } => output::logs(&open()?, &name, follow, tail),
+        Command::Logs { name, follow, tail, console } => output::logs(&open()?, &name, follow, tail, console),
         Command::Exec { process: p, user, timeout, name, command } => {
             let orch = open()?;
             let opts = interactive::ExecOptions {

@@ -176,10 +176,14 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
     Ok(0)
 }
 
-pub fn logs(orch: &Orchestrator, name: &str, follow: bool, tail: Option<usize>) -> Result<i32> {
+/// The main process's output, or (`console`) a microVM's console log.
+pub fn logs(orch: &Orchestrator, name: &str, follow: bool, tail: Option<usize>, console: bool) -> Result<i32> {
     let Some(row) = orch.store.sandbox(name)? else { bail!("no sandbox named {name:?}") };
     let dir = orch.instance_dir(&row);
-    let path = dir.main_log();
+    if console && row.isolation != "microvm" {
+        bail!("{name} is a {} sandbox; only microVMs have a console (drop --console)", row.isolation);
+    }
+    let path = if console { dir.console_log() } else { dir.main_log() };
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(_) if !follow => return Ok(0),

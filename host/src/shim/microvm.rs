@@ -36,7 +36,7 @@ pub struct MicrovmBackend {
 /// The console's last lines on one line: the start error travels as a single line to the
 /// launcher (the readiness pipe), and the state file keeps the same text.
 fn console_tail(dir: &InstanceDir) -> String {
-    let text = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+    let text = std::fs::read_to_string(dir.console_log()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).rev().take(12).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
@@ -63,7 +63,7 @@ impl Backend for MicrovmBackend {
                 vmm::DiskConfig { path: m.image_disk.clone(), read_only: true },
                 vmm::DiskConfig { path: m.scratch_disk.clone(), read_only: false },
             ],
-            console_log: Some(dir.path().join("console.log")),
+            console_log: Some(dir.console_log()),
             console_limit: CONSOLE_LIMIT,
             guest_cid: 3,
         };
