@@ -64,6 +64,10 @@ fn two_sandboxes_run_isolated_and_exec_works() {
 
     // The main process's output is in the logs.
     env.wait_for("main process output", Duration::from_secs(5), || env.ok(&["logs", "alpha"]).contains("main-started"));
+    // Only microVMs have a console; asking a namespace sandbox for one says so.
+    let out = env.run(&["logs", "--console", "alpha"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only microVMs have a console"), "{err}");
 }
 
 #[test]

@@ -125,6 +125,10 @@ pub fn configured(data: &Path) -> Result<GuestKernel, String> {
 /// image file, or the name of a kernel in `DATA/kernels`), else the configured one.
 pub fn for_sandbox(data: &Path, kernel: Option<&str>) -> Result<GuestKernel, String> {
     let Some(k) = kernel else { return configured(data) };
+    // Validation makes paths absolute; a name must stay inside DATA/kernels.
+    if !k.starts_with('/') && (k.contains('/') || k.starts_with('.')) {
+        return Err(format!("spec.kernel: {k:?} is neither an absolute path nor a kernel name"));
+    }
     let path = if k.starts_with('/') { PathBuf::from(k) } else { kernels_dir(data).join(k) };
     let result = if path.is_dir() {
         GuestKernel::open(&path)
@@ -226,6 +230,10 @@ mod tests {
         assert!(err.contains("no kernel named \"linux-image-y\"") && err.contains("kernel fetch"), "{err}");
         let err = for_sandbox(data.path(), Some("/no/such/kernel")).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
+        for escape in ["../../etc", "..", "a/../../b"] {
+            let err = for_sandbox(data.path(), Some(escape)).unwrap_err();
+            assert!(err.contains("neither an absolute path nor a kernel name"), "{escape}: {err}");
+        }
     }
 
     /// Debian's bzImage: unpacked once into the cache, reused after.

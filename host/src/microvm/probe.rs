@@ -50,9 +50,9 @@ pub fn all(data: &Path) -> Vec<Check> {
 }
 
 /// Ok when microVMs can start here (with this `kernel:`, or the configured kernel); else the
-/// first failure. Runs before every microVM or
-/// `auto` start, so it stops at the first failure and only opens the kernel package (the module
-/// walk that `doctor` shows happens when the initramfs is built).
+/// first failure. Runs before every microVM or `auto` start, so it stops at the first failure
+/// and only opens the kernel package (the module walk that `doctor` shows happens when the
+/// initramfs is built).
 pub fn ready(data: &Path, kernel: Option<&str>) -> Result<(), String> {
     kvm().map_err(|e| format!("kvm: {e}"))?;
     super::kernel::for_sandbox(data, kernel).map_err(|e| format!("guest kernel: {e}"))?;
