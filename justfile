@@ -37,6 +37,10 @@ test: rootfs
 test-vm *filter:
     bash tests/vm/run-tests.sh {{filter}}
 
+# Where a microVM guest's boot time goes: initcall timings from its own log (`--qemu`: the peer's).
+vm-initcalls *args:
+    bash tests/vm/initcalls.sh {{args}}
+
 # Build every plugin component (C, Python, JavaScript; Rust where wasm32-wasip2 exists) into target/plugins.
 plugins:
     bash tests/plugins/toolchains.sh

@@ -111,7 +111,7 @@ pub struct MicrovmRuntime {
 pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet loglevel=4 panic=-1 reboot=acpi pci=off i8042.noaux i8042.nokbd i8042.nopnp random.trust_cpu=on cryptomgr.notests 8250.nr_uarts=1";
 /// The command line, plus `ORCHESTRATOR_GUEST_CMDLINE_APPEND` (for looking into guests: e.g.
 /// `initcall_debug`, whose timings `dmesg` inside the sandbox shows without console cost).
-fn guest_cmdline() -> String {
+pub fn guest_cmdline() -> String {
     match std::env::var("ORCHESTRATOR_GUEST_CMDLINE_APPEND") {
         Ok(extra) if !extra.trim().is_empty() => format!("{GUEST_CMDLINE} {}", extra.trim()),
         _ => GUEST_CMDLINE.to_string(),

@@ -25,7 +25,7 @@ pub fn kernel(data: &Path, cmd: KernelCommand) -> Result<i32> {
             let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;
             let modules = k.modules.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "none (drivers built in)".into());
             let boot = k.boot_image(data).map_err(|e| anyhow!(e))?;
-            println!("version: {}\nimage:   {}\nboot:    {}\nmodules: {modules}", k.version, k.image.display(), boot.display());
+            println!("version: {}\nimage:   {}\nboot:    {}\nmodules: {modules}\ncmdline: {}", k.version, k.image.display(), boot.display(), crate::runtime::guest_cmdline());
         }
         KernelCommand::Initramfs => {
             let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;
