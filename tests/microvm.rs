@@ -36,9 +36,13 @@ fn microvms_work(env: &Env) -> bool {
     false
 }
 
+/// `kernel show`'s fields (version, image, boot, modules, cmdline) by name.
+fn kernel_show(env: &Env) -> std::collections::BTreeMap<String, String> {
+    env.ok(&["kernel", "show"]).lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect()
+}
+
 fn kernel_version(env: &Env) -> String {
-    let out = env.ok(&["kernel", "show"]);
-    out.lines().find_map(|l| l.strip_prefix("version: ")).expect("kernel show prints the version").trim().to_string()
+    kernel_show(env).remove("version").expect("kernel show prints the version")
 }
 
 fn vm_yaml(name: &str, image: &str, extra: &str) -> String {
@@ -158,9 +162,8 @@ fn without_pvh_note(mut vmlinux: Vec<u8>) -> Vec<u8> {
 
 /// The cgroup v1 memory controller's file for an instance, or v2's.
 fn cgroup_file(instance: &str, v1: &str, v2: &str) -> PathBuf {
-    let v2_dir = Path::new("/sys/fs/cgroup/orchestrator").join(instance);
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        return v2_dir.join(v2);
+        return Path::new("/sys/fs/cgroup/orchestrator").join(instance).join(v2);
     }
     Path::new("/sys/fs/cgroup/memory/orchestrator").join(instance).join(v1)
 }
@@ -171,9 +174,8 @@ fn a_sandbox_kernel_without_pvh_boots_through_the_64_bit_entry_inside_its_cgroup
     if !microvms_work(&env) {
         return;
     }
-    let show = env.ok(&["kernel", "show"]);
-    let field = |name: &str| show.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().to_string();
-    let (version, image, modules) = (field("version:"), field("image:"), field("modules:"));
+    let show = kernel_show(&env);
+    let (version, image, modules) = (show["version"].clone(), show["image"].clone(), show["modules"].clone());
     // A package of its own: the vmlinux without its PVH note, Debian's modules beside it.
     let pkg = env.dir.path().join("kernel-nopvh");
     std::fs::create_dir_all(pkg.join("boot")).unwrap();
@@ -254,8 +256,7 @@ fn a_guest_kernel_panic_is_reported() {
     if !microvms_work(&env) {
         return;
     }
-    let kernel = env.ok(&["kernel", "show"]);
-    let image = kernel.lines().find_map(|l| l.strip_prefix("image:")).unwrap().trim().to_string();
+    let image = kernel_show(&env)["image"].clone();
     let initrd = env.ok(&["kernel", "initramfs"]).trim().to_string();
     assert!(vmm_run().exists(), "build vmm-run first (`cargo build -p vmm`)");
     // No init at that path and no root disk: the kernel panics, and the VMM says so. Once

@@ -64,6 +64,15 @@ impl Cgroup {
         Cgroup { version, root: root.to_path_buf(), dirs }
     }
 
+    /// The instance's cgroup, created with `limits` after removing whatever a previous shim of
+    /// this instance left behind when it died.
+    pub fn fresh(instance: &str, limits: &Limits) -> io::Result<Cgroup> {
+        let cgroup = Cgroup::of(instance);
+        cgroup.destroy().map_err(|e| io::Error::new(e.kind(), format!("removing a stale cgroup: {e}")))?;
+        cgroup.create(limits)?;
+        Ok(cgroup)
+    }
+
     pub fn version(&self) -> Version {
         self.version
     }

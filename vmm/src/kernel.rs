@@ -135,28 +135,29 @@ pub fn load_kernel<R: Read + ReadVolatile + Seek>(mem: &GuestMemoryMmap, image: 
     let mut magic = [0u8; 4];
     image.read_exact(&mut magic).map_err(io)?;
     image.rewind().map_err(io)?;
-    if &magic == b"\x7fELF" {
-        let k = load_elf(mem, image, protocol != BootProtocol::Linux64)?;
-        if protocol == BootProtocol::Pvh && !matches!(k.entry, Entry::Pvh(_)) {
-            return Err(VmmError::Kernel("PVH boot was asked for, but the kernel has no PVH entry note (CONFIG_PVH)".into()));
-        }
-        return Ok(k);
-    }
-    if protocol != BootProtocol::Linux64 {
+    let loaded = if &magic == b"\x7fELF" {
+        load_elf(mem, image, protocol != BootProtocol::Linux64)?
+    } else if protocol == BootProtocol::Linux64 {
+        return load_bzimage(mem, image);
+    } else {
         let mut whole = Vec::new();
         image.read_to_end(&mut whole).map_err(io)?;
         image.rewind().map_err(io)?;
         let unpacked = vmlinux_from(&whole);
         drop(whole);
         match unpacked.and_then(|v| load_elf(mem, &mut std::io::Cursor::new(v.as_slice()), true)) {
-            Ok(k) if matches!(k.entry, Entry::Pvh(_)) => return Ok(k),
-            Ok(_) if protocol == BootProtocol::Pvh => return Err(VmmError::Kernel("PVH boot was asked for, but the kernel has no PVH entry note (CONFIG_PVH)".into())),
-            Ok(k) => return Ok(k), // a vmlinux without the note: its startup_64
+            Ok(k) => k, // with the note: PVH; without: its startup_64
             Err(e) if protocol == BootProtocol::Pvh => return Err(e),
-            Err(e) => tracing::debug!("no PVH boot for this bzImage ({e}); using its 64-bit entry"),
+            Err(e) => {
+                tracing::debug!("no PVH boot for this bzImage ({e}); using its 64-bit entry");
+                return load_bzimage(mem, image);
+            }
         }
+    };
+    if protocol == BootProtocol::Pvh && !matches!(loaded.entry, Entry::Pvh(_)) {
+        return Err(VmmError::Kernel("PVH boot was asked for, but the kernel has no PVH entry note (CONFIG_PVH)".into()));
     }
-    load_bzimage(mem, image)
+    Ok(loaded)
 }
 
 /// Loads a vmlinux ELF. Entered through its PVH note (the 32-bit entry that takes

@@ -54,16 +54,15 @@ impl GuestKernel {
             return Err(format!("{} is not a kernel image file", file.display()));
         }
         let parent = file.parent().unwrap_or(Path::new("/"));
-        if let Some(version) = version_of(file) {
-            if parent.file_name().is_some_and(|n| n == "boot") {
-                let pkg = parent.parent().unwrap_or(Path::new("/"));
-                let modules = pkg.join("lib/modules").join(&version);
-                if modules.is_dir() {
-                    return Ok(GuestKernel { dir: pkg.to_path_buf(), version, image: file.to_path_buf(), modules: Some(modules) });
-                }
+        let named = version_of(file);
+        if let (Some(version), true) = (&named, parent.file_name().is_some_and(|n| n == "boot")) {
+            let pkg = parent.parent().unwrap_or(Path::new("/"));
+            let modules = pkg.join("lib/modules").join(version);
+            if modules.is_dir() {
+                return Ok(GuestKernel { dir: pkg.to_path_buf(), version: version.clone(), image: file.to_path_buf(), modules: Some(modules) });
             }
         }
-        let version = version_of(file).unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let version = named.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         Ok(GuestKernel { dir: parent.to_path_buf(), version, image: file.to_path_buf(), modules: None })
     }
 

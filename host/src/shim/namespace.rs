@@ -35,12 +35,8 @@ impl Backend for NamespaceBackend {
                 chown(&d, Some(USERNS_BASE), Some(USERNS_BASE)).map_err(|e| format!("chown {}: {e}", d.display()))?;
             }
         }
-        let cgroup = Cgroup::of(&cfg.instance);
-        // A previous shim of this instance may have died without cleaning up.
-        cgroup.destroy().map_err(|e| format!("removing a stale cgroup: {e}"))?;
-        cgroup
-            .create(&Limits { memory: cfg.spec.memory, cpus: cfg.spec.cpus, pids: cfg.spec.limits.pids })
-            .map_err(|e| format!("cgroup: {e}"))?;
+        let limits = Limits { memory: cfg.spec.memory, cpus: cfg.spec.cpus, pids: cfg.spec.limits.pids };
+        let cgroup = Cgroup::fresh(&cfg.instance, &limits).map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());
 
         let map = format!("0 {USERNS_BASE} {USERNS_SIZE}\n");
