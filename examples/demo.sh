@@ -29,6 +29,14 @@ step "exec: inside the sandbox"
 "$o" exec agent -- sh -c 'echo "user namespace map: $(cat /proc/self/uid_map)"'
 set +e; "$o" exec web -- sh -c 'exit 7'; echo "exit code: $?"; set -e
 
+step "what untrusted code inside cannot do (docs/security.md)"
+"$o" exec agent -- sh -c '
+  mknod /tmp/sda b 8 0 2>&1 | sed "s/^/host disk node: /"
+  unshare -U true 2>&1 | sed "s/^/new namespace: /"
+  (echo h > /proc/sysrq-trigger) 2>&1 | sed "s/^/sysrq: /"
+  dd if=/dev/zero of=/fill bs=1M count=300 2>&1 | grep -i "no space" | sed "s/^/300 MiB into a 128Mi disk: /"
+  rm -f /fill; df -m / | sed -n "2s/^[^ ]* *\([0-9]*\).*/writable layer: \1 MiB/p"'
+
 step "apply again: nothing restarts"
 "$o" apply -f sandboxes.yaml
 "$o" diff -f sandboxes.yaml && echo "diff: no changes"
@@ -54,11 +62,13 @@ kind: Sandbox
 metadata: { name: gitops-extra }
 spec: { image: "dir:../../rootfs", command: [sleep, "3600"] }
 YAML
-for _ in $(seq 50); do "$o" get gitops-extra 2>/dev/null | grep -q Running && break; sleep 0.1; done
+# grep without -q and sed instead of head: both read all their input, so under pipefail the
+# writer never dies of SIGPIPE (exit 141) when the reader has seen enough.
+for _ in $(seq 50); do "$o" get gitops-extra 2>/dev/null | grep Running >/dev/null && break; sleep 0.1; done
 "$o" get
 rm gitops/jobs/extra.yaml
 sleep 1
-"$o" describe gitops-ticker | head -12
+"$o" describe gitops-ticker | sed -n '1,12p'
 "$o" logs gitops-ticker --tail 1
 
 step "done: cleaning up"

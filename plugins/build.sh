@@ -120,7 +120,7 @@ build_js() {  # world wit source work tmp_out
 
 build_rust() {  # world wit crate-dir work tmp_out
   local world=$1 wit=$2 src=$3 work=$4 tmp=$5 crate
-  crate=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$src/Cargo.toml" | head -n1)
+  crate=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$src/Cargo.toml" | sed -n 1p)
   # wasm32-wasip2 links a component directly (wasm-component-ld); the world is the SDK's.
   cargo rustc --quiet --release --target wasm32-wasip2 --manifest-path "$root/Cargo.toml" -p "$crate" --crate-type cdylib
   cp "${CARGO_TARGET_DIR:-$root/target}/wasm32-wasip2/release/${crate//-/_}.wasm" "$tmp"

@@ -311,18 +311,26 @@ fn microvm_disks_are_built_once_per_image_and_hold_the_merged_layers() {
 }
 
 #[test]
-fn scratch_disks_are_sparse_writable_ext4() {
+fn writable_disks_are_sparse_ext4_copies_of_one_template_owned_as_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("scratch.ext4");
-    orchestrator::image::disk::scratch_disk(&disk, 256 << 20).unwrap();
+    let store = dir.path().join("images");
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(&disk).unwrap();
-    assert_eq!(meta.len(), 256 << 20);
-    assert!(meta.blocks() * 512 < 32 << 20, "sparse: {} bytes allocated", meta.blocks() * 512);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let seen = in_private_mounts(&format!("mount -o loop {} {} && echo data > {}/f && cat {}/f", disk.display(), mnt.display(), mnt.display(), mnt.display()));
-    assert_eq!(seen, "data\n");
+    for (name, owner) in [("a.ext4", 0u32), ("b.ext4", 0), ("c.ext4", 100_000)] {
+        let disk = dir.path().join(name);
+        let started = Instant::now();
+        orchestrator::image::disk::writable_disk(&store, &disk, 256 << 20, owner).unwrap();
+        eprintln!("{name}: made in {:?}", started.elapsed());
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert_eq!(meta.len(), 256 << 20);
+        assert!(meta.blocks() * 512 < 8 << 20, "sparse: {} bytes allocated", meta.blocks() * 512);
+        let (d, m) = (disk.display(), mnt.display());
+        let seen = in_private_mounts(&format!("mount -o loop {d} {m} && echo data > {m}/f && cat {m}/f && stat -c %u {m}"));
+        assert_eq!(seen, format!("data\n{owner}\n"), "{name}");
+    }
+    let templates: Vec<_> = std::fs::read_dir(store.join("disks")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(templates.len(), 2, "one template per size and owner, no partial files: {templates:?}");
 }
 
 #[test]

@@ -38,16 +38,15 @@ fn mkdir_p(path: &Path, mode: u32) -> Result<(), InitError> {
 /// Device nodes bind-mounted from the host (works inside a user namespace, where mknod does not).
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// Kernel files hidden from the sandbox (as container runtimes do).
-const MASKED_FILES: &[&str] = &[
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/timer_list",
-    "/proc/sched_debug",
-    "/proc/latency_stats",
-    "/proc/sysrq-trigger",
-];
+const MASKED_FILES: &[&str] = &["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats"];
 const MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/sys/firmware"];
-const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"];
+/// Read-only rather than masked: a write fails loudly (EROFS) instead of vanishing into
+/// /dev/null, so nothing inside believes it reached the kernel.
+const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+/// The image's directories that the agent mounts over. Each must be a real directory of the
+/// image: a symlink would be followed from the host's root before pivot_root (runc's
+/// CVE-2021-30465 class), so one is refused.
+const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys"];
 
 /// How the new root replaces the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +72,24 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot) -> Result<(), InitE
     if !init.base_dir.is_empty() {
         step(chdir(init.base_dir.as_str()).map_err(errno), || format!("entering {}", init.base_dir))?;
     }
+    if let Some(target) = &init.writable_mount {
+        attach_writable_disk(target)?;
+        for d in [&init.upper_dir, &init.work_dir] {
+            mkdir_p(Path::new(d), 0o755)?;
+        }
+    }
     let overlay = format!(
         "lowerdir={},upperdir={},workdir={}",
         init.lower_dirs.join(":"),
         init.upper_dir,
         init.work_dir
     );
-    mnt(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&overlay))?;
+    // nodev: a device node made or unpacked into the root opens nothing (the agent's own
+    // nodes in /dev are bind mounts of the host's, on mounts of their own).
+    mnt(Some("overlay"), root, Some("overlay"), MsFlags::MS_NODEV, Some(&overlay))?;
     // Before /proc, /sys and /dev exist in the new root, so no patch can reach them.
     crate::patch::apply(root, &init.patches).map_err(|e| InitError { step: "applying rootfs patches".into(), source: std::io::Error::other(e.to_string()) })?;
+    refuse_symlinked_mount_points(root)?;
 
     let proc_dir = root.join("proc");
     mkdir_p(&proc_dir, 0o555)?;
@@ -116,9 +124,40 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot) -> Result<(), InitE
     Ok(())
 }
 
+fn refuse_symlinked_mount_points(root: &Path) -> Result<(), InitError> {
+    for name in MOUNT_POINTS {
+        let path = root.join(name);
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default();
+                return Err(InitError {
+                    step: format!("the image's /{name} is a symlink (to {target:?}); the sandbox mounts its own /{name} there, so it must be a directory or absent"),
+                    source: std::io::ErrorKind::InvalidData.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the detached mount of the writable disk (fd `WRITABLE_MOUNT_FD`, from the shim)
+/// at `target`, relative to the current directory, then closes the fd.
+fn attach_writable_disk(target: &str) -> Result<(), InitError> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let fd = crate::protocol::WRITABLE_MOUNT_FD;
+    let c_target = std::ffi::CString::new(target).map_err(|_| InitError { step: "attaching the writable disk".into(), source: std::io::ErrorKind::InvalidInput.into() })?;
+    // SAFETY: move_mount of the inherited detached mount onto a directory we name.
+    let rc = unsafe { libc::syscall(libc::SYS_move_mount, fd, c"".as_ptr(), libc::AT_FDCWD, c_target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
+    let result = step(if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }, || format!("attaching the writable disk at {target}"));
+    // SAFETY: the fd was handed to us for this one use.
+    unsafe { libc::close(fd) };
+    result
+}
+
 fn setup_dev(dev: &Path) -> Result<(), InitError> {
     mkdir_p(dev, 0o755)?;
-    mnt(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k"))?;
+    // nodev too: the nodes below are bind mounts that keep their own (host /dev) mount.
+    mnt(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV, Some("mode=755,size=65536k"))?;
     for name in DEVICES {
         let target = dev.join(name);
         step(fs::File::create(&target), || format!("creating {}", target.display()))?;

@@ -2,6 +2,7 @@
 //! protocol that the host links against, so both sides always agree on the wire format.
 
 pub mod agent;
+pub mod fds;
 mod files;
 pub mod init;
 pub mod patch;

@@ -282,6 +282,8 @@ pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> Result<Spawned, SpawnErr
             if libc::read(go_r.as_raw_fd(), (&mut go as *mut u8).cast(), 1) != 1 {
                 libc::_exit(126);
             }
+            // Only 0, 1 and 2 cross into the program, whatever else is open in the agent.
+            crate::fds::cloexec_from(3);
             libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
             fail(8);
         }

@@ -175,7 +175,16 @@ pub struct SandboxInit {
     /// in order to the writable layer before anything runs; empty when the sandbox restarts
     /// on a layer that already has them.
     pub patches: Vec<PatchOp>,
+    /// Namespace sandboxes: the bounded writable disk arrives as a detached mount on fd
+    /// [`WRITABLE_MOUNT_FD`]; the agent attaches it here (relative to `base_dir`) before the
+    /// overlay, whose `upper_dir` and `work_dir` are below it. None: no such disk (a microVM's
+    /// scratch disk is a block device of its own; an instance older than bounded disks).
+    #[serde(default)]
+    pub writable_mount: Option<String>,
 }
+
+/// The fd on which a namespace sandbox's agent receives its writable disk's mount.
+pub const WRITABLE_MOUNT_FD: i32 = 4;
 
 /// One change to a sandbox's root filesystem. Paths are absolute inside the sandbox and are
 /// checked with [`check_patch_path`] on both sides of the wire.

@@ -148,7 +148,10 @@ fn connect_host() -> Result<UnixStream, String> {
 fn mount_disks() -> Result<(), String> {
     for (dev, target, fstype, flags, data) in [
         (IMAGE_DISK, IMAGE_MOUNT, "erofs", MsFlags::MS_RDONLY, None),
-        (SCRATCH_DISK, SCRATCH_MOUNT, "ext4", MsFlags::empty(), Some("errors=remount-ro")),
+        // nodev, nosuid: nothing on the writable disk may act as a device or gain ids;
+        // noinit_itable: the guest would otherwise zero its inode tables in the background,
+        // writing hundreds of MiB into the host's sparse disk file.
+        (SCRATCH_DISK, SCRATCH_MOUNT, "ext4", MsFlags::MS_NODEV | MsFlags::MS_NOSUID, Some("errors=remount-ro,noinit_itable")),
     ] {
         wait_for(dev)?;
         std::fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
@@ -173,6 +176,7 @@ pub fn sandbox_init(hostname: &str, patches: Vec<crate::protocol::PatchOp>) -> c
         mount_point: ROOT_MOUNT.into(),
         seccomp: true,
         patches,
+        writable_mount: None,
     }
 }
 

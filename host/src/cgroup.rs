@@ -1,6 +1,10 @@
-//! Per-sandbox cgroups for memory, CPU and pids on both cgroup v2 (unified, most hosts) and
-//! cgroup v1 (one hierarchy per controller, as on these machines). Owns creating them with
-//! limits, putting the sandbox's init in, killing what is left and removing them.
+//! Per-sandbox cgroups for memory, CPU, pids and devices on both cgroup v2 (unified, most
+//! hosts) and cgroup v1 (one hierarchy per controller, as on these machines; when such a host
+//! also mounts a v2 hierarchy at `unified/`, the sandbox gets a group there too, for the v2
+//! device program). Owns creating them with limits, putting the sandbox's init in, killing what
+//! is left and removing them.
+
+pub mod devices;
 
 use std::fs;
 use std::io;
@@ -11,7 +15,9 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// Parent group of every sandbox's cgroup.
 pub const PARENT: &str = "orchestrator";
 /// `cpuacct` may be the same directory as `cpu` (co-mounted) or its own hierarchy; either works.
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"];
+/// Where a hybrid host mounts its v2 hierarchy beside the v1 controllers.
+const HYBRID_UNIFIED: &str = "unified";
 const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +39,9 @@ pub struct Limits {
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// Only [`devices::SANDBOX_DEVICES`] may be opened (namespace sandboxes; a microVM's VMM
+    /// needs /dev/kvm, and its guest's devices are the guest kernel's own).
+    pub restrict_devices: bool,
 }
 
 /// The cgroup(s) of one sandbox instance.
@@ -43,9 +52,11 @@ pub struct Cgroup {
     root: PathBuf,
     /// One directory per controller on v1, a single one on v2.
     dirs: Vec<PathBuf>,
+    /// A hybrid host's v2 group (v1 only).
+    unified: Option<PathBuf>,
 }
 
-fn write(path: &Path, value: &str) -> io::Result<()> {
+pub(crate) fn write(path: &Path, value: &str) -> io::Result<()> {
     fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
 }
 
@@ -57,11 +68,15 @@ impl Cgroup {
 
     /// The cgroup of `instance` under a given cgroup filesystem root and version.
     pub fn at(root: &Path, version: Version, instance: &str) -> Cgroup {
-        let dirs = match version {
-            Version::V2 => vec![root.join(PARENT).join(instance)],
-            Version::V1 => V1_CONTROLLERS.iter().map(|c| root.join(c).join(PARENT).join(instance)).collect(),
+        let (dirs, unified) = match version {
+            Version::V2 => (vec![root.join(PARENT).join(instance)], None),
+            Version::V1 => {
+                let unified = root.join(HYBRID_UNIFIED);
+                let unified = unified.join("cgroup.procs").exists().then(|| unified.join(PARENT).join(instance));
+                (V1_CONTROLLERS.iter().map(|c| root.join(c).join(PARENT).join(instance)).chain(unified.clone()).collect(), unified)
+            }
         };
-        Cgroup { version, root: root.to_path_buf(), dirs }
+        Cgroup { version, root: root.to_path_buf(), dirs, unified }
     }
 
     /// The instance's cgroup, created with `limits` after removing whatever a previous shim of
@@ -117,7 +132,34 @@ impl Cgroup {
         if let Some(pids) = limits.pids {
             write(&file("pids", "pids.max"), &pids.to_string())?;
         }
+        if limits.restrict_devices {
+            self.restrict_devices()?;
+        }
         Ok(())
+    }
+
+    /// The device policy, before any process joins. Fails closed: a group whose policy could
+    /// not be set is an error, except the extra v2 program of a hybrid host, whose v1 list
+    /// already holds the line (a kernel without cgroup BPF there gets a warning).
+    fn restrict_devices(&self) -> io::Result<()> {
+        let rules = devices::SANDBOX_DEVICES;
+        match self.version {
+            Version::V2 => devices::apply_v2(&self.dirs[0], rules),
+            Version::V1 => {
+                let dir = self.controller("devices").ok_or_else(|| io::Error::other("no devices controller"))?;
+                if self.root.join("devices").join("devices.deny").exists() {
+                    devices::apply_v1(dir, rules)?;
+                } else if self.unified.is_none() {
+                    return Err(io::Error::other("this host mounts no cgroup devices controller and no cgroup v2: device access cannot be restricted"));
+                }
+                if let Some(unified) = &self.unified {
+                    if let Err(e) = devices::apply_v2(unified, rules) {
+                        tracing::warn!("the v2 device program (besides the v1 device list): {e}");
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn add(&self, pid: i32) -> io::Result<()> {
@@ -134,7 +176,8 @@ impl Cgroup {
         match self.version {
             Version::V2 => write(&self.root.join("cgroup.procs"), &me),
             Version::V1 => {
-                for ctrl in V1_CONTROLLERS {
+                let hybrid = self.unified.as_ref().map(|_| HYBRID_UNIFIED);
+                for ctrl in V1_CONTROLLERS.iter().copied().chain(hybrid) {
                     let procs = self.root.join(ctrl).join("cgroup.procs");
                     if procs.exists() {
                         write(&procs, &me)?;
@@ -246,7 +289,7 @@ mod tests {
     fn v2_limits_use_the_unified_file_names() {
         let root = tempfile::tempdir().unwrap();
         let cg = Cgroup::at(root.path(), Version::V2, "sb-1");
-        cg.create(&Limits { memory: Some(64 << 20), cpus: Some(1.5), pids: Some(99) }).unwrap();
+        cg.create(&Limits { memory: Some(64 << 20), cpus: Some(1.5), pids: Some(99), restrict_devices: false }).unwrap();
         let dir = root.path().join("orchestrator/sb-1");
         let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
         assert_eq!(read("memory.max"), (64u64 << 20).to_string());
@@ -260,7 +303,7 @@ mod tests {
     fn v1_limits_go_to_each_controller() {
         let root = tempfile::tempdir().unwrap();
         let cg = Cgroup::at(root.path(), Version::V1, "sb-2");
-        cg.create(&Limits { memory: Some(1 << 30), cpus: Some(0.25), pids: None }).unwrap();
+        cg.create(&Limits { memory: Some(1 << 30), cpus: Some(0.25), pids: None, restrict_devices: false }).unwrap();
         let read = |c: &str, f: &str| fs::read_to_string(root.path().join(c).join("orchestrator/sb-2").join(f)).unwrap();
         assert_eq!(read("memory", "memory.limit_in_bytes"), (1u64 << 30).to_string());
         assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");

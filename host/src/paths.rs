@@ -94,6 +94,16 @@ impl InstanceDir {
         self.0.join("patched")
     }
 
+    /// A namespace sandbox's writable disk (sparse ext4; its size bounds the writable layer).
+    pub fn writable_disk(&self) -> PathBuf {
+        self.0.join("disk.ext4")
+    }
+    /// Where the agent attaches the writable disk inside its own mount namespace (on the host
+    /// it stays an empty directory).
+    pub fn writable_mount(&self) -> PathBuf {
+        self.0.join("disk")
+    }
+    /// The overlay's upper directory of an instance made before writable layers were bounded.
     pub fn upper(&self) -> PathBuf {
         self.0.join("upper")
     }

@@ -60,7 +60,9 @@ pub fn self_binary() -> PathBuf {
     })
 }
 
-pub struct NamespaceRuntime;
+pub struct NamespaceRuntime {
+    pub data: PathBuf,
+}
 
 impl Runtime for NamespaceRuntime {
     fn isolation(&self) -> Isolation {
@@ -80,6 +82,16 @@ impl Runtime for NamespaceRuntime {
 
     fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
         self.check_host().map_err(|e| RuntimeError::Unavailable("namespace", e))?;
+        create_instance_dir(req.dir)?;
+        let disk = req.dir.writable_disk();
+        // An instance from before writable layers were bounded keeps its unbounded upper
+        // directory (its files live there) until it is re-created.
+        let legacy_upper = std::fs::read_dir(req.dir.upper()).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if !disk.exists() && !legacy_upper {
+            let owner = if req.spec.user_namespace { crate::shim::USERNS_BASE } else { 0 };
+            let store = crate::image::store::ImageStore::open(&self.data)?;
+            crate::image::disk::writable_disk(store.root(), &disk, req.spec.disk_bytes(), owner)?;
+        }
         let image = req.image;
         let cfg = ShimConfig {
             instance: req.instance.to_string(),
@@ -117,9 +129,8 @@ pub fn guest_cmdline() -> String {
         _ => GUEST_CMDLINE.to_string(),
     }
 }
-/// Default guest memory and scratch disk size.
+/// Default guest memory.
 const DEFAULT_VM_MEMORY: u64 = 256 << 20;
-const SCRATCH_SIZE: u64 = 4 << 30;
 
 impl MicrovmRuntime {
     fn image_disk(&self, req: &StartRequest<'_>) -> Result<PathBuf, RuntimeError> {
@@ -155,9 +166,11 @@ impl Runtime for MicrovmRuntime {
         let initrd = crate::microvm::initramfs::cached(&self.data, &kernel, &agent).map_err(RuntimeError::Start)?;
         create_instance_dir(req.dir)?;
         let image_disk = self.image_disk(req)?;
+        // The scratch disk's size is the bound on what the guest can write (`spec.disk`).
         let scratch_disk = req.dir.path().join("scratch.ext4");
         if !scratch_disk.exists() {
-            crate::image::disk::scratch_disk(&scratch_disk, SCRATCH_SIZE)?;
+            let store = crate::image::store::ImageStore::open(&self.data)?;
+            crate::image::disk::writable_disk(store.root(), &scratch_disk, req.spec.disk_bytes(), 0)?;
         }
         let vcpus = req.spec.cpus.map(|c| c.ceil().clamp(1.0, 32.0) as u8).unwrap_or(1);
         let cfg = ShimConfig {
@@ -190,13 +203,13 @@ pub fn for_sandbox(spec: &SandboxSpec, data: &std::path::Path) -> Box<dyn Runtim
     let microvm = MicrovmRuntime { data: data.to_path_buf(), kernel: spec.kernel.clone() };
     let isolation = spec.isolation;
     match isolation {
-        Isolation::Namespace => Box::new(NamespaceRuntime),
+        Isolation::Namespace => Box::new(NamespaceRuntime { data: data.to_path_buf() }),
         Isolation::Microvm => Box::new(microvm),
         Isolation::Auto => {
             if microvm.check_host().is_ok() {
                 Box::new(microvm)
             } else {
-                Box::new(NamespaceRuntime)
+                Box::new(NamespaceRuntime { data: data.to_path_buf() })
             }
         }
     }

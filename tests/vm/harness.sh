@@ -91,14 +91,14 @@ fi
 kernels=$(bash "$here/kernels.sh" "$cache_root")
 l1_dir=$(printf '%s\n' "$kernels" | sed -n 's/^l1=//p')
 [ -n "$l1_dir" ] && [ -d "$l1_dir" ] || die "kernels.sh did not report an L1 kernel directory"
-vmlinuz=$(ls "$l1_dir"/boot/vmlinuz-* 2>/dev/null | head -n1)
-moddir=$(ls -d "$l1_dir"/lib/modules/*/ 2>/dev/null | head -n1)
+vmlinuz=$(ls "$l1_dir"/boot/vmlinuz-* 2>/dev/null | sed -n 1p)
+moddir=$(ls -d "$l1_dir"/lib/modules/*/ 2>/dev/null | sed -n 1p)
 [ -f "$vmlinuz" ] || die "no vmlinuz-* under $l1_dir/boot"
 [ -d "$moddir" ] || die "no lib/modules/*/ under $l1_dir"
 # busybox-static's binary (kernels.sh installs the package); Debian's dynamic busybox package
 # would install /bin/busybox too, but could not run in the initramfs.
 busybox=/bin/busybox
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" ||
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep "install ok installed" >/dev/null ||
   die "busybox-static is not installed (tests/vm/kernels.sh installs it)"
 
 # Modules to load in L1, in dependency order: 9p over virtio-pci for the host root, then KVM,
@@ -272,7 +272,7 @@ extract_vmlinux() {
       '\x02\x21\x4c\x18:lz4 -dc' '\x1f\x8b\x08:gzip -dc'; do
     tool=${magic#*:}
     command -v "${tool%% *}" >/dev/null || continue
-    for off in $(LC_ALL=C grep -obUaP "${magic%%:*}" "$in" 2>/dev/null | cut -d: -f1 | head -n 3); do
+    for off in $(LC_ALL=C grep -obUaP "${magic%%:*}" "$in" 2>/dev/null | cut -d: -f1 | sed -n 1,3p); do
       tail -c +"$((off + 1))" "$in" | $tool > "$out" 2>/dev/null || true
       [ "$(head -c 4 "$out" 2>/dev/null | od -An -tx1 | tr -d ' ')" = 7f454c46 ] && return 0
     done

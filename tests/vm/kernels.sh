@@ -13,7 +13,7 @@ mkdir -p "$cache"
 
 need=()
 for p in qemu-system-x86 busybox-static cpio; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "vm setup: installing ${need[*]}" >&2

@@ -12,7 +12,7 @@
 set -euo pipefail
 out=${1:?usage: tiny-initrd.sh OUT}
 busybox=/bin/busybox
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" ||
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep "install ok installed" >/dev/null ||
   { echo "tiny-initrd: busybox-static is not installed (tests/vm/kernels.sh installs it)" >&2; exit 1; }
 
 tmp=$(mktemp -d)

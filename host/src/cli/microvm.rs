@@ -39,7 +39,7 @@ pub fn kernel(data: &Path, cmd: KernelCommand) -> Result<i32> {
 /// Prints each check; exit 0 when microVMs work, 1 when only namespace sandboxes do.
 pub fn doctor(data: &Path) -> Result<i32> {
     use crate::runtime::Runtime;
-    let ns = crate::runtime::NamespaceRuntime.check_host();
+    let ns = crate::runtime::NamespaceRuntime { data: data.to_path_buf() }.check_host();
     println!("namespace sandboxes: {}", match &ns {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("NO: {e}"),

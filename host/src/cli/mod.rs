@@ -133,6 +133,10 @@ pub enum Command {
         memory: Option<String>,
         #[arg(long)]
         cpus: Option<f64>,
+        /// The bound on the sandbox's writable layer (e.g. 1Gi; default 10Gi): writes past it
+        /// fail with ENOSPC inside.
+        #[arg(long)]
+        disk: Option<String>,
         /// MicroVMs: the guest kernel (a package directory, an image file, or a name in DATA/kernels).
         #[arg(long)]
         kernel: Option<String>,
@@ -214,7 +218,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, name, process: p, isolation, memory, cpus, kernel, image, command } => {
+        Command::Run { rm, name, process: p, isolation, memory, cpus, disk, kernel, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
@@ -225,6 +229,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             spec.workdir = p.workdir;
             spec.cpus = cpus;
             spec.memory = memory.map(|m| spec::quantity::parse_bytes(&m)).transpose().map_err(|e| anyhow!("--memory: {e}"))?;
+            spec.disk = disk.map(|d| spec::quantity::parse_bytes(&d)).transpose().map_err(|e| anyhow!("--disk: {e}"))?;
+            if let Some(d) = spec.disk {
+                spec::check_disk(d).map_err(|e| anyhow!("--disk: {e}\n    hint: e.g. --disk 1Gi"))?;
+            }
             spec.isolation = match isolation.as_str() {
                 "auto" => Isolation::Auto,
                 "namespace" => Isolation::Namespace,

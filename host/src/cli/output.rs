@@ -141,10 +141,11 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
     writeln!(out, "Restart:       {:?}", spec.restart_policy)?;
     writeln!(
         out,
-        "Resources:     cpus={} memory={} pids={}",
+        "Resources:     cpus={} memory={} pids={} disk={}",
         spec.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
         spec.memory.map(format_bytes).unwrap_or_else(|| "-".into()),
-        spec.limits.pids.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+        spec.limits.pids.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        format_bytes(spec.disk_bytes())
     )?;
     if !res.resource.labels.is_empty() {
         let labels: Vec<String> = res.resource.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -45,7 +45,7 @@ impl Backend for MicrovmBackend {
     fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String> {
         let dir = InstanceDir(cfg.dir.clone());
         let m = cfg.microvm.as_ref().ok_or("the shim config has no microVM section")?;
-        let limits = Limits { memory: Some(m.mem_bytes + VMM_MEMORY_HEADROOM), cpus: cfg.spec.cpus, pids: None };
+        let limits = Limits { memory: Some(m.mem_bytes + VMM_MEMORY_HEADROOM), cpus: cfg.spec.cpus, pids: None, restrict_devices: false };
         let cgroup = Cgroup::fresh(&cfg.instance, &limits).map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());
         cgroup.add(std::process::id() as i32).map_err(|e| format!("moving the VMM into the sandbox's cgroup: {e}"))?;

@@ -8,7 +8,9 @@ mod backend;
 pub mod idmap;
 mod microvm;
 mod namespace;
+mod sealed_exe;
 mod server;
+mod writable;
 
 use crate::paths::{write_atomic, InstanceDir};
 use crate::spec::{Isolation, SandboxSpec};
@@ -19,6 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub use backend::Backend;
+pub use namespace::USERNS_BASE;
 
 /// What a shim says when the instance it was asked to run already has one.
 pub const ALREADY_RUNNING: &str = "another shim already runs this sandbox";

@@ -17,6 +17,10 @@ pub const USERNS_BASE: u32 = 100_000;
 const USERNS_SIZE: u32 = 65_536;
 /// The agent's fd for its stream to the shim.
 const AGENT_FD: i32 = 3;
+/// The agent's fd for the detached mount of its writable disk, when it has one.
+const DISK_FD: i32 = guest_agent::protocol::WRITABLE_MOUNT_FD;
+/// Where the agent attaches it, relative to the instance directory.
+const WRITABLE_MOUNT: &str = "disk";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Default)]
@@ -24,18 +28,31 @@ pub struct NamespaceBackend {
     pid: Option<i32>,
     cgroup: Option<Cgroup>,
     exited: bool,
+    /// The loop device under the writable disk and the disk's file, to wait for at teardown.
+    loop_device: Option<(String, std::path::PathBuf)>,
 }
 
 impl Backend for NamespaceBackend {
     fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String> {
         let dir = InstanceDir(cfg.dir.clone());
-        for d in [dir.upper(), dir.work(), dir.rootfs()] {
+        // The bounded writable disk, or (an instance made before disks were bounded) the old
+        // upper directory on the host's filesystem.
+        let disk = if dir.writable_disk().exists() {
+            let disk = super::writable::mount_detached(&dir.writable_disk())?;
+            self.loop_device = Some((disk.loop_device.clone(), dir.writable_disk()));
+            Some(disk.mount)
+        } else {
+            tracing::warn!("no writable disk in {}: this instance keeps its unbounded upper directory until it is re-created", dir.path().display());
+            None
+        };
+        let layer_dirs = if disk.is_some() { vec![dir.writable_mount(), dir.rootfs()] } else { vec![dir.upper(), dir.work(), dir.rootfs()] };
+        for d in layer_dirs {
             std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
             if cfg.spec.user_namespace {
                 chown(&d, Some(USERNS_BASE), Some(USERNS_BASE)).map_err(|e| format!("chown {}: {e}", d.display()))?;
             }
         }
-        let limits = Limits { memory: cfg.spec.memory, cpus: cfg.spec.cpus, pids: cfg.spec.limits.pids };
+        let limits = Limits { memory: cfg.spec.memory, cpus: cfg.spec.cpus, pids: cfg.spec.limits.pids, restrict_devices: true };
         let cgroup = Cgroup::fresh(&cfg.instance, &limits).map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());
 
@@ -52,7 +69,8 @@ impl Backend for NamespaceBackend {
             .map(|l| std::path::Path::new(l).strip_prefix(dir.path()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| l.clone()))
             .collect();
         let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let cloned = clone_agent(theirs, cfg.spec.user_namespace, |pid| {
+        let exe = super::sealed_exe::own_binary()?;
+        let cloned = clone_agent(theirs, disk.as_ref(), &exe, cfg.spec.user_namespace, |pid| {
             if cfg.spec.user_namespace {
                 write_id_maps(pid, &map)?;
             }
@@ -67,11 +85,12 @@ impl Backend for NamespaceBackend {
             hostname: cfg.name.clone(),
             base_dir: dir.path().to_string_lossy().into_owned(),
             lower_dirs,
-            upper_dir: "upper".into(),
-            work_dir: "work".into(),
+            upper_dir: if disk.is_some() { "disk/upper".into() } else { "upper".into() },
+            work_dir: if disk.is_some() { "disk/work".into() } else { "work".into() },
             mount_point: dir.rootfs().to_string_lossy().into_owned(),
             seccomp: true,
             patches: cfg.patches.clone(),
+            writable_mount: disk.as_ref().map(|_| WRITABLE_MOUNT.to_string()),
         };
         ours.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
         protocol::write_frame(&mut ours, &Frame { id: 1, body: Request::Init(Box::new(init)) })
@@ -83,6 +102,8 @@ impl Backend for NamespaceBackend {
             Err(e) => return Err(format!("the agent did not start: {e}")),
         }
         ours.set_read_timeout(None).map_err(|e| e.to_string())?;
+        // The sandbox has attached its copy; the shim keeps no handle on the disk.
+        drop(disk);
         super::idmap::detach_all(dir.path(), true);
         if !dir.patched_marker().exists() {
             // The writable layer now has its patches: later starts must not apply them again.
@@ -129,6 +150,11 @@ impl Backend for NamespaceBackend {
                 tracing::warn!("cgroup cleanup: {e}");
             }
         }
+        if let Some((dev, image)) = &self.loop_device {
+            if !super::writable::wait_released(dev, image, Duration::from_secs(5)) {
+                tracing::warn!("{dev} still holds the writable disk 5 s after the sandbox ended");
+            }
+        }
     }
 
     fn init_pid(&self) -> Option<i32> {
@@ -158,16 +184,24 @@ fn write_id_maps(pid: i32, map: &str) -> Result<(), String> {
 }
 
 /// Clones the sandbox init into fresh namespaces. The child waits until `prepare` (run in the
-/// parent with the child's pid) has finished, then execs `/proc/self/exe __agent` with the
-/// stream on fd 3. Returns the child's pid.
-fn clone_agent(stream: UnixStream, userns: bool, prepare: impl FnOnce(i32) -> Result<(), String>) -> Result<i32, String> {
-    let exe = CString::new("/proc/self/exe").map_err(|e| e.to_string())?;
+/// parent with the child's pid) has finished, then executes the agent from `exe` (the sealed
+/// binary) as `orchestrator-agent __agent` with the stream on fd 3 and the writable disk's
+/// mount on fd 4, and nothing else: stdin and stdout are /dev/null, stderr stays the shim log
+/// (for the agent's own last words), every other fd is closed by the execve. Returns the pid.
+fn clone_agent(
+    stream: UnixStream,
+    disk: Option<&OwnedFd>,
+    exe: &OwnedFd,
+    userns: bool,
+    prepare: impl FnOnce(i32) -> Result<(), String>,
+) -> Result<i32, String> {
     let argv0 = CString::new("orchestrator-agent").map_err(|e| e.to_string())?;
     let argv1 = CString::new("__agent").map_err(|e| e.to_string())?;
     let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
     // The sandbox starts with a clean environment, never the host's.
     let env0 = CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").map_err(|e| e.to_string())?;
     let envp = [env0.as_ptr(), std::ptr::null()];
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
     let mut fds = [0; 2];
     // SAFETY: pipe2 creates two fds we take ownership of right away.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -179,8 +213,24 @@ fn clone_agent(stream: UnixStream, userns: bool, prepare: impl FnOnce(i32) -> Re
     if userns {
         flags |= libc::CLONE_NEWUSER;
     }
-    let sock_fd = stream.as_raw_fd();
+    // Moved to numbers above every target first, so no dup2 below overwrites a source.
+    let raise = |fd: i32| -> Result<OwnedFd, String> {
+        // SAFETY: F_DUPFD_CLOEXEC of a valid fd returns a new fd we own.
+        let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+        if n < 0 {
+            return Err(format!("dup: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: just created.
+        Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    };
+    let sock = raise(stream.as_raw_fd())?;
+    let disk = disk.map(|d| raise(d.as_raw_fd())).transpose()?;
+    let sock_fd = sock.as_raw_fd();
+    let disk_fd = disk.as_ref().map_or(-1, |d| d.as_raw_fd());
+    let null_fd = devnull.as_raw_fd();
+    let exe_fd = exe.as_raw_fd();
     let sync_fd = sync_r.as_raw_fd();
+    let first_closed = if disk_fd >= 0 { DISK_FD + 1 } else { AGENT_FD + 1 };
     // SAFETY: a fork-like clone (no new stack); the child only makes raw syscalls on data prepared
     // above, then execs or _exits. The shim has no other threads at this point.
     let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
@@ -197,18 +247,20 @@ fn clone_agent(stream: UnixStream, userns: bool, prepare: impl FnOnce(i32) -> Re
             if userns && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0) {
                 libc::_exit(125);
             }
-            if sock_fd == AGENT_FD {
-                libc::fcntl(AGENT_FD, libc::F_SETFD, 0);
-            } else if libc::dup2(sock_fd, AGENT_FD) < 0 {
+            // dup2 clears close-on-exec on the copies: exactly these cross the execve.
+            if libc::dup2(sock_fd, AGENT_FD) < 0 || (disk_fd >= 0 && libc::dup2(disk_fd, DISK_FD) < 0) {
                 libc::_exit(124);
             }
-            libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            if libc::dup2(null_fd, 0) < 0 || libc::dup2(null_fd, 1) < 0 {
+                libc::_exit(124);
+            }
+            guest_agent::fds::cloexec_from(first_closed as libc::c_uint);
+            libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
             libc::_exit(127);
         }
     }
     let pid = pid as i32;
-    drop(stream);
-    drop(sync_r);
+    drop((stream, sock, disk, devnull, sync_r));
     if let Err(e) = prepare(pid) {
         // SAFETY: killing the child we just cloned.
         unsafe {

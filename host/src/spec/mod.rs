@@ -122,6 +122,26 @@ pub struct SandboxSpec {
     /// kernel image file) or the name of a kernel in `DATA/kernels`; None: the configured one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// The bound on the writable layer, bytes; None: [`DEFAULT_DISK`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
+}
+
+/// The writable layer's bound when `spec.disk` gives none: 10 GiB, the size Docker's
+/// devicemapper driver gave every container. Room for a Python ML stack or a node_modules
+/// tree; small enough that one runaway sandbox cannot fill a host's disk by surprise. The file
+/// behind it is sparse, so the bound costs nothing until it is written.
+pub const DEFAULT_DISK: u64 = 10 << 30;
+/// The smallest writable layer: ext4's journal and metadata need a few MiB of it.
+pub const MIN_DISK: u64 = 64 << 20;
+/// The largest: beyond this a sandbox should mount a volume.
+pub const MAX_DISK: u64 = 16 << 40;
+
+impl SandboxSpec {
+    /// The bound on the writable layer that applies to this sandbox.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk.unwrap_or(DEFAULT_DISK)
+    }
 }
 
 /// One entry of `spec.secrets`.
@@ -190,6 +210,7 @@ impl SandboxSpec {
             hooks: Hooks::default(),
             network: NetworkSpec::default(),
             kernel: None,
+            disk: None,
         }
     }
 }
@@ -344,6 +365,37 @@ pub fn source_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The largest manifest file read: far above any real one (Kubernetes stores objects of at
+/// most 1.5 MB), and a bound on what one file in a watched directory can make `serve` hold.
+pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
+
+/// A manifest's text, read only up to [`MAX_MANIFEST_BYTES`]; errors are located.
+fn read_manifest(file: &Path) -> Result<String, SpecError> {
+    use std::io::Read;
+    let error = |line: usize, col: usize, message: String, hint: Option<&str>| SpecError {
+        file: file.to_path_buf(),
+        line,
+        col,
+        field: String::new(),
+        message,
+        hint: hint.map(String::from),
+    };
+    let f = std::fs::File::open(file).map_err(|e| error(0, 0, format!("cannot read: {e}"), None))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).map_err(|e| error(0, 0, format!("cannot read: {e}"), None))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        let message = format!("larger than the {} MiB a manifest file may be", MAX_MANIFEST_BYTES >> 20);
+        return Err(error(0, 0, message, Some("split it into several files in a directory source")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let text = String::from_utf8_lossy(&e.as_bytes()[..at]);
+        let line = text.matches('\n').count() + 1;
+        let col = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        error(line, col, format!("not UTF-8 (an invalid byte at offset {at})"), Some("YAML files must be UTF-8 text; re-save it as UTF-8"))
+    })
+}
+
 /// Loads and validates a file or a directory tree. All errors of all files are returned.
 pub fn load_source(path: &Path) -> Result<Vec<Manifest>, Vec<SpecError>> {
     // Absolute paths in every error and origin, whatever directory the CLI ran in.
@@ -367,12 +419,12 @@ pub fn load_source(path: &Path) -> Result<Vec<Manifest>, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut manifests = Vec::new();
     for file in &files {
-        match std::fs::read_to_string(file) {
+        match read_manifest(file) {
             Ok(text) => match validate::validate_file(file, &text) {
                 Ok(mut m) => manifests.append(&mut m),
                 Err(mut e) => errors.append(&mut e),
             },
-            Err(e) => errors.push(file_error(file, format!("cannot read: {e}"), None)),
+            Err(e) => errors.push(e),
         }
     }
     errors.extend(validate::duplicates(&manifests));
@@ -393,6 +445,17 @@ pub fn parse_str(base_file: &Path, text: &str) -> Result<Vec<Manifest>, Vec<Spec
         Ok(manifests)
     } else {
         Err(dups)
+    }
+}
+
+/// Whether `bytes` can bound a writable layer (shared by `spec.disk` and `run --disk`).
+pub fn check_disk(bytes: u64) -> Result<(), String> {
+    if bytes < MIN_DISK {
+        Err("below the 64Mi minimum (the filesystem's own journal and metadata need room)".into())
+    } else if bytes > MAX_DISK {
+        Err("above the 16Ti maximum".into())
+    } else {
+        Ok(())
     }
 }
 

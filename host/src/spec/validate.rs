@@ -226,12 +226,18 @@ impl<'f> Ctx<'f> {
     }
 }
 
+/// One `NAME=value` string: the kernel's MAX_ARG_STRLEN.
+const MAX_ENV_ENTRY: usize = 128 << 10;
+/// The whole environment: half of the 2 MiB an 8 MiB stack gives execve for arguments and
+/// environment together.
+const MAX_ENV_TOTAL: usize = 1 << 20;
+
 const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
 const SANDBOX_FIELDS: &[&str] = &[
     "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
     "restartPolicy", "userNamespace", "pullPolicy", "secrets", "patches", "hooks", "network",
-    "kernel",
+    "kernel", "disk",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on a network rule must not get a sandbox without it).
@@ -455,6 +461,15 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
             }
         }
     }
+    if let Some(n) = f.get("disk") {
+        spec.disk = ctx.bytes(n, "spec.disk");
+        if let Some(d) = spec.disk {
+            if let Err(msg) = super::check_disk(d) {
+                ctx.err(n, "spec.disk", msg, Some("e.g. 1Gi; without `disk` the bound is 10Gi".into()));
+                spec.disk = None;
+            }
+        }
+    }
     if let Some(n) = f.get("env") {
         if let Some(env) = ctx.string_map(n, "spec.env") {
             for k in env.keys() {
@@ -463,6 +478,19 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
                 if !ok {
                     ctx.err(n, &format!("spec.env.{k}"), "invalid environment variable name", Some("letters, digits and '_', not starting with a digit".into()));
                 }
+            }
+            // Linux refuses to execve with a variable longer than MAX_ARG_STRLEN (32 pages) or
+            // an environment beyond a fraction of the stack: better here than as E2BIG later.
+            for (k, v) in &env {
+                if k.len() + v.len() + 1 > MAX_ENV_ENTRY {
+                    let msg = format!("the value is {} bytes; the kernel passes at most {} KiB per variable", v.len(), MAX_ENV_ENTRY >> 10);
+                    ctx.err(n, &format!("spec.env.{k}"), msg, Some("put large data in a file (spec.patches) instead".into()));
+                }
+            }
+            let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+            if total > MAX_ENV_TOTAL {
+                let msg = format!("{total} bytes of variables; at most {} KiB fit beside the command line", MAX_ENV_TOTAL >> 10);
+                ctx.err(n, "spec.env", msg, Some("put large data in a file (spec.patches) instead".into()));
             }
             spec.env = env;
         }
