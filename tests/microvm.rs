@@ -181,8 +181,11 @@ fn a_sandbox_kernel_without_pvh_boots_through_the_64_bit_entry_inside_its_cgroup
     std::fs::create_dir_all(pkg.join("boot")).unwrap();
     std::fs::create_dir_all(pkg.join("lib/modules")).unwrap();
     std::os::unix::fs::symlink(&modules, pkg.join("lib/modules").join(&version)).unwrap();
+    let started = Instant::now();
     let vmlinux = vmm::kernel::vmlinux_from(&std::fs::read(&image).unwrap()).unwrap();
+    eprintln!("[{:?}] vmlinux unpacked", started.elapsed());
     std::fs::write(pkg.join("boot").join(format!("vmlinux-{version}")), without_pvh_note(vmlinux)).unwrap();
+    eprintln!("[{:?}] PVH note renamed away", started.elapsed());
 
     let yaml = vm_yaml("own", &busybox_image(), &format!("  memory: 128Mi
   cpus: 1
@@ -190,6 +193,7 @@ fn a_sandbox_kernel_without_pvh_boots_through_the_64_bit_entry_inside_its_cgroup
 ", pkg.display()));
     let file = env.file("own.yaml", &yaml);
     apply_within(&env, &file, Duration::from_secs(300));
+    eprintln!("[{:?}] applied", started.elapsed());
     assert_eq!(env.status("own"), "Running");
     assert_eq!(env.sh("own", "uname -r").1.trim(), version);
     assert_eq!(env.sh("own", "echo works; exit 3"), (3, "works

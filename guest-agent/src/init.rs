@@ -58,11 +58,13 @@ pub enum SwitchRoot {
     MoveMount,
 }
 
-pub fn setup_root(init: &SandboxInit) -> Result<(), InitError> {
-    setup_root_in(init, SwitchRoot::PivotRoot)
+/// A namespace sandbox's root; `disk` is the detached mount of its writable disk (when the
+/// Init names a `writable_mount`).
+pub fn setup_root(init: &SandboxInit, disk: Option<std::os::fd::OwnedFd>) -> Result<(), InitError> {
+    setup_root_in(init, SwitchRoot::PivotRoot, disk)
 }
 
-pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot) -> Result<(), InitError> {
+pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, disk: Option<std::os::fd::OwnedFd>) -> Result<(), InitError> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // The shim has moved us into the sandbox's cgroup by now: make it our cgroup root.
     step(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(errno), || "entering a cgroup namespace".into())?;
@@ -73,7 +75,8 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot) -> Result<(), InitE
         step(chdir(init.base_dir.as_str()).map_err(errno), || format!("entering {}", init.base_dir))?;
     }
     if let Some(target) = &init.writable_mount {
-        attach_writable_disk(target)?;
+        let disk = disk.ok_or_else(|| InitError { step: "the Init names a writable disk but none came with it".into(), source: std::io::ErrorKind::InvalidInput.into() })?;
+        attach_writable_disk(disk, target)?;
         for d in [&init.upper_dir, &init.work_dir] {
             mkdir_p(Path::new(d), 0o755)?;
         }
@@ -140,18 +143,15 @@ fn refuse_symlinked_mount_points(root: &Path) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Attaches the detached mount of the writable disk (fd `WRITABLE_MOUNT_FD`, from the shim)
-/// at `target`, relative to the current directory, then closes the fd.
-fn attach_writable_disk(target: &str) -> Result<(), InitError> {
+/// Attaches the detached mount of the writable disk at `target`, relative to the current
+/// directory; the fd closes afterwards.
+fn attach_writable_disk(disk: std::os::fd::OwnedFd, target: &str) -> Result<(), InitError> {
+    use std::os::fd::AsRawFd;
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    let fd = crate::protocol::WRITABLE_MOUNT_FD;
     let c_target = std::ffi::CString::new(target).map_err(|_| InitError { step: "attaching the writable disk".into(), source: std::io::ErrorKind::InvalidInput.into() })?;
-    // SAFETY: move_mount of the inherited detached mount onto a directory we name.
-    let rc = unsafe { libc::syscall(libc::SYS_move_mount, fd, c"".as_ptr(), libc::AT_FDCWD, c_target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
-    let result = step(if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }, || format!("attaching the writable disk at {target}"));
-    // SAFETY: the fd was handed to us for this one use.
-    unsafe { libc::close(fd) };
-    result
+    // SAFETY: move_mount of the detached mount we were handed onto a directory we name.
+    let rc = unsafe { libc::syscall(libc::SYS_move_mount, disk.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, c_target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
+    step(if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }, || format!("attaching the writable disk at {target}"))
 }
 
 fn setup_dev(dev: &Path) -> Result<(), InitError> {

@@ -35,7 +35,8 @@ pub fn namespace_main(mut stream: UnixStream) -> ! {
     // The name `ps` shows for PID 1 inside the sandbox (we were started as /proc/self/exe).
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"guest-agent".as_ptr(), 0, 0, 0) };
-    let frame = match agent::read_first_request(&mut stream) {
+    // The writable disk's mount, when there is one, rides on the Init frame.
+    let (frame, disk) = match protocol::read_frame_with_fd::<Request>(&stream) {
         Ok(f) => f,
         Err(_) => std::process::exit(1),
     };
@@ -46,7 +47,7 @@ pub fn namespace_main(mut stream: UnixStream) -> ! {
     let Request::Init(init) = frame.body else {
         fail(&mut stream, frame.id, "the first request must be Init".into())
     };
-    if let Err(e) = init::setup_root(&init) {
+    if let Err(e) = init::setup_root(&init, disk) {
         fail(&mut stream, frame.id, format!("building the sandbox root: {e}"));
     }
     if let Err(e) = lock_down(init.seccomp) {

@@ -175,16 +175,61 @@ pub struct SandboxInit {
     /// in order to the writable layer before anything runs; empty when the sandbox restarts
     /// on a layer that already has them.
     pub patches: Vec<PatchOp>,
-    /// Namespace sandboxes: the bounded writable disk arrives as a detached mount on fd
-    /// [`WRITABLE_MOUNT_FD`]; the agent attaches it here (relative to `base_dir`) before the
-    /// overlay, whose `upper_dir` and `work_dir` are below it. None: no such disk (a microVM's
-    /// scratch disk is a block device of its own; an instance older than bounded disks).
+    /// Namespace sandboxes: the bounded writable disk arrives as a detached mount, an fd sent
+    /// with this frame (SCM_RIGHTS, see [`send_with_fd`]); the agent attaches it here
+    /// (relative to `base_dir`) before the overlay, whose `upper_dir` and `work_dir` are below
+    /// it. None: no such disk (a microVM's scratch disk is a block device of its own; an
+    /// instance older than bounded disks).
     #[serde(default)]
     pub writable_mount: Option<String>,
 }
 
-/// The fd on which a namespace sandbox's agent receives its writable disk's mount.
-pub const WRITABLE_MOUNT_FD: i32 = 4;
+/// Writes `frame` with `fd` riding on its first bytes (SCM_RIGHTS), for a unix stream.
+pub fn send_with_fd<T: Serialize>(stream: &std::os::unix::net::UnixStream, frame: &Frame<T>, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), FrameError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let buf = encode(frame)?;
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    // The length prefix carries the fd; the rest follows as plain bytes.
+    let sent = sendmsg::<UnixAddr>(stream.as_raw_fd(), &[std::io::IoSlice::new(&buf[..4])], &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)?;
+    let mut w = stream;
+    w.write_all(&buf[sent..])?;
+    Ok(())
+}
+
+/// Reads one frame, and the fd that came with it if any (see [`send_with_fd`]); the fd is
+/// close-on-exec.
+pub fn read_frame_with_fd<T: for<'de> Deserialize<'de>>(stream: &std::os::unix::net::UnixStream) -> Result<(Frame<T>, Option<std::os::fd::OwnedFd>), FrameError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut len = [0u8; 4];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (got, fd) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut len)];
+        let msg = recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io::Error::from)?;
+        let mut fd = None;
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for (i, raw) in fds.into_iter().enumerate() {
+                    // SAFETY: the kernel just installed this fd in our table; we own it.
+                    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+                    if i == 0 && fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        (msg.bytes, fd)
+    };
+    if got == 0 {
+        return Err(FrameError::Closed);
+    }
+    let mut r = stream;
+    r.read_exact(&mut len[got..])?;
+    let frame = decode(&payload_of_len(&mut r, u32::from_le_bytes(len) as usize)?)?;
+    Ok((frame, fd))
+}
 
 /// One change to a sandbox's root filesystem. Paths are absolute inside the sandbox and are
 /// checked with [`check_patch_path`] on both sides of the wire.
@@ -359,7 +404,11 @@ pub fn read_payload(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
     if let Err(e) = r.read_exact(&mut len) {
         return Err(if e.kind() == io::ErrorKind::UnexpectedEof { FrameError::Closed } else { e.into() });
     }
-    let len = u32::from_le_bytes(len) as usize;
+    payload_of_len(r, u32::from_le_bytes(len) as usize)
+}
+
+/// The payload after a length prefix that was read already.
+fn payload_of_len(r: &mut impl Read, len: usize) -> Result<Vec<u8>, FrameError> {
     if len > MAX_FRAME_LEN {
         if len <= MAX_SKIPPABLE_LEN {
             io::copy(&mut r.take(len as u64), &mut io::sink())?;

@@ -203,7 +203,7 @@ pub fn main() -> ! {
     if let Err(e) = mount_disks() {
         reply_error(&mut stream, frame.id, e);
     }
-    if let Err(e) = crate::init::setup_root_in(&init, crate::init::SwitchRoot::MoveMount) {
+    if let Err(e) = crate::init::setup_root_in(&init, crate::init::SwitchRoot::MoveMount, None) {
         reply_error(&mut stream, frame.id, format!("building the sandbox root: {e}"));
     }
     if let Err(e) = crate::lock_down(init.seccomp) {

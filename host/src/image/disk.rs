@@ -98,7 +98,11 @@ pub fn writable_disk(store_root: &Path, path: &Path, size: u64, owner: u32) -> R
         made?;
     }
     let partial = path.with_extension("ext4.partial");
-    let copied = sparse_copy(&template, &partial, size).map_err(|e| store_err(&partial, e));
+    let copied = match sparse_copy(&template, &partial, size) {
+        // A filesystem that reports no holes would have the copy write `size` bytes of zeros.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => mkfs_ext4(&partial, size, owner),
+        other => other.map_err(|e| store_err(&partial, e)),
+    };
     let done = copied.and_then(|()| std::fs::rename(&partial, path).map_err(|e| store_err(path, e)));
     if done.is_err() {
         let _ = std::fs::remove_file(&partial);
@@ -110,17 +114,30 @@ pub fn writable_disk(store_root: &Path, path: &Path, size: u64, owner: u32) -> R
 /// holes), lazy inode tables and journal, no reserved GDT blocks for online growth (nothing
 /// grows these), a 4 MiB journal and no blocks reserved for root (the sandbox's root is the
 /// user the bound is for).
+/// The disk holds the overlay's `upper` and `work` directories from the start (owned by
+/// `owner`), so a sandbox's first start does not journal two mkdirs.
 fn mkfs_ext4(path: &Path, size: u64, owner: u32) -> Result<(), ImageError> {
-    let file = std::fs::File::create(path).map_err(|e| ImageError::Store(format!("{}: {e}", path.display())))?;
-    file.set_len(size).map_err(|e| ImageError::Store(format!("{}: {e}", path.display())))?;
+    let store_err = |p: &Path, e: std::io::Error| ImageError::Store(format!("{}: {e}", p.display()));
+    let file = std::fs::File::create(path).map_err(|e| store_err(path, e))?;
+    file.set_len(size).map_err(|e| store_err(path, e))?;
     drop(file);
+    let seed = path.with_extension("seed");
+    for d in ["upper", "work"] {
+        let dir = seed.join(d);
+        std::fs::create_dir_all(&dir).map_err(|e| store_err(&dir, e))?;
+        std::os::unix::fs::chown(&dir, Some(owner), Some(owner)).map_err(|e| store_err(&dir, e))?;
+    }
+    std::os::unix::fs::chown(&seed, Some(owner), Some(owner)).map_err(|e| store_err(&seed, e))?;
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-m", "0", "-J", "size=4", "-O", "^resize_inode"])
         .arg("-E")
         .arg(format!("lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={owner}:{owner}"))
+        .arg("-d")
+        .arg(&seed)
         .arg(path)
-        .output()
-        .map_err(|e| tool_error("mkfs.ext4", e))?;
+        .output();
+    let _ = std::fs::remove_dir_all(&seed);
+    let out = out.map_err(|e| tool_error("mkfs.ext4", e))?;
     if !out.status.success() {
         return Err(ImageError::Store(format!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
@@ -131,10 +148,16 @@ fn mkfs_ext4(path: &Path, size: u64, owner: u32) -> Result<(), ImageError> {
 /// the template, then sizes it to `size`.
 fn sparse_copy(from: &Path, to: &Path, size: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let src = std::fs::File::open(from)?;
     let dst = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(to)?;
-    let end = src.metadata()?.len() as i64;
+    let meta = src.metadata()?;
+    let end = meta.len() as i64;
+    // SAFETY: lseek on our own fd.
+    let first_hole = unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    if first_hole >= end && (meta.blocks() * 512) < meta.len() / 2 {
+        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "this filesystem reports no holes"));
+    }
     let mut pos: i64 = 0;
     while pos < end {
         // SAFETY: lseek on our own fds.

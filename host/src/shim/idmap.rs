@@ -40,7 +40,8 @@ pub fn userns_with_map(map: &str) -> Result<OwnedFd, String> {
     if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0 || unsafe { libc::pipe2(done.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(os_err("pipe"));
     }
-    // SAFETY: the shim is single-threaded here; the child only makes raw syscalls and _exits.
+    // SAFETY: the child only makes raw syscalls and _exits (async-signal-safe, whatever other
+    // threads the shim has).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(os_err("fork"));

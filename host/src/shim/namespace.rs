@@ -7,7 +7,7 @@ use crate::cgroup::{Cgroup, Limits};
 use crate::paths::InstanceDir;
 use guest_agent::protocol::{self, Frame, Request, Response, SandboxInit};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{chown, DirBuilderExt};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -17,8 +17,6 @@ pub const USERNS_BASE: u32 = 100_000;
 const USERNS_SIZE: u32 = 65_536;
 /// The agent's fd for its stream to the shim.
 const AGENT_FD: i32 = 3;
-/// The agent's fd for the detached mount of its writable disk, when it has one.
-const DISK_FD: i32 = guest_agent::protocol::WRITABLE_MOUNT_FD;
 /// Where the agent attaches it, relative to the instance directory.
 const WRITABLE_MOUNT: &str = "disk";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -35,17 +33,20 @@ pub struct NamespaceBackend {
 impl Backend for NamespaceBackend {
     fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String> {
         let dir = InstanceDir(cfg.dir.clone());
-        // The bounded writable disk, or (an instance made before disks were bounded) the old
+        // The bounded writable disk (loop device, ext4 mount) is made on a helper thread while
+        // this one starts the sandbox's init and joins it to its cgroup: the first write to a
+        // cgroup.procs waits out an RCU grace period (about 10 ms here), and the agent's own
+        // exec runs meanwhile too. An instance made before disks were bounded keeps its old
         // upper directory on the host's filesystem.
-        let disk = if dir.writable_disk().exists() {
-            let disk = super::writable::mount_detached(&dir.writable_disk())?;
-            self.loop_device = Some((disk.loop_device.clone(), dir.writable_disk()));
-            Some(disk.mount)
+        let disk_job = if dir.writable_disk().exists() {
+            let image = dir.writable_disk();
+            self.loop_device = Some((String::new(), image.clone()));
+            Some(std::thread::Builder::new().name("writable-disk".into()).spawn(move || super::writable::mount_detached(&image)).map_err(|e| format!("starting a thread: {e}"))?)
         } else {
             tracing::warn!("no writable disk in {}: this instance keeps its unbounded upper directory until it is re-created", dir.path().display());
             None
         };
-        let layer_dirs = if disk.is_some() { vec![dir.writable_mount(), dir.rootfs()] } else { vec![dir.upper(), dir.work(), dir.rootfs()] };
+        let layer_dirs = if disk_job.is_some() { vec![dir.writable_mount(), dir.rootfs()] } else { vec![dir.upper(), dir.work(), dir.rootfs()] };
         for d in layer_dirs {
             std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
             if cfg.spec.user_namespace {
@@ -70,16 +71,21 @@ impl Backend for NamespaceBackend {
             .collect();
         let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let exe = super::sealed_exe::own_binary()?;
-        let cloned = clone_agent(theirs, disk.as_ref(), &exe, cfg.spec.user_namespace, |pid| {
-            if cfg.spec.user_namespace {
-                write_id_maps(pid, &map)?;
-            }
-            cgroup.add(pid).map_err(|e| format!("joining the cgroup: {e}"))
-        });
+        let cloned = clone_agent(theirs, &exe, cfg.spec.user_namespace, |pid| if cfg.spec.user_namespace { write_id_maps(pid, &map) } else { Ok(()) });
         // The sandbox holds its own copies of the idmapped layers now (or failed to start).
         super::idmap::detach_all(dir.path(), false);
         let pid = cloned?;
         self.pid = Some(pid);
+        // The agent does nothing of the sandbox's before Init, and Init waits for the cgroup.
+        cgroup.add(pid).map_err(|e| format!("joining the cgroup: {e}"))?;
+        let disk = match disk_job {
+            Some(job) => {
+                let disk = job.join().map_err(|_| "the writable disk's thread panicked".to_string())??;
+                self.loop_device = Some((disk.loop_device.clone(), dir.writable_disk()));
+                Some(disk.mount)
+            }
+            None => None,
+        };
 
         let init = SandboxInit {
             hostname: cfg.name.clone(),
@@ -93,8 +99,14 @@ impl Backend for NamespaceBackend {
             writable_mount: disk.as_ref().map(|_| WRITABLE_MOUNT.to_string()),
         };
         ours.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
-        protocol::write_frame(&mut ours, &Frame { id: 1, body: Request::Init(Box::new(init)) })
-            .map_err(|e| format!("sending init to the agent: {e}"))?;
+        let frame = Frame { id: 1, body: Request::Init(Box::new(init)) };
+        match &disk {
+            Some(mount) => protocol::send_with_fd(&ours, &frame, mount.as_fd()),
+            None => protocol::write_frame(&mut ours, &frame),
+        }
+        .map_err(|e| format!("sending init to the agent: {e}"))?;
+        // The sandbox has its own reference now; the shim keeps no handle on the disk.
+        drop(disk);
         match protocol::read_frame::<Response>(&mut ours) {
             Ok(Frame { body: Response::Ready, .. }) => {}
             Ok(Frame { body: Response::Error { message, .. }, .. }) => return Err(message),
@@ -102,8 +114,6 @@ impl Backend for NamespaceBackend {
             Err(e) => return Err(format!("the agent did not start: {e}")),
         }
         ours.set_read_timeout(None).map_err(|e| e.to_string())?;
-        // The sandbox has attached its copy; the shim keeps no handle on the disk.
-        drop(disk);
         super::idmap::detach_all(dir.path(), true);
         if !dir.patched_marker().exists() {
             // The writable layer now has its patches: later starts must not apply them again.
@@ -150,7 +160,7 @@ impl Backend for NamespaceBackend {
                 tracing::warn!("cgroup cleanup: {e}");
             }
         }
-        if let Some((dev, image)) = &self.loop_device {
+        if let Some((dev, image)) = self.loop_device.as_ref().filter(|(dev, _)| !dev.is_empty()) {
             if !super::writable::wait_released(dev, image, Duration::from_secs(5)) {
                 tracing::warn!("{dev} still holds the writable disk 5 s after the sandbox ended");
             }
@@ -184,17 +194,11 @@ fn write_id_maps(pid: i32, map: &str) -> Result<(), String> {
 }
 
 /// Clones the sandbox init into fresh namespaces. The child waits until `prepare` (run in the
-/// parent with the child's pid) has finished, then executes the agent from `exe` (the sealed
-/// binary) as `orchestrator-agent __agent` with the stream on fd 3 and the writable disk's
-/// mount on fd 4, and nothing else: stdin and stdout are /dev/null, stderr stays the shim log
-/// (for the agent's own last words), every other fd is closed by the execve. Returns the pid.
-fn clone_agent(
-    stream: UnixStream,
-    disk: Option<&OwnedFd>,
-    exe: &OwnedFd,
-    userns: bool,
-    prepare: impl FnOnce(i32) -> Result<(), String>,
-) -> Result<i32, String> {
+/// parent with the child's pid: the user namespace's id maps) has finished, then executes the
+/// agent from `exe` (the sealed binary) as `orchestrator-agent __agent` with the stream on
+/// fd 3 and nothing else: stdin and stdout are /dev/null, stderr stays the shim log (for the
+/// agent's own last words), every other fd is closed by the execve. Returns the pid.
+fn clone_agent(stream: UnixStream, exe: &OwnedFd, userns: bool, prepare: impl FnOnce(i32) -> Result<(), String>) -> Result<i32, String> {
     let argv0 = CString::new("orchestrator-agent").map_err(|e| e.to_string())?;
     let argv1 = CString::new("__agent").map_err(|e| e.to_string())?;
     let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
@@ -213,26 +217,21 @@ fn clone_agent(
     if userns {
         flags |= libc::CLONE_NEWUSER;
     }
-    // Moved to numbers above every target first, so no dup2 below overwrites a source.
-    let raise = |fd: i32| -> Result<OwnedFd, String> {
-        // SAFETY: F_DUPFD_CLOEXEC of a valid fd returns a new fd we own.
-        let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
-        if n < 0 {
-            return Err(format!("dup: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: just created.
-        Ok(unsafe { OwnedFd::from_raw_fd(n) })
-    };
-    let sock = raise(stream.as_raw_fd())?;
-    let disk = disk.map(|d| raise(d.as_raw_fd())).transpose()?;
+    // Moved above fd 3 first, so the dup2 below never overwrites a source.
+    // SAFETY: F_DUPFD_CLOEXEC of a valid fd returns a new fd we own.
+    let raised = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if raised < 0 {
+        return Err(format!("dup: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: just created.
+    let sock = unsafe { OwnedFd::from_raw_fd(raised) };
     let sock_fd = sock.as_raw_fd();
-    let disk_fd = disk.as_ref().map_or(-1, |d| d.as_raw_fd());
     let null_fd = devnull.as_raw_fd();
     let exe_fd = exe.as_raw_fd();
     let sync_fd = sync_r.as_raw_fd();
-    let first_closed = if disk_fd >= 0 { DISK_FD + 1 } else { AGENT_FD + 1 };
-    // SAFETY: a fork-like clone (no new stack); the child only makes raw syscalls on data prepared
-    // above, then execs or _exits. The shim has no other threads at this point.
+    // SAFETY: a fork-like clone (no new stack): only this thread is copied, and the child only
+    // makes raw syscalls on data prepared above, then execs or _exits (async-signal-safe, so
+    // the shim's helper threads do not matter).
     let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
     if pid < 0 {
         return Err(format!("clone: {}", std::io::Error::last_os_error()));
@@ -248,19 +247,16 @@ fn clone_agent(
                 libc::_exit(125);
             }
             // dup2 clears close-on-exec on the copies: exactly these cross the execve.
-            if libc::dup2(sock_fd, AGENT_FD) < 0 || (disk_fd >= 0 && libc::dup2(disk_fd, DISK_FD) < 0) {
+            if libc::dup2(sock_fd, AGENT_FD) < 0 || libc::dup2(null_fd, 0) < 0 || libc::dup2(null_fd, 1) < 0 {
                 libc::_exit(124);
             }
-            if libc::dup2(null_fd, 0) < 0 || libc::dup2(null_fd, 1) < 0 {
-                libc::_exit(124);
-            }
-            guest_agent::fds::cloexec_from(first_closed as libc::c_uint);
+            guest_agent::fds::cloexec_from((AGENT_FD + 1) as libc::c_uint);
             libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
             libc::_exit(127);
         }
     }
     let pid = pid as i32;
-    drop((stream, sock, disk, devnull, sync_r));
+    drop((stream, sock, devnull, sync_r));
     if let Err(e) = prepare(pid) {
         // SAFETY: killing the child we just cloned.
         unsafe {
