@@ -33,6 +33,10 @@ test: rootfs
     ORCHESTRATOR_TEST_KERNEL_DIR="$(bash tests/vm/kernels.sh {{cache}} | sed -n 's/^guest=//p')" cargo test --workspace --no-fail-fast
     bash tests/vm/run-tests.sh
 
+# Fuzz the parsers that read hostile input (tests/fuzz): one TARGET or all, SECONDS each.
+fuzz target="all" seconds="60":
+    bash tests/fuzz/run.sh {{target}} {{seconds}}
+
 # Only the microVM tests (the nested-KVM harness when needed; optional test-name filter).
 test-vm *filter:
     bash tests/vm/run-tests.sh {{filter}}

@@ -11,6 +11,8 @@ pub mod acpi;
 pub mod bus;
 mod cpu;
 pub mod devices;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod kernel;
 pub mod layout;
 mod linux64;

@@ -71,7 +71,7 @@ pub enum PluginError {
 }
 
 /// Cuts a message a plugin produced to a size fit for logs and errors.
-pub(crate) fn bounded(text: &str, max: usize) -> String {
+pub fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }

@@ -13,19 +13,20 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
+pub(super) const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 /// Directory-name prefix of the layer mount points inside an instance directory.
 const LAYER_PREFIX: &str = "idmapped-layer-";
 
+/// `struct mount_attr` of mount_setattr(2) (also used by `sealed_exe`).
 #[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+pub(super) struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
 }
 
 fn os_err(what: &str) -> String {

@@ -9,20 +9,12 @@
 //! table and that nothing can remount writable, so every path to the file through the agent's
 //! exe gives EROFS. It costs one mount clone per start and no memory.
 
+use super::idmap::{MountAttr, OPEN_TREE_CLONE};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 /// An fd of this process's own executable on a detached read-only mount, for `execveat`.
 pub fn own_binary() -> Result<OwnedFd, String> {

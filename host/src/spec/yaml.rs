@@ -178,9 +178,12 @@ impl Builder {
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut builder = Builder { input_len: text.len(), ..Builder::default() };
     let mut parser = Parser::new_from_str(text);
+    // The scanner can place an error at end of input one line past the last (found by the
+    // spec_yaml fuzz target); YAML breaks lines at \n, \r\n and a lone \r.
+    let last_line = text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1;
     loop {
         let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
-            line: e.marker().line(),
+            line: e.marker().line().min(last_line),
             col: e.marker().col() + 1,
             // The scanner stops flow collections ([[[...) at its own depth limit.
             message: if e.info() == "recursion limit exceeded" { format!("nested too deeply: {}", e.info()) } else { e.info().to_string() },
@@ -266,6 +269,16 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
     fn an_alias_to_another_document_is_an_error() {
         let err = parse_documents("a: &x 1\n---\nb: *x\n").unwrap_err();
         assert_eq!(err.line, 3, "{err:?}");
+    }
+
+    /// From the spec_yaml fuzz target: an error at the very end of a text whose last line
+    /// break is a lone \r was placed one line past the end.
+    #[test]
+    fn an_error_at_the_end_is_located_on_a_line_the_text_has() {
+        let text = std::str::from_utf8(include_bytes!("../../../tests/fuzz/corpus/spec_yaml/regress-error-past-the-end")).unwrap();
+        let lines = text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1;
+        let err = parse_documents(text).unwrap_err();
+        assert!(err.line <= lines, "{err:?} in a {lines}-line text");
     }
 
     #[test]

@@ -46,6 +46,12 @@ impl Block {
         config[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes()); // blk_size
         Ok(Block { file: Arc::new(file), read_only, size, id: ident, config })
     }
+
+    /// The request server a driver's activation starts (the fuzz targets drive it directly).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn disk(&self) -> Disk {
+        Disk { file: self.file.clone(), read_only: self.read_only, size: self.size, id: self.id }
+    }
 }
 
 impl VirtioDevice for Block {
@@ -81,7 +87,7 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-struct Disk {
+pub(crate) struct Disk {
     file: Arc<File>,
     read_only: bool,
     size: u64,
@@ -105,7 +111,7 @@ impl Disk {
         }
     }
 
-    fn process(&self, queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &super::virtio::Interrupt) {
+    pub(crate) fn process(&self, queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &super::virtio::Interrupt) {
         let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();

@@ -35,24 +35,7 @@ fn serve(mut ctx: Activation) {
     let Ok(poller) = Poller::for_activation(&ctx) else { return };
     let mut buf = vec![0u8; MAX_PER_REQUEST];
     loop {
-        let mem: &GuestMemoryMmap = &ctx.mem;
-        let mut used = false;
-        while let Some(chain) = ctx.queues[0].pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let mut written = 0;
-            if let Ok(mut w) = Writer::new(mem, chain) {
-                let n = w.available_bytes().min(MAX_PER_REQUEST);
-                // SAFETY: getrandom fills at most n bytes of our buffer.
-                let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), n, 0) };
-                if got > 0 && w.write_all(&buf[..got as usize]).is_ok() {
-                    written = got as u32;
-                }
-            }
-            if ctx.queues[0].add_used(mem, head, written).is_err() {
-                return;
-            }
-            used = true;
-        }
+        let Some(used) = process(&mut ctx.queues[0], &ctx.mem, &mut buf) else { return };
         if used {
             ctx.interrupt.signal_used();
         }
@@ -62,4 +45,27 @@ fn serve(mut ctx: Activation) {
         }
         let _ = ctx.queue_events[0].read();
     }
+}
+
+/// Fills every buffer the guest queued; Some(whether any was used), None when the used ring is
+/// not writable (the device then stops).
+pub(crate) fn process(queue: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, buf: &mut [u8]) -> Option<bool> {
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let mut written = 0;
+        if let Ok(mut w) = Writer::new(mem, chain) {
+            let n = w.available_bytes().min(MAX_PER_REQUEST).min(buf.len());
+            // SAFETY: getrandom fills at most n bytes of our buffer.
+            let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), n, 0) };
+            if got > 0 && w.write_all(&buf[..got as usize]).is_ok() {
+                written = got as u32;
+            }
+        }
+        if queue.add_used(mem, head, written).is_err() {
+            return None;
+        }
+        used = true;
+    }
+    Some(used)
 }

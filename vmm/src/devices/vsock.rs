@@ -172,6 +172,18 @@ const TOKEN_EV: u64 = EVQ as u64;
 const TOKEN_STREAM: u64 = 100;
 
 impl Muxer {
+    /// A muxer whose agent end is `host_end`, outside any VM (the fuzz targets).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn detached(guest_cid: u64, host_end: UnixStream) -> Muxer {
+        Muxer { guest_cid, host_end: Some(host_end), connected: None, on_agent_closed: None, conn: None, control: VecDeque::new(), rx_starved: false }
+    }
+
+    /// Moves what the guest sent on to the host stream (the serve loop's step after tx).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn flush(&mut self) {
+        self.flush_to_host();
+    }
+
     fn serve(&mut self, mut ctx: Activation) {
         crate::seccomp::apply_device_filter();
         let Ok(poller) = Poller::for_activation(&ctx) else { return };

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets that take files (tests/fuzz/corpus/TARGET):
+real layers with the hostile shapes the unpacker must refuse, real OCI documents, the
+examples' YAML and the hostile YAML of the security tests, and virtqueues laid out as a
+driver lays them out. agent_frames' seeds come from `cargo run -p guest-agent --example
+fuzz_seeds`. Re-run after a format changes:  python3 tests/fuzz/seeds.py
+"""
+import io, json, os, pathlib, struct, tarfile
+
+here = pathlib.Path(__file__).resolve().parent
+root = here.parent.parent
+corpus = here / "corpus"
+
+
+def out(target, name, data):
+    d = corpus / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def layer(entries):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for kind, name, extra in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            data = b""
+            if kind == "file":
+                data = extra
+                info.size = len(data)
+                info.mode = 0o644
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+            elif kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = extra
+            elif kind == "hardlink":
+                info.type = tarfile.LNKTYPE
+                info.linkname = extra
+            elif kind == "chr":
+                info.type = tarfile.CHRTYPE
+                info.devmajor, info.devminor = extra
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+            t.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+# tar_unpack: an ordinary layer, then each hostile shape.
+out("tar_unpack", "plain", layer([("dir", "etc", None), ("file", "etc/motd", b"hi\n"), ("symlink", "bin", "usr/bin"), ("hardlink", "etc/motd2", "etc/motd")]))
+out("tar_unpack", "whiteouts", layer([("file", "etc/.wh.passwd", b""), ("dir", "opt", None), ("file", "opt/.wh..wh..opq", b"")]))
+out("tar_unpack", "dotdot", layer([("file", "../escape", b"x"), ("file", "a/../../escape", b"x")]))
+out("tar_unpack", "symlink-then-write", layer([("symlink", "evil", "/"), ("file", "evil/escape", b"x"), ("symlink", "up", ".."), ("file", "up/escape", b"x")]))
+out("tar_unpack", "hardlink-out", layer([("hardlink", "passwd", "/etc/passwd"), ("hardlink", "x", "../outside/sentinel")]))
+out("tar_unpack", "devices", layer([("chr", "dev/kvm", (10, 232)), ("fifo", "pipe", None)]))
+
+# oci_json: the documents an image consists of.
+digest = "sha256:" + "a" * 64
+out("oci_json", "index.json", json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+    {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 500, "platform": {"architecture": "amd64", "os": "linux"}},
+    {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 500, "platform": {"architecture": "arm64", "os": "linux"}}]}))
+out("oci_json", "manifest.json", json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": 100},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": 1000}]}))
+out("oci_json", "config.json", json.dumps({"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/usr/bin:/bin", "A=1=2", "broken"], "Entrypoint": ["/bin/sh"], "Cmd": ["-c", "true"], "WorkingDir": "/app", "User": "app"}, "rootfs": {"type": "layers", "diff_ids": [digest]}}))
+
+# spec_yaml: every example, and the hostile shapes.
+for f in sorted((root / "examples").rglob("*.yaml")):
+    out("spec_yaml", f.name, f.read_text())
+out("spec_yaml", "alias-bomb.yaml", "a: &a [lol,lol,lol]\nb: &b [*a,*a,*a]\nc: &c [*b,*b,*b]\nd: [*c,*c,*c]\n")
+out("spec_yaml", "deep.yaml", "a: " + "[" * 80 + "]" * 80 + "\n")
+out("spec_yaml", "errors.yaml", "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: Bad_Name }\nspec:\n  image: dir:/\n  memroy: 1Gi\n  cpus: two\n  disk: 1Mi\n  limits: { pids: '5', fsize: 12XB }\n")
+
+# plugin_patches: arbitrary's bytes; a few shapes to start from.
+out("plugin_patches", "small", bytes(range(64)))
+out("plugin_patches", "paths", b"\x01/etc/motd\x00hello\x00\x03/evil\x00/\x00" * 4)
+
+
+# virtio_*: memory laid out as fuzzing::Guest expects: descriptor table at 0, available ring at
+# 0x1000, used ring at 0x2000, buffers from 0x3000; one request chain.
+def desc(addr, length, flags, nxt):
+    return struct.pack("<QIHH", addr, length, flags, nxt)
+
+
+NEXT, WRITE, INDIRECT = 1, 2, 4
+
+
+def memory(descs, heads, buffers):
+    mem = bytearray(0x4000)
+    for i, d in enumerate(descs):
+        mem[16 * i:16 * i + 16] = d
+    avail = struct.pack("<HH", 0, len(heads)) + b"".join(struct.pack("<H", h) for h in heads)
+    mem[0x1000:0x1000 + len(avail)] = avail
+    for at, data in buffers:
+        mem[at:at + len(data)] = data
+    return bytes(mem)
+
+
+blk_in = memory([desc(0x3000, 16, NEXT, 1), desc(0x3100, 512, WRITE | NEXT, 2), desc(0x3400, 1, WRITE, 0)], [0], [(0x3000, struct.pack("<IIQ", 0, 0, 0))])
+blk_out = memory([desc(0x3000, 16, NEXT, 1), desc(0x3100, 512, NEXT, 2), desc(0x3400, 1, WRITE, 0)], [0], [(0x3000, struct.pack("<IIQ", 1, 0, 1)), (0x3100, b"data" * 128)])
+blk_cycle = memory([desc(0x3000, 16, NEXT, 1), desc(0x3100, 512, WRITE | NEXT, 0)], [0], [(0x3000, struct.pack("<IIQ", 0, 0, 0))])
+blk_indirect = memory([desc(0x3800, 48, INDIRECT, 0)], [0], [(0x3800, desc(0x3000, 16, NEXT, 1) + desc(0x3100, 512, WRITE | NEXT, 2) + desc(0x3400, 1, WRITE, 0)), (0x3000, struct.pack("<IIQ", 0, 0, 0))])
+# Guest memory past the input is zero: trailing zeros need not be stored.
+for name, mem in [("in", blk_in), ("out", blk_out), ("cycle", blk_cycle), ("indirect", blk_indirect)]:
+    out("virtio_block", name, b"\x04" + mem.rstrip(b"\0"))
+out("virtio_rng", "one", b"\x04" + memory([desc(0x3000, 64, WRITE, 0)], [0], []).rstrip(b"\0"))
+out("virtio_rng", "chain", b"\x04" + memory([desc(0x3000, 64, WRITE | NEXT, 1), desc(0x3100, 64, WRITE, 0)], [0, 0], []).rstrip(b"\0"))
+# vsock: a connection request from the guest (cid 3, port 1024) to the agent port on the host.
+hdr = struct.pack("<QQIIIHHIII", 3, 2, 1024, 1024, 0, 1, 1, 0, 65536, 0)
+tx = memory([desc(0x3000, len(hdr), 0, 0)], [0], [(0x3000, hdr)])
+rx = memory([desc(0x3000, 44 + 4096, WRITE, 0)], [0], [])
+out("virtio_vsock", "request", b"\x04\x04" + tx + rx)
