@@ -77,6 +77,9 @@ struct Builder {
     alias_nodes: usize,
     alias_bytes: usize,
     input_len: usize,
+    /// The text's last line: the scanner can place an event or an error at end of input one
+    /// line past it (found by the spec_yaml fuzz target).
+    last_line: usize,
 }
 
 /// Nodes and scalar bytes in a tree (for anchors: measured once, when the anchor closes).
@@ -108,7 +111,7 @@ impl Builder {
     }
 
     fn on_event(&mut self, ev: Event, mark: Marker) -> Result<(), SyntaxError> {
-        let (line, col) = (mark.line(), mark.col() + 1);
+        let (line, col) = (mark.line().min(self.last_line), mark.col() + 1);
         let located = |message: String| SyntaxError { line, col, message };
         match ev {
             Event::DocumentStart => self.anchors.clear(),
@@ -176,11 +179,10 @@ impl Builder {
 /// [`ALIAS_FACTOR`] times the written size; the parser is driven event by event (no recursion),
 /// and the first violation ends parsing with its location.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let mut builder = Builder { input_len: text.len(), ..Builder::default() };
-    let mut parser = Parser::new_from_str(text);
-    // The scanner can place an error at end of input one line past the last (found by the
-    // spec_yaml fuzz target); YAML breaks lines at \n, \r\n and a lone \r.
+    // YAML breaks lines at \n, \r\n and a lone \r.
     let last_line = text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1;
+    let mut builder = Builder { input_len: text.len(), last_line, ..Builder::default() };
+    let mut parser = Parser::new_from_str(text);
     loop {
         let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
             line: e.marker().line().min(last_line),
@@ -271,14 +273,17 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
         assert_eq!(err.line, 3, "{err:?}");
     }
 
-    /// From the spec_yaml fuzz target: an error at the very end of a text whose last line
-    /// break is a lone \r was placed one line past the end.
+    /// From the spec_yaml fuzz target: an error, or a node, at the very end of a text was
+    /// placed one line past its end (a lone \r as the last line break; `? ` at the end).
     #[test]
     fn an_error_at_the_end_is_located_on_a_line_the_text_has() {
         let text = std::str::from_utf8(include_bytes!("../../../tests/fuzz/corpus/spec_yaml/regress-error-past-the-end")).unwrap();
         let lines = text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1;
         let err = parse_documents(text).unwrap_err();
         assert!(err.line <= lines, "{err:?} in a {lines}-line text");
+        let text = std::str::from_utf8(include_bytes!("../../../tests/fuzz/corpus/spec_yaml/regress-node-past-the-end")).unwrap();
+        let errs = super::super::parse_str(std::path::Path::new("/x.yaml"), text).unwrap_err();
+        assert!(errs.iter().all(|e| e.line <= 1), "{errs:?} in a 1-line text");
     }
 
     #[test]
