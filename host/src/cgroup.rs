@@ -147,17 +147,22 @@ impl Cgroup {
             Version::V2 => devices::apply_v2(&self.dirs[0], rules),
             Version::V1 => {
                 let dir = self.controller("devices").ok_or_else(|| io::Error::other("no devices controller"))?;
-                if self.root.join("devices").join("devices.deny").exists() {
+                let v1_applied = self.root.join("devices").join("devices.deny").exists();
+                if v1_applied {
                     devices::apply_v1(dir, rules)?;
-                } else if self.unified.is_none() {
-                    return Err(io::Error::other("this host mounts no cgroup devices controller and no cgroup v2: device access cannot be restricted"));
                 }
-                if let Some(unified) = &self.unified {
-                    if let Err(e) = devices::apply_v2(unified, rules) {
-                        tracing::warn!("the v2 device program (besides the v1 device list): {e}");
+                match (&self.unified, v1_applied) {
+                    (Some(unified), true) => {
+                        if let Err(e) = devices::apply_v2(unified, rules) {
+                            tracing::warn!("the v2 device program (besides the v1 device list): {e}");
+                        }
+                        Ok(())
                     }
+                    // The v2 program is the only policy then: its failure is the group's.
+                    (Some(unified), false) => devices::apply_v2(unified, rules),
+                    (None, true) => Ok(()),
+                    (None, false) => Err(io::Error::other("this host mounts no cgroup devices controller and no cgroup v2: device access cannot be restricted")),
                 }
-                Ok(())
             }
         }
     }

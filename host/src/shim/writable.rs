@@ -62,7 +62,8 @@ fn cstring(s: &str) -> Result<CString, String> {
 }
 
 /// Attaches `image` to a free loop device with autoclear set; returns the device's open fd and
-/// path (std opens every file close-on-exec). Another process may take the same free device between the two calls: then retry.
+/// path (std opens every file close-on-exec). Another process may take the same free device
+/// between the two calls: then retry.
 fn attach_loop(image: &Path) -> Result<(OwnedFd, String), String> {
     let backing = std::fs::OpenOptions::new().read(true).write(true).open(image).map_err(|e| format!("opening {}: {e}", image.display()))?;
     let control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").map_err(|e| {
