@@ -40,7 +40,6 @@ impl Backend for NamespaceBackend {
         // upper directory on the host's filesystem.
         let disk_job = if dir.writable_disk().exists() {
             let image = dir.writable_disk();
-            self.loop_device = Some((String::new(), image.clone()));
             Some(std::thread::Builder::new().name("writable-disk".into()).spawn(move || super::writable::mount_detached(&image)).map_err(|e| format!("starting a thread: {e}"))?)
         } else {
             tracing::warn!("no writable disk in {}: this instance keeps its unbounded upper directory until it is re-created", dir.path().display());
@@ -160,7 +159,7 @@ impl Backend for NamespaceBackend {
                 tracing::warn!("cgroup cleanup: {e}");
             }
         }
-        if let Some((dev, image)) = self.loop_device.as_ref().filter(|(dev, _)| !dev.is_empty()) {
+        if let Some((dev, image)) = &self.loop_device {
             if !super::writable::wait_released(dev, image, Duration::from_secs(5)) {
                 tracing::warn!("{dev} still holds the writable disk 5 s after the sandbox ended");
             }

@@ -174,13 +174,17 @@ impl Builder {
     }
 }
 
+/// How many lines a text has as YAML counts them: breaks at \n, \r\n and a lone \r.
+pub fn line_count(text: &str) -> usize {
+    text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1
+}
+
 /// Parses every document of a stream. Empty documents (a file that is only comments) are
 /// dropped. Hostile input stays bounded: nesting by [`MAX_DEPTH`], alias expansion by
 /// [`ALIAS_FACTOR`] times the written size; the parser is driven event by event (no recursion),
 /// and the first violation ends parsing with its location.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    // YAML breaks lines at \n, \r\n and a lone \r.
-    let last_line = text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1;
+    let last_line = line_count(text);
     let mut builder = Builder { input_len: text.len(), last_line, ..Builder::default() };
     let mut parser = Parser::new_from_str(text);
     loop {
@@ -278,7 +282,7 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
     #[test]
     fn an_error_at_the_end_is_located_on_a_line_the_text_has() {
         let text = std::str::from_utf8(include_bytes!("../../../tests/fuzz/corpus/spec_yaml/regress-error-past-the-end")).unwrap();
-        let lines = text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1;
+        let lines = line_count(text);
         let err = parse_documents(text).unwrap_err();
         assert!(err.line <= lines, "{err:?} in a {lines}-line text");
         let text = std::str::from_utf8(include_bytes!("../../../tests/fuzz/corpus/spec_yaml/regress-node-past-the-end")).unwrap();

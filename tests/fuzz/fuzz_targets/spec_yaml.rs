@@ -9,8 +9,7 @@ use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    // YAML breaks lines at \n, \r\n and a lone \r (Rust's lines() does not count the last).
-    let lines = text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count() + 1;
+    let lines = orchestrator::spec::yaml::line_count(text);
     match orchestrator::spec::parse_str(Path::new("/nonexistent-fuzz-dir/input.yaml"), text) {
         Ok(manifests) => assert!(manifests.iter().all(|m| !m.resource.name.is_empty())),
         Err(errors) => {
