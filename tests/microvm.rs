@@ -18,7 +18,7 @@ const CACHE: &str = "/var/cache/orchestrator-dev";
 
 fn env() -> Env {
     common::require_root();
-    Env { dir: tempfile::Builder::new().prefix("orch-vm-").tempdir_in("/tmp").expect("tempdir") }
+    Env { dir: tempfile::Builder::new().prefix("orch-vm-").tempdir_in("/tmp").expect("tempdir"), netns: None, extra_env: Vec::new() }
 }
 
 /// True when this host runs microVMs; otherwise says why (and fails where they are required).

@@ -43,9 +43,10 @@ fn two_sandboxes_run_isolated_and_exec_works() {
     let (_, out, _) = env.sh("beta", &format!("test -e /proc/{} && echo leak || echo hidden", std::process::id()));
     assert_eq!(out.trim(), "hidden");
 
-    // Only loopback, hostname is the name.
+    // Its own link (the shim's stack behind eth0) and loopback, none of the host's
+    // interfaces; the hostname is the name.
     let (_, out, _) = env.sh("beta", "ls /sys/class/net; hostname");
-    assert_eq!(out, "lo\nbeta\n");
+    assert_eq!(out, "eth0\nlo\nbeta\n");
     let (_, out, _) = env.sh("alpha", "cat /sys/class/net/lo/operstate; hostname");
     assert!(out.ends_with("alpha\n"), "{out}");
 

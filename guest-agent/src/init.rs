@@ -124,6 +124,9 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, disk: Option<std::o
     mask_kernel_files()?;
     step(sethostname(&init.hostname).map_err(errno), || "setting the hostname".into())?;
     step(loopback_up(), || "bringing up loopback".into())?;
+    if let Some(net) = &init.network {
+        step(crate::net::configure(net), || format!("configuring {}", net.interface))?;
+    }
     Ok(())
 }
 

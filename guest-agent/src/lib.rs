@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod fds;
 mod files;
+pub mod net;
 pub mod init;
 pub mod patch;
 mod process;

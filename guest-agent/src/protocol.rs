@@ -182,6 +182,27 @@ pub struct SandboxInit {
     /// instance older than bounded disks).
     #[serde(default)]
     pub writable_mount: Option<String>,
+    /// The sandbox's link (`eth0`), when it has one; None: loopback only.
+    #[serde(default)]
+    pub network: Option<NetworkInit>,
+}
+
+/// How the agent configures the sandbox's link: addresses, routes via the gateway, and the
+/// gateway as its resolver (see `crate::net`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInit {
+    pub interface: String,
+    pub mtu: u32,
+    pub ipv4: Option<LinkAddress<std::net::Ipv4Addr>>,
+    pub ipv6: Option<LinkAddress<std::net::Ipv6Addr>>,
+    pub nameservers: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkAddress<A> {
+    pub address: A,
+    pub prefix: u8,
+    pub gateway: A,
 }
 
 /// Writes `frame` with `fd` riding on its first bytes (SCM_RIGHTS), for a unix stream.

@@ -177,6 +177,7 @@ pub fn sandbox_init(hostname: &str, patches: Vec<crate::protocol::PatchOp>) -> c
         seccomp: true,
         patches,
         writable_mount: None,
+        network: None,
     }
 }
 

@@ -418,6 +418,9 @@ impl Orchestrator {
                     main_stdin,
                     patches: &prepared.patches,
                     secrets: &prepared.secrets,
+                    labels: &res.labels,
+                    network_plugins: spec.network.plugins.iter().filter_map(|n| lookup(n).map(|s| (n.clone(), s))).collect(),
+                    plugin_cache: Some(self.data.plugin_cache()),
                 })
             });
         let result = match outcome {

@@ -42,6 +42,10 @@ pub struct StartRequest<'a> {
     pub patches: &'a [guest_agent::protocol::PatchOp],
     /// Resolved secrets, handed to the shim over a pipe, never written anywhere.
     pub secrets: &'a [crate::plugin::secrets::ResolvedSecret],
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    /// The Plugin resources `spec.network.plugins` names, for the shim's network policy.
+    pub network_plugins: Vec<(String, crate::spec::PluginSpec)>,
+    pub plugin_cache: Option<PathBuf>,
 }
 
 pub trait Runtime: Send + Sync {
@@ -104,6 +108,11 @@ impl Runtime for NamespaceRuntime {
             main_stdin: req.main_stdin,
             patches: req.patches.to_vec(),
             microvm: None,
+            labels: req.labels.clone(),
+            network_plugins: req.network_plugins.clone(),
+            plugin_cache: req.plugin_cache.clone(),
+            data_dir: Some(self.data.clone()),
+            dns_upstreams: crate::shim::network::dns_upstreams().map_err(RuntimeError::Start)?,
         };
         launch_shim(req.dir, &cfg, req.secrets)
     }
@@ -192,6 +201,11 @@ impl Runtime for MicrovmRuntime {
                 vcpus,
                 mem_bytes: req.spec.memory.unwrap_or(DEFAULT_VM_MEMORY),
             }),
+            labels: req.labels.clone(),
+            network_plugins: req.network_plugins.clone(),
+            plugin_cache: req.plugin_cache.clone(),
+            data_dir: Some(self.data.clone()),
+            dns_upstreams: crate::shim::network::dns_upstreams().map_err(RuntimeError::Start)?,
         };
         launch_shim(req.dir, &cfg, req.secrets)
     }

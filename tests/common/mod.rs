@@ -40,6 +40,10 @@ pub fn require_root() {
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Run the orchestrator inside this network namespace (`nsenter --net=`), with these extra
+    /// variables: network tests keep every packet on this machine (tests/common/testnet.rs).
+    pub netns: Option<String>,
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Env {
@@ -47,7 +51,7 @@ impl Env {
         require_root();
         let _ = rootfs();
         let dir = tempfile::Builder::new().prefix("orch-test-").tempdir_in("/tmp").expect("tempdir");
-        Env { dir }
+        Env { dir, netns: None, extra_env: Vec::new() }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -55,7 +59,15 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={ns}")).arg("--").arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        c.envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c.args(args).env("ORCHESTRATOR_DATA_DIR", self.data_dir()).env("ORCHESTRATOR_PLUGIN_CACHE", plugin_cache()).stdin(Stdio::null());
         c
     }

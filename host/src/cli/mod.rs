@@ -87,6 +87,15 @@ pub enum Command {
     },
     /// Show one sandbox in detail, with its recent events.
     Describe { name: String },
+    /// Recent events: every object's, or one sandbox's (network denials included).
+    Events {
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        /// How many of the newest events to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Delete sandboxes (and other resources) by name, or everything a file or directory declares.
     Delete {
         names: Vec<String>,
@@ -204,6 +213,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             output::get(&mut open()?, kind, name.as_deref(), output)
         }
         Command::Describe { name } => output::describe(&mut open()?, &name),
+        Command::Events { name, output: format, limit } => output::events(&open()?, name.as_deref(), format, limit),
         Command::Delete { names, file } => delete(&mut open()?, names, file),
         Command::Logs { name, follow, tail, console } => output::logs(&open()?, &name, follow, tail, console),
         Command::Exec { process: p, user, timeout, name, command } => {

@@ -177,6 +177,30 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
     Ok(0)
 }
 
+/// `orchestrator events [NAME]`: the newest events, oldest first.
+pub fn events(orch: &Orchestrator, name: Option<&str>, format: super::Format, limit: usize) -> Result<i32> {
+    if let Some(n) = name {
+        if orch.store.resource(Kind::Sandbox, n)?.is_none() {
+            bail!("no sandbox named {n:?} (see `orchestrator get`)");
+        }
+    }
+    let object = name.map(|n| format!("Sandbox/{n}"));
+    let events = orch.store.events(object.as_deref(), limit.max(1))?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        super::Format::Table => {
+            for e in &events {
+                writeln!(out, "{}  {:<24} {:<14} {}", e.at, e.object, e.reason, e.message)?;
+            }
+        }
+        super::Format::Json | super::Format::Yaml => {
+            let list: Vec<serde_json::Value> = events.iter().map(|e| serde_json::json!({ "at": e.at, "object": e.object, "reason": e.reason, "message": e.message })).collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        }
+    }
+    Ok(0)
+}
+
 /// The main process's output, or (`console`) a microVM's console log.
 pub fn logs(orch: &Orchestrator, name: &str, follow: bool, tail: Option<usize>, console: bool) -> Result<i32> {
     let Some(row) = orch.store.sandbox(name)? else { bail!("no sandbox named {name:?}") };

@@ -22,4 +22,9 @@ pub trait Backend: Send {
     fn end_reason(&mut self) -> Option<String> {
         None
     }
+    /// The sandbox's end of its network link and the link's shape, once, after `launch`;
+    /// None when the sandbox has no link (`network.policy: none`) or the backend has none yet.
+    fn take_link(&mut self) -> Option<(netstack::StackConfig, std::os::fd::OwnedFd)> {
+        None
+    }
 }

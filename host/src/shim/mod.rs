@@ -8,6 +8,7 @@ mod backend;
 pub mod idmap;
 mod microvm;
 mod namespace;
+pub mod network;
 mod sealed_exe;
 mod server;
 mod writable;
@@ -46,6 +47,21 @@ pub struct ShimConfig {
     /// What the VMM boots, for `isolation: microvm`.
     #[serde(default)]
     pub microvm: Option<MicrovmConfig>,
+    /// The sandbox's labels (plugins see them).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The Plugin resources of `spec.network.plugins`, resolved by the host.
+    #[serde(default)]
+    pub network_plugins: Vec<(String, crate::spec::PluginSpec)>,
+    #[serde(default)]
+    pub plugin_cache: Option<PathBuf>,
+    /// The data directory, whose store receives the sandbox's network events.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Where the gateway relays DNS queries (resolved by the host: the shim's environment is
+    /// cleared).
+    #[serde(default)]
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// A microVM's machine: resolved by the host runtime, booted by the shim's VMM.

@@ -28,6 +28,8 @@ pub struct NamespaceBackend {
     exited: bool,
     /// The loop device under the writable disk and the disk's file, to wait for at teardown.
     loop_device: Option<(String, std::path::PathBuf)>,
+    /// The sandbox's end of its network link (a TUN fd), until the shim's stack takes it.
+    link: Option<(netstack::StackConfig, OwnedFd)>,
 }
 
 impl Backend for NamespaceBackend {
@@ -86,6 +88,16 @@ impl Backend for NamespaceBackend {
             None => None,
         };
 
+        // The link is made in the sandbox's network namespace before the agent configures it.
+        let network = match super::network::link(cfg)? {
+            Some((stack, init)) => {
+                let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+                let fd = netstack::tun::create_in(&netns, super::network::INTERFACE).map_err(|e| format!("creating the sandbox's network link: {e}"))?;
+                self.link = Some((stack, fd));
+                Some(init)
+            }
+            None => None,
+        };
         let init = SandboxInit {
             hostname: cfg.name.clone(),
             base_dir: dir.path().to_string_lossy().into_owned(),
@@ -96,6 +108,7 @@ impl Backend for NamespaceBackend {
             seccomp: true,
             patches: cfg.patches.clone(),
             writable_mount: disk.as_ref().map(|_| WRITABLE_MOUNT.to_string()),
+            network,
         };
         ours.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
         let frame = Frame { id: 1, body: Request::Init(Box::new(init)) };
@@ -119,6 +132,10 @@ impl Backend for NamespaceBackend {
             let _ = crate::paths::write_atomic(&dir.patched_marker(), b"");
         }
         Ok(ours)
+    }
+
+    fn take_link(&mut self) -> Option<(netstack::StackConfig, OwnedFd)> {
+        self.link.take()
     }
 
     fn wait(&mut self, timeout: Duration) -> bool {

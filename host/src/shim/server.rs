@@ -128,6 +128,8 @@ struct Shared {
     stopping: AtomicBool,
     log: Mutex<Option<MainLog>>,
     backend: Mutex<Box<dyn Backend>>,
+    /// The sandbox's network stack, when it has a link (its own thread; see shim::network).
+    network: Mutex<Option<super::network::Network>>,
 }
 
 pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: UnixStream, _lock: File) -> ! {
@@ -155,10 +157,18 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
         stopping: AtomicBool::new(false),
         log: Mutex::new(log),
         backend: Mutex::new(backend),
+        network: Mutex::new(None),
     });
     let mut reader = BufReader::new(agent);
     if let Err(e) = handshake(&shared, &mut reader) {
         shared.finalize(SandboxState::Failed, format!("agent handshake: {e}"), true);
+    }
+    let link = lock(&shared.backend).take_link();
+    if let Some((stack, fd)) = link {
+        match super::network::start(&shared.cfg, stack, fd) {
+            Ok(n) => *lock(&shared.network) = Some(n),
+            Err(e) => shared.finalize(SandboxState::Failed, format!("network: {e}"), true),
+        }
     }
     let _ = std::fs::remove_file(shared.dir.socket());
     let listener = match UnixListener::bind(shared.dir.socket()) {

@@ -175,19 +175,118 @@ impl Hooks {
     }
 }
 
-/// `spec.network`: the policy plugins consulted for every new flow.
+/// `spec.network`: where the sandbox may connect (docs/networking.md). The default is
+/// `public-only` with no rules: the public internet, nothing private, nothing of the host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSpec {
+    #[serde(default, skip_serializing_if = "NetworkPreset::is_default")]
+    pub policy: NetworkPreset,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<NetworkRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_domain_suffixes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkPreset {
+    #[default]
+    PublicOnly,
+    /// No interface but loopback.
+    None,
+    AllowAll,
+}
+
+impl NetworkPreset {
+    fn is_default(&self) -> bool {
+        *self == NetworkPreset::PublicOnly
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkPreset::PublicOnly => "public-only",
+            NetworkPreset::None => "none",
+            NetworkPreset::AllowAll => "allow-all",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+/// One `spec.network.rules` entry, as validated (every string here parses).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRule {
+    pub action: RuleAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `[from, to]` inclusive ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<(u16, u16)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 impl NetworkSpec {
     pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
+        *self == NetworkSpec::default()
+    }
+
+    /// True when the sandbox gets an interface besides loopback.
+    pub fn has_link(&self) -> bool {
+        self.policy != NetworkPreset::None
+    }
+
+    /// The policy the network stack applies. Fails only on a spec that bypassed validation.
+    pub fn to_policy(&self) -> Result<netstack::NetworkPolicy, String> {
+        use netstack::policy::{Action, Cidr, Rule};
+        let mut rules = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let bad = |what: &str| format!("spec.network.rules[{i}].{what} does not parse");
+            rules.push(Rule {
+                action: Some(match r.action {
+                    RuleAction::Allow => Action::Allow,
+                    RuleAction::Deny => Action::Deny,
+                }),
+                host: r.host.as_deref().map(netstack::policy::normalize_name),
+                host_suffix: r.host_suffix.as_deref().map(netstack::policy::normalize_name),
+                cidr: r.cidr.as_deref().map(|c| Cidr::parse(c).ok_or_else(|| bad("cidr"))).transpose()?,
+                group: r.group.as_deref().map(|g| netstack::addr::Group::parse(g).ok_or_else(|| bad("group"))).transpose()?,
+                ports: r.ports.clone(),
+                protocol: r.protocol.as_deref().map(|p| netstack::Protocol::parse(p).ok_or_else(|| bad("protocol"))).transpose()?,
+            });
+        }
+        Ok(netstack::NetworkPolicy {
+            preset: match self.policy {
+                NetworkPreset::PublicOnly => netstack::Preset::PublicOnly,
+                NetworkPreset::None => netstack::Preset::None,
+                NetworkPreset::AllowAll => netstack::Preset::AllowAll,
+            },
+            rules,
+            block_domains: self.block_domains.iter().map(|d| netstack::policy::normalize_name(d)).collect(),
+            block_domain_suffixes: self.block_domain_suffixes.iter().map(|d| netstack::policy::normalize_name(d)).collect(),
+        })
     }
 }
+
 
 impl SandboxSpec {
     pub fn new(image: String) -> Self {

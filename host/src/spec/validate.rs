@@ -2,6 +2,7 @@
 //! (never just the first): unknown fields (with a "did you mean"), wrong types, bad quantities,
 //! invalid and duplicate names, missing required fields, fields not supported yet.
 
+mod network_fields;
 mod plugin_fields;
 
 use plugin_fields::{patches, plugin_names, secrets};
@@ -240,10 +241,8 @@ const SANDBOX_FIELDS: &[&str] = &[
     "kernel", "disk",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
-/// (a user relying on a network rule must not get a sandbox without it).
+/// (a user relying on one must not get a sandbox without it).
 const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "ports"];
-const NETWORK_FIELDS: &[&str] = &["plugins"];
-const NETWORK_FIELDS_NOT_YET: &[&str] = &["policy", "rules", "blockDomains", "blockDomainSuffixes"];
 const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "allowHosts"];
 const HOOK_FIELDS: &[&str] = &["rootfsPatch", "metricsSinks"];
 const PATCH_FIELDS: &[&str] = &["op", "path", "content", "mode", "target"];
@@ -548,16 +547,7 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
         }
     }
     if let Some(n) = f.get("network") {
-        let mut allowed = NETWORK_FIELDS.to_vec();
-        allowed.extend(NETWORK_FIELDS_NOT_YET);
-        if let Some(net) = ctx.map(n, "spec.network", &allowed) {
-            for (key, node) in &net.entries {
-                if NETWORK_FIELDS_NOT_YET.contains(key) {
-                    ctx.err(node, &format!("spec.network.{key}"), "not supported by this version yet", Some("remove it; network policies arrive with the networking work (README: YAML reference)".into()));
-                }
-            }
-            spec.network.plugins = net.get("plugins").and_then(|n| plugin_names(ctx, n, "spec.network.plugins")).unwrap_or_default();
-        }
+        spec.network = network_fields::network(ctx, n);
     }
     if let Some(n) = f.get("kernel") {
         spec.kernel = ctx.nonempty_string(n, "spec.kernel").and_then(|k| match normalise_kernel(&k, base_dir) {
@@ -755,9 +745,6 @@ mod tests {
 
     #[test]
     fn not_yet_supported_fields_are_refused() {
-        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:/', network: { policy: none } }\n");
-        assert_eq!(errs[0].field, "spec.network.policy");
-        assert!(errs[0].message.contains("not supported"));
         let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:/', volumes: [] }\n");
         assert_eq!(errs[0].field, "spec.volumes");
         assert!(errs[0].message.contains("not supported"));
@@ -773,5 +760,23 @@ mod tests {
         let ResourceSpec::Sandbox(s) = &ok[0].resource.spec else { panic!() };
         assert_eq!(s.image, "docker.io/library/alpine:3.20");
         assert_eq!(s.pull_policy, crate::image::PullPolicy::Never);
+    }
+
+    #[test]
+    fn network_sections_parse_into_policies_and_bad_entries_are_located() {
+        let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: dir:/\n  network:\n    policy: public-only\n    rules:\n      - { action: allow, host: PyPI.org }\n      - { action: deny, cidr: 0.0.0.0/0, ports: [25, '8000-8100'], protocol: tcp }\n      - { action: allow, group: host, ports: [8080] }\n    blockDomains: [ evil.example ]\n    blockDomainSuffixes: [ .tracking.example ]\n    maxConnections: 64\n";
+        let ok = validate_file(Path::new("/tmp/x.yaml"), text).unwrap();
+        let ResourceSpec::Sandbox(s) = &ok[0].resource.spec else { panic!() };
+        assert_eq!(s.network.max_connections, Some(64));
+        assert_eq!(s.network.rules[1].ports, vec![(25, 25), (8000, 8100)]);
+        let policy = s.network.to_policy().unwrap();
+        assert_eq!(policy.rules[0].host.as_deref(), Some("pypi.org"));
+        assert_eq!(policy.rules[2].group, Some(netstack::addr::Group::Host));
+        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: dir:/\n  network:\n    policy: open\n    rules:\n      - { action: permit, host: x.org }\n      - { action: deny, cidr: 10.0.0.0/40 }\n      - { action: allow, group: lan }\n      - { action: allow, ports: [0] }\n      - { action: deny }\n    blockDomains: [ 'not a name' ]\n    maxConnections: 0\n");
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        for f in ["spec.network.policy", "spec.network.rules[0].action", "spec.network.rules[1].cidr", "spec.network.rules[2].group", "spec.network.rules[3].ports[0]", "spec.network.rules[4]", "spec.network.blockDomains[0]", "spec.network.maxConnections"] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+        assert!(errs.iter().all(|e| e.line > 0), "{errs:?}");
     }
 }

@@ -1,0 +1,179 @@
+//! The shim's side of the sandbox's network: it shapes the link (addresses, MTU, DNS
+//! upstreams) for both the agent's Init and the stack, starts the stack (`netstack`) over the
+//! link's fd, puts the sandbox's network-policy plugins behind the stack's `FlowPolicy`, and
+//! records the stack's denials as the sandbox's events in the store.
+//!
+//! Threads: the stack's own loop (`netstack`), and one event writer that owns its store
+//! connection; neither shares a lock with the rest of the shim. A policy plugin runs on the
+//! stack's thread: its deadline (the Plugin's `timeoutMs`) bounds how long one new flow can
+//! hold the others up.
+
+use super::ShimConfig;
+use crate::plugin::{FlowAction, LoadedPlugin, Protocol as PluginProtocol, Registry, SandboxInfo};
+use crate::plugin::policy::{decide_dns, decide_flow, DecisionCache};
+use guest_agent::protocol::{LinkAddress, NetworkInit};
+use netstack::{FlowPolicy, NetEvent, PluginVerdict, Protocol, StackConfig};
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::sync::{mpsc, Arc};
+
+/// The sandbox's interface name.
+pub const INTERFACE: &str = "eth0";
+
+/// The link of a sandbox that has one (`network.policy` other than `none`).
+pub fn link(cfg: &ShimConfig) -> Result<Option<(StackConfig, NetworkInit)>, String> {
+    if !cfg.spec.network.has_link() {
+        return Ok(None);
+    }
+    let stack = StackConfig {
+        max_connections: cfg.spec.network.max_connections.map(|n| n as usize).unwrap_or(netstack::DEFAULT_MAX_CONNECTIONS),
+        dns_upstreams: cfg.dns_upstreams.clone(),
+        ..StackConfig::default()
+    };
+    let init = NetworkInit {
+        interface: INTERFACE.into(),
+        mtu: stack.mtu as u32,
+        ipv4: Some(LinkAddress { address: stack.guest_v4, prefix: stack.prefix_v4, gateway: stack.gateway_v4 }),
+        ipv6: Some(LinkAddress { address: stack.guest_v6, prefix: stack.prefix_v6, gateway: stack.gateway_v6 }),
+        nameservers: vec![IpAddr::V4(stack.gateway_v4), IpAddr::V6(stack.gateway_v6)],
+    };
+    Ok(Some((stack, init)))
+}
+
+/// The DNS servers sandboxes' queries go to: `ORCHESTRATOR_DNS_UPSTREAM=IP:PORT,...`, else the
+/// host's /etc/resolv.conf.
+pub fn dns_upstreams() -> Result<Vec<std::net::SocketAddr>, String> {
+    let explicit = std::env::var("ORCHESTRATOR_DNS_UPSTREAM").ok();
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    netstack::dns::upstreams(explicit.as_deref(), &resolv)
+}
+
+/// The network-policy plugins, as the stack asks them.
+struct Plugins {
+    plugins: Vec<Arc<LoadedPlugin>>,
+    cache: DecisionCache,
+    info: SandboxInfo,
+}
+
+impl FlowPolicy for Plugins {
+    fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    fn decide_flow(&mut self, protocol: Protocol, ip: IpAddr, port: u16, domain: Option<&str>) -> PluginVerdict {
+        let protocol = match protocol {
+            Protocol::Tcp => PluginProtocol::Tcp,
+            Protocol::Udp => PluginProtocol::Udp,
+            // The interface knows no ICMP; the stack never asks (see netstack::policy).
+            Protocol::Icmp => return PluginVerdict::Allow,
+        };
+        let d = decide_flow(&self.plugins, &self.cache, &self.info, protocol, ip, port, domain);
+        match d.action {
+            FlowAction::Allow => PluginVerdict::Allow,
+            FlowAction::InterceptTls => PluginVerdict::InterceptTls,
+            FlowAction::Deny(reason) => PluginVerdict::Deny { plugin: d.decided_by.unwrap_or_else(|| "?".into()), reason },
+        }
+    }
+
+    fn decide_dns(&mut self, name: &str, record_type: &str) -> Result<(), (String, String)> {
+        decide_dns(&self.plugins, &self.cache, &self.info, name, record_type)
+    }
+}
+
+/// Loads the sandbox's network-policy plugins. A plugin that cannot be loaded fails the start:
+/// a sandbox must not run without the policy it names.
+fn plugins(cfg: &ShimConfig) -> Result<Box<dyn FlowPolicy>, String> {
+    let registry = Registry::new(cfg.plugin_cache.clone());
+    let mut loaded = Vec::new();
+    for name in &cfg.spec.network.plugins {
+        let spec = cfg.network_plugins.iter().find(|(n, _)| n == name).map(|(_, s)| s).ok_or_else(|| format!("spec.network.plugins: plugin {name} was not resolved for this sandbox"))?;
+        loaded.push(registry.get(name, spec).map_err(|e| format!("spec.network.plugins: {e}"))?);
+    }
+    let info = SandboxInfo { name: cfg.name.clone(), labels: cfg.labels.clone(), image: cfg.spec.image.clone(), isolation: cfg.isolation.as_str().to_string() };
+    Ok(Box::new(Plugins { plugins: loaded, cache: DecisionCache::default(), info }))
+}
+
+/// The running network of one sandbox.
+pub struct Network {
+    handle: netstack::Handle,
+}
+
+impl Network {
+    pub fn stats(&self) -> netstack::Snapshot {
+        self.handle.stats()
+    }
+
+    /// Applies a changed `network` section to the running sandbox.
+    pub fn update(&self, cfg: &ShimConfig) -> Result<(), String> {
+        let policy = cfg.spec.network.to_policy()?;
+        let plugins = plugins(cfg)?;
+        self.handle.set_policy(policy, Some(plugins));
+        Ok(())
+    }
+
+    pub fn stop(self) {
+        self.handle.stop();
+    }
+}
+
+/// Starts the stack over `link` (the sandbox's end: a TUN fd).
+pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd) -> Result<Network, String> {
+    raise_fd_limit(stack.max_connections);
+    let policy = cfg.spec.network.to_policy()?;
+    let plugins = plugins(cfg)?;
+    let (tx, rx) = mpsc::channel();
+    let handle = netstack::spawn(stack, link, policy, plugins, tx).map_err(|e| format!("starting the network: {e}"))?;
+    let object = format!("Sandbox/{}", cfg.name);
+    let db = cfg.data_dir.as_ref().map(|d| d.join("state.db"));
+    std::thread::Builder::new()
+        .name("net-events".into())
+        .spawn(move || record_events(rx, db, object))
+        .map_err(|e| format!("starting a thread: {e}"))?;
+    Ok(Network { handle })
+}
+
+/// One line per event, the way `describe` and `events` show them.
+pub fn describe(event: &NetEvent) -> (&'static str, String) {
+    match event {
+        NetEvent::Denied { protocol, destination, names, reason, decided_by } => {
+            let to = match names.first() {
+                Some(n) => format!("{n} ({destination})"),
+                None => destination.to_string(),
+            };
+            ("NetworkDenied", format!("{} to {to} denied by {decided_by}: {reason}", protocol.as_str()))
+        }
+        NetEvent::DnsRefused { name, reason, decided_by } => ("DnsRefused", format!("{name} refused by {decided_by}: {reason}")),
+        NetEvent::Suppressed { count } => ("NetworkDenied", format!("{count} more denials in the last 10 s (not shown one by one)")),
+    }
+}
+
+fn record_events(rx: mpsc::Receiver<NetEvent>, db: Option<std::path::PathBuf>, object: String) {
+    let mut store = None;
+    for event in rx {
+        let (reason, message) = describe(&event);
+        tracing::info!("{message}");
+        let Some(path) = &db else { continue };
+        if store.is_none() {
+            store = crate::store::Store::open(path).map_err(|e| tracing::warn!("opening the store for network events: {e}")).ok();
+        }
+        if let Some(s) = &store {
+            if let Err(e) = s.event(&object, reason, &message) {
+                tracing::warn!("recording a network event: {e}");
+                store = None;
+            }
+        }
+    }
+}
+
+/// Each flow holds a host fd: let the shim have them (the soft limit is often 1024).
+fn raise_fd_limit(flows: usize) {
+    let want = (flows as u64 + 256).min(1 << 20);
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! A sandbox's network as its user sees it: names resolve through the gateway, the public test
+//! internet answers, private, host and metadata addresses are refused at once with an event
+//! naming what refused them, DNS blocks and rebinding protection hold, rules come before the
+//! preset, UDP and ping go through, and abuse stays bounded.
+//!
+//! Every test builds its own internet (tests/common/testnet.rs) and runs the orchestrator in
+//! a namespace whose only link leads there: no packet can leave this machine.
+
+mod common;
+#[path = "common/testnet.rs"]
+mod testnet;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use testnet::*;
+
+/// The network probe, compiled once (`cc -static`: the busybox image has no libc).
+fn netprobe() -> PathBuf {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/network/netprobe.c");
+            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/netprobe");
+            let st = Command::new("cc").args(["-static", "-O2", "-o"]).arg(&out).arg(&src).status().expect("running cc");
+            assert!(st.success(), "building {} failed", src.display());
+            out
+        })
+        .clone()
+}
+
+/// The busybox rootfs plus the probe, as a `dir:` image of this test.
+fn probe_image(env: &Env) -> PathBuf {
+    let root = env.dir.path().join("netprobe-rootfs");
+    let st = Command::new("cp").arg("-a").arg(rootfs()).arg(&root).status().unwrap();
+    assert!(st.success());
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    std::fs::copy(netprobe(), root.join("usr/local/bin/netprobe")).unwrap();
+    root
+}
+
+fn env_in(net: &TestNet) -> Env {
+    let mut env = Env::new();
+    env.netns = Some(net.orch_ns());
+    env.extra_env.push(("ORCHESTRATOR_DNS_UPSTREAM".into(), format!("{DNS}:53")));
+    env
+}
+
+/// Applies a sleeping sandbox with `network` (YAML lines under `spec:`, indented two spaces).
+fn sandbox(env: &Env, name: &str, network: &str) {
+    let yaml = sandbox_yaml(name, &format!("  command: [sleep, '3600']\n{network}"));
+    let path = env.file(&format!("{name}.yaml"), &yaml);
+    env.ok(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+/// The same, from `image` (a directory).
+fn sandbox_from(env: &Env, name: &str, image: &Path, extra: &str) {
+    let yaml = format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  image: dir:{}\n  isolation: namespace\n  command: [sleep, '3600']\n{extra}", image.display());
+    let path = env.file(&format!("{name}.yaml"), &yaml);
+    env.ok(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+fn proc_status(pid: i32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// `wget` from inside: (exit code, body, stderr, how long it took).
+fn fetch(env: &Env, name: &str, url: &str) -> (i32, String, String, Duration) {
+    let started = Instant::now();
+    let (code, out, err) = env.sh(name, &format!("wget -q -O - {url}"));
+    (code, out.trim().to_string(), err, started.elapsed())
+}
+
+fn assert_refused_at_once(env: &Env, name: &str, url: &str) {
+    let (code, out, err, took) = fetch(env, name, url);
+    assert_ne!(code, 0, "{url} was reached: {out}");
+    assert!(err.contains("refused"), "{url}: expected a refused connection, got {err:?}");
+    assert!(took < Duration::from_secs(3), "{url}: refusing took {took:?} (a drop, not a RST?)");
+}
+
+fn describe(env: &Env, name: &str) -> String {
+    env.ok(&["describe", name])
+}
+
+#[test]
+fn public_only_reaches_the_internet_by_name_and_refuses_private_host_and_metadata_at_once() {
+    let net = TestNet::new("pub");
+    let env = env_in(&net);
+    sandbox(&env, "web", "");
+    let (code, body, err, _) = fetch(&env, "web", "http://web.test/");
+    assert_eq!((code, body.as_str()), (0, "web"), "GET by name failed: {err}");
+    let (code, body, _, _) = fetch(&env, "web", &format!("http://{WEB2}/"));
+    assert_eq!((code, body.as_str()), (0, "other"), "GET by address failed");
+    let served = net.http_requests.load(std::sync::atomic::Ordering::SeqCst);
+    for addr in [PRIVATE, METADATA, HOST_OWN, "10.0.2.2", "127.0.0.2"] {
+        assert_refused_at_once(&env, "web", &format!("http://{addr}/"));
+    }
+    assert_eq!(net.http_requests.load(std::sync::atomic::Ordering::SeqCst), served, "a refused address was served");
+    // The sandbox sees its link as the agent configured it.
+    let (_, routes, _) = env.sh("web", "ip route; cat /etc/resolv.conf");
+    assert!(routes.contains("default via 10.0.2.2 dev eth0"), "{routes}");
+    assert!(routes.contains("nameserver 10.0.2.2"), "{routes}");
+    let events = describe(&env, "web");
+    for needle in [format!("tcp to {PRIVATE}:80 denied by preset public-only: {PRIVATE} is a private address"), format!("{METADATA}:80 denied by preset public-only: {METADATA} is a metadata address"), format!("{HOST_OWN}:80 denied by preset public-only")] {
+        assert!(events.contains(&needle), "describe lacks {needle:?}:\n{events}");
+    }
+    let json = env.ok(&["events", "web", "-o", "json"]);
+    assert!(json.contains("NetworkDenied"), "{json}");
+}
+
+#[test]
+fn dns_blocks_rebinding_and_domain_rules_decide_on_the_names_the_sandbox_resolved() {
+    let net = TestNet::new("dns");
+    let env = env_in(&net);
+    sandbox(
+        &env,
+        "names",
+        "  network:\n    blockDomains: [ evil.example ]\n    blockDomainSuffixes: [ .tracking.example ]\n    rules:\n      - { action: deny, host: other.test }\n",
+    );
+    let (code, out, _) = env.sh("names", "nslookup web.test");
+    assert!(code == 0 && out.contains(WEB), "web.test did not resolve: {out}");
+    for name in ["evil.example", "a.tracking.example", "rebind.test"] {
+        let (code, out, err) = env.sh("names", &format!("nslookup {name}"));
+        assert!(code != 0 && (out + &err).contains("NXDOMAIN"), "{name} was not NXDOMAIN");
+    }
+    let queries = net.dns_queries.load(std::sync::atomic::Ordering::SeqCst);
+    let _ = env.sh("names", "nslookup evil.example");
+    assert_eq!(net.dns_queries.load(std::sync::atomic::Ordering::SeqCst), queries, "a blocked name reached the upstream");
+    // The deny rule sees the name: by name, and by the address the sandbox resolved it to.
+    assert_refused_at_once(&env, "names", "http://other.test/");
+    assert_refused_at_once(&env, "names", &format!("http://{WEB2}/"));
+    let (code, body, _, _) = fetch(&env, "names", "http://web.test/");
+    assert_eq!((code, body.as_str()), (0, "web"));
+    let events = describe(&env, "names");
+    for needle in ["evil.example refused by blockDomains evil.example", "rebind.test refused by preset public-only", "DNS rebinding", "other.test (203.0.113.11:80) denied by rule 1 (deny host other.test)"] {
+        assert!(events.contains(needle), "describe lacks {needle:?}:\n{events}");
+    }
+}
+
+#[test]
+fn rules_open_the_host_none_has_only_loopback_and_allow_all_reaches_private_addresses() {
+    let net = TestNet::new("rules");
+    net.host_http(8080, "host-service");
+    net.host_http(8081, "closed-service");
+    let env = env_in(&net);
+    sandbox(&env, "hostrule", "  network:\n    rules:\n      - { action: allow, group: host, ports: [8080] }\n");
+    sandbox(&env, "offline", "  network: { policy: none }\n");
+    sandbox(&env, "open", "  network: { policy: allow-all }\n");
+    let (code, body, err, _) = fetch(&env, "hostrule", "http://10.0.2.2:8080/");
+    assert_eq!((code, body.as_str()), (0, "host-service"), "{err}");
+    assert_refused_at_once(&env, "hostrule", "http://10.0.2.2:8081/");
+    let (_, links, _) = env.sh("offline", "ls /sys/class/net");
+    assert_eq!(links.split_whitespace().collect::<Vec<_>>(), vec!["lo"], "policy none: {links}");
+    let (code, _, err, _) = fetch(&env, "offline", &format!("http://{WEB}/"));
+    assert_ne!(code, 0, "policy none reached the internet: {err}");
+    let (code, body, err, _) = fetch(&env, "open", &format!("http://{PRIVATE}/"));
+    assert_eq!((code, body.as_str()), (0, "private"), "allow-all: {err}");
+}
+
+#[test]
+fn udp_and_ping_go_through_where_the_policy_allows_them() {
+    let net = TestNet::new("udp");
+    let env = env_in(&net);
+    let image = probe_image(&env);
+    sandbox_from(&env, "dgram", &image, "");
+    let (_, out, err) = env.sh("dgram", &format!("netprobe udp {WEB} 7 hello-udp"));
+    assert_eq!(out.trim(), "reply hello-udp", "UDP echo: {err}");
+    let started = Instant::now();
+    let (_, out, _) = env.sh("dgram", &format!("netprobe udp {PRIVATE} 7 hello"));
+    assert!(out.contains("No route to host") && started.elapsed() < Duration::from_secs(2), "a denied datagram fails at once: {out}");
+    let (code, out, _) = env.sh("dgram", &format!("ping -c 2 -W 2 {WEB}"));
+    assert_eq!(code, 0, "ping {WEB}: {out}");
+    assert!(out.contains("2 packets received"), "{out}");
+    let (code, out, _) = env.sh("dgram", &format!("ping -c 1 -W 2 {PRIVATE}"));
+    assert_ne!(code, 0, "ping of a private address answered: {out}");
+    let events = describe(&env, "dgram");
+    assert!(events.contains(&format!("udp to {PRIVATE}:7 denied by preset public-only")), "{events}");
+    assert!(events.contains(&format!("icmp to {PRIVATE}:0 denied by preset public-only")), "{events}");
+}
+
+#[test]
+fn connection_floods_and_syn_floods_stay_within_the_flow_bound_and_other_flows_keep_working() {
+    let net = TestNet::new("flood");
+    let env = env_in(&net);
+    let image = probe_image(&env);
+    sandbox_from(&env, "flood", &image, "  limits: { nofile: 4096 }\n  network: { maxConnections: 64 }\n");
+    let shim = env.shim_pid("flood");
+    let (fds_before, rss_before) = (fd_count(shim), proc_status(shim, "VmRSS:"));
+    let mut peak_fds = 0;
+    let mut total_connected = 0;
+    let mut total_refused = 0;
+    for round in 0..5 {
+        // 2000 connections at once, held open 3 s; the shim's fds are sampled meanwhile.
+        let child = env.cmd(&["exec", "flood", "--", "netprobe", "hold", WEB, "80", "2000", "3"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            peak_fds = peak_fds.max(fd_count(shim));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        let nums: Vec<usize> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        assert_eq!(nums.len(), 4, "round {round}: {line}");
+        assert!(nums[0] <= 64, "round {round}: more flows than maxConnections: {line}");
+        let (_, link, _) = env.sh("flood", "cd /sys/class/net/eth0/statistics && grep . tx_dropped rx_dropped tx_packets rx_packets");
+        assert_eq!(nums[3], 0, "round {round}: connections left hanging (dropped, not refused): {line}\n{link}");
+        total_connected += nums[0];
+        total_refused += nums[1];
+    }
+    assert!(total_connected >= 5 * 32, "the bound was not the limit: {total_connected} connected");
+    assert!(total_refused >= 5 * 1900, "refusals: {total_refused}");
+    assert!(peak_fds <= fds_before + 64 + 8, "the shim held {peak_fds} fds (from {fds_before}) for 64 flows");
+    let (_, out, _) = env.sh("flood", "netprobe synflood 10.0.2.15 203.0.113.10 80 20000");
+    assert_eq!(out.trim(), "sent 20000", "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(fd_count(shim) <= fds_before + 64 + 8, "after the SYN flood the shim holds {} fds", fd_count(shim));
+    let rss_after = proc_status(shim, "VmRSS:");
+    assert!(rss_after < rss_before + 96 * 1024, "the shim's memory grew from {rss_before} to {rss_after} KiB");
+    // The sandbox's network still works, once the flood's flows are gone.
+    env.wait_for("the flood's flows to drain", Duration::from_secs(30), || fetch(&env, "flood", "http://web.test/").1 == "web");
+    let events: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&["events", "flood", "-o", "json", "--limit", "1000"])).unwrap();
+    assert!(events.len() < 200, "denial events are rate-limited: {} recorded", events.len());
+    assert!(events.iter().any(|e| e["message"].as_str().unwrap_or("").contains("network.maxConnections")), "the bound is named in an event");
+}

@@ -1,0 +1,152 @@
+/* What a program inside a sandbox does to its network, for tests/network.rs: a UDP round trip,
+ * a burst of connections held open, a SYN flood from a raw socket. Static (the busybox image has
+ * no libc); every mode prints one line a test parses. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct sockaddr_in addr(const char *ip, const char *port) {
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)atoi(port));
+    if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) {
+        fprintf(stderr, "netprobe: bad address %s\n", ip);
+        exit(2);
+    }
+    return a;
+}
+
+/* udp ADDR PORT MESSAGE: prints "reply MESSAGE" or "udp ERROR". */
+static int udp(const char *ip, const char *port, const char *msg) {
+    struct sockaddr_in a = addr(ip, port);
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct timeval tv = {2, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) != 0 || send(s, msg, strlen(msg), 0) < 0) {
+        printf("udp %s\n", strerror(errno));
+        return 1;
+    }
+    char buf[2048];
+    ssize_t n = recv(s, buf, sizeof buf - 1, 0);
+    if (n < 0) {
+        printf("udp %s\n", strerror(errno));
+        return 1;
+    }
+    buf[n] = 0;
+    printf("reply %s\n", buf);
+    return 0;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* hold ADDR PORT N SECONDS: starts N connections at once and keeps them open; after SECONDS
+ * prints "connected C refused R other O pending P". */
+static int hold(const char *ip, const char *port, int n, int seconds) {
+    struct sockaddr_in a = addr(ip, port);
+    struct pollfd *p = calloc(n, sizeof *p);
+    int connected = 0, refused = 0, other = 0, open = 0;
+    for (int i = 0; i < n; i++) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (s < 0) {
+            other++;
+            p[i].fd = -1;
+            continue;
+        }
+        if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
+            connected++;
+            p[i].fd = -1;
+            continue;
+        }
+        if (errno != EINPROGRESS) {
+            if (errno == ECONNREFUSED) refused++; else other++;
+            close(s);
+            p[i].fd = -1;
+            continue;
+        }
+        p[i].fd = s;
+        p[i].events = POLLOUT;
+        open++;
+    }
+    double end = now() + seconds;
+    while (open > 0 && now() < end) {
+        int r = poll(p, n, 100);
+        if (r <= 0) continue;
+        for (int i = 0; i < n; i++) {
+            if (p[i].fd < 0 || !p[i].revents) continue;
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(p[i].fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err == 0) connected++;
+            else if (err == ECONNREFUSED || err == ECONNRESET) refused++;
+            else other++;
+            if (err) close(p[i].fd);
+            p[i].fd = -1;
+            open--;
+        }
+    }
+    printf("connected %d refused %d other %d pending %d\n", connected, refused, other, open);
+    return 0;
+}
+
+static unsigned short csum(const void *data, int len, unsigned int sum) {
+    const unsigned short *w = data;
+    for (; len > 1; len -= 2) sum += *w++;
+    if (len) sum += *(const unsigned char *)w;
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return (unsigned short)~sum;
+}
+
+/* synflood SRC DST PORT N: N SYNs from random ports that never complete; prints "sent N". */
+static int synflood(const char *src, const char *dst, const char *port, int n) {
+    struct sockaddr_in d = addr(dst, port), s = addr(src, "0");
+    int fd = socket(AF_INET, SOCK_RAW, IPPROTO_TCP);
+    if (fd < 0) {
+        printf("synflood %s\n", strerror(errno));
+        return 1;
+    }
+    int sent = 0;
+    srand((unsigned)time(NULL));
+    for (int i = 0; i < n; i++) {
+        struct tcphdr t;
+        memset(&t, 0, sizeof t);
+        t.source = htons((unsigned short)(1024 + rand() % 60000));
+        t.dest = d.sin_port;
+        t.seq = htonl((unsigned)rand());
+        t.doff = 5;
+        t.syn = 1;
+        t.window = htons(65535);
+        struct { unsigned int s, d; unsigned char z, p; unsigned short l; } ph = {s.sin_addr.s_addr, d.sin_addr.s_addr, 0, IPPROTO_TCP, htons(sizeof t)};
+        unsigned int sum = 0;
+        const unsigned short *w = (const unsigned short *)&ph;
+        for (size_t k = 0; k < sizeof ph / 2; k++) sum += w[k];
+        t.check = csum(&t, sizeof t, sum);
+        if (sendto(fd, &t, sizeof t, 0, (struct sockaddr *)&d, sizeof d) == sizeof t) sent++;
+    }
+    printf("sent %d\n", sent);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc == 5 && !strcmp(argv[1], "udp")) return udp(argv[2], argv[3], argv[4]);
+    if (argc == 6 && !strcmp(argv[1], "hold")) return hold(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+    if (argc == 6 && !strcmp(argv[1], "synflood")) return synflood(argv[2], argv[3], argv[4], atoi(argv[5]));
+    fprintf(stderr, "usage: netprobe udp ADDR PORT MSG | hold ADDR PORT N SECONDS | synflood SRC DST PORT N\n");
+    return 2;
+}
