@@ -229,3 +229,48 @@ fn connection_floods_and_syn_floods_stay_within_the_flow_bound_and_other_flows_k
     assert!(events.len() < 200, "denial events are rate-limited: {} recorded", events.len());
     assert!(events.iter().any(|e| e["message"].as_str().unwrap_or("").contains("network.maxConnections")), "the bound is named in an event");
 }
+
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main_pid(env: &Env, name: &str) -> Option<u64> {
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.instance_dir(name).join("state.json")).ok()?).ok()?;
+    state["main_pid"].as_u64()
+}
+
+#[test]
+fn a_rule_added_under_serve_blocks_the_next_connection_and_closes_open_ones_without_a_restart() {
+    let net = TestNet::new("live");
+    let env = env_in(&net);
+    let cfg = env.dir.path().join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let yaml = |network: &str| sandbox_yaml("live", &format!("  command: [sleep, '3600']\n{network}"));
+    std::fs::write(cfg.join("live.yaml"), yaml("")).unwrap();
+    let child = env.cmd(&["serve", "--config", cfg.to_str().unwrap(), "--resync", "1"]).stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let _serve = Serve(child);
+    env.wait_for("the sandbox to run", Duration::from_secs(30), || env.get().iter().any(|o| o["name"] == "live" && o["status"] == "Running") && main_pid(&env, "live").is_some());
+    let (pid, shim) = (main_pid(&env, "live"), env.shim_pid("live"));
+    assert_eq!(fetch(&env, "live", "http://web.test/").1, "web");
+    // A connection held open across the change (the server waits for a request).
+    let held = env.cmd(&["exec", "live", "--", "sh", "-c", &format!("mkfifo /tmp/in; sleep 30 > /tmp/in 2>/dev/null & nc {WEB} 80 < /tmp/in; echo closed")]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(cfg.join("live.yaml"), yaml(&format!("  network:\n    rules:\n      - {{ action: deny, cidr: {WEB}/32 }}\n"))).unwrap();
+    env.wait_for("the new rule to refuse connections", Duration::from_secs(20), || {
+        let (code, _, err, _) = fetch(&env, "live", "http://web.test/");
+        code != 0 && err.contains("refused")
+    });
+    let started = Instant::now();
+    let out = held.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("closed") && started.elapsed() < Duration::from_secs(10), "the open connection was not closed by the new rule");
+    assert_eq!((main_pid(&env, "live"), env.shim_pid("live")), (pid, shim), "the sandbox was restarted");
+    assert_eq!(fetch(&env, "live", &format!("http://{WEB2}/")).1, "other", "other destinations still work");
+    let events = describe(&env, "live");
+    assert!(events.contains("NetworkUpdated"), "{events}");
+    assert!(events.contains(&format!("rule 1 (deny cidr {WEB}/32)")), "{events}");
+}

@@ -213,7 +213,7 @@ impl Agent {
                 finish(0);
             }
             Request::Init(_) => self.reply(id, error(ErrorCode::BadRequest, "sandbox is already initialised")),
-            Request::Status | Request::Attach | Request::Stop { .. } => {
+            Request::Status | Request::Attach | Request::Stop { .. } | Request::UpdateNetwork { .. } => {
                 self.reply(id, error(ErrorCode::Unsupported, "handled by the shim, not the agent"))
             }
         }

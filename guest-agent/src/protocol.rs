@@ -54,6 +54,9 @@ pub enum Request {
     Attach,
     /// Shim-level: stop the sandbox (graceful, then forced) and exit the shim.
     Stop { grace_ms: u64 },
+    /// Shim-level: apply a changed `network` section to the running sandbox (the host's
+    /// JSON: the section and the Plugin resources it names).
+    UpdateNetwork { config: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

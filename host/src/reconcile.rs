@@ -81,6 +81,8 @@ pub enum Outcome {
     Recreated,
     Restarted,
     Removed,
+    /// Only `spec.network` changed: applied to the running sandbox, nothing restarted.
+    NetworkUpdated,
 }
 
 pub struct Orchestrator {
@@ -208,6 +210,7 @@ impl Orchestrator {
         for name in names {
             match self.converge(&name) {
                 Ok(Outcome::Nothing) => lines.push(format!("sandbox/{name} unchanged")),
+                Ok(Outcome::NetworkUpdated) => lines.push(format!("sandbox/{name} network updated (not restarted)")),
                 Ok(o) => lines.push(format!("sandbox/{name} {}", format!("{o:?}").to_lowercase())),
                 Err(e) => {
                     lines.push(format!("sandbox/{name} failed: {e}"));
@@ -320,6 +323,9 @@ impl Orchestrator {
             row = self.await_start(&row)?;
         }
         if row.spec != desired.canonical_json() {
+            if row.status == Status::Running && self.update_network_live(&mut row, &desired)? {
+                return Ok(Outcome::NetworkUpdated);
+            }
             self.remove_instance(&row)?;
             self.create_instance(&desired, false, false)?;
             return Ok(Outcome::Recreated);
@@ -336,6 +342,39 @@ impl Orchestrator {
         }
         self.start_instance(row, &desired, false, false)?;
         Ok(Outcome::Restarted)
+    }
+
+    /// When the running sandbox differs from `desired` only in `spec.network` (and keeps its
+    /// link), hands the new section to its shim and records it; true when that happened.
+    fn update_network_live(&mut self, row: &mut SandboxRow, desired: &Resource) -> Result<bool> {
+        let Ok(current) = serde_json::from_str::<Resource>(&row.spec) else { return Ok(false) };
+        let (Some(old), Some(new)) = (sandbox_spec(&current), sandbox_spec(desired)) else { return Ok(false) };
+        if old.network.has_link() != new.network.has_link() {
+            return Ok(false);
+        }
+        let mut same = current.clone();
+        if let ResourceSpec::Sandbox(s) = &mut same.spec {
+            s.network = new.network.clone();
+        }
+        if same.canonical_json() != desired.canonical_json() {
+            return Ok(false);
+        }
+        let update = crate::shim::network::NetworkUpdate {
+            network: new.network.clone(),
+            plugins: new.network.plugins.iter().filter_map(|n| self.plugin_spec(n).map(|s| (n.clone(), s))).collect(),
+        };
+        let failed = |message: String| ReconcileError::Sandbox { name: row.name.clone(), message };
+        let config = serde_json::to_string(&update).map_err(|e| failed(e.to_string()))?;
+        let mut client = crate::client::ShimClient::connect(&self.instance_dir(row).socket()).map_err(|e| failed(format!("reaching the shim: {e}")))?;
+        match client.call(guest_agent::protocol::Request::UpdateNetwork { config }).map_err(|e| failed(format!("updating the network: {e}")))? {
+            guest_agent::protocol::Response::Done => {}
+            guest_agent::protocol::Response::Error { message, .. } => return Err(failed(format!("updating the network: {message}"))),
+            other => return Err(failed(format!("updating the network: unexpected answer {other:?}"))),
+        }
+        row.spec = desired.canonical_json();
+        self.store.update_sandbox(row)?;
+        self.store.event(&object(&row.name), "NetworkUpdated", "spec.network applied to the running sandbox")?;
+        Ok(true)
     }
 
     fn await_start(&mut self, row: &SandboxRow) -> Result<SandboxRow> {

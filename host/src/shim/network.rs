@@ -93,6 +93,13 @@ fn plugins(cfg: &ShimConfig) -> Result<Box<dyn FlowPolicy>, String> {
     Ok(Box::new(Plugins { plugins: loaded, cache: DecisionCache::default(), info }))
 }
 
+/// A changed `network` section, as the host sends it (`Request::UpdateNetwork`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NetworkUpdate {
+    pub network: crate::spec::NetworkSpec,
+    pub plugins: Vec<(String, crate::spec::PluginSpec)>,
+}
+
 /// The running network of one sandbox.
 pub struct Network {
     handle: netstack::Handle,
@@ -103,10 +110,17 @@ impl Network {
         self.handle.stats()
     }
 
-    /// Applies a changed `network` section to the running sandbox.
-    pub fn update(&self, cfg: &ShimConfig) -> Result<(), String> {
-        let policy = cfg.spec.network.to_policy()?;
-        let plugins = plugins(cfg)?;
+    /// Applies a changed `network` section to the running sandbox: new flows see it at once,
+    /// open flows it denies are closed. Nothing changes when the new plugins cannot be loaded.
+    pub fn update(&self, cfg: &ShimConfig, update: NetworkUpdate) -> Result<(), String> {
+        if update.network.has_link() != cfg.spec.network.has_link() {
+            return Err("adding or removing the link (policy none) needs a restart".into());
+        }
+        let mut next = cfg.clone();
+        next.spec.network = update.network;
+        next.network_plugins = update.plugins;
+        let policy = next.spec.network.to_policy()?;
+        let plugins = plugins(&next)?;
         self.handle.set_policy(policy, Some(plugins));
         Ok(())
     }

@@ -512,6 +512,19 @@ impl Shared {
                 client.send(cid, Response::Done);
             }
             Request::Attach => self.attach(client, cid),
+            Request::UpdateNetwork { config } => {
+                let reply = match serde_json::from_str::<super::network::NetworkUpdate>(&config) {
+                    Err(e) => error(ErrorCode::BadRequest, format!("network update: {e}")),
+                    Ok(update) => match lock(&self.network).as_ref() {
+                        None => error(ErrorCode::Unsupported, "this sandbox has no network link"),
+                        Some(net) => match net.update(&self.cfg, update) {
+                            Ok(()) => Response::Done,
+                            Err(e) => error(ErrorCode::BadRequest, e),
+                        },
+                    },
+                };
+                client.send(cid, reply);
+            }
             Request::Exec(req) => {
                 let tty = req.tty.is_some();
                 if self.stopping.load(Ordering::SeqCst) {
