@@ -113,6 +113,11 @@ fn public_only_reaches_the_internet_by_name_and_refuses_private_host_and_metadat
     }
     let json = env.ok(&["events", "web", "-o", "json"]);
     assert!(json.contains("NetworkDenied"), "{json}");
+    // The counters: `get -o json` and `describe` show them.
+    env.wait_for("the network counters", Duration::from_secs(5), || network_stats(&env, "web")["flowsDenied"].as_u64().unwrap_or(0) >= 4);
+    let stats = network_stats(&env, "web");
+    assert!(stats["flowsAllowed"].as_u64().unwrap() >= 2 && stats["dnsQueries"].as_u64().unwrap() >= 1 && stats["rxBytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(describe(&env, "web").contains("Flows:"), "describe shows the counters");
 }
 
 #[test]
@@ -273,4 +278,59 @@ fn a_rule_added_under_serve_blocks_the_next_connection_and_closes_open_ones_with
     let events = describe(&env, "live");
     assert!(events.contains("NetworkUpdated"), "{events}");
     assert!(events.contains(&format!("rule 1 (deny cidr {WEB}/32)")), "{events}");
+}
+
+/// Where `just plugins` put the components (tests/setup.sh test builds them).
+fn component(name: &str) -> PathBuf {
+    let dir = std::env::var_os("ORCHESTRATOR_TEST_PLUGINS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: build the test plugins with `just plugins` (tests/setup.sh test does)", path.display());
+    path
+}
+
+fn network_stats(env: &Env, name: &str) -> serde_json::Value {
+    env.sandbox(name)["network"].clone()
+}
+
+#[test]
+fn policy_plugins_in_c_python_and_js_decide_real_flows_and_a_trapping_plugin_denies() {
+    let net = TestNet::new("plug");
+    let env = env_in(&net);
+    let mut docs = Vec::new();
+    for lang in ["c", "py", "js"] {
+        docs.push(format!(
+            "apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: guard-{lang} }}\nspec:\n  component: {}\n  config: {{ ports: '80', allow-domains: web.test, cache-seconds: '60' }}\n  limits: {{ timeout: 10s }}\n",
+            component(&format!("egress-guard-{lang}")).display()
+        ));
+        docs.push(sandbox_yaml(&format!("pl-{lang}"), &format!("  command: [sleep, '3600']\n  network: {{ plugins: [guard-{lang}] }}\n")));
+    }
+    docs.push(format!("apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: trapper }}\nspec:\n  component: {}\n  config: {{ mode: trap }}\n", component("hostile-c").display()));
+    docs.push(sandbox_yaml("pl-trap", "  command: [sleep, '3600']\n  network: { plugins: [trapper] }\n"));
+    let f = env.file("plugins.yaml", &docs.join("---\n"));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    for lang in ["c", "py", "js"] {
+        let name = format!("pl-{lang}");
+        for round in 0..2 {
+            let (code, body, err, _) = fetch(&env, &name, "http://web.test/");
+            assert_eq!((code, body.as_str()), (0, "web"), "{lang} round {round}: {err}");
+        }
+        assert_refused_at_once(&env, &name, "http://web.test:8080/");
+        assert_refused_at_once(&env, &name, &format!("http://{WEB2}/"));
+        let (code, out, err) = env.sh(&name, "nslookup other.test");
+        assert!(code != 0 && (out + &err).contains("NXDOMAIN"), "{lang}: other.test resolved");
+        let events = describe(&env, &name);
+        for needle in [
+            format!("web.test (203.0.113.10:8080) denied by plugin guard-{lang}: port 8080 not allowed"),
+            format!("tcp to {WEB2}:80 denied by plugin guard-{lang}"),
+            format!("other.test refused by plugin guard-{lang}: domain other.test not allowed"),
+        ] {
+            assert!(events.contains(&needle), "{lang}: describe lacks {needle:?}:\n{events}");
+        }
+        env.wait_for("the network counters", Duration::from_secs(5), || network_stats(&env, &name)["pluginCacheHits"].as_u64().unwrap_or(0) >= 1);
+    }
+    // A plugin that traps denies: policy fails closed.
+    let (code, _, err) = env.sh("pl-trap", &format!("wget -q -O - http://{WEB}/"));
+    assert!(code != 0 && err.contains("refused"), "a trapping plugin let a flow through: {err}");
+    let events = describe(&env, "pl-trap");
+    assert!(events.contains("denied by plugin trapper") && events.contains("trapped"), "{events}");
 }

@@ -73,6 +73,10 @@ impl InstanceDir {
     pub fn state(&self) -> PathBuf {
         self.0.join("state.json")
     }
+    /// The sandbox's network counters, rewritten by its shim every few seconds.
+    pub fn network_stats(&self) -> PathBuf {
+        self.0.join("network.json")
+    }
     pub fn lock(&self) -> PathBuf {
         self.0.join("shim.lock")
     }

@@ -104,6 +104,11 @@ impl Handle {
         self.stats.snapshot()
     }
 
+    /// The live counters, for a reader that must not keep the stack's state alive.
+    pub fn stats_source(&self) -> std::sync::Weak<stats::Stats> {
+        Arc::downgrade(&self.stats)
+    }
+
     /// Stops the loop and waits for it (every host socket is closed when it returns).
     pub fn stop(mut self) {
         let _ = self.control.send(Control::Stop);

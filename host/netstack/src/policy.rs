@@ -282,6 +282,10 @@ pub trait FlowPolicy: Send {
     fn decide_flow(&mut self, protocol: Protocol, ip: IpAddr, port: u16, domain: Option<&str>) -> PluginVerdict;
     /// `Err((plugin, reason))` refuses the query (the sandbox gets NXDOMAIN).
     fn decide_dns(&mut self, name: &str, record_type: &str) -> Result<(), (String, String)>;
+    /// (decisions asked for, decisions answered wholly from the cache) so far.
+    fn counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// No plugins: every flow the rules leave open is allowed.

@@ -396,7 +396,15 @@ impl Stack {
     }
 
     fn decide(&mut self, protocol: Protocol, ip: IpAddr, port: u16, names: &[String]) -> Decision {
-        policy::decide(&self.policy, &FlowQuery { protocol, ip, port, names }, &self.host_addrs, self.plugins.as_mut())
+        let d = policy::decide(&self.policy, &FlowQuery { protocol, ip, port, names }, &self.host_addrs, self.plugins.as_mut());
+        self.count_plugins();
+        d
+    }
+
+    fn count_plugins(&self) {
+        let (asked, cached) = self.plugins.counts();
+        self.stats.set(&self.stats.plugin_decisions, asked);
+        self.stats.set(&self.stats.plugin_cache_hits, cached);
     }
 
     /// Where a host socket for a flow to `dst` really connects: the gateway is the host's
@@ -932,6 +940,7 @@ impl Stack {
         self.stats.add(&self.stats.dns_queries, 1);
         let mut refused = None;
         let out = self.resolver.query(bytes, asker, &self.policy, self.plugins.as_mut(), Instant::now(), &mut refused);
+        self.count_plugins();
         if let Some(r) = refused {
             self.stats.add(&self.stats.dns_nxdomain, 1);
             self.emit(NetEvent::DnsRefused { name: r.name, reason: r.reason, decided_by: r.decided_by });

@@ -15,6 +15,9 @@ pub struct Stats {
     pub flows_denied: AtomicU64,
     pub dns_queries: AtomicU64,
     pub dns_nxdomain: AtomicU64,
+    /// Flows and queries the plugins were asked about, and how many answers came from cache.
+    pub plugin_decisions: AtomicU64,
+    pub plugin_cache_hits: AtomicU64,
 }
 
 /// A reading of the counters.
@@ -29,6 +32,8 @@ pub struct Snapshot {
     pub flows_denied: u64,
     pub dns_queries: u64,
     pub dns_nxdomain: u64,
+    pub plugin_decisions: u64,
+    pub plugin_cache_hits: u64,
 }
 
 impl Stats {
@@ -52,6 +57,8 @@ impl Stats {
             flows_denied: r(&self.flows_denied),
             dns_queries: r(&self.dns_queries),
             dns_nxdomain: r(&self.dns_nxdomain),
+            plugin_decisions: r(&self.plugin_decisions),
+            plugin_cache_hits: r(&self.plugin_cache_hits),
         }
     }
 }

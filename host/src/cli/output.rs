@@ -21,7 +21,15 @@ fn sandbox_rows(orch: &mut Orchestrator) -> Result<Vec<SandboxRow>> {
     }
 }
 
-fn object(r: &StoredResource, row: Option<&SandboxRow>) -> Value {
+/// The network counters its shim last wrote, for a running sandbox with a link.
+fn network_stats(orch: &Orchestrator, row: &SandboxRow) -> Option<Value> {
+    if row.status != crate::store::Status::Running {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(orch.instance_dir(row).network_stats()).ok()?).ok()
+}
+
+fn object(orch: &Orchestrator, r: &StoredResource, row: Option<&SandboxRow>) -> Value {
     let (status, isolation, image) = match &r.resource.spec {
         ResourceSpec::Sandbox(s) => (
             row.map(|x| x.status.as_str()).unwrap_or("Pending"),
@@ -48,6 +56,9 @@ fn object(r: &StoredResource, row: Option<&SandboxRow>) -> Value {
         o["message"] = json!(row.message);
         o["startedAt"] = json!(row.started_at);
         o["finishedAt"] = json!(row.finished_at);
+        if let Some(n) = network_stats(orch, row) {
+            o["network"] = n;
+        }
     }
     o
 }
@@ -66,7 +77,7 @@ pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, f
         .filter(|r| name.is_none_or(|n| r.resource.name == n))
         .map(|r| {
             let row = (r.resource.kind() == Kind::Sandbox).then(|| rows.iter().find(|x| x.name == r.resource.name)).flatten();
-            object(r, row)
+            object(orch, r, row)
         })
         .collect();
     if let (Some(n), true) = (name, objects.is_empty()) {
@@ -166,6 +177,11 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
             }
             if let Some(m) = &r.message {
                 writeln!(out, "Message:       {m}")?;
+            }
+            if let Some(n) = network_stats(orch, r) {
+                let v = |k: &str| n[k].as_u64().unwrap_or(0);
+                writeln!(out, "Network:       policy {}; rx {} in {} packets, tx {} in {} packets", spec.network.policy.as_str(), format_bytes(v("rxBytes")), v("rxPackets"), format_bytes(v("txBytes")), v("txPackets"))?;
+                writeln!(out, "Flows:         {} open, {} allowed, {} denied; DNS {} queries, {} NXDOMAIN", v("openFlows"), v("flowsAllowed"), v("flowsDenied"), v("dnsQueries"), v("dnsNxdomain"))?;
             }
         }
         None => writeln!(out, "Status:        Pending (no instance yet)")?,

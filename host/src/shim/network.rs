@@ -53,6 +53,8 @@ struct Plugins {
     plugins: Vec<Arc<LoadedPlugin>>,
     cache: DecisionCache,
     info: SandboxInfo,
+    asked: u64,
+    cached: u64,
 }
 
 impl FlowPolicy for Plugins {
@@ -68,6 +70,8 @@ impl FlowPolicy for Plugins {
             Protocol::Icmp => return PluginVerdict::Allow,
         };
         let d = decide_flow(&self.plugins, &self.cache, &self.info, protocol, ip, port, domain);
+        self.asked += 1;
+        self.cached += u64::from(d.cached);
         match d.action {
             FlowAction::Allow => PluginVerdict::Allow,
             FlowAction::InterceptTls => PluginVerdict::InterceptTls,
@@ -76,7 +80,12 @@ impl FlowPolicy for Plugins {
     }
 
     fn decide_dns(&mut self, name: &str, record_type: &str) -> Result<(), (String, String)> {
+        self.asked += 1;
         decide_dns(&self.plugins, &self.cache, &self.info, name, record_type)
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.asked, self.cached)
     }
 }
 
@@ -90,7 +99,7 @@ fn plugins(cfg: &ShimConfig) -> Result<Box<dyn FlowPolicy>, String> {
         loaded.push(registry.get(name, spec).map_err(|e| format!("spec.network.plugins: {e}"))?);
     }
     let info = SandboxInfo { name: cfg.name.clone(), labels: cfg.labels.clone(), image: cfg.spec.image.clone(), isolation: cfg.isolation.as_str().to_string() };
-    Ok(Box::new(Plugins { plugins: loaded, cache: DecisionCache::default(), info }))
+    Ok(Box::new(Plugins { plugins: loaded, cache: DecisionCache::default(), info, asked: 0, cached: 0 }))
 }
 
 /// A changed `network` section, as the host sends it (`Request::UpdateNetwork`).
@@ -137,6 +146,12 @@ pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd) -> Result<Netw
     let plugins = plugins(cfg)?;
     let (tx, rx) = mpsc::channel();
     let handle = netstack::spawn(stack, link, policy, plugins, tx).map_err(|e| format!("starting the network: {e}"))?;
+    let stats = handle.stats_source();
+    let path = crate::paths::InstanceDir(cfg.dir.clone()).network_stats();
+    std::thread::Builder::new()
+        .name("net-stats".into())
+        .spawn(move || write_stats(stats, path))
+        .map_err(|e| format!("starting a thread: {e}"))?;
     let object = format!("Sandbox/{}", cfg.name);
     let db = cfg.data_dir.as_ref().map(|d| d.join("state.db"));
     std::thread::Builder::new()
@@ -144,6 +159,42 @@ pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd) -> Result<Netw
         .spawn(move || record_events(rx, db, object))
         .map_err(|e| format!("starting a thread: {e}"))?;
     Ok(Network { handle })
+}
+
+/// How often the counters file is rewritten (when something changed).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The counters as `get -o json`, `describe` and metrics show them.
+pub fn stats_json(s: &netstack::Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "rxBytes": s.rx_bytes,
+        "rxPackets": s.rx_packets,
+        "txBytes": s.tx_bytes,
+        "txPackets": s.tx_packets,
+        "openFlows": s.open_flows,
+        "flowsAllowed": s.flows_allowed,
+        "flowsDenied": s.flows_denied,
+        "dnsQueries": s.dns_queries,
+        "dnsNxdomain": s.dns_nxdomain,
+        "pluginDecisions": s.plugin_decisions,
+        "pluginCacheHits": s.plugin_cache_hits,
+    })
+}
+
+fn write_stats(stats: std::sync::Weak<netstack::stats::Stats>, path: std::path::PathBuf) {
+    let mut last = None;
+    loop {
+        let Some(s) = stats.upgrade() else { return };
+        let snap = s.snapshot();
+        drop(s);
+        if last != Some(snap) {
+            if let Ok(bytes) = serde_json::to_vec(&stats_json(&snap)) {
+                let _ = crate::paths::write_atomic(&path, &bytes);
+            }
+            last = Some(snap);
+        }
+        std::thread::sleep(STATS_INTERVAL);
+    }
 }
 
 /// One line per event, the way `describe` and `events` show them.
