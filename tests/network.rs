@@ -334,3 +334,69 @@ fn policy_plugins_in_c_python_and_js_decide_real_flows_and_a_trapping_plugin_den
     let events = describe(&env, "pl-trap");
     assert!(events.contains("denied by plugin trapper") && events.contains("trapped"), "{events}");
 }
+
+/// An HTTP GET from the orchestrator's namespace (where published ports listen).
+fn get_from_host(net: &TestNet, port: u16) -> std::io::Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(&net.orch_ns(), move || {
+        let r = (|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        let _ = tx.send(r);
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn a_published_port_serves_a_guest_server_and_a_taken_port_refuses_the_sandbox() {
+    let net = TestNet::new("ports");
+    let env = env_in(&net);
+    let yaml = sandbox_yaml("served", "  command: [sh, -c, 'mkdir -p /www && echo guest-page > /www/index.html && exec httpd -f -p 80 -h /www']\n  ports: [ { host: 18080, guest: 80 } ]\n");
+    let f = env.file("served.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let mut page = String::new();
+    env.wait_for("the published port to answer", Duration::from_secs(10), || {
+        page = get_from_host(&net, 18080).unwrap_or_default();
+        page.contains("guest-page")
+    });
+    assert!(page.starts_with("HTTP/1.1 200") || page.starts_with("HTTP/1.0 200"), "{page}");
+    // Many clients at once, each served.
+    let pages: Vec<String> = (0..20).map(|_| get_from_host(&net, 18080).unwrap_or_default()).collect();
+    assert!(pages.iter().all(|p| p.contains("guest-page")), "{pages:?}");
+
+    // A host port already in use refuses the sandbox, naming the field, and leaves nothing.
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(&net.orch_ns(), move || {
+        let holder = std::net::TcpListener::bind("127.0.0.1:18081").unwrap();
+        tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(holder);
+    });
+    rx.recv().unwrap();
+    let yaml = sandbox_yaml("clash", "  command: [sleep, '3600']\n  ports: [ { host: 18081, guest: 80 } ]\n");
+    let f = env.file("clash.yaml", &yaml);
+    let out = env.run(&["apply", "-f", f.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a taken port was accepted: {text}");
+    assert!(text.contains("spec.ports[0]: cannot listen on 127.0.0.1:18081") && text.contains("in use"), "{text}");
+    let instance = env.sandbox("clash")["instance"].as_str().unwrap_or("").to_string();
+    assert!(!instance.is_empty());
+    assert_eq!(leftovers(&instance), Vec::<String>::new(), "a refused sandbox left things behind");
+
+    // `run -p` publishes the same way.
+    let mut child = env
+        .cmd(&["run", "--rm", "-p", "18082:80", &format!("dir:{}", rootfs().display()), "--", "sh", "-c", "mkdir -p /w && echo run-page > /w/index.html && exec httpd -f -p 80 -h /w"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for("run -p to answer", Duration::from_secs(15), || get_from_host(&net, 18082).unwrap_or_default().contains("run-page"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

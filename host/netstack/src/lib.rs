@@ -84,6 +84,23 @@ pub enum NetEvent {
     Suppressed { count: u64 },
 }
 
+/// A published port's host socket, bound by the caller (so a port in use fails the caller's
+/// start, before anything runs).
+pub enum Listener {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+    #[doc(hidden)]
+    MioTcp(mio::net::TcpListener),
+    #[doc(hidden)]
+    MioUdp(mio::net::UdpSocket),
+}
+
+/// Connections and datagrams to `listener` go to the guest's `guest_port`, from the gateway.
+pub struct Published {
+    pub listener: Listener,
+    pub guest_port: u16,
+}
+
 /// The running stack, from outside its thread.
 pub struct Handle {
     control: mpsc::Sender<Control>,
@@ -120,10 +137,10 @@ impl Handle {
 }
 
 /// Starts the stack on its own thread over `link` (a TUN fd, non-blocking).
-pub fn spawn(cfg: StackConfig, link: OwnedFd, policy: NetworkPolicy, plugins: Box<dyn FlowPolicy>, events: mpsc::Sender<NetEvent>) -> std::io::Result<Handle> {
+pub fn spawn(cfg: StackConfig, link: OwnedFd, policy: NetworkPolicy, plugins: Box<dyn FlowPolicy>, events: mpsc::Sender<NetEvent>, published: Vec<Published>) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(stats::Stats::default());
-    let (stack, waker) = stack::Stack::new(cfg, link, policy, plugins, rx, events, stats.clone())?;
+    let (stack, waker) = stack::Stack::new(cfg, link, policy, plugins, rx, events, stats.clone(), published)?;
     let thread = std::thread::Builder::new().name("netstack".into()).spawn(move || stack.run())?;
     Ok(Handle { control: tx, waker, stats, thread: Some(thread) })
 }

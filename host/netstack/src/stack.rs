@@ -39,7 +39,11 @@ const TUN: Token = Token(0);
 const WAKER: Token = Token(1);
 const DNS_V4: Token = Token(2);
 const DNS_V6: Token = Token(3);
-const FLOW_BASE: usize = 16;
+/// Published ports' listeners, then flows.
+const PUBLISHED_BASE: usize = 16;
+const FLOW_BASE: usize = PUBLISHED_BASE + 65_536;
+/// Gateway-side ports of connections into the guest from published ports.
+const INBOUND_PORTS: std::ops::RangeInclusive<u16> = 49_152..=65_535;
 
 /// Frames read from the guest per loop turn before the flows get a turn.
 const BATCH: usize = 256;
@@ -82,6 +86,8 @@ struct TcpFlow {
     guest_eof: bool,
     /// The first guest bytes were looked at for a TLS server name.
     sni_done: bool,
+    /// A connection into the guest from a published port (the policy is for egress).
+    inbound: bool,
     names: Vec<String>,
 }
 
@@ -109,6 +115,18 @@ enum Flow {
     Udp(UdpFlow),
     Dns(DnsTcp),
     Icmp(IcmpFlow),
+}
+
+/// A datagram peer of a published UDP port, as the guest sees it (the gateway and a port).
+struct InboundUdp {
+    listener: usize,
+    client: SocketAddr,
+    last: Instant,
+}
+
+struct Listener {
+    socket: crate::Listener,
+    guest_port: u16,
 }
 
 struct Limiter {
@@ -145,6 +163,10 @@ pub struct Stack {
     tun_readable: bool,
     started: Instant,
     rxbuf: Vec<u8>,
+    listeners: Vec<Listener>,
+    inbound_udp: HashMap<u16, InboundUdp>,
+    inbound_udp_by_client: HashMap<(usize, SocketAddr), u16>,
+    next_inbound_port: u16,
 }
 
 fn io_other(e: impl std::fmt::Display) -> io::Error {
@@ -160,8 +182,29 @@ impl Stack {
         control: Receiver<Control>,
         events: Sender<NetEvent>,
         stats: Arc<Stats>,
+        published: Vec<crate::Published>,
     ) -> io::Result<(Stack, Arc<Waker>)> {
         let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, p) in published.into_iter().enumerate() {
+            let token = Token(PUBLISHED_BASE + i);
+            let socket = match p.listener {
+                crate::Listener::Tcp(l) => {
+                    l.set_nonblocking(true)?;
+                    let mut l = mio::net::TcpListener::from_std(l);
+                    poll.registry().register(&mut l, token, Interest::READABLE)?;
+                    crate::Listener::MioTcp(l)
+                }
+                crate::Listener::Udp(u) => {
+                    u.set_nonblocking(true)?;
+                    let mut u = UdpSocket::from_std(u);
+                    poll.registry().register(&mut u, token, Interest::READABLE)?;
+                    crate::Listener::MioUdp(u)
+                }
+                other => other,
+            };
+            listeners.push(Listener { socket, guest_port: p.guest_port });
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         poll.registry().register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
         let tun = Arc::new(tun);
@@ -222,6 +265,10 @@ impl Stack {
                 started,
                 rxbuf,
                 cfg,
+                listeners,
+                inbound_udp: HashMap::new(),
+                inbound_udp_by_client: HashMap::new(),
+                next_inbound_port: *INBOUND_PORTS.start(),
             },
             waker,
         ))
@@ -249,6 +296,7 @@ impl Stack {
                     WAKER => {}
                     DNS_V4 | DNS_V6 => self.dns_upstream_readable(ev.token()),
                     Token(t) if t >= FLOW_BASE => self.flow_event(t - FLOW_BASE, ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable() || ev.is_error()),
+                    Token(t) if t >= PUBLISHED_BASE => self.published_readable(t - PUBLISHED_BASE),
                     _ => {}
                 }
             }
@@ -366,6 +414,8 @@ impl Stack {
                 if self.is_gateway(dst.ip()) && dst.port() == 53 {
                     let payload = payload.to_vec();
                     self.dns_query(&payload, Asker::Udp { guest: src, gateway: dst });
+                } else if self.is_gateway(dst.ip()) && self.inbound_udp.contains_key(&dst.port()) {
+                    self.inbound_udp_reply(dst.port(), payload);
                 } else {
                     let payload = payload.to_vec();
                     self.udp_datagram(src, dst, &payload, &frame);
@@ -548,6 +598,7 @@ impl Stack {
             host_eof: false,
             guest_eof: false,
             sni_done: false,
+            inbound: false,
             names,
         };
         let id = self.insert_flow(Flow::Tcp(flow));
@@ -617,7 +668,7 @@ impl Stack {
         let s = self.sockets.get_mut::<tcp::Socket>(f.handle);
         let mut moved = false;
         // Guest to host.
-        if !f.sni_done && s.can_recv() {
+        if !f.sni_done && !f.inbound && s.can_recv() {
             let waited = match f.phase {
                 TcpPhase::Open { since } => since.elapsed(),
                 _ => Duration::ZERO,
@@ -665,7 +716,7 @@ impl Stack {
             }
         }
         // The guest closed its half and everything it sent is out: close ours to the host.
-        if !f.guest_eof && !s.may_recv() && s.recv_queue() == 0 && !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen) {
+        if !f.guest_eof && s.recv_queue() == 0 && matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait) {
             f.guest_eof = true;
             let _ = f.host.shutdown(std::net::Shutdown::Write);
             moved = true;
@@ -766,6 +817,12 @@ impl Stack {
                 _ => {}
             }
         }
+        let idle: Vec<u16> = self.inbound_udp.iter().filter(|(_, u)| now.duration_since(u.last) > UDP_IDLE).map(|(p, _)| *p).collect();
+        for port in idle {
+            if let Some(u) = self.inbound_udp.remove(&port) {
+                self.inbound_udp_by_client.remove(&(u.listener, u.client));
+            }
+        }
         let (resend, failed) = self.resolver.expire(now);
         for (up, bytes) in resend {
             self.send_upstream(up, &bytes);
@@ -779,7 +836,7 @@ impl Stack {
     fn recheck_flows(&mut self) {
         for id in 0..self.flows.len() {
             let (protocol, dst, names) = match &self.flows[id] {
-                Some(Flow::Tcp(f)) => (Protocol::Tcp, f.key.1, f.names.clone()),
+                Some(Flow::Tcp(f)) if !f.inbound => (Protocol::Tcp, f.key.1, f.names.clone()),
                 Some(Flow::Udp(u)) => (Protocol::Udp, u.key.1, self.pins.names(u.key.1.ip(), Instant::now())),
                 Some(Flow::Icmp(i)) => (Protocol::Icmp, SocketAddr::new(i.key.1, 0), Vec::new()),
                 _ => continue,
@@ -866,6 +923,123 @@ impl Stack {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => return,
             }
+        }
+    }
+
+    // ---- published ports ----
+
+    /// A gateway port for a new connection into the guest, none in use.
+    fn inbound_port(&mut self) -> Option<u16> {
+        let span = usize::from(INBOUND_PORTS.end() - INBOUND_PORTS.start()) + 1;
+        let guest = SocketAddr::new(IpAddr::V4(self.cfg.guest_v4), 0);
+        for _ in 0..span {
+            let p = self.next_inbound_port;
+            self.next_inbound_port = if p == *INBOUND_PORTS.end() { *INBOUND_PORTS.start() } else { p + 1 };
+            let gw = SocketAddr::new(IpAddr::V4(self.cfg.gateway_v4), p);
+            let used = self.inbound_udp.contains_key(&p) || self.tcp_keys.keys().any(|(g, r)| *r == gw && g.ip() == guest.ip());
+            if !used {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn published_readable(&mut self, index: usize) {
+        let Some(l) = self.listeners.get(index) else { return };
+        match &l.socket {
+            crate::Listener::MioTcp(_) => self.accept_published(index),
+            crate::Listener::MioUdp(_) => self.published_datagrams(index),
+            _ => {}
+        }
+    }
+
+    fn accept_published(&mut self, index: usize) {
+        for _ in 0..BATCH {
+            let (stream, peer) = match &self.listeners[index].socket {
+                crate::Listener::MioTcp(l) => match l.accept() {
+                    Ok(x) => x,
+                    Err(_) => return,
+                },
+                _ => return,
+            };
+            let guest_port = self.listeners[index].guest_port;
+            if self.full() {
+                let d = Decision { verdict: policy::Verdict::Deny { reason: format!("the sandbox has {} open flows", self.count) }, decided_by: "network.maxConnections".into() };
+                self.denied(Protocol::Tcp, peer, &[], &d);
+                continue;
+            }
+            let Some(port) = self.inbound_port() else { continue };
+            let guest = SocketAddr::new(IpAddr::V4(self.cfg.guest_v4), guest_port);
+            let local = SocketAddr::new(IpAddr::V4(self.cfg.gateway_v4), port);
+            let mut s = self.new_socket(self.cfg.tcp_buffer);
+            if s.connect(self.iface.context(), smoltcp::wire::IpEndpoint::from(guest), smoltcp::wire::IpListenEndpoint::from(local)).is_err() {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let handle = self.sockets.add(s);
+            let flow = TcpFlow {
+                key: (guest, local),
+                handle,
+                host: stream,
+                phase: TcpPhase::Open { since: Instant::now() },
+                readable: true,
+                writable: true,
+                host_eof: false,
+                guest_eof: false,
+                sni_done: true,
+                inbound: true,
+                names: Vec::new(),
+            };
+            let id = self.insert_flow(Flow::Tcp(flow));
+            self.tcp_keys.insert((guest, local), id);
+            if let Some(Some(Flow::Tcp(f))) = self.flows.get_mut(id) {
+                if self.poll.registry().register(&mut f.host, Token(FLOW_BASE + id), Interest::READABLE | Interest::WRITABLE).is_err() {
+                    self.sockets.get_mut::<tcp::Socket>(handle).abort();
+                }
+            }
+        }
+    }
+
+    fn published_datagrams(&mut self, index: usize) {
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..BATCH {
+            let (n, client) = match &self.listeners[index].socket {
+                crate::Listener::MioUdp(u) => match u.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(_) => return,
+                },
+                _ => return,
+            };
+            let port = match self.inbound_udp_by_client.get(&(index, client)) {
+                Some(p) => *p,
+                None => {
+                    if self.inbound_udp.len() >= self.cfg.max_connections {
+                        continue;
+                    }
+                    let Some(p) = self.inbound_port() else { continue };
+                    self.inbound_udp.insert(p, InboundUdp { listener: index, client, last: Instant::now() });
+                    self.inbound_udp_by_client.insert((index, client), p);
+                    p
+                }
+            };
+            if let Some(u) = self.inbound_udp.get_mut(&port) {
+                u.last = Instant::now();
+            }
+            if n + 28 > self.cfg.mtu {
+                continue;
+            }
+            let guest = SocketAddr::new(IpAddr::V4(self.cfg.guest_v4), self.listeners[index].guest_port);
+            let p = packet::udp(SocketAddr::new(IpAddr::V4(self.cfg.gateway_v4), port), guest, &buf[..n]);
+            write_frame(&self.tun, &p, &self.stats);
+        }
+    }
+
+    /// The guest answered a datagram of a published port: back to that client.
+    fn inbound_udp_reply(&mut self, port: u16, payload: &[u8]) {
+        let Some(u) = self.inbound_udp.get_mut(&port) else { return };
+        u.last = Instant::now();
+        if let Some(Listener { socket: crate::Listener::MioUdp(sock), .. }) = self.listeners.get(u.listener) {
+            let _ = sock.send_to(payload, u.client);
         }
     }
 

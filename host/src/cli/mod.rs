@@ -149,6 +149,9 @@ pub enum Command {
         /// MicroVMs: the guest kernel (a package directory, an image file, or a name in DATA/kernels).
         #[arg(long)]
         kernel: Option<String>,
+        /// Publish a port: `[ADDR:]HOST:GUEST[/udp]` (ADDR defaults to 127.0.0.1); repeatable.
+        #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST[/udp]")]
+        publish: Vec<String>,
         image: String,
         /// Without one, the image's Entrypoint and Cmd run (as with docker run).
         #[arg(last = true)]
@@ -228,7 +231,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, name, process: p, isolation, memory, cpus, disk, kernel, image, command } => {
+        Command::Run { rm, name, process: p, isolation, memory, cpus, disk, kernel, publish, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
@@ -242,6 +245,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             spec.disk = disk.map(|d| spec::quantity::parse_bytes(&d)).transpose().map_err(|e| anyhow!("--disk: {e}"))?;
             if let Some(d) = spec.disk {
                 spec::check_disk(d).map_err(|e| anyhow!("--disk: {e}\n    hint: e.g. --disk 1Gi"))?;
+            }
+            for text in &publish {
+                let m = spec::PortMapping::parse(text).map_err(|e| anyhow!("--publish {text}: {e}\n    hint: e.g. -p 8080:80, -p 0.0.0.0:5353:53/udp"))?;
+                if spec.ports.iter().any(|o| o.host == m.host && o.protocol == m.protocol) {
+                    bail!("--publish {text}: host port {} is published twice", m.host);
+                }
+                spec.ports.push(m);
             }
             spec.isolation = match isolation.as_str() {
                 "auto" => Isolation::Auto,

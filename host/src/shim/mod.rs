@@ -143,6 +143,10 @@ pub fn main(dir: PathBuf) -> ! {
         Isolation::Namespace | Isolation::Auto => Box::new(namespace::NamespaceBackend::default()),
         Isolation::Microvm => Box::new(microvm::MicrovmBackend::default()),
     };
+    let published = match network::bind_published(&cfg) {
+        Ok(p) => p,
+        Err(e) => fail_early(&e),
+    };
     let shim_pid = std::process::id();
     let _ = std::fs::write(dir.path().join("shim.pid"), shim_pid.to_string());
     write_state(&dir, &ShimStatus { state: SandboxState::Starting, shim_pid, main_pid: None, restarts: 0, last_exit: None, message: None });
@@ -155,7 +159,7 @@ pub fn main(dir: PathBuf) -> ! {
             fail_early(&msg);
         }
     };
-    server::run(cfg, dir, backend, agent, lock)
+    server::run(cfg, dir, backend, agent, lock, published)
 }
 
 fn fail_early(msg: &str) -> ! {

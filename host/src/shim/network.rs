@@ -139,13 +139,32 @@ impl Network {
     }
 }
 
+/// Binds the host sockets of `spec.ports`, before anything of the sandbox exists: a port in
+/// use refuses the sandbox with the field that named it.
+pub fn bind_published(cfg: &ShimConfig) -> Result<Vec<netstack::Published>, String> {
+    let mut out = Vec::new();
+    for (i, p) in cfg.spec.ports.iter().enumerate() {
+        let addr = p.host_addr();
+        let listener = match p.protocol {
+            crate::spec::PortProtocol::Tcp => std::net::TcpListener::bind(addr).map(netstack::Listener::Tcp),
+            crate::spec::PortProtocol::Udp => std::net::UdpSocket::bind(addr).map(netstack::Listener::Udp),
+        }
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse { "; another process (or sandbox) has it: choose another host port" } else { "" };
+            format!("spec.ports[{i}]: cannot listen on {addr}: {e}{hint}")
+        })?;
+        out.push(netstack::Published { listener, guest_port: p.guest });
+    }
+    Ok(out)
+}
+
 /// Starts the stack over `link` (the sandbox's end: a TUN fd).
-pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd) -> Result<Network, String> {
+pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd, published: Vec<netstack::Published>) -> Result<Network, String> {
     raise_fd_limit(stack.max_connections);
     let policy = cfg.spec.network.to_policy()?;
     let plugins = plugins(cfg)?;
     let (tx, rx) = mpsc::channel();
-    let handle = netstack::spawn(stack, link, policy, plugins, tx).map_err(|e| format!("starting the network: {e}"))?;
+    let handle = netstack::spawn(stack, link, policy, plugins, tx, published).map_err(|e| format!("starting the network: {e}"))?;
     let stats = handle.stats_source();
     let path = crate::paths::InstanceDir(cfg.dir.clone()).network_stats();
     std::thread::Builder::new()

@@ -132,7 +132,7 @@ struct Shared {
     network: Mutex<Option<super::network::Network>>,
 }
 
-pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: UnixStream, _lock: File) -> ! {
+pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: UnixStream, _lock: File, published: Vec<netstack::Published>) -> ! {
     use nix::sys::signal::{SigSet, Signal};
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -165,7 +165,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
     }
     let link = lock(&shared.backend).take_link();
     if let Some((stack, fd)) = link {
-        match super::network::start(&shared.cfg, stack, fd) {
+        match super::network::start(&shared.cfg, stack, fd, published) {
             Ok(n) => *lock(&shared.network) = Some(n),
             Err(e) => shared.finalize(SandboxState::Failed, format!("network: {e}"), true),
         }

@@ -125,6 +125,74 @@ pub struct SandboxSpec {
     /// The bound on the writable layer, bytes; None: [`DEFAULT_DISK`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<u64>,
+    /// Published ports: host sockets the shim listens on, forwarded into the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+}
+
+/// One `spec.ports` entry (`run -p [ADDR:]HOST:GUEST[/udp]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host: u16,
+    pub guest: u16,
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    /// The host address to listen on; default 127.0.0.1 (loopback only).
+    #[serde(default = "loopback", skip_serializing_if = "is_loopback")]
+    pub address: std::net::IpAddr,
+}
+
+fn loopback() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+
+fn is_loopback(a: &std::net::IpAddr) -> bool {
+    *a == loopback()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortMapping {
+    /// `[ADDR:]HOST:GUEST[/udp|/tcp]`; ADDR may be `[v6]`.
+    pub fn parse(text: &str) -> Result<PortMapping, String> {
+        let (rest, protocol) = match text.rsplit_once('/') {
+            Some((r, "tcp")) => (r, PortProtocol::Tcp),
+            Some((r, "udp")) => (r, PortProtocol::Udp),
+            Some((_, p)) => return Err(format!("{p:?} is not a protocol (tcp or udp)")),
+            None => (text, PortProtocol::Tcp),
+        };
+        let (front, guest) = rest.rsplit_once(':').ok_or("expected [ADDR:]HOST:GUEST")?;
+        let (address, host) = match front.rsplit_once(':') {
+            Some((a, h)) => {
+                let a = a.trim_start_matches('[').trim_end_matches(']');
+                (a.parse().map_err(|_| format!("{a:?} is not an IP address"))?, h)
+            }
+            None => (loopback(), front),
+        };
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a port (1-65535)"));
+        Ok(PortMapping { host: port(host)?, guest: port(guest)?, protocol, address })
+    }
+
+    pub fn host_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.address, self.host)
+    }
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.protocol {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        };
+        write!(f, "{} -> {}/{proto}", self.host_addr(), self.guest)
+    }
 }
 
 /// The writable layer's bound when `spec.disk` gives none: 10 GiB, the size Docker's
@@ -310,6 +378,7 @@ impl SandboxSpec {
             network: NetworkSpec::default(),
             kernel: None,
             disk: None,
+            ports: Vec::new(),
         }
     }
 }

@@ -238,11 +238,11 @@ const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
 const SANDBOX_FIELDS: &[&str] = &[
     "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
     "restartPolicy", "userNamespace", "pullPolicy", "secrets", "patches", "hooks", "network",
-    "kernel", "disk",
+    "kernel", "disk", "ports",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on one must not get a sandbox without it).
-const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes", "ports"];
+const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes"];
 const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "allowHosts"];
 const HOOK_FIELDS: &[&str] = &["rootfsPatch", "metricsSinks"];
 const PATCH_FIELDS: &[&str] = &["op", "path", "content", "mode", "target"];
@@ -467,6 +467,12 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
                 ctx.err(n, "spec.disk", msg, Some("e.g. 1Gi; without `disk` the bound is 10Gi".into()));
                 spec.disk = None;
             }
+        }
+    }
+    if let Some(n) = f.get("ports") {
+        spec.ports = network_fields::published_ports(ctx, n);
+        if !spec.ports.is_empty() && f.get("network").is_some_and(|net| matches!(&net.value, Value::Map(entries) if entries.iter().any(|(k, v)| matches!(&k.value, Value::Scalar { text, .. } if text == "policy") && matches!(&v.value, Value::Scalar { text, .. } if text == "none")))) {
+            ctx.err(n, "spec.ports", "a sandbox with `network.policy: none` has no link to publish ports on", Some("remove spec.ports or choose another policy".into()));
         }
     }
     if let Some(n) = f.get("env") {

@@ -1,9 +1,9 @@
-//! `spec.network`: the preset, rules, domain blocks, plugins and bounds, read with the same
+//! `spec.network` and `spec.ports`: the preset, rules, domain blocks, plugins and bounds, read with the same
 //! located, collect-every-error rules as the rest. Every value stored here parses for the
 //! network stack (`NetworkSpec::to_policy`).
 
 use super::{Ctx, Node, Value};
-use crate::spec::{NetworkPreset, NetworkRule, NetworkSpec, RuleAction};
+use crate::spec::{NetworkPreset, NetworkRule, NetworkSpec, PortMapping, PortProtocol, RuleAction};
 
 const NETWORK_FIELDS: &[&str] = &["policy", "rules", "blockDomains", "blockDomainSuffixes", "plugins", "maxConnections"];
 const RULE_FIELDS: &[&str] = &["action", "host", "hostSuffix", "cidr", "group", "ports", "protocol"];
@@ -30,7 +30,7 @@ fn domains(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Vec<String> {
 }
 
 /// `80`, `"8000-8100"`.
-fn ports(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Vec<(u16, u16)> {
+fn port_ranges(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Vec<(u16, u16)> {
     let Value::Seq(items) = &node.value else {
         ctx.wrong_type(node, field, "a list of ports (80) or ranges (\"8000-8100\")");
         return Vec::new();
@@ -96,7 +96,7 @@ fn rules(ctx: &mut Ctx<'_>, node: &Node) -> Vec<NetworkRule> {
         let groups = netstack::addr::Group::NAMES.join(", ");
         let group = text("group", &|g| netstack::addr::Group::parse(g).is_some(), &format!("one of {groups}"));
         let protocol = text("protocol", &|p| netstack::Protocol::parse(p).is_some(), "tcp, udp or icmp");
-        let ports = f.get("ports").map(|n| ports(ctx, n, &format!("{field}.ports"))).unwrap_or_default();
+        let ports = f.get("ports").map(|n| port_ranges(ctx, n, &format!("{field}.ports"))).unwrap_or_default();
         if host.is_none() && host_suffix.is_none() && cidr.is_none() && group.is_none() && ports.is_empty() && protocol.is_none() && f.entries.len() <= 1 {
             ctx.err(item, &field, "a rule needs something to match", Some("add host, hostSuffix, cidr, group, ports or protocol (cidr: 0.0.0.0/0 for every IPv4 address)".into()));
             continue;
@@ -135,4 +135,56 @@ pub(super) fn network(ctx: &mut Ctx<'_>, node: &Node) -> NetworkSpec {
         spec.max_connections = ctx.integer(n, "spec.network.maxConnections", 1, 65_536).map(|v| v as u32);
     }
     spec
+}
+
+const PORT_FIELDS: &[&str] = &["host", "guest", "protocol", "address"];
+
+/// `spec.ports`: `{ host: 8080, guest: 80 }`, `{ host: 5353, guest: 53, protocol: udp, address: 0.0.0.0 }`.
+pub(super) fn published_ports(ctx: &mut Ctx<'_>, node: &Node) -> Vec<PortMapping> {
+    let Value::Seq(items) = &node.value else {
+        ctx.wrong_type(node, "spec.ports", "a list of { host, guest, protocol, address }");
+        return Vec::new();
+    };
+    let mut out: Vec<PortMapping> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let Some(f) = ctx.map(item, &field, PORT_FIELDS) else { continue };
+        let mut port = |key: &str| match f.get(key) {
+            Some(n) => ctx.integer(n, &format!("{field}.{key}"), 1, 65535).map(|p| p as u16),
+            None => {
+                ctx.err(item, &format!("{field}.{key}"), "missing", Some("a port from 1 to 65535".into()));
+                None
+            }
+        };
+        let (host, guest) = (port("host"), port("guest"));
+        let protocol = match f.get("protocol").map(|n| (n, ctx.string(n, &format!("{field}.protocol")))) {
+            None => Some(PortProtocol::Tcp),
+            Some((_, Some(p))) if p == "tcp" => Some(PortProtocol::Tcp),
+            Some((_, Some(p))) if p == "udp" => Some(PortProtocol::Udp),
+            Some((n, Some(p))) => {
+                ctx.err(n, &format!("{field}.protocol"), format!("{p:?} is not a protocol"), Some("tcp (the default) or udp".into()));
+                None
+            }
+            Some((_, None)) => None,
+        };
+        let address = match f.get("address").map(|n| (n, ctx.string(n, &format!("{field}.address")))) {
+            None => Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            Some((n, Some(a))) => match a.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    ctx.err(n, &format!("{field}.address"), format!("{a:?} is not an IP address"), Some("e.g. 127.0.0.1 (the default) or 0.0.0.0 for every interface".into()));
+                    None
+                }
+            },
+            Some((_, None)) => None,
+        };
+        let (Some(host), Some(guest), Some(protocol), Some(address)) = (host, guest, protocol, address) else { continue };
+        let m = PortMapping { host, guest, protocol, address };
+        if out.iter().any(|o| o.host == m.host && o.protocol == m.protocol && (o.address == m.address || o.address.is_unspecified() || m.address.is_unspecified())) {
+            ctx.err(item, &field, format!("host port {host}/{} is published twice", if protocol == PortProtocol::Tcp { "tcp" } else { "udp" }), None);
+            continue;
+        }
+        out.push(m);
+    }
+    out
 }
