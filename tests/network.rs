@@ -400,3 +400,51 @@ fn a_published_port_serves_a_guest_server_and_a_taken_port_refuses_the_sandbox()
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The escape suite's network probes: what a root process inside tries first against the
+/// network boundary, each an assertion. (Here rather than in tests/security.rs because every
+/// network probe must run inside a test-made internet.)
+#[test]
+fn escape_probes_host_loopback_host_addresses_spoofed_sources_and_other_sandboxes() {
+    let net = TestNet::new("esc");
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Host services: one on the loopback the gateway would reach, one on every host address.
+    serve_http(&net.orch_ns(), "127.0.0.1:18200".parse().unwrap(), "host-loopback", seen.clone());
+    serve_http(&net.orch_ns(), "0.0.0.0:18201".parse().unwrap(), "host-any", seen.clone());
+    let env = env_in(&net);
+    let image = probe_image(&env);
+    sandbox_from(&env, "prober", &image, "");
+    let published = sandbox_yaml("neighbour", "  command: [sh, -c, 'mkdir -p /w && echo neighbour > /w/index.html && exec httpd -f -p 80 -h /w']\n  ports: [ { host: 18202, guest: 80 } ]\n");
+    let f = env.file("neighbour.yaml", &published);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    env.wait_for("the neighbour's port", Duration::from_secs(10), || get_from_host(&net, 18202).unwrap_or_default().contains("neighbour"));
+    let probes = [
+        ("the host's loopback through the gateway", "http://10.0.2.2:18200/"),
+        ("the host's own address", &format!("http://{HOST_OWN}:18201/") as &str),
+        ("the gateway's IPv6 address", "http://[fd00:6f72:6368::2]:18200/"),
+        ("another sandbox's published port", "http://10.0.2.2:18202/"),
+        ("the cloud metadata service", &format!("http://{METADATA}/latest/meta-data/") as &str),
+    ];
+    for (what, url) in probes {
+        let (code, out, err, took) = fetch(&env, "prober", url);
+        assert!(code != 0 && took < Duration::from_secs(3), "reaching {what} ({url}) was not refused at once: {out} {err}");
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "a host service was reached from inside");
+    // Spoofed sources: a raw socket's SYNs from an address that is not the sandbox's own open
+    // nothing (the stack drops them before any decision).
+    let before = net.http_requests.load(std::sync::atomic::Ordering::SeqCst);
+    let (_, out, _) = env.sh("prober", &format!("netprobe synflood 10.9.9.9 {WEB} 80 500"));
+    assert_eq!(out.trim(), "sent 500");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(net.http_requests.load(std::sync::atomic::Ordering::SeqCst), before);
+    let allowed = network_stats(&env, "prober")["flowsAllowed"].as_u64().unwrap_or(0);
+    let (_, out, _) = env.sh("prober", &format!("netprobe synflood 10.9.9.9 {WEB} 80 100"));
+    assert_eq!(out.trim(), "sent 100");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(network_stats(&env, "prober")["flowsAllowed"].as_u64().unwrap_or(0), allowed, "spoofed SYNs opened flows");
+    // DNS over TCP at the gateway is filtered like UDP.
+    let (_, out, _) = env.sh("prober", "netprobe dnstcp 10.0.2.2 web.test");
+    assert_eq!(out.trim(), format!("rcode 0 {WEB}"), "DNS over TCP");
+    let (_, out, _) = env.sh("prober", "netprobe dnstcp 10.0.2.2 rebind.test");
+    assert_eq!(out.trim(), "rcode 3", "a rebinding answer over TCP is NXDOMAIN");
+}

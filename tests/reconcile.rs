@@ -137,10 +137,18 @@ fn dead_shims_are_reported_cleaned_up_and_restarted_live_ones_adopted() {
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let live_shim = env.shim_pid("live");
     let inst = env.sandbox("doomed")["instance"].as_str().unwrap().to_string();
+    let lock = env.instance_dir("doomed").join("shim.lock");
     // SAFETY: killing the shim we just started, as a crash or host restart would.
     unsafe { libc::kill(env.shim_pid("doomed"), libc::SIGKILL) };
     env.wait_for("the sandbox to die with its shim", Duration::from_secs(5), || {
         leftovers(&inst).iter().all(|l| !l.starts_with("process"))
+    });
+    // A dying process loses its command line before its files: wait for the lock itself.
+    env.wait_for("the dead shim's lock to be released", Duration::from_secs(5), || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&lock).unwrap();
+        // SAFETY: flock on a file we opened; the lock goes with the file.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
     });
     // The next command notices, reports and cleans up; the live one is untouched.
     let out = env.run(&["stop", "live"]);

@@ -111,3 +111,43 @@ hdr = struct.pack("<QQIIIHHIII", 3, 2, 1024, 1024, 0, 1, 1, 0, 65536, 0)
 tx = memory([desc(0x3000, len(hdr), 0, 0)], [0], [(0x3000, hdr)])
 rx = memory([desc(0x3000, 44 + 4096, WRITE, 0)], [0], [])
 out("virtio_vsock", "request", b"\x04\x04" + tx + rx)
+
+
+# Guest packets for the network stack: IPv4 and IPv6 UDP, a TCP SYN, a ping, a TLS ClientHello.
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def ipv4(proto, payload, src=bytes([10, 0, 2, 15]), dst=bytes([203, 0, 113, 10])):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, 64, proto, 0, src, dst)
+    return h[:10] + struct.pack("!H", csum(h)) + h[12:] + payload
+
+
+udp = struct.pack("!HHHH", 40000, 53, 8 + 5, 0) + b"hello"
+out("net_packets", "udp4", ipv4(17, udp))
+out("net_packets", "udp6", struct.pack("!IHBB16s16s", 0x60000000, len(udp), 17, 64, bytes(15) + b"\x15", bytes(15) + b"\x02") + udp)
+out("net_packets", "syn", ipv4(6, struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 0x50, 0x02, 65535, 0, 0)))
+out("net_packets", "ping", ipv4(1, struct.pack("!BBHHH", 8, 0, 0, 7, 1) + b"abcdefgh"))
+name = b"pypi.org"
+sni = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
+ext = struct.pack("!HH", 0, len(sni)) + sni
+body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + struct.pack("!H", len(ext)) + ext
+hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
+out("net_packets", "client-hello", b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs)
+
+
+# DNS queries as a sandbox sends them, and one with an answer (as upstream would send it).
+def qname(n):
+    return b"".join(bytes([len(p)]) + p.encode() for p in n.split(".")) + b"\0"
+
+
+out("dns_gateway", "a", struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + qname("web.test") + struct.pack("!HH", 1, 1))
+out("dns_gateway", "aaaa-edns", struct.pack("!HHHHHH", 0x4321, 0x0100, 1, 0, 0, 1) + qname("www.example") + struct.pack("!HH", 28, 1) + b"\0" + struct.pack("!HHIH", 41, 1232, 0, 0))
+out("dns_gateway", "blocked", struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + qname("evil.example") + struct.pack("!HH", 1, 1))
+answer = struct.pack("!HH", 0xC00C, 1) + struct.pack("!HIH", 1, 60, 4) + bytes([10, 1, 2, 3])
+out("dns_gateway", "with-answer", struct.pack("!HHHHHH", 9, 0x0100, 1, 1, 0, 0) + qname("rebind.test") + struct.pack("!HH", 1, 1) + answer)

@@ -112,33 +112,102 @@ static unsigned short csum(const void *data, int len, unsigned int sum) {
     return (unsigned short)~sum;
 }
 
-/* synflood SRC DST PORT N: N SYNs from random ports that never complete; prints "sent N". */
+/* synflood SRC DST PORT N: N SYNs from SRC (any address: the IP header is ours) and random
+ * ports, that never complete; prints "sent N". */
 static int synflood(const char *src, const char *dst, const char *port, int n) {
     struct sockaddr_in d = addr(dst, port), s = addr(src, "0");
-    int fd = socket(AF_INET, SOCK_RAW, IPPROTO_TCP);
-    if (fd < 0) {
+    int fd = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+    int on = 1;
+    if (fd < 0 || setsockopt(fd, IPPROTO_IP, IP_HDRINCL, &on, sizeof on) != 0) {
         printf("synflood %s\n", strerror(errno));
         return 1;
     }
     int sent = 0;
     srand((unsigned)time(NULL));
     for (int i = 0; i < n; i++) {
-        struct tcphdr t;
-        memset(&t, 0, sizeof t);
-        t.source = htons((unsigned short)(1024 + rand() % 60000));
-        t.dest = d.sin_port;
-        t.seq = htonl((unsigned)rand());
-        t.doff = 5;
-        t.syn = 1;
-        t.window = htons(65535);
-        struct { unsigned int s, d; unsigned char z, p; unsigned short l; } ph = {s.sin_addr.s_addr, d.sin_addr.s_addr, 0, IPPROTO_TCP, htons(sizeof t)};
+        struct { struct iphdr ip; struct tcphdr t; } p;
+        memset(&p, 0, sizeof p);
+        p.ip.ihl = 5;
+        p.ip.version = 4;
+        p.ip.tot_len = htons(sizeof p);
+        p.ip.ttl = 64;
+        p.ip.protocol = IPPROTO_TCP;
+        p.ip.saddr = s.sin_addr.s_addr;
+        p.ip.daddr = d.sin_addr.s_addr;
+        p.ip.check = csum(&p.ip, sizeof p.ip, 0);
+        p.t.source = htons((unsigned short)(1024 + rand() % 60000));
+        p.t.dest = d.sin_port;
+        p.t.seq = htonl((unsigned)rand());
+        p.t.doff = 5;
+        p.t.syn = 1;
+        p.t.window = htons(65535);
+        struct { unsigned int s, d; unsigned char z, p; unsigned short l; } ph = {s.sin_addr.s_addr, d.sin_addr.s_addr, 0, IPPROTO_TCP, htons(sizeof p.t)};
         unsigned int sum = 0;
         const unsigned short *w = (const unsigned short *)&ph;
         for (size_t k = 0; k < sizeof ph / 2; k++) sum += w[k];
-        t.check = csum(&t, sizeof t, sum);
-        if (sendto(fd, &t, sizeof t, 0, (struct sockaddr *)&d, sizeof d) == sizeof t) sent++;
+        p.t.check = csum(&p.t, sizeof p.t, sum);
+        if (sendto(fd, &p, sizeof p, 0, (struct sockaddr *)&d, sizeof d) == sizeof p) sent++;
     }
     printf("sent %d\n", sent);
+    return 0;
+}
+
+/* dnstcp SERVER NAME: one A query over TCP; prints "rcode N" and the first address, if any. */
+static int dnstcp(const char *server, const char *name) {
+    unsigned char q[512], r[4096];
+    int n = 0;
+    q[n++] = 0; q[n++] = 0; /* length, filled below */
+    q[n++] = 0x12; q[n++] = 0x34; q[n++] = 0x01; q[n++] = 0x00;
+    q[n++] = 0; q[n++] = 1; q[n++] = 0; q[n++] = 0; q[n++] = 0; q[n++] = 0; q[n++] = 0; q[n++] = 0;
+    const char *p = name;
+    while (*p) {
+        const char *dot = strchr(p, '.');
+        int len = dot ? (int)(dot - p) : (int)strlen(p);
+        q[n++] = (unsigned char)len;
+        memcpy(q + n, p, len);
+        n += len;
+        p += len + (dot ? 1 : 0);
+    }
+    q[n++] = 0;
+    q[n++] = 0; q[n++] = 1; q[n++] = 0; q[n++] = 1;
+    q[0] = (unsigned char)((n - 2) >> 8);
+    q[1] = (unsigned char)(n - 2);
+    struct sockaddr_in a = addr(server, "53");
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct timeval tv = {3, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) != 0 || write(s, q, n) != n) {
+        printf("dnstcp %s\n", strerror(errno));
+        return 1;
+    }
+    int got = 0;
+    while (got < 2 || got < 2 + ((r[0] << 8) | r[1])) {
+        ssize_t k = read(s, r + got, sizeof r - got);
+        if (k <= 0) {
+            printf("dnstcp short answer\n");
+            return 1;
+        }
+        got += (int)k;
+    }
+    unsigned char *m = r + 2;
+    int len = (r[0] << 8) | r[1];
+    printf("rcode %d", m[3] & 0x0f);
+    /* The first A record: skip the question, then look for type 1 with 4 bytes of data. */
+    int off = 12;
+    while (off < len && m[off]) off += m[off] + 1;
+    off += 5;
+    int answers = (m[6] << 8) | m[7];
+    for (int i = 0; i < answers && off + 12 <= len; i++) {
+        if ((m[off] & 0xc0) == 0xc0) off += 2; else { while (off < len && m[off]) off += m[off] + 1; off++; }
+        int type = (m[off] << 8) | m[off + 1], rdlen = (m[off + 8] << 8) | m[off + 9];
+        off += 10;
+        if (type == 1 && rdlen == 4 && off + 4 <= len) {
+            printf(" %d.%d.%d.%d", m[off], m[off + 1], m[off + 2], m[off + 3]);
+            break;
+        }
+        off += rdlen;
+    }
+    printf("\n");
     return 0;
 }
 
@@ -147,6 +216,7 @@ int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "udp")) return udp(argv[2], argv[3], argv[4]);
     if (argc == 6 && !strcmp(argv[1], "hold")) return hold(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
     if (argc == 6 && !strcmp(argv[1], "synflood")) return synflood(argv[2], argv[3], argv[4], atoi(argv[5]));
-    fprintf(stderr, "usage: netprobe udp ADDR PORT MSG | hold ADDR PORT N SECONDS | synflood SRC DST PORT N\n");
+    if (argc == 4 && !strcmp(argv[1], "dnstcp")) return dnstcp(argv[2], argv[3]);
+    fprintf(stderr, "usage: netprobe udp ADDR PORT MSG | hold ADDR PORT N SECONDS | synflood SRC DST PORT N | dnstcp SERVER NAME\n");
     return 2;
 }
