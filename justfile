@@ -37,6 +37,10 @@ test: rootfs
 fuzz target="all" seconds="60":
     bash tests/fuzz/run.sh {{target}} {{seconds}}
 
+# Only the network benchmark (ours vs pasta and slirp4netns).
+bench-net: rootfs build plugins
+    bash tests/bench/network.sh {{bin}} {{cache}}/rootfs/busybox target/plugins/egress-guard-c.wasm
+
 # Only the microVM tests (the nested-KVM harness when needed; optional test-name filter).
 test-vm *filter:
     bash tests/vm/run-tests.sh {{filter}}
@@ -51,9 +55,11 @@ plugins:
     bash plugins/build.sh target/plugins
 
 # Benchmarks: sandboxes vs runc and bubblewrap, image pulls vs skopeo + umoci (hyperfine),
-# plugin decisions in C, JS and Python vs native Rust, microVM boot vs QEMU microvm.
+# plugin decisions in C, JS and Python vs native Rust, the network vs pasta and slirp4netns,
+# microVM boot vs QEMU microvm.
 bench: rootfs build plugins
     bash tests/bench/run.sh {{bin}} {{cache}}/rootfs/busybox
+    bash tests/bench/network.sh {{bin}} {{cache}}/rootfs/busybox target/plugins/egress-guard-c.wasm
     bash tests/bench/images.sh {{bin}} {{cache}}
     cargo bench -p orchestrator --bench plugins
     bash tests/vm/bench.sh

@@ -18,7 +18,7 @@ fi
 
 packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux debootstrap apache2-utils)
 case "$what" in
-  bench) packages+=(runc bubblewrap hyperfine umoci) ;;
+  bench) packages+=(runc bubblewrap hyperfine umoci iperf3 passt slirp4netns) ;;
 esac
 missing=()
 for p in "${packages[@]}"; do

@@ -349,7 +349,8 @@ impl Orchestrator {
     fn update_network_live(&mut self, row: &mut SandboxRow, desired: &Resource) -> Result<bool> {
         let Ok(current) = serde_json::from_str::<Resource>(&row.spec) else { return Ok(false) };
         let (Some(old), Some(new)) = (sandbox_spec(&current), sandbox_spec(desired)) else { return Ok(false) };
-        if old.network.has_link() != new.network.has_link() {
+        // The link's shape (its existence, MTU, flow bound) is set at start; the policy is not.
+        if old.network.has_link() != new.network.has_link() || old.network.mtu != new.network.mtu || old.network.max_connections != new.network.max_connections {
             return Ok(false);
         }
         let mut same = current.clone();

@@ -211,12 +211,61 @@ static int dnstcp(const char *server, const char *name) {
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* latency ADDR PORT N: N times connect, send one byte, read the first byte back, close;
+ * prints "p50 US p99 US" (microseconds, connect to first byte). */
+static int latency(const char *ip, const char *port, int n) {
+    struct sockaddr_in a = addr(ip, port);
+    double *t = calloc(n, sizeof *t);
+    for (int i = 0; i < n; i++) {
+        double start = now();
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        int one = 1;
+        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        char c = 'x';
+        if (connect(s, (struct sockaddr *)&a, sizeof a) != 0 || write(s, &c, 1) != 1 || read(s, &c, 1) != 1) {
+            printf("latency %s\n", strerror(errno));
+            return 1;
+        }
+        t[i] = (now() - start) * 1e6;
+        close(s);
+    }
+    qsort(t, n, sizeof *t, cmp_double);
+    printf("p50 %.0f p99 %.0f\n", t[n / 2], t[(n * 99) / 100]);
+    return 0;
+}
+
+/* serve ADDR PORT: accepts forever; answers each connection's first byte with one byte. */
+static int serve(const char *ip, const char *port) {
+    struct sockaddr_in a = addr(ip, port);
+    int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 1024) != 0) {
+        printf("serve %s\n", strerror(errno));
+        return 1;
+    }
+    for (;;) {
+        int c = accept(l, NULL, NULL);
+        if (c < 0) continue;
+        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        char b;
+        if (read(c, &b, 1) == 1) (void)!write(c, &b, 1);
+        close(c);
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc == 5 && !strcmp(argv[1], "udp")) return udp(argv[2], argv[3], argv[4]);
     if (argc == 6 && !strcmp(argv[1], "hold")) return hold(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
     if (argc == 6 && !strcmp(argv[1], "synflood")) return synflood(argv[2], argv[3], argv[4], atoi(argv[5]));
     if (argc == 4 && !strcmp(argv[1], "dnstcp")) return dnstcp(argv[2], argv[3]);
-    fprintf(stderr, "usage: netprobe udp ADDR PORT MSG | hold ADDR PORT N SECONDS | synflood SRC DST PORT N | dnstcp SERVER NAME\n");
+    if (argc == 5 && !strcmp(argv[1], "latency")) return latency(argv[2], argv[3], atoi(argv[4]));
+    if (argc == 4 && !strcmp(argv[1], "serve")) return serve(argv[2], argv[3]);
+    fprintf(stderr, "usage: netprobe udp ADDR PORT MSG | hold ADDR PORT N SECONDS | synflood SRC DST PORT N | dnstcp SERVER NAME | latency ADDR PORT N | serve ADDR PORT\n");
     return 2;
 }

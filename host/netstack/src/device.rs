@@ -1,4 +1,5 @@
-//! The guest's link as smoltcp sees it: frames the stack chose to hand to smoltcp wait in a
+//! The guest's link as smoltcp sees it (IP packets from a TUN device, Ethernet frames from
+//! virtio-net): frames the stack chose to hand to smoltcp wait in a
 //! queue (the classifier reads the fd, not smoltcp), and smoltcp's frames are written straight
 //! to the fd. A write the fd refuses (full) is dropped and counted: TCP retransmits.
 
@@ -13,13 +14,14 @@ pub struct FrameDevice {
     pub fd: Arc<OwnedFd>,
     pub rx: VecDeque<Vec<u8>>,
     pub mtu: usize,
+    pub medium: crate::Medium,
     pub stats: Arc<Stats>,
     scratch: Vec<u8>,
 }
 
 impl FrameDevice {
-    pub fn new(fd: Arc<OwnedFd>, mtu: usize, stats: Arc<Stats>) -> FrameDevice {
-        FrameDevice { fd, rx: VecDeque::new(), mtu, stats, scratch: vec![0; mtu] }
+    pub fn new(fd: Arc<OwnedFd>, mtu: usize, medium: crate::Medium, stats: Arc<Stats>) -> FrameDevice {
+        FrameDevice { fd, rx: VecDeque::new(), mtu, medium, stats, scratch: vec![0; mtu + crate::ETHERNET_HEADER] }
     }
 }
 
@@ -76,8 +78,16 @@ impl phy::Device for FrameDevice {
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
+        match self.medium {
+            crate::Medium::Ip => {
+                caps.medium = Medium::Ip;
+                caps.max_transmission_unit = self.mtu;
+            }
+            crate::Medium::Ethernet => {
+                caps.medium = Medium::Ethernet;
+                caps.max_transmission_unit = self.mtu + crate::ETHERNET_HEADER;
+            }
+        }
         // The guest's kernel computed these; verifying them again protects nobody but the
         // guest itself. What we send is always summed.
         let mut sums = ChecksumCapabilities::default();

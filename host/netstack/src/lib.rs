@@ -38,9 +38,25 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::sync::Arc;
 
+/// What the guest's link carries: IP packets (a TUN device) or Ethernet frames (virtio-net).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Medium {
+    #[default]
+    Ip,
+    Ethernet,
+}
+
+pub const ETHERNET_HEADER: usize = 14;
+/// The gateway's MAC on an Ethernet link (locally administered).
+pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x6f, 0x72, 0x02];
+/// The guest's MAC on an Ethernet link.
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x6f, 0x72, 0x15];
+
 /// The link's shape: the guest's and the gateway's addresses, the MTU, the bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackConfig {
+    pub medium: Medium,
+    /// The IP MTU (the Ethernet header comes on top).
     pub mtu: usize,
     pub guest_v4: Ipv4Addr,
     pub gateway_v4: Ipv4Addr,
@@ -61,6 +77,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 impl Default for StackConfig {
     fn default() -> Self {
         StackConfig {
+            medium: Medium::Ip,
             mtu: DEFAULT_MTU,
             guest_v4: Ipv4Addr::new(10, 0, 2, 15),
             gateway_v4: Ipv4Addr::new(10, 0, 2, 2),

@@ -163,6 +163,8 @@ pub struct Stack {
     tun_readable: bool,
     started: Instant,
     rxbuf: Vec<u8>,
+    /// Ethernet links: the guest's MAC, learnt from its frames (where our own packets go).
+    guest_mac: [u8; 6],
     listeners: Vec<Listener>,
     inbound_udp: HashMap<u16, InboundUdp>,
     inbound_udp_by_client: HashMap<(usize, SocketAddr), u16>,
@@ -208,8 +210,11 @@ impl Stack {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         poll.registry().register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
         let tun = Arc::new(tun);
-        let mut device = FrameDevice::new(tun.clone(), cfg.mtu, stats.clone());
-        let mut config = Config::new(HardwareAddress::Ip);
+        let mut device = FrameDevice::new(tun.clone(), cfg.mtu, cfg.medium, stats.clone());
+        let mut config = match cfg.medium {
+            crate::Medium::Ip => Config::new(HardwareAddress::Ip),
+            crate::Medium::Ethernet => Config::new(HardwareAddress::Ethernet(smoltcp::wire::EthernetAddress(crate::GATEWAY_MAC))),
+        };
         let mut seed = [0u8; 8];
         // SAFETY: getrandom writes at most 8 bytes into `seed`.
         unsafe { libc::getrandom(seed.as_mut_ptr().cast(), 8, 0) };
@@ -236,7 +241,7 @@ impl Stack {
         let mut host_addrs = crate::addr::host_addresses();
         host_addrs.extend([IpAddr::V4(cfg.gateway_v4), IpAddr::V6(cfg.gateway_v6)]);
         let resolver = Resolver::new(cfg.dns_upstreams.clone());
-        let rxbuf = vec![0; cfg.mtu.max(1500) + 64];
+        let rxbuf = vec![0; cfg.mtu.max(1500) + 64 + crate::ETHERNET_HEADER];
         Ok((
             Stack {
                 poll,
@@ -264,6 +269,7 @@ impl Stack {
                 tun_readable: true,
                 started,
                 rxbuf,
+                guest_mac: [0xff; 6],
                 cfg,
                 listeners,
                 inbound_udp: HashMap::new(),
@@ -395,8 +401,48 @@ impl Stack {
         ip == IpAddr::V4(self.cfg.gateway_v4) || ip == IpAddr::V6(self.cfg.gateway_v6)
     }
 
+    /// Writes an IP packet of ours to the guest, framed for the link.
+    fn to_guest(&self, ip: &[u8]) {
+        match self.cfg.medium {
+            crate::Medium::Ip => {
+                write_frame(&self.tun, ip, &self.stats);
+            }
+            crate::Medium::Ethernet => {
+                let mut f = Vec::with_capacity(crate::ETHERNET_HEADER + ip.len());
+                f.extend_from_slice(&self.guest_mac);
+                f.extend_from_slice(&crate::GATEWAY_MAC);
+                f.extend_from_slice(if ip.first().map(|b| b >> 4) == Some(6) { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+                f.extend_from_slice(ip);
+                write_frame(&self.tun, &f, &self.stats);
+            }
+        }
+    }
+
     fn ingest(&mut self, frame: Vec<u8>) {
-        match packet::parse(&frame) {
+        let ip_start = match self.cfg.medium {
+            crate::Medium::Ip => 0,
+            crate::Medium::Ethernet => {
+                if frame.len() < crate::ETHERNET_HEADER {
+                    return;
+                }
+                let src_mac: [u8; 6] = frame[6..12].try_into().unwrap_or([0; 6]);
+                // A unicast source only: a guest cannot make us answer a broadcast address.
+                if src_mac[0] & 1 == 0 {
+                    self.guest_mac = src_mac;
+                }
+                match u16::from_be_bytes([frame[12], frame[13]]) {
+                    0x0800 | 0x86dd => crate::ETHERNET_HEADER,
+                    // ARP is smoltcp's to answer.
+                    0x0806 => {
+                        self.device.rx.push_back(frame);
+                        return;
+                    }
+                    _ => return,
+                }
+            }
+        };
+        let ip = &frame[ip_start..];
+        match packet::parse(ip) {
             Parsed::Tcp { src, dst, syn } => {
                 if !self.is_guest(src.ip()) {
                     return;
@@ -411,14 +457,14 @@ impl Stack {
                 if !self.is_guest(src.ip()) {
                     return;
                 }
+                let payload = payload.to_vec();
                 if self.is_gateway(dst.ip()) && dst.port() == 53 {
-                    let payload = payload.to_vec();
                     self.dns_query(&payload, Asker::Udp { guest: src, gateway: dst });
                 } else if self.is_gateway(dst.ip()) && self.inbound_udp.contains_key(&dst.port()) {
-                    self.inbound_udp_reply(dst.port(), payload);
+                    self.inbound_udp_reply(dst.port(), &payload);
                 } else {
-                    let payload = payload.to_vec();
-                    self.udp_datagram(src, dst, &payload, &frame);
+                    let ip = ip.to_vec();
+                    self.udp_datagram(src, dst, &payload, &ip);
                 }
             }
             Parsed::Echo { src, dst, ident, seq, data } => {
@@ -427,13 +473,18 @@ impl Stack {
                 }
                 if self.is_gateway(dst) {
                     let reply = packet::echo_reply(dst, src, ident, seq, data);
-                    write_frame(&self.tun, &reply, &self.stats);
+                    self.to_guest(&reply);
                 } else {
-                    let data = data.to_vec();
-                    self.echo(src, dst, ident, seq, &data, &frame);
+                    let (data, ip) = (data.to_vec(), ip.to_vec());
+                    self.echo(src, dst, ident, seq, &data, &ip);
                 }
             }
-            Parsed::Other => {}
+            // On an Ethernet link, neighbour discovery is smoltcp's; nothing else is anyone's.
+            Parsed::Other => {
+                if self.cfg.medium == crate::Medium::Ethernet {
+                    self.device.rx.push_back(frame);
+                }
+            }
         }
     }
 
@@ -874,7 +925,7 @@ impl Stack {
                 if !d.allowed() {
                     self.denied(Protocol::Udp, dst, &names, &d);
                     if let Some(u) = packet::unreachable(frame, self.gateway_for(src.ip()), true) {
-                        write_frame(&self.tun, &u, &self.stats);
+                        self.to_guest(&u);
                     }
                     return;
                 }
@@ -918,7 +969,7 @@ impl Stack {
                         continue;
                     }
                     let p = packet::udp(remote, guest, &buf[..n]);
-                    write_frame(&self.tun, &p, &self.stats);
+                    self.to_guest(&p);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => return,
@@ -1030,7 +1081,7 @@ impl Stack {
             }
             let guest = SocketAddr::new(IpAddr::V4(self.cfg.guest_v4), self.listeners[index].guest_port);
             let p = packet::udp(SocketAddr::new(IpAddr::V4(self.cfg.gateway_v4), port), guest, &buf[..n]);
-            write_frame(&self.tun, &p, &self.stats);
+            self.to_guest(&p);
         }
     }
 
@@ -1058,7 +1109,7 @@ impl Stack {
                 if !d.allowed() {
                     self.denied(Protocol::Icmp, SocketAddr::new(dst, 0), &[], &d);
                     if let Some(u) = packet::unreachable(frame, self.gateway_for(src), true) {
-                        write_frame(&self.tun, &u, &self.stats);
+                        self.to_guest(&u);
                     }
                     return;
                 }
@@ -1101,7 +1152,7 @@ impl Stack {
                         continue;
                     }
                     let reply = packet::echo_reply(dst, guest, ident, seq, &buf[range]);
-                    write_frame(&self.tun, &reply, &self.stats);
+                    self.to_guest(&reply);
                 }
                 _ => return,
             }
@@ -1161,7 +1212,7 @@ impl Stack {
         match asker {
             Asker::Udp { guest, gateway } => {
                 let p = packet::udp(gateway, guest, bytes);
-                write_frame(&self.tun, &p, &self.stats);
+                self.to_guest(&p);
             }
             Asker::Tcp(id) => {
                 if let Some(Some(Flow::Dns(d))) = self.flows.get(id) {

@@ -28,6 +28,7 @@ pub fn link(cfg: &ShimConfig) -> Result<Option<(StackConfig, NetworkInit)>, Stri
     let stack = StackConfig {
         max_connections: cfg.spec.network.max_connections.map(|n| n as usize).unwrap_or(netstack::DEFAULT_MAX_CONNECTIONS),
         dns_upstreams: cfg.dns_upstreams.clone(),
+        mtu: cfg.spec.network.mtu.map(|m| m as usize).unwrap_or(netstack::DEFAULT_MTU),
         ..StackConfig::default()
     };
     let init = NetworkInit {

@@ -260,6 +260,9 @@ pub struct NetworkSpec {
     pub plugins: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// The link's MTU (default 65520: fewer, larger packets through the stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
