@@ -7,6 +7,8 @@
 //! directly on such a host, each test prints why it skipped.
 
 mod common;
+#[path = "common/testnet.rs"]
+mod testnet;
 
 use common::{leftovers, pid_alive, Env, BIN};
 use orchestrator::client::ShimClient;
@@ -274,4 +276,41 @@ fn a_guest_kernel_panic_is_reported() {
         assert!(err.contains(&format!("booting through {entry}")), "{boot}: {err}");
         assert!(err.contains("the guest kernel panicked: ") && err.contains("Kernel panic"), "{boot}: {err}");
     }
+}
+
+/// The same network as namespace sandboxes (tests/network.rs), through virtio-net: from a
+/// microVM, a GET by name reaches the test internet, a private address and the metadata
+/// address are refused at once with events, DNS blocks hold, and ping works.
+#[test]
+fn a_microvm_reaches_the_test_internet_through_virtio_net_and_the_policy_holds() {
+    use testnet::*;
+    let env = env();
+    if !microvms_work(&env) {
+        return;
+    }
+    let net = TestNet::new("vm");
+    let mut env = env;
+    env.netns = Some(net.orch_ns());
+    env.extra_env.push(("ORCHESTRATOR_DNS_UPSTREAM".into(), format!("{DNS}:53")));
+    let f = env.file("vmnet.yaml", &vm_yaml("vmnet", &busybox_image(), "  command: [sleep, '100000']\n  network:\n    blockDomains: [ evil.example ]\n"));
+    apply_within(&env, &f, Duration::from_secs(600));
+    let (code, out, err) = env.sh("vmnet", "ip -o link show eth0; wget -q -O - http://web.test/");
+    assert_eq!(code, 0, "GET by name from a microVM: {out} {err}");
+    assert!(out.trim_end().ends_with("web"), "{out}");
+    for addr in [PRIVATE, METADATA, "10.0.2.2"] {
+        let started = Instant::now();
+        let (code, _, err) = env.sh("vmnet", &format!("wget -q -O - http://{addr}/"));
+        assert!(code != 0 && err.contains("refused"), "{addr} from a microVM: {err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{addr}: refusing took {:?}", started.elapsed());
+    }
+    let (code, out, err) = env.sh("vmnet", "nslookup evil.example");
+    assert!(code != 0 && (out.clone() + &err).contains("NXDOMAIN"), "{out} {err}");
+    // The image's user is `app`; busybox's ping needs a raw socket, so root pings.
+    let ping = env.run(&["exec", "-u", "root", "vmnet", "--", "ping", "-c", "2", "-W", "5", WEB]);
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping.status.success() && out.contains("2 packets received"), "ping from a microVM: {out} {}", String::from_utf8_lossy(&ping.stderr));
+    let events = env.ok(&["describe", "vmnet"]);
+    assert!(events.contains(&format!("tcp to {PRIVATE}:80 denied by preset public-only")), "{events}");
+    assert!(events.contains("evil.example refused by blockDomains evil.example"), "{events}");
+    env.ok(&["delete", "vmnet"]);
 }

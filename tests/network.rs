@@ -103,6 +103,12 @@ fn public_only_reaches_the_internet_by_name_and_refuses_private_host_and_metadat
         assert_refused_at_once(&env, "web", &format!("http://{addr}/"));
     }
     assert_eq!(net.http_requests.load(std::sync::atomic::Ordering::SeqCst), served, "a refused address was served");
+    // IPv6 too, with the address usable at once (no duplicate address detection to wait out).
+    let (code, body, err, _) = fetch(&env, "web", &format!("http://[{WEB6}]/"));
+    assert_eq!((code, body.as_str()), (0, "web6"), "GET over IPv6: {err}");
+    let (_, v6, _) = env.sh("web", "ip -6 addr show dev eth0; cat /proc/sys/net/ipv4/ping_group_range");
+    assert!(v6.contains("fd00:6f72:6368::15/64") && !v6.contains("tentative"), "{v6}");
+    assert!(v6.contains("2147483647"), "unprivileged ping is open inside: {v6}");
     // The sandbox sees its link as the agent configured it.
     let (_, routes, _) = env.sh("web", "ip route; cat /etc/resolv.conf");
     assert!(routes.contains("default via 10.0.2.2 dev eth0"), "{routes}");

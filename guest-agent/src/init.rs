@@ -121,12 +121,13 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, disk: Option<std::o
     }
     step(chdir("/").map_err(errno), || "chdir /".into())?;
 
-    mask_kernel_files()?;
-    step(sethostname(&init.hostname).map_err(errno), || "setting the hostname".into())?;
-    step(loopback_up(), || "bringing up loopback".into())?;
+    // Before /proc/sys turns read-only: the link's sysctls (DAD, unprivileged ping) are set.
     if let Some(net) = &init.network {
         step(crate::net::configure(net), || format!("configuring {}", net.interface))?;
     }
+    mask_kernel_files()?;
+    step(sethostname(&init.hostname).map_err(errno), || "setting the hostname".into())?;
+    step(loopback_up(), || "bringing up loopback".into())?;
     Ok(())
 }
 

@@ -97,6 +97,15 @@ fn in6(ip: Ipv6Addr) -> libc::in6_addr {
 /// Configures the link and the resolver. Runs inside the sandbox's root and network
 /// namespace, before anything of the sandbox's runs.
 pub fn configure(init: &NetworkInit) -> io::Result<()> {
+    // A microVM's virtio-net driver probes after its module loads: give it a moment.
+    let sys = format!("/sys/class/net/{}", init.interface);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::path::Path::new(&sys).exists() && std::path::Path::new("/sys/class/net").exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} did not appear (is virtio_net in the initramfs?)", init.interface)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let v4 = Sock::new(libc::AF_INET)?;
     let mut req = ifreq(&init.interface)?;
     req.ifr_ifru.ifru_mtu = init.mtu as i32;
@@ -165,6 +174,9 @@ pub fn configure(init: &NetworkInit) -> io::Result<()> {
         };
         s.ioctl(libc::SIOCADDRT, &mut rt, "adding the IPv6 default route")?;
     }
+    // Unprivileged ping (ICMP datagram sockets) for every user, as Docker does: the echo
+    // still goes through the shim's policy like any other flow.
+    let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
     write_resolv_conf(&init.nameservers)
 }
 

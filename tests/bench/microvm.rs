@@ -106,6 +106,7 @@ fn ours(s: &Setup) -> (Duration, Duration) {
         console_log: Some(s.work.join("console-ours.log")),
         console_limit: 1 << 20,
         guest_cid: 3,
+        net: None,
     };
     let t0 = Instant::now();
     progress("ours: starting");

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses a part of it
 //! A test's own little internet, so network tests never send a packet off this machine:
 //!
 //! - `orch-TAG`: the network namespace the orchestrator (CLI, shims, their host sockets) runs
@@ -27,6 +28,8 @@ pub const DNS: &str = "192.0.2.53";
 pub const PRIVATE: &str = "10.1.2.3";
 pub const METADATA: &str = "169.254.169.254";
 pub const HOST_OWN: &str = "198.51.100.1";
+/// The web server's IPv6 address (documentation range 2001:db8::/32).
+pub const WEB6: &str = "2001:db8:2::10";
 
 /// Names the test DNS server answers (everything else: NXDOMAIN).
 pub fn zone(name: &str, rtype: RecordType) -> Option<IpAddr> {
@@ -68,15 +71,19 @@ impl TestNet {
         ip(&["-n", &orch, "addr", "add", &format!("{HOST_OWN}/24"), "dev", &vo]);
         ip(&["-n", &orch, "link", "set", &vo, "up"]);
         ip(&["-n", &orch, "route", "add", "default", "via", "198.51.100.2"]);
+        ip(&["-n", &orch, "addr", "add", "2001:db8:1::1/64", "dev", &vo, "nodad"]);
+        ip(&["-n", &orch, "-6", "route", "add", "default", "via", "2001:db8:1::2"]);
         ip(&["-n", &inet, "link", "set", "lo", "up"]);
         ip(&["-n", &inet, "addr", "add", "198.51.100.2/24", "dev", &vi]);
         ip(&["-n", &inet, "link", "set", &vi, "up"]);
         for a in [WEB, WEB2, DNS, PRIVATE, METADATA] {
             ip(&["-n", &inet, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
+        ip(&["-n", &inet, "addr", "add", "2001:db8:1::2/64", "dev", &vi, "nodad"]);
+        ip(&["-n", &inet, "addr", "add", &format!("{WEB6}/128"), "dev", "lo"]);
         let net = TestNet { tag: tag.to_string(), dns_queries: Arc::new(AtomicU64::new(0)), http_requests: Arc::new(AtomicU64::new(0)) };
         let inet_path = net.inet_ns();
-        for (addr, body) in [(WEB, "web"), (WEB2, "other"), (PRIVATE, "private"), (METADATA, "metadata")] {
+        for (addr, body) in [(WEB, "web"), (WEB2, "other"), (PRIVATE, "private"), (METADATA, "metadata"), (WEB6, "web6")] {
             let counter = net.http_requests.clone();
             serve_http(&inet_path, SocketAddr::new(addr.parse().unwrap(), 80), body, counter);
         }

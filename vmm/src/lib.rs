@@ -1,7 +1,7 @@
 //! The orchestrator's microVM monitor: one KVM virtual machine per sandbox, on the rust-vmm
 //! crates (kvm-ioctls, vm-memory, virtio-queue, linux-loader, vm-superio, acpi_tables,
 //! seccompiler). It boots a stock kernel through PVH with ACPI tables that describe COM1 and
-//! the virtio-mmio devices (block disks, vsock for the agent, rng), and reports how the guest
+//! the virtio-mmio devices (block disks, vsock for the agent, rng, net), and reports how the guest
 //! ended: power-off, reboot, kernel panic, triple fault or a VMM-side failure.
 //!
 //! It runs inside the sandbox's shim (one VMM per sandbox), so the VM lives exactly as long as
@@ -10,6 +10,7 @@
 pub mod acpi;
 pub mod bus;
 mod cpu;
+pub mod device_manager;
 pub mod devices;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -18,9 +19,9 @@ pub mod layout;
 mod linux64;
 pub mod seccomp;
 
-use bus::{Bus, BusDevice};
+use bus::Bus;
 use devices::virtio::MmioTransport;
-use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
 use layout::*;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ pub enum VmmError {
     Io { what: String, source: std::io::Error },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
     let what = what.into();
     move |source| VmmError::Io { what, source }
 }
@@ -102,6 +103,16 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     pub console_limit: u64,
     pub guest_cid: u64,
+    /// The guest's network link: virtio-net over this fd (a non-blocking SOCK_SEQPACKET
+    /// socket carrying one Ethernet frame per message); None: no network device.
+    pub net: Option<NetConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub link: Arc<std::os::fd::OwnedFd>,
+    pub mac: [u8; 6],
+    pub mtu: u16,
 }
 
 /// Shared between the vCPUs, the devices and the owner: the first exit reason wins.
@@ -274,25 +285,14 @@ impl Vm {
         };
         virtio.push(("virtio-vsock".into(), Box::new(devices::vsock::Vsock::new(cfg.guest_cid, host_end, connected_tx, on_close))));
         virtio.push(("virtio-rng".into(), Box::new(devices::rng::Rng)));
-        if virtio.len() as u32 > IRQ_MAX - VIRTIO_FIRST_IRQ + 1 {
-            return Err(VmmError::Config("too many devices for the IOAPIC's pins".into()));
+        if let Some(net) = &cfg.net {
+            virtio.push(("virtio-net".into(), Box::new(devices::net::Net::new(net.link.clone(), net.mac, net.mtu))));
         }
-        let mut infos = Vec::new();
-        let mut transports = Vec::new();
-        for (i, (name, dev)) in virtio.into_iter().enumerate() {
-            let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
-            let irq = VIRTIO_FIRST_IRQ + i as u32;
-            let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
-            vm.register_irqfd(&irqfd, irq).map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
-            let t = MmioTransport::new(name, dev, mem.clone(), Arc::new(irqfd), ended.clone()).map_err(io("virtio transport"))?;
-            for (q, evt) in t.queue_events().iter().enumerate() {
-                vm.register_ioevent(evt.as_ref(), &IoEventAddress::Mmio(base + 0x50), q as u32).map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
-            }
-            let t = Arc::new(Mutex::new(t));
-            bus.add_mmio(base, VIRTIO_MMIO_SIZE, t.clone() as Arc<Mutex<dyn BusDevice>>);
-            transports.push(t);
-            infos.push(acpi::MmioDeviceInfo { base, irq });
+        let mut devices = device_manager::MmioDeviceManager::default();
+        for (name, dev) in virtio {
+            devices.register(&vm, &mut bus, &mem, &ended, name, dev)?;
         }
+        let device_manager::MmioDeviceManager { infos, transports } = devices;
 
         let rsdp = acpi::write_tables(&mem, cfg.vcpus, &infos)?;
         kernel::write_cmdline(&mem, &cfg.cmdline)?;

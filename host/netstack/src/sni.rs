@@ -133,7 +133,12 @@ fn server_name(body: &[u8]) -> Result<Option<String>, ()> {
                 if name.is_empty() || name.len() > 253 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
                     return Err(());
                 }
-                return Ok(Some(crate::policy::normalize_name(name)));
+                let name = crate::policy::normalize_name(name);
+                // "." or "a..b" names no host: the hello is judged without a name.
+                if name.is_empty() || name.split('.').any(str::is_empty) {
+                    return Ok(None);
+                }
+                return Ok(Some(name));
             }
         }
         return Ok(None);
@@ -185,6 +190,17 @@ mod tests {
         two.extend_from_slice(&[0x16, 3, 1, 0, (hs.len() - 10) as u8]);
         two.extend_from_slice(&hs[10..]);
         assert_eq!(peek(&two), Peek::Hello(Some("pypi.org".into())));
+    }
+
+    #[test]
+    fn names_without_a_host_are_no_name() {
+        // Found by the net_packets fuzz target: an SNI of "." became the empty name.
+        let found = include_bytes!("../../../tests/fuzz/corpus/net_packets/regress-sni-dot");
+        assert_eq!(peek(found), Peek::Hello(None));
+        for bad in [".", "..", "a..b", ".a"] {
+            assert_eq!(peek(&client_hello(bad)), Peek::Hello(None), "{bad}");
+        }
+        assert_eq!(peek(&client_hello("a.b.")), Peek::Hello(Some("a.b".into())));
     }
 
     #[test]

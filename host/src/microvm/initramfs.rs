@@ -1,6 +1,6 @@
 //! The guest initramfs, one per (kernel, agent) pair, cached in `DATA/kernels/initramfs/`:
 //! the static guest agent as `/init`, and the kernel modules a sandbox needs (virtio-mmio,
-//! virtio-blk, vsock, virtio-rng, overlayfs, EROFS) with their dependencies, taken from each
+//! virtio-blk, vsock, virtio-rng, virtio-net, overlayfs, EROFS) with their dependencies, taken from each
 //! module's own `depends=` (the package ships no modules.dep), listed in load order in
 //! `/modules/order`. Written as a newc cpio archive, uncompressed (the kernel unpacks it
 //! faster than it would decompress it).
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// What the agent needs in the guest; their dependencies are added.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng", "overlay", "erofs"];
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng", "virtio_net", "overlay", "erofs"];
 
 /// Module files of a kernel by module name (`-` and `_` are the same to modprobe).
 fn module_index(modules: &Path) -> BTreeMap<String, PathBuf> {

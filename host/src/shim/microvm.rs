@@ -1,7 +1,9 @@
 //! MicroVM sandboxes: the shim runs the VMM (`vmm` crate) in its own process, so the VM lives
 //! exactly as long as the shim. The agent is the guest's init; it connects back over vsock,
 //! which the VMM bridges to the stream this backend hands the shim. From there on everything
-//! (exec, files, logs, supervision) is the same code as for namespace sandboxes.
+//! (exec, files, logs, supervision) is the same code as for namespace sandboxes. The guest's
+//! network is virtio-net over a socketpair into the same stack namespace sandboxes use, with
+//! Ethernet framing.
 //!
 //! The shim puts itself (the VMM: vCPU and device threads) into the sandbox's cgroup before the
 //! VM exists, so guest RAM, VMM overhead and CPU time are charged to the sandbox: `cpus` is a
@@ -31,6 +33,31 @@ const VMM_MEMORY_HEADROOM: u64 = 64 << 20;
 pub struct MicrovmBackend {
     vm: Option<vmm::Vm>,
     cgroup: Option<Cgroup>,
+    /// The stack's end of the guest's virtio-net link, until the shim's stack takes it.
+    link: Option<(netstack::StackConfig, std::os::fd::OwnedFd)>,
+}
+
+/// Room for a burst of full-size frames in each direction of the link.
+const LINK_BUFFER: libc::c_int = 4 << 20;
+
+/// A non-blocking SOCK_SEQPACKET pair: one Ethernet frame per message, both ends in this
+/// process (the VMM's virtio-net and the shim's stack).
+fn link_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills two fds we then own.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(format!("socketpair for the network link: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (a, b) = unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+    for fd in [&a, &b] {
+        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+            // SAFETY: setsockopt with an int we own.
+            unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&LINK_BUFFER as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+        }
+    }
+    Ok((a, b))
 }
 
 /// The console's last lines on one line: the start error travels as a single line to the
@@ -49,6 +76,15 @@ impl Backend for MicrovmBackend {
         let cgroup = Cgroup::fresh(&cfg.instance, &limits).map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());
         cgroup.add(std::process::id() as i32).map_err(|e| format!("moving the VMM into the sandbox's cgroup: {e}"))?;
+        let network = super::network::link(cfg)?;
+        let net = match &network {
+            Some((stack, _)) => {
+                let (guest_end, stack_end) = link_pair()?;
+                self.link = Some((netstack::StackConfig { medium: netstack::Medium::Ethernet, ..stack.clone() }, stack_end));
+                Some(vmm::NetConfig { link: std::sync::Arc::new(guest_end), mac: netstack::GUEST_MAC, mtu: stack.mtu as u16 })
+            }
+            None => None,
+        };
         let vm_cfg = vmm::VmConfig {
             vcpus: m.vcpus,
             mem_bytes: m.mem_bytes,
@@ -63,13 +99,15 @@ impl Backend for MicrovmBackend {
             console_log: Some(dir.console_log()),
             console_limit: CONSOLE_LIMIT,
             guest_cid: 3,
+            net,
         };
         let started = vmm::Vm::start(&vm_cfg).map_err(|e| format!("starting the VM: {e}"))?;
         // The shim log (this process's stderr) records what booted, whatever the log level.
         eprintln!("microVM: {} through {}, {} vCPU(s), {} MiB", m.kernel.display(), started.entry, m.vcpus, m.mem_bytes >> 20);
         let mut agent = started.agent;
         self.vm = Some(started.vm);
-        let init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
+        let mut init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
+        init.network = network.map(|(_, init)| init);
         agent.set_read_timeout(Some(ready_timeout())).map_err(|e| e.to_string())?;
         protocol::write_frame(&mut agent, &Frame { id: 1, body: Request::Init(Box::new(init)) }).map_err(|e| format!("sending init to the agent: {e}"))?;
         let answer = protocol::read_frame::<Response>(&mut agent);
@@ -91,6 +129,10 @@ impl Backend for MicrovmBackend {
             let _ = crate::paths::write_atomic(&dir.patched_marker(), b"");
         }
         Ok(agent)
+    }
+
+    fn take_link(&mut self) -> Option<(netstack::StackConfig, std::os::fd::OwnedFd)> {
+        self.link.take()
     }
 
     fn wait(&mut self, timeout: Duration) -> bool {

@@ -21,6 +21,7 @@ fn main() {
         console_log: Some("/dev/stdout".into()),
         console_limit: u64::MAX,
         guest_cid: 3,
+        net: None,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| fail(&format!("{a} needs a value")));
