@@ -151,3 +151,12 @@ out("dns_gateway", "aaaa-edns", struct.pack("!HHHHHH", 0x4321, 0x0100, 1, 0, 0, 
 out("dns_gateway", "blocked", struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + qname("evil.example") + struct.pack("!HH", 1, 1))
 answer = struct.pack("!HH", 0xC00C, 1) + struct.pack("!HIH", 1, 60, 4) + bytes([10, 1, 2, 3])
 out("dns_gateway", "with-answer", struct.pack("!HHHHHH", 9, 0x0100, 1, 1, 0, 0) + qname("rebind.test") + struct.pack("!HH", 1, 1) + answer)
+
+
+# virtio-net: a tx chain (header + a frame the guest sends) and an rx buffer for what comes back.
+frame = bytes(6) + bytes([0x52, 0x54, 0, 0x6F, 0x72, 0x15]) + b"\x08\x00" + ipv4(17, udp)
+net_tx = memory([desc(0x3000, 12 + len(frame), 0, 0)], [0], [(0x3000, bytes(12) + frame)])
+net_rx = memory([desc(0x3000, 2048, WRITE, 0), desc(0x3800, 2048, WRITE, 0)], [0, 1], [])
+out("virtio_net", "one-each", b"\x22" + net_tx + net_rx)
+net_chain = memory([desc(0x3000, 12, NEXT, 1), desc(0x3100, len(frame), 0, 0)], [0], [(0x3000, bytes(12)), (0x3100, frame)])
+out("virtio_net", "split-header", b"\x22" + net_chain + net_rx)

@@ -122,3 +122,34 @@ pub fn vsock(tx: &mut Guest, rx: &mut Guest, host_end: UnixStream) {
         muxer.process_rx(&rx.mem, &mut rx.queue);
     }
 }
+
+/// virtio-net: the guest's tx queue (frames out to the link), then frames waiting on the link
+/// into its rx queue. The link is a real SOCK_SEQPACKET pair: `frames` are written to its far
+/// end first; what the device sent comes back as the returned frames.
+pub fn net(tx: &mut Guest, rx: &mut Guest, frames: &[&[u8]]) -> std::io::Result<Vec<Vec<u8>>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills two fds we then own.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (link, far) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    for f in frames {
+        // SAFETY: writing a live slice.
+        unsafe { libc::write(far.as_raw_fd(), f.as_ptr().cast(), f.len()) };
+    }
+    let mut buf = vec![0u8; crate::devices::net::HEADER + crate::devices::net::MAX_FRAME];
+    let _ = crate::devices::net::transmit(&mut tx.queue, &tx.mem, &link, &mut buf);
+    let _ = crate::devices::net::receive(&mut rx.queue, &rx.mem, &link, &mut buf);
+    let mut sent = Vec::new();
+    loop {
+        // SAFETY: reading into our own buffer.
+        let n = unsafe { libc::read(far.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        sent.push(buf[..n as usize].to_vec());
+    }
+    Ok(sent)
+}

@@ -3,8 +3,10 @@
 //! link's fd, puts the sandbox's network-policy plugins behind the stack's `FlowPolicy`, and
 //! records the stack's denials as the sandbox's events in the store.
 //!
-//! Threads: the stack's own loop (`netstack`), and one event writer that owns its store
-//! connection; neither shares a lock with the rest of the shim. A policy plugin runs on the
+//! Threads: the stack's own loop (`netstack`), one event writer that owns its store connection,
+//! and one counters writer (`network.json`, every 2 s); none shares a lock with the rest of the
+//! shim. The rest of the shim reaches the stack only through its `Handle` (a channel and a
+//! waker), under the `network` mutex of `server::Shared`, which is never held with another. A policy plugin runs on the
 //! stack's thread: its deadline (the Plugin's `timeoutMs`) bounds how long one new flow can
 //! hold the others up.
 
