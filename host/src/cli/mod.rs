@@ -149,6 +149,9 @@ pub enum Command {
         /// MicroVMs: the guest kernel (a package directory, an image file, or a name in DATA/kernels).
         #[arg(long)]
         kernel: Option<String>,
+        /// The network preset: public-only (default), none (loopback only) or allow-all.
+        #[arg(long, value_name = "POLICY")]
+        network: Option<String>,
         /// Publish a port: `[ADDR:]HOST:GUEST[/udp]` (ADDR defaults to 127.0.0.1); repeatable.
         #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST[/udp]")]
         publish: Vec<String>,
@@ -231,7 +234,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, name, process: p, isolation, memory, cpus, disk, kernel, publish, image, command } => {
+        Command::Run { rm, name, process: p, isolation, memory, cpus, disk, kernel, network, publish, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
@@ -245,6 +248,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             spec.disk = disk.map(|d| spec::quantity::parse_bytes(&d)).transpose().map_err(|e| anyhow!("--disk: {e}"))?;
             if let Some(d) = spec.disk {
                 spec::check_disk(d).map_err(|e| anyhow!("--disk: {e}\n    hint: e.g. --disk 1Gi"))?;
+            }
+            if let Some(n) = network.as_deref() {
+                spec.network.policy = match n {
+                    "public-only" => spec::NetworkPreset::PublicOnly,
+                    "none" => spec::NetworkPreset::None,
+                    "allow-all" => spec::NetworkPreset::AllowAll,
+                    other => bail!("--network {other}: not a policy\n    hint: public-only (the default), none or allow-all"),
+                };
+                if spec.network.policy == spec::NetworkPreset::None && !publish.is_empty() {
+                    bail!("--network none has no link to publish ports on");
+                }
             }
             for text in &publish {
                 let m = spec::PortMapping::parse(text).map_err(|e| anyhow!("--publish {text}: {e}\n    hint: e.g. -p 8080:80, -p 0.0.0.0:5353:53/udp"))?;
