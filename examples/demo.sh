@@ -37,6 +37,14 @@ step "what untrusted code inside cannot do (docs/security.md)"
   dd if=/dev/zero of=/fill bs=1M count=300 2>&1 | grep -i "no space" | sed "s/^/300 MiB into a 128Mi disk: /"
   rm -f /fill; df -m / | sed -n "2s/^[^ ]* *\([0-9]*\).*/writable layer: \1 MiB/p"'
 
+step "the network: public-only by default, decided per flow (docs/networking.md)"
+"$o" exec agent -- sh -c '
+  ip -o -4 addr show eth0 | awk "{print \"eth0: \" \$4}"
+  wget -qO- http://10.0.2.2:18080/hello.txt 2>&1 | sed "s/^/the host through the gateway: /"
+  nslookup ads.tracking.example 2>&1 | grep -i nxdomain | sed "s/^/a blocked name: /"'
+("$o" events agent | grep -E "NetworkDenied|DnsRefused" | tail -n 2) || true
+python3 -c 'import urllib.request; print("published port 127.0.0.1:18080 ->", urllib.request.urlopen("http://127.0.0.1:18080/hello.txt", timeout=5).read().decode().strip())'
+
 step "apply again: nothing restarts"
 "$o" apply -f sandboxes.yaml
 "$o" diff -f sandboxes.yaml && echo "diff: no changes"
