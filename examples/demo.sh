@@ -41,8 +41,8 @@ step "the network: public-only by default, decided per flow (docs/networking.md)
 "$o" exec agent -- sh -c '
   ip -o -4 addr show eth0 | awk "{print \"eth0: \" \$4}"
   wget -qO- http://10.0.2.2:18080/hello.txt 2>&1 | sed "s/^/the host through the gateway: /"
-  nslookup ads.tracking.example 2>&1 | grep -i nxdomain | sed "s/^/a blocked name: /"'
-("$o" events agent | grep -E "NetworkDenied|DnsRefused" | tail -n 2) || true
+  nslookup ads.tracking.example 2>&1 | grep -i -m1 nxdomain | sed "s/^/a blocked name: /"'
+("$o" events agent | grep -E "NetworkDenied|DnsRefused" | tail -n 3) || true
 python3 -c 'import urllib.request; print("published port 127.0.0.1:18080 ->", urllib.request.urlopen("http://127.0.0.1:18080/hello.txt", timeout=5).read().decode().strip())'
 
 step "apply again: nothing restarts"
