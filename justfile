@@ -37,9 +37,11 @@ test: rootfs
 fuzz target="all" seconds="60":
     bash tests/fuzz/run.sh {{target}} {{seconds}}
 
-# Only the network benchmark (ours vs pasta and slirp4netns).
+# Only the network benchmark (ours vs pasta and slirp4netns; then a microVM vs a namespace
+# sandbox, in the nested harness where needed).
 bench-net: rootfs build plugins
     bash tests/bench/network.sh {{bin}} {{cache}}/rootfs/busybox target/plugins/egress-guard-c.wasm
+    bash tests/vm/netbench.sh
 
 # Only the microVM tests (the nested-KVM harness when needed; optional test-name filter).
 test-vm *filter:
@@ -63,3 +65,4 @@ bench: rootfs build plugins
     bash tests/bench/images.sh {{bin}} {{cache}}
     cargo bench -p orchestrator --bench plugins
     bash tests/vm/bench.sh
+    bash tests/vm/netbench.sh

@@ -9,6 +9,8 @@
 # "orchestrator" namespace whose only link leads to an "internet" namespace holding the servers
 # at documentation addresses) and removes them at the end.
 # Usage: tests/bench/network.sh ORCHESTRATOR ROOTFS [POLICY_PLUGIN.wasm]
+#   BENCH_NET_ISOLATION (namespace, or microvm: ours as a microVM), BENCH_NET_PEERS (0: ours
+#   only, as tests/vm/netbench.sh runs it in the nested harness), BENCH_NET_MTUS ("1500 65520"),
 #   BENCH_NET_SECONDS (iperf3 duration, default 5), BENCH_NET_ROUNDS (iperf3 runs, the median
 #   is reported; default 3), BENCH_NET_CONNECTS (default 1000)
 set -euo pipefail
@@ -18,7 +20,10 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 guard=$(realpath "${3:-$here/target/plugins/egress-guard-c.wasm}")
 secs=${BENCH_NET_SECONDS:-5}
 connects=${BENCH_NET_CONNECTS:-1000}
-for tool in iperf3 pasta slirp4netns cc python3; do
+isolation=${BENCH_NET_ISOLATION:-namespace}
+peers=${BENCH_NET_PEERS:-1}
+mtus=${BENCH_NET_MTUS:-1500 65520}
+for tool in iperf3 cc python3 $( [ "$peers" = 1 ] && echo pasta slirp4netns ); do
   command -v "$tool" >/dev/null || { echo "network bench: $tool missing (tests/setup.sh bench installs it)" >&2; exit 1; }
 done
 
@@ -103,22 +108,26 @@ kind: Sandbox
 metadata: { name: $1 }
 spec:
   image: "dir:$img"
-  isolation: namespace
+  isolation: $isolation
   command: [sleep, "100000"]
   network: { mtu: $2 $3 }
 YAML
 }
 
-for mtu in 1500 65520; do
+for mtu in $mtus; do
   echo "== MTU $mtu"
   # Ours: a namespace sandbox, its TUN link into the shim's stack.
   sandbox_yaml "bench-$mtu" "$mtu" "" > "$work/s.yaml"
   in_orch "$o" apply -f "$work/s.yaml" >/dev/null
   ours=$(median_gbps in_orch "$o" exec "bench-$mtu" --)
   ours_lat=$(in_orch "$o" exec "bench-$mtu" -- netprobe latency "$web" 7000 "$connects")
-  echo "orchestrator: $ours Gbit/s; $ours_lat us"
-  row "orchestrator" "$mtu" "$ours" "$(echo "$ours_lat" | awk '{print $2}')" "$(echo "$ours_lat" | awk '{print $4}')"
+  echo "orchestrator ($isolation): $ours Gbit/s; $ours_lat us"
+  row "orchestrator ($isolation)" "$mtu" "$ours" "$(echo "$ours_lat" | awk '{print $2}')" "$(echo "$ours_lat" | awk '{print $4}')"
 
+  if [ "$peers" != 1 ]; then
+    in_orch "$o" delete "bench-$mtu" >/dev/null
+    continue
+  fi
   # pasta: a namespace of its own (root: pasta is told to stay root rather than build a user
   # namespace), its tap forwarded through the orchestrator namespace's sockets.
   ip netns add "px-$tag"
@@ -145,8 +154,8 @@ for mtu in 1500 65520; do
   in_orch "$o" delete "bench-$mtu" >/dev/null
 done
 
-echo "== per-flow policy cost (MTU 65520, $connects connections each)"
-for cache in 0 60; do
+[ "$peers" = 1 ] && echo "== per-flow policy cost (MTU 65520, $connects connections each)"
+for cache in $( [ "$peers" = 1 ] && echo 0 60 ); do
   name=bench-plugin
   [ "$cache" = 0 ] || name=bench-plugin-cached
   {

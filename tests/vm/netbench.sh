@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The network benchmark's own figure for microVMs (tests/bench/network.sh, ours only): iperf3
+# and connect latency from a namespace sandbox and from a microVM, side by side in one run.
+# Where this host's KVM cannot boot a guest, both run inside the nested-KVM harness, whose L1
+# is emulated: only the ratio microVM / namespace means something there.
+#   tests/vm/netbench.sh        (BENCH_NET_* as for tests/bench/network.sh)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cache=${ORCHESTRATOR_CACHE:-/var/cache/orchestrator-dev}
+eval "$(bash tests/vm/kernels.sh "$cache" | sed -n 's/^\(guest\|l1\)=/kernel_\1=/p')"
+export ORCHESTRATOR_KERNEL_DIR=$kernel_guest
+bash tests/images/busybox-rootfs.sh "$cache/rootfs/busybox" >/dev/null
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
+export ORCHESTRATOR_GUEST_AGENT=$PWD/target/x86_64-unknown-linux-gnu/release/orchestrator-agent
+cargo build -q --release -p orchestrator
+export BENCH_NET_PEERS=0 BENCH_NET_MTUS=${BENCH_NET_MTUS:-65520} BENCH_NET_CONNECTS=${BENCH_NET_CONNECTS:-200}
+run="bash tests/bench/network.sh $PWD/target/release/orchestrator $cache/rootfs/busybox; BENCH_NET_ISOLATION=microvm bash tests/bench/network.sh $PWD/target/release/orchestrator $cache/rootfs/busybox"
+if ./target/release/orchestrator --data-dir "$(mktemp -d)" doctor >/dev/null 2>&1; then
+  exec bash -c "$run"
+fi
+echo "netbench: running in the nested-KVM harness (L1 is emulated: compare the ratio, not the figures)"
+exec bash tests/vm/harness.sh --timeout 2400 -- bash -c "$run"
