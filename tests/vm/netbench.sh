@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The network benchmark's own figure for microVMs (tests/bench/network.sh, ours only): iperf3
-# and connect latency from a namespace sandbox and from a microVM, side by side in one run.
-# Where this host's KVM cannot boot a guest, both run inside the nested-KVM harness, whose L1
-# is emulated: only the ratio microVM / namespace means something there.
+# The network benchmark with ours as a microVM (tests/bench/network.sh, BENCH_NET_ISOLATION=
+# microvm): iperf3 and connect latency from a microVM through virtio-net into the shim's stack,
+# beside pasta and slirp4netns in the same run. Where this host's KVM cannot boot a guest it all
+# runs inside the nested-KVM harness, whose L1 is emulated: only the ratios mean something.
+# (The harness passes no environment into L1: settings travel in the command line.)
 #   tests/vm/netbench.sh        (BENCH_NET_* as for tests/bench/network.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,8 +14,7 @@ bash tests/images/busybox-rootfs.sh "$cache/rootfs/busybox" >/dev/null
 RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
 export ORCHESTRATOR_GUEST_AGENT=$PWD/target/x86_64-unknown-linux-gnu/release/orchestrator-agent
 cargo build -q --release -p orchestrator
-export BENCH_NET_PEERS=0 BENCH_NET_MTUS=${BENCH_NET_MTUS:-65520} BENCH_NET_CONNECTS=${BENCH_NET_CONNECTS:-200}
-run="bash tests/bench/network.sh $PWD/target/release/orchestrator $cache/rootfs/busybox; BENCH_NET_ISOLATION=microvm bash tests/bench/network.sh $PWD/target/release/orchestrator $cache/rootfs/busybox"
+run="ORCHESTRATOR_KERNEL_DIR=$kernel_guest ORCHESTRATOR_GUEST_AGENT=$ORCHESTRATOR_GUEST_AGENT BENCH_NET_ISOLATION=microvm bash tests/bench/network.sh $PWD/target/release/orchestrator $cache/rootfs/busybox $PWD/target/plugins/egress-guard-c.wasm"
 if ./target/release/orchestrator --data-dir "$(mktemp -d)" doctor >/dev/null 2>&1; then
   exec bash -c "$run"
 fi
