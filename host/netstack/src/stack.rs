@@ -675,9 +675,7 @@ impl Stack {
             self.denied(protocol, dst, &names, &d);
             match &mut self.flows[id] {
                 Some(Flow::Tcp(f)) => {
-                    self.sockets.get_mut::<tcp::Socket>(f.handle).abort();
-                    f.host_eof = true;
-                    f.guest_eof = true;
+                    f.reset(self.sockets.get_mut::<tcp::Socket>(f.handle));
                 }
                 Some(Flow::Udp(_)) | Some(Flow::Icmp(_)) => self.remove_flow(id),
                 _ => {}

@@ -4,6 +4,15 @@
 
 use super::*;
 
+impl TcpFlow {
+    /// Ends the flow at once: a RST to the guest (on the next poll), nothing more either way.
+    pub(super) fn reset(&mut self, s: &mut tcp::Socket<'static>) {
+        s.abort();
+        self.host_eof = true;
+        self.guest_eof = true;
+    }
+}
+
 impl Stack {
     pub(super) fn new_socket(&self, buffer: usize) -> tcp::Socket<'static> {
         let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; buffer]), tcp::SocketBuffer::new(vec![0; buffer]));
@@ -112,9 +121,7 @@ impl Stack {
                         (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => {}
                         (Ok(Some(e)) | Err(e), _) | (Ok(None), Err(e)) => {
                             tracing::debug!("connect {}: {e}", f.key.1);
-                            self.sockets.get_mut::<tcp::Socket>(f.handle).abort();
-                            f.host_eof = true;
-                            f.guest_eof = true;
+                            f.reset(self.sockets.get_mut::<tcp::Socket>(f.handle));
                         }
                     }
                 }
@@ -170,9 +177,7 @@ impl Stack {
                         let d = policy::decide(&self.policy, &FlowQuery { protocol: Protocol::Tcp, ip: dst.ip(), port: dst.port(), names: &names }, &self.host_addrs, self.plugins.as_mut());
                         if !d.allowed() {
                             let s = self.sockets.get_mut::<tcp::Socket>(f.handle);
-                            s.abort();
-                            f.host_eof = true;
-                            f.guest_eof = true;
+                            f.reset(s);
                             self.denied(Protocol::Tcp, dst, &names, &d);
                             return true;
                         }
@@ -193,9 +198,7 @@ impl Stack {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => f.writable = false,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(_)) => {
-                    s.abort();
-                    f.host_eof = true;
-                    f.guest_eof = true;
+                    f.reset(s);
                     return true;
                 }
                 Err(_) => break,
@@ -223,9 +226,7 @@ impl Stack {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => f.readable = false,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(_)) => {
-                    s.abort();
-                    f.host_eof = true;
-                    f.guest_eof = true;
+                    f.reset(s);
                     return true;
                 }
                 Err(_) => break,
