@@ -25,11 +25,13 @@ pub const MAX_PENDING: usize = 512;
 const RETRY_AFTER: Duration = Duration::from_millis(1500);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
 
-/// Who asked: a UDP endpoint of the guest, or a TCP connection to the gateway's port 53.
+/// Who asked: a UDP endpoint of the guest, or a TCP connection to the gateway's port 53 (its
+/// flow slot and the connection's serial, so an answer never reaches a later connection that
+/// took over the slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asker {
     Udp { guest: SocketAddr, gateway: SocketAddr },
-    Tcp(usize),
+    Tcp { flow: usize, serial: u64 },
 }
 
 /// What became of a query.

@@ -111,6 +111,7 @@ struct IcmpFlow {
 
 struct DnsTcp {
     handle: SocketHandle,
+    serial: u64,
     inbuf: Vec<u8>,
     since: Instant,
 }
@@ -174,6 +175,8 @@ pub struct Stack {
     inbound_udp: HashMap<u16, InboundUdp>,
     inbound_udp_by_client: HashMap<(usize, SocketAddr), u16>,
     next_inbound_port: u16,
+    /// Serials of DNS-over-TCP connections (see `dns::Asker`).
+    next_dns_serial: u64,
 }
 
 fn io_other(e: impl std::fmt::Display) -> io::Error {
@@ -280,6 +283,7 @@ impl Stack {
                 inbound_udp: HashMap::new(),
                 inbound_udp_by_client: HashMap::new(),
                 next_inbound_port: *INBOUND_PORTS.start(),
+                next_dns_serial: 0,
             },
             waker,
         ))

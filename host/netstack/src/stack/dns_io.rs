@@ -58,8 +58,12 @@ impl Stack {
                 let p = packet::udp(gateway, guest, bytes);
                 self.to_guest(&p);
             }
-            Asker::Tcp(id) => {
-                if let Some(Some(Flow::Dns(d))) = self.flows.get(id) {
+            Asker::Tcp { flow, serial } => {
+                // The connection that asked, not a later one in its slot.
+                if let Some(Some(Flow::Dns(d))) = self.flows.get(flow) {
+                    if d.serial != serial {
+                        return;
+                    }
                     let s = self.sockets.get_mut::<tcp::Socket>(d.handle);
                     if s.send_capacity() - s.send_queue() >= bytes.len() + 2 {
                         let _ = s.send_slice(&(bytes.len() as u16).to_be_bytes());
@@ -72,6 +76,7 @@ impl Stack {
 
     pub(super) fn pump_dns_tcp(&mut self, id: usize) -> bool {
         let Some(Some(Flow::Dns(d))) = self.flows.get_mut(id) else { return false };
+        let serial = d.serial;
         let s = self.sockets.get_mut::<tcp::Socket>(d.handle);
         let mut moved = false;
         while s.can_recv() && d.inbuf.len() < DNS_TCP_MAX {
@@ -99,7 +104,7 @@ impl Stack {
             s.close();
         }
         for q in queries {
-            self.dns_query(&q, Asker::Tcp(id));
+            self.dns_query(&q, Asker::Tcp { flow: id, serial });
         }
         moved
     }

@@ -52,7 +52,9 @@ impl Stack {
                 self.sockets.remove(handle);
                 return;
             }
-            let id = self.insert_flow(Flow::Dns(DnsTcp { handle, inbuf: Vec::new(), since: Instant::now() }));
+            self.next_dns_serial += 1;
+            let serial = self.next_dns_serial;
+            let id = self.insert_flow(Flow::Dns(DnsTcp { handle, serial, inbuf: Vec::new(), since: Instant::now() }));
             self.tcp_keys.insert((src, dst), id);
             return;
         }
