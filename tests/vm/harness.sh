@@ -104,11 +104,13 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep "install ok insta
 # Modules to load in L1, in dependency order: 9p over virtio-pci for the host root, then KVM,
 # then overlayfs (the orchestrator merges image layers with it when it builds an EROFS disk),
 # then vhost-vsock (the QEMU peer in the boot benchmark talks to its guest's agent over it),
-# then veth and tun (network tests and benchmarks: their own internet, namespace sandboxes).
+# then veth and tun (network tests and benchmarks: their own internet, namespace sandboxes),
+# then loop and ext4 (a namespace sandbox's bounded writable disk).
 # A module that is not a file in this kernel (built in, or absent) is skipped.
 modules=(netfs fscache 9pnet virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
   virtio_pci 9pnet_virtio 9p irqbypass ccp kvm kvm-amd overlay
-  vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock veth tun)
+  vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock veth tun
+  loop crc16 mbcache jbd2 crc32c_generic ext4)
 
 # Module files of this kernel by name (plain, .xz or .zst; `-` and `_` are the same in names).
 declare -A module_path=()

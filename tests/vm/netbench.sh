@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The network benchmark with ours as a microVM (tests/bench/network.sh, BENCH_NET_ISOLATION=
 # microvm): iperf3 and connect latency from a microVM through virtio-net into the shim's stack,
-# beside pasta and slirp4netns in the same run. Where this host's KVM cannot boot a guest it all
+# beside a namespace sandbox, pasta and slirp4netns in the same run. Where this host's KVM cannot boot a guest it all
 # runs inside the nested-KVM harness, whose L1 is emulated: only the ratios mean something.
 # (The harness passes no environment into L1: settings travel in the command line.)
 #   tests/vm/netbench.sh        (BENCH_NET_* as for tests/bench/network.sh)
@@ -14,7 +14,9 @@ bash tests/images/busybox-rootfs.sh "$cache/rootfs/busybox" >/dev/null
 RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p guest-agent --bin orchestrator-agent --target x86_64-unknown-linux-gnu
 export ORCHESTRATOR_GUEST_AGENT=$PWD/target/x86_64-unknown-linux-gnu/release/orchestrator-agent
 cargo build -q --release -p orchestrator
-run="ORCHESTRATOR_KERNEL_DIR=$kernel_guest ORCHESTRATOR_GUEST_AGENT=$ORCHESTRATOR_GUEST_AGENT BENCH_NET_ISOLATION=microvm bash tests/bench/network.sh $PWD/target/release/orchestrator $cache/rootfs/busybox $PWD/target/plugins/egress-guard-c.wasm"
+bench="bash tests/bench/network.sh $PWD/target/release/orchestrator $cache/rootfs/busybox $PWD/target/plugins/egress-guard-c.wasm"
+# A namespace sandbox first (ours only), then a microVM beside pasta and slirp4netns.
+run="BENCH_NET_PEERS=0 $bench; ORCHESTRATOR_KERNEL_DIR=$kernel_guest ORCHESTRATOR_GUEST_AGENT=$ORCHESTRATOR_GUEST_AGENT BENCH_NET_ISOLATION=microvm $bench"
 if ./target/release/orchestrator --data-dir "$(mktemp -d)" doctor >/dev/null 2>&1; then
   exec bash -c "$run"
 fi
