@@ -133,7 +133,7 @@ out("net_packets", "udp4", ipv4(17, udp))
 out("net_packets", "udp6", struct.pack("!IHBB16s16s", 0x60000000, len(udp), 17, 64, bytes(15) + b"\x15", bytes(15) + b"\x02") + udp)
 out("net_packets", "syn", ipv4(6, struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 0x50, 0x02, 65535, 0, 0)))
 out("net_packets", "ping", ipv4(1, struct.pack("!BBHHH", 8, 0, 0, 7, 1) + b"abcdefgh"))
-name = b"pypi.org"
+name = b"packages.example"
 sni = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
 ext = struct.pack("!HH", 0, len(sni)) + sni
 body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + struct.pack("!H", len(ext)) + ext

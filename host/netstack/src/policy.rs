@@ -384,9 +384,9 @@ mod tests {
         let mut host8080 = rule(Action::Allow);
         host8080.group = Some(Group::Host);
         host8080.ports = vec![(8080, 8080)];
-        let mut pypi = rule(Action::Allow);
-        pypi.host = Some("pypi.org".into());
-        let p = NetworkPolicy { rules: vec![deny25, host8080, pypi], block_domain_suffixes: vec![".tracking.example".into()], ..Default::default() };
+        let mut packages = rule(Action::Allow);
+        packages.host = Some("packages.example".into());
+        let p = NetworkPolicy { rules: vec![deny25, host8080, packages], block_domain_suffixes: vec![".tracking.example".into()], ..Default::default() };
         let d = ask(&p, Protocol::Tcp, "203.0.113.10", 25, &[]);
         assert_eq!(d.decided_by, "rule 1 (deny cidr 0.0.0.0/0 ports 25 tcp)");
         assert!(ask(&p, Protocol::Udp, "203.0.113.10", 25, &[]).allowed());

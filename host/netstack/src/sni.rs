@@ -178,8 +178,8 @@ mod tests {
 
     #[test]
     fn a_hello_gives_its_name_whole_split_or_partial() {
-        let hello = client_hello("Pypi.Org");
-        assert_eq!(peek(&hello), Peek::Hello(Some("pypi.org".into())));
+        let hello = client_hello("Packages.Example");
+        assert_eq!(peek(&hello), Peek::Hello(Some("packages.example".into())));
         for cut in 0..hello.len() {
             assert_eq!(peek(&hello[..cut]), Peek::Incomplete, "cut at {cut}");
         }
@@ -189,7 +189,7 @@ mod tests {
         two.extend_from_slice(&hs[..10]);
         two.extend_from_slice(&[0x16, 3, 1, 0, (hs.len() - 10) as u8]);
         two.extend_from_slice(&hs[10..]);
-        assert_eq!(peek(&two), Peek::Hello(Some("pypi.org".into())));
+        assert_eq!(peek(&two), Peek::Hello(Some("packages.example".into())));
     }
 
     #[test]

@@ -169,6 +169,8 @@ pub struct Stack {
     tun_readable: bool,
     started: Instant,
     rxbuf: Vec<u8>,
+    /// One datagram from a host socket (UDP, ICMP, DNS), reused on every read.
+    scratch: Vec<u8>,
     /// Ethernet links: the guest's MAC, learnt from its frames (where our own packets go).
     guest_mac: [u8; 6],
     listeners: Vec<Listener>,
@@ -277,6 +279,7 @@ impl Stack {
                 tun_readable: true,
                 started,
                 rxbuf,
+                scratch: vec![0; 65536],
                 guest_mac: [0xff; 6],
                 cfg,
                 listeners,
@@ -287,6 +290,14 @@ impl Stack {
             },
             waker,
         ))
+    }
+
+    /// Runs `f` with the datagram buffer (taken out of `self` for the call, put back after).
+    fn with_scratch<R>(&mut self, f: impl FnOnce(&mut Self, &mut [u8]) -> R) -> R {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let r = f(self, &mut buf);
+        self.scratch = buf;
+        r
     }
 
     fn now(&self) -> smoltcp::time::Instant {

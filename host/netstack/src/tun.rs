@@ -11,11 +11,13 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
+/// `struct ifreq` with its union as a short (`ifr_flags`) or an int (`ifr_qlen`) in front.
 #[repr(C)]
-struct IfReq {
+struct IfReq<T> {
     name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
+    value: T,
+    // At least the kernel's 40 bytes whatever T is (it copies a whole ifreq).
+    _pad: [u8; 24],
 }
 
 /// Creates TUN device `name` in the network namespace at `netns` (for instance
@@ -41,7 +43,7 @@ pub fn create_in(netns: &Path, name: &str) -> io::Result<OwnedFd> {
             }
             // SAFETY: a fresh fd we own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+            let mut req = IfReq { name: [0; libc::IFNAMSIZ], value: IFF_TUN | IFF_NO_PI, _pad: [0; 24] };
             for (d, s) in req.name.iter_mut().zip(name.bytes()) {
                 *d = s as libc::c_char;
             }
@@ -62,13 +64,6 @@ pub fn create_in(netns: &Path, name: &str) -> io::Result<OwnedFd> {
 const TX_QUEUE_LEN: libc::c_int = 10_000;
 const SIOCSIFTXQLEN: libc::c_ulong = 0x8943;
 
-#[repr(C)]
-struct IfReqInt {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    value: libc::c_int,
-    _pad: [u8; 20],
-}
-
 fn set_tx_queue_len(name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<()> {
     // SAFETY: a socket for one interface ioctl, closed below.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -77,7 +72,7 @@ fn set_tx_queue_len(name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<()> {
     }
     // SAFETY: a fresh fd we own.
     let s = unsafe { OwnedFd::from_raw_fd(s) };
-    let mut req = IfReqInt { name: *name, value: TX_QUEUE_LEN, _pad: [0; 20] };
+    let mut req = IfReq { name: *name, value: TX_QUEUE_LEN, _pad: [0; 24] };
     // SAFETY: SIOCSIFTXQLEN reads an ifreq whose union holds an int.
     if unsafe { libc::ioctl(s.as_raw_fd(), SIOCSIFTXQLEN, &mut req) } != 0 {
         return Err(io::Error::last_os_error());

@@ -770,13 +770,13 @@ mod tests {
 
     #[test]
     fn network_sections_parse_into_policies_and_bad_entries_are_located() {
-        let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: dir:/\n  network:\n    policy: public-only\n    rules:\n      - { action: allow, host: PyPI.org }\n      - { action: deny, cidr: 0.0.0.0/0, ports: [25, '8000-8100'], protocol: tcp }\n      - { action: allow, group: host, ports: [8080] }\n    blockDomains: [ evil.example ]\n    blockDomainSuffixes: [ .tracking.example ]\n    maxConnections: 64\n";
+        let text = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: dir:/\n  network:\n    policy: public-only\n    rules:\n      - { action: allow, host: Packages.Example }\n      - { action: deny, cidr: 0.0.0.0/0, ports: [25, '8000-8100'], protocol: tcp }\n      - { action: allow, group: host, ports: [8080] }\n    blockDomains: [ evil.example ]\n    blockDomainSuffixes: [ .tracking.example ]\n    maxConnections: 64\n";
         let ok = validate_file(Path::new("/tmp/x.yaml"), text).unwrap();
         let ResourceSpec::Sandbox(s) = &ok[0].resource.spec else { panic!() };
         assert_eq!(s.network.max_connections, Some(64));
         assert_eq!(s.network.rules[1].ports, vec![(25, 25), (8000, 8100)]);
         let policy = s.network.to_policy().unwrap();
-        assert_eq!(policy.rules[0].host.as_deref(), Some("pypi.org"));
+        assert_eq!(policy.rules[0].host.as_deref(), Some("packages.example"));
         assert_eq!(policy.rules[2].group, Some(netstack::addr::Group::Host));
         let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: dir:/\n  network:\n    policy: open\n    rules:\n      - { action: permit, host: x.org }\n      - { action: deny, cidr: 10.0.0.0/40 }\n      - { action: allow, group: lan }\n      - { action: allow, ports: [0] }\n      - { action: deny }\n    blockDomains: [ 'not a name' ]\n    maxConnections: 0\n");
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();

@@ -50,10 +50,13 @@ impl Stack {
     }
 
     pub(super) fn udp_readable(&mut self, id: usize) {
-        let mut buf = vec![0u8; 65536];
+        self.with_scratch(|s, buf| s.udp_readable_into(id, buf))
+    }
+
+    fn udp_readable_into(&mut self, id: usize, buf: &mut [u8]) {
         for _ in 0..BATCH {
             let Some(Some(Flow::Udp(u))) = self.flows.get_mut(id) else { return };
-            match u.host.recv(&mut buf) {
+            match u.host.recv(buf) {
                 Ok(n) => {
                     u.last = Instant::now();
                     let (guest, remote) = u.key;
@@ -118,10 +121,13 @@ impl Stack {
     }
 
     pub(super) fn icmp_readable(&mut self, id: usize) {
-        let mut buf = vec![0u8; 65536];
+        self.with_scratch(|s, buf| s.icmp_readable_into(id, buf))
+    }
+
+    fn icmp_readable_into(&mut self, id: usize, buf: &mut [u8]) {
         for _ in 0..BATCH {
             let Some(Some(Flow::Icmp(i))) = self.flows.get_mut(id) else { return };
-            match i.sock.recv(&mut buf) {
+            match i.sock.recv(buf) {
                 Ok(Some((seq, range))) => {
                     let (guest, dst, ident) = i.key;
                     if range.len() + 48 > self.cfg.mtu {

@@ -29,11 +29,14 @@ impl Stack {
     }
 
     pub(super) fn dns_upstream_readable(&mut self, token: Token) {
-        let mut buf = vec![0u8; 65536];
+        self.with_scratch(|s, buf| s.dns_upstream_readable_into(token, buf))
+    }
+
+    fn dns_upstream_readable_into(&mut self, token: Token, buf: &mut [u8]) {
         loop {
             let sock = if token == DNS_V4 { &self.dns_v4 } else { &self.dns_v6 };
             let Some(s) = sock else { return };
-            let (n, from) = match s.recv_from(&mut buf) {
+            let (n, from) = match s.recv_from(buf) {
                 Ok(x) => x,
                 Err(_) => return,
             };

@@ -78,10 +78,13 @@ impl Stack {
     }
 
     pub(super) fn published_datagrams(&mut self, index: usize) {
-        let mut buf = vec![0u8; 65536];
+        self.with_scratch(|s, buf| s.published_datagrams_into(index, buf))
+    }
+
+    fn published_datagrams_into(&mut self, index: usize, buf: &mut [u8]) {
         for _ in 0..BATCH {
             let (n, client) = match &self.listeners[index].socket {
-                crate::Listener::MioUdp(u) => match u.recv_from(&mut buf) {
+                crate::Listener::MioUdp(u) => match u.recv_from(buf) {
                     Ok(x) => x,
                     Err(_) => return,
                 },

@@ -90,8 +90,8 @@ fn rules(ctx: &mut Ctx<'_>, node: &Node) -> Vec<NetworkRule> {
             }
             Some(v)
         };
-        let host = text("host", &domain_ok, "a domain name, e.g. pypi.org");
-        let host_suffix = text("hostSuffix", &domain_ok, "a domain suffix, e.g. .pythonhosted.org");
+        let host = text("host", &domain_ok, "a domain name, e.g. packages.example");
+        let host_suffix = text("hostSuffix", &domain_ok, "a domain suffix, e.g. .files.example");
         let cidr = text("cidr", &|c| netstack::policy::Cidr::parse(c).is_some(), "an address or ADDRESS/PREFIX, e.g. 10.0.0.0/8 or 2001:db8::/32");
         let groups = netstack::addr::Group::NAMES.join(", ");
         let group = text("group", &|g| netstack::addr::Group::parse(g).is_some(), &format!("one of {groups}"));
