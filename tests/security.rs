@@ -38,7 +38,7 @@ fn hostile_rootfs(env: &Env) -> PathBuf {
     std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
     std::fs::copy(probe_binary(), root.join("usr/local/bin/probe")).unwrap();
     std::fs::create_dir_all(root.join("hostdev")).unwrap();
-    for (name, kind, major, minor) in [("loop0", "b", 7, 0), ("kvm", "c", 10, 232), ("tty1", "c", 4, 1), ("mem", "c", 1, 1), ("null", "c", 1, 3)] {
+    for (name, kind, major, minor) in [("loop0", "b", 7, 0), ("kvm", "c", 10, 232), ("tty1", "c", 4, 1), ("mem", "c", 1, 1), ("null", "c", 1, 3), ("tun", "c", 10, 200)] {
         let st = Command::new("mknod").arg(root.join("hostdev").join(name)).arg(kind).arg(major.to_string()).arg(minor.to_string()).status().unwrap();
         assert!(st.success(), "mknod {name}");
     }
@@ -95,12 +95,13 @@ fn escape_suite(userns: bool) {
     };
 
     // Devices: no mknod, and the nodes an image ships open nothing (nodev, device cgroup).
-    let (_, out, _) = env.sh(name, "probe open /hostdev/loop0 /hostdev/kvm /hostdev/tty1 /hostdev/mem /hostdev/null");
+    // The TUN clone device too: a second link would be a way around the shim's stack.
+    let (_, out, _) = env.sh(name, "probe open /hostdev/loop0 /hostdev/kvm /hostdev/tty1 /hostdev/mem /hostdev/null /hostdev/tun");
     for line in out.lines() {
         refused(&format!("opening the image's device node {line}"), !line.ends_with(" ok"), &out);
     }
-    assert_eq!(out.lines().count(), 5, "{out}");
-    for (node, spec) in [("blk", "b 7 0"), ("kvm", "c 10 232"), ("tty", "c 4 1"), ("mem", "c 1 1")] {
+    assert_eq!(out.lines().count(), 6, "{out}");
+    for (node, spec) in [("blk", "b 7 0"), ("kvm", "c 10 232"), ("tty", "c 4 1"), ("mem", "c 1 1"), ("tun", "c 10 200")] {
         let (code, _, err) = env.sh(name, &format!("mknod /tmp/{node} {spec}"));
         refused(&format!("mknod {spec}"), code != 0, &err);
     }
