@@ -32,7 +32,9 @@ plugins=(
   "egress-guard-js         js        network-policy-plugin   wit                               plugins/js/egress-guard/egress-guard.js"
   "test-patch-js           js        rootfs-patch-plugin     wit                               tests/plugins/js/patcher.js"
   "test-secrets-py         python    secret-provider-plugin  wit                               tests/plugins/python/secrets"
-  "test-metrics-py         python    metrics-sink-plugin     wit                               tests/plugins/python/metrics"
+  # Built against the WIT as released at 0.1.0: today's host must still load it.
+  "test-metrics-py         python    metrics-sink-plugin     tests/plugins/wit-0.1.0           tests/plugins/python/metrics"
+  "test-metrics-v2-py      python    metrics-sink-v2-plugin  wit                               tests/plugins/python/metrics-v2"
   # Its WIT directory's deps/ links to tests/plugins/wit-deps (vendored WASI 0.2.12 and wit/plugin.wit).
   "test-http-secrets-py    python    http-secret-provider    tests/plugins/python/http-secrets/wit  tests/plugins/python/http-secrets"
   "log-decisions-js        js        network-policy-plugin   wit                               policies/log-decisions/log-decisions.js"

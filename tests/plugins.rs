@@ -106,7 +106,12 @@ fn plugin_check_and_eval_from_the_command_line() {
     let c = component("egress-guard-c");
     let out = env.ok(&["plugin", "check", c.to_str().unwrap()]);
     assert!(out.contains("implements: network-policy"), "{out}");
-    assert!(out.contains("orchestrator:plugin/host@0.1.0"), "{out}");
+    assert!(out.contains("orchestrator:plugin/host@0.1.1"), "{out}");
+    // Built against the WIT as released at 0.1.0 (tests/plugins/wit-0.1.0): still usable here.
+    let old = env.ok(&["plugin", "check", component("test-metrics-py").to_str().unwrap()]);
+    assert!(old.contains("implements: metrics-sink") && old.contains("orchestrator:plugin/host@0.1.0"), "{old}");
+    let v2 = env.ok(&["plugin", "check", component("test-metrics-v2-py").to_str().unwrap()]);
+    assert!(v2.contains("implements: metrics-sink"), "{v2}");
     let hostile = env.ok(&["plugin", "check", component("hostile-c").to_str().unwrap()]);
     assert!(hostile.contains("network-policy, rootfs-patch, secret-provider, metrics-sink"), "{hostile}");
     let py = env.ok(&["plugin", "check", component("test-secrets-py").to_str().unwrap()]);
@@ -241,10 +246,14 @@ fn secret_values_never_reach_the_store_the_logs_or_the_sandbox() {
 }
 
 /// Under `serve`, a metrics sink (Python) receives samples of the sandboxes that name it; a
-/// failing sink is logged and the sandbox keeps running.
+/// failing sink is logged and the sandbox keeps running. A sink built for 0.1.0 gets the 0.1.0
+/// samples; a 0.1.1 sink (`metrics-sink-v2`) gets the sandbox's network counters too.
 #[test]
 fn metrics_sinks_receive_samples_and_fail_open() {
-    let env = Env::new();
+    let mut env = Env::new();
+    // The sandbox asks only for a blocked name, answered by its shim; should anything reach the
+    // upstream, it is a closed port on loopback.
+    env.extra_env.push(("ORCHESTRATOR_DNS_UPSTREAM".into(), "127.0.0.1:9".into()));
     let config = env.dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
     let plugin = |name: &str, extra: &str| {
@@ -252,9 +261,14 @@ fn metrics_sinks_receive_samples_and_fail_open() {
     };
     std::fs::write(config.join("sink.yaml"), plugin("sink", "")).unwrap();
     std::fs::write(config.join("broken.yaml"), plugin("broken-sink", "  config: { fail: 'true' }\n")).unwrap();
+    let v2 = format!("apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: sink-v2 }}\nspec:\n  component: {}\n  interval: 1s\n{TEST_LIMITS}", component("test-metrics-v2-py").display());
+    std::fs::write(config.join("v2.yaml"), v2).unwrap();
     std::fs::write(
         config.join("sb.yaml"),
-        sandbox_yaml("measured", "  memory: 64Mi\n  cpus: 0.2\n  command: [sh, -c, 'while :; do :; done']\n  hooks: { metricsSinks: [sink, broken-sink] }\n"),
+        sandbox_yaml(
+            "measured",
+            "  memory: 64Mi\n  cpus: 0.2\n  network: { blockDomains: [evil.example] }\n  command: [sh, -c, 'nslookup evil.example 10.0.2.2 >/dev/null 2>&1; while :; do :; done']\n  hooks: { metricsSinks: [sink, broken-sink, sink-v2] }\n",
+        ),
     )
     .unwrap();
     let log = env.dir.path().join("serve.log");
@@ -287,6 +301,22 @@ fn metrics_sinks_receive_samples_and_fail_open() {
     assert!(text.contains("metrics sink failed") && text.contains("sink unavailable"), "{text}");
     assert_eq!(env.status("measured"), "Running");
     assert!(!text.lines().any(|l| l.contains("sample sandbox=measured") && l.contains("broken-sink")), "{text}");
+    // The 0.1.1 sink: isolation, memory peak, and the DNS traffic its shim counted (at least
+    // the A query, refused with NXDOMAIN).
+    let v2_net = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("sample-v2 sandbox=measured isolation=namespace") && !l.contains("peak=-"))
+            .filter_map(|l| l.split("net=").nth(1)?.split_whitespace().next().map(str::to_string))
+            .filter_map(|n| n.split('/').map(|v| v.parse::<u64>().ok()).collect::<Option<Vec<u64>>>())
+            .next_back()
+    };
+    env.wait_for("network counters at the 0.1.1 sink", Duration::from_secs(60), || {
+        v2_net(&std::fs::read_to_string(&log).unwrap_or_default()).is_some_and(|n| n[2] >= 1 && n[3] >= 1)
+    });
+    let net = v2_net(&std::fs::read_to_string(&log).unwrap()).unwrap();
+    assert!(net[0] > 0 && net[1] > 0, "rx and tx bytes of the DNS exchange: {net:?}");
+    // The 0.1.0 sink's lines carry no network counters: it was built before they existed.
+    assert!(!text.lines().any(|l| l.contains("sample sandbox=measured") && l.contains("net=")), "{text}");
     // Fixing the Plugin resource under serve reloads it: the same sink now receives samples.
     std::fs::write(config.join("broken.yaml"), plugin("broken-sink", "")).unwrap();
     env.wait_for("samples at the repaired sink", Duration::from_secs(60), || {

@@ -256,6 +256,16 @@ impl Cgroup {
         fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
     }
 
+    /// The most memory in use at once since the group was made, bytes (kernels before 5.19
+    /// have no `memory.peak` on v2: then `None`).
+    pub fn memory_peak(&self) -> Option<u64> {
+        let name = match self.version {
+            Version::V2 => "memory.peak",
+            Version::V1 => "memory.max_usage_in_bytes",
+        };
+        fs::read_to_string(self.dirs[0].join(name)).ok()?.trim().parse().ok()
+    }
+
     /// The directory of a v1 controller (`memory`, `cpu`, `cpuacct`, `pids`) or the v2 group.
     fn controller(&self, v1_name: &str) -> Option<&PathBuf> {
         match self.version {

@@ -7,6 +7,7 @@ pub mod client;
 pub mod hooks;
 pub mod image;
 pub mod microvm;
+pub mod net_counters;
 pub mod paths;
 pub mod plugin;
 pub mod reconcile;

@@ -2,7 +2,7 @@
 // it is asked about (one line each, through the orchestrator's log). Put it first in a
 // sandbox's `network.plugins` to audit what the sandbox reaches, before or beside a policy
 // that decides. Config: `cache-seconds` (default 0: every flow is logged, none is cached).
-import { config, log } from 'orchestrator:plugin/host@0.1.0';
+import { config, log } from 'orchestrator:plugin/host@0.1.1';
 
 let cacheSeconds = null;
 function cache() {

@@ -1,6 +1,7 @@
 //! Read-only commands: `get` (table, JSON, YAML), `describe` and `logs`.
 
 use super::{Format, KindArg};
+use crate::net_counters::NetworkCounters;
 use crate::paths::shim_alive;
 use crate::reconcile::Orchestrator;
 use crate::spec::quantity::format_bytes;
@@ -22,11 +23,11 @@ fn sandbox_rows(orch: &mut Orchestrator) -> Result<Vec<SandboxRow>> {
 }
 
 /// The network counters its shim last wrote, for a running sandbox with a link.
-fn network_stats(orch: &Orchestrator, row: &SandboxRow) -> Option<Value> {
+fn network_stats(orch: &Orchestrator, row: &SandboxRow) -> Option<NetworkCounters> {
     if row.status != crate::store::Status::Running {
         return None;
     }
-    serde_json::from_slice(&std::fs::read(orch.instance_dir(row).network_stats()).ok()?).ok()
+    NetworkCounters::read(&orch.instance_dir(row))
 }
 
 fn object(orch: &Orchestrator, r: &StoredResource, row: Option<&SandboxRow>) -> Value {
@@ -57,7 +58,7 @@ fn object(orch: &Orchestrator, r: &StoredResource, row: Option<&SandboxRow>) -> 
         o["startedAt"] = json!(row.started_at);
         o["finishedAt"] = json!(row.finished_at);
         if let Some(n) = network_stats(orch, row) {
-            o["network"] = n;
+            o["network"] = json!(n);
         }
     }
     o
@@ -179,9 +180,8 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
                 writeln!(out, "Message:       {m}")?;
             }
             if let Some(n) = network_stats(orch, r) {
-                let v = |k: &str| n[k].as_u64().unwrap_or(0);
-                writeln!(out, "Network:       policy {}; rx {} in {} packets, tx {} in {} packets", spec.network.policy.as_str(), format_bytes(v("rxBytes")), v("rxPackets"), format_bytes(v("txBytes")), v("txPackets"))?;
-                writeln!(out, "Flows:         {} open, {} allowed, {} denied; DNS {} queries, {} NXDOMAIN", v("openFlows"), v("flowsAllowed"), v("flowsDenied"), v("dnsQueries"), v("dnsNxdomain"))?;
+                writeln!(out, "Network:       policy {}; rx {} in {} packets, tx {} in {} packets", spec.network.policy.as_str(), format_bytes(n.rx_bytes), n.rx_packets, format_bytes(n.tx_bytes), n.tx_packets)?;
+                writeln!(out, "Flows:         {} open, {} allowed, {} denied; DNS {} queries, {} NXDOMAIN", n.open_flows, n.flows_allowed, n.flows_denied, n.dns_queries, n.dns_nxdomain)?;
             }
         }
         None => writeln!(out, "Status:        Pending (no instance yet)")?,

@@ -68,11 +68,11 @@ pub fn serve(orch: &mut Orchestrator, dir: &Path, resync_secs: u64, prune_empty:
     debouncer.watch(&dir, RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
     log(&format!("serving {} (resync every {resync_secs}s)", dir.display()));
     // Metrics sinks run beside the reconciler, on their own store connection.
-    let (db, registry) = (orch.data.db(), orch.plugins.clone());
+    let (data, registry) = (orch.data.clone(), orch.plugins.clone());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::thread::Builder::new()
         .name("metrics-sinks".into())
-        .spawn(move || crate::plugin::metrics::run(db, registry, stop))
+        .spawn(move || crate::plugin::metrics::run(data, registry, stop))
         .context("starting the metrics-sink thread")?;
     let mut last_error = None;
     reconcile_dir(orch, &dir, &source, prune_empty, &mut last_error)?;

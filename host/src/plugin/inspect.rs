@@ -62,9 +62,14 @@ pub fn check(host: &PluginHost, path: &Path) -> Result<Report, PluginError> {
     let mut report = Report { kinds: Vec::new(), wrong_version: Vec::new(), other_exports: Vec::new(), capabilities: Vec::new(), link_error: None, load, size };
     for (name, _) in ty.exports(engine) {
         let (interface, export_version) = name.split_once('@').unwrap_or((name, ""));
-        let kind = Kind::ALL.into_iter().find(|k| interface == format!("{package}/{}", k.as_str()));
+        let short = interface.strip_prefix(package).and_then(|i| i.strip_prefix('/'));
+        let kind = Kind::ALL.into_iter().find(|k| short.is_some_and(|i| k.interfaces().contains(&i)));
         match kind {
-            Some(k) if export_version.starts_with(&compatible_prefix) => report.kinds.push(k),
+            Some(k) if export_version.starts_with(&compatible_prefix) => {
+                if !report.kinds.contains(&k) {
+                    report.kinds.push(k);
+                }
+            }
             Some(_) => report.wrong_version.push(name.to_string()),
             None => report.other_exports.push(name.to_string()),
         }

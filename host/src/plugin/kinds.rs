@@ -2,7 +2,7 @@
 //! everything a plugin returns checked before anyone uses it (reason lengths, cache times,
 //! patch paths and sizes, secret sizes).
 
-use super::bindings::exports::orchestrator::plugin::{metrics_sink, network_policy as np, rootfs_patch as rp};
+use super::bindings::exports::orchestrator::plugin::{metrics_sink, metrics_sink_v2, network_policy as np, rootfs_patch as rp};
 use super::bindings::orchestrator::plugin::types;
 use super::loaded::{Kind, LoadedPlugin};
 use super::PluginError;
@@ -75,16 +75,69 @@ pub struct ImageInfo {
     pub user: String,
 }
 
-/// One resource sample for metrics sinks.
+/// One resource sample for metrics sinks. A 0.1.0 sink (`metrics-sink`) sees the first
+/// fields; a 0.1.1 one (`metrics-sink-v2`) sees them all.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub sandbox: String,
     pub labels: BTreeMap<String, String>,
+    pub isolation: String,
     pub timestamp_ms: u64,
     pub cpu_usage_us: u64,
     pub memory_bytes: u64,
     pub memory_limit_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
     pub pids: u32,
+    pub disk: Option<DiskCounters>,
+    pub network: Option<crate::net_counters::NetworkCounters>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskCounters {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+impl Sample {
+    fn wit_v1(&self) -> metrics_sink::Sample {
+        metrics_sink::Sample {
+            sandbox: self.sandbox.clone(),
+            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            timestamp_ms: self.timestamp_ms,
+            cpu_usage_us: self.cpu_usage_us,
+            memory_bytes: self.memory_bytes,
+            memory_limit_bytes: self.memory_limit_bytes,
+            pids: self.pids,
+        }
+    }
+
+    fn wit_v2(&self) -> metrics_sink_v2::Sample {
+        metrics_sink_v2::Sample {
+            sandbox: self.sandbox.clone(),
+            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            isolation: self.isolation.clone(),
+            timestamp_ms: self.timestamp_ms,
+            cpu_usage_us: self.cpu_usage_us,
+            memory_bytes: self.memory_bytes,
+            memory_limit_bytes: self.memory_limit_bytes,
+            memory_peak_bytes: self.memory_peak_bytes,
+            pids: self.pids,
+            disk: self.disk.map(|d| metrics_sink_v2::DiskCounters { read_bytes: d.read_bytes, write_bytes: d.write_bytes, read_ops: d.read_ops, write_ops: d.write_ops }),
+            network: self.network.map(|n| metrics_sink_v2::NetworkCounters {
+                rx_bytes: n.rx_bytes,
+                rx_packets: n.rx_packets,
+                tx_bytes: n.tx_bytes,
+                tx_packets: n.tx_packets,
+                open_flows: n.open_flows.min(u64::from(u32::MAX)) as u32,
+                flows_allowed: n.flows_allowed,
+                flows_denied: n.flows_denied,
+                dns_queries: n.dns_queries,
+                dns_nxdomain: n.dns_nxdomain,
+            }),
+        }
+    }
 }
 
 fn ip_wit(ip: IpAddr) -> types::IpAddress {
@@ -189,21 +242,20 @@ impl LoadedPlugin {
         Ok(value)
     }
 
+    /// Hands a batch to the sink through the newest interface it exports (see
+    /// `metrics-sink-v2` in wit/plugin.wit).
     pub fn receive(&self, samples: &[Sample]) -> Result<(), PluginError> {
-        let indices = self.export(&self.exports.metrics_sink, Kind::MetricsSink)?;
-        let batch: Vec<metrics_sink::Sample> = samples
-            .iter()
-            .map(|s| metrics_sink::Sample {
-                sandbox: s.sandbox.clone(),
-                labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                timestamp_ms: s.timestamp_ms,
-                cpu_usage_us: s.cpu_usage_us,
-                memory_bytes: s.memory_bytes,
-                memory_limit_bytes: s.memory_limit_bytes,
-                pids: s.pids,
-            })
-            .collect();
-        let result = self.call("receive", |store, instance| indices.load(&mut *store, instance)?.call_receive(&mut *store, &batch))?;
+        let result = match &self.exports.metrics_sink_v2 {
+            Some(indices) => {
+                let batch: Vec<metrics_sink_v2::Sample> = samples.iter().map(Sample::wit_v2).collect();
+                self.call("receive", |store, instance| indices.load(&mut *store, instance)?.call_receive(&mut *store, &batch))?
+            }
+            None => {
+                let indices = self.export(&self.exports.metrics_sink, Kind::MetricsSink)?;
+                let batch: Vec<metrics_sink::Sample> = samples.iter().map(Sample::wit_v1).collect();
+                self.call("receive", |store, instance| indices.load(&mut *store, instance)?.call_receive(&mut *store, &batch))?
+            }
+        };
         result.map_err(|m| PluginError::Refused { plugin: self.name.clone(), call: "receive", message: reason(m) })
     }
 }

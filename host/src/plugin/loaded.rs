@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, Trap};
 
-use super::bindings::exports::orchestrator::plugin::{metrics_sink, network_policy, rootfs_patch, secret_provider};
+use super::bindings::exports::orchestrator::plugin::{metrics_sink, metrics_sink_v2, network_policy, rootfs_patch, secret_provider};
 
 const POOL_SIZE: usize = 8;
 /// Default deadline of one call when the Plugin resource sets none.
@@ -48,6 +48,17 @@ impl Kind {
         }
     }
 
+    /// The interfaces a component of this kind exports (at least one): later 0.1.x versions
+    /// add richer ones beside the first.
+    pub fn interfaces(self) -> &'static [&'static str] {
+        match self {
+            Kind::NetworkPolicy => &["network-policy"],
+            Kind::RootfsPatch => &["rootfs-patch"],
+            Kind::SecretProvider => &["secret-provider"],
+            Kind::MetricsSink => &["metrics-sink", "metrics-sink-v2"],
+        }
+    }
+
     /// The export a component of this kind has.
     pub fn export_name(self) -> String {
         let (package, version) = super::ABI_PACKAGE.split_once('@').unwrap_or((super::ABI_PACKAGE, ""));
@@ -60,6 +71,8 @@ pub(super) struct Exports {
     pub rootfs_patch: Option<rootfs_patch::GuestIndices>,
     pub secret_provider: Option<secret_provider::GuestIndices>,
     pub metrics_sink: Option<metrics_sink::GuestIndices>,
+    /// Since 0.1.1; preferred over `metrics_sink` when both are exported.
+    pub metrics_sink_v2: Option<metrics_sink_v2::GuestIndices>,
 }
 
 struct Pooled {
@@ -89,6 +102,7 @@ impl LoadedPlugin {
             rootfs_patch: rootfs_patch::GuestIndices::new(&pre).ok(),
             secret_provider: secret_provider::GuestIndices::new(&pre).ok(),
             metrics_sink: metrics_sink::GuestIndices::new(&pre).ok(),
+            metrics_sink_v2: metrics_sink_v2::GuestIndices::new(&pre).ok(),
         };
         let plugin = LoadedPlugin {
             name: name.to_string(),
@@ -117,7 +131,7 @@ impl LoadedPlugin {
 
     pub fn kinds(&self) -> Vec<Kind> {
         let e = &self.exports;
-        let present = [e.network_policy.is_some(), e.rootfs_patch.is_some(), e.secret_provider.is_some(), e.metrics_sink.is_some()];
+        let present = [e.network_policy.is_some(), e.rootfs_patch.is_some(), e.secret_provider.is_some(), e.metrics_sink.is_some() || e.metrics_sink_v2.is_some()];
         Kind::ALL.into_iter().zip(present).filter(|(_, p)| *p).map(|(k, _)| k).collect()
     }
 

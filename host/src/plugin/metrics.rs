@@ -1,6 +1,7 @@
 //! The metrics-sink loop of `serve`: every sink's `interval` (10 s unless its Plugin resource
 //! says otherwise) it samples the running sandboxes that name the sink in `hooks.metricsSinks`
-//! (CPU time, memory, tasks, from their cgroups) and hands the batch to the plugin.
+//! (CPU time, memory, tasks from their cgroups; network counters from their shims) and hands
+//! the batch to the plugin.
 //!
 //! Sinks fail open: an error is logged, the batch is kept (up to `MAX_PENDING` samples, oldest
 //! dropped first) and offered again after a back-off that doubles up to `MAX_BACKOFF`; nothing
@@ -9,10 +10,11 @@
 use super::kinds::Sample;
 use super::registry::Registry;
 use crate::cgroup::Cgroup;
+use crate::net_counters::NetworkCounters;
+use crate::paths::{DataDir, InstanceDir};
 use crate::spec::{Kind, PluginSpec, ResourceSpec};
 use crate::store::{Status, Store};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +29,8 @@ const POLL: Duration = Duration::from_millis(500);
 pub struct Target {
     pub sandbox: String,
     pub instance: String,
+    pub dir: InstanceDir,
+    pub isolation: String,
     pub labels: BTreeMap<String, String>,
     pub memory_limit: Option<u64>,
 }
@@ -48,16 +52,20 @@ pub fn sample(target: &Target) -> Option<Sample> {
     Some(Sample {
         sandbox: target.sandbox.clone(),
         labels: target.labels.clone(),
+        isolation: target.isolation.clone(),
         timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         cpu_usage_us: cg.cpu_usage_us().unwrap_or(0),
         memory_bytes: cg.memory_usage().unwrap_or(0),
         memory_limit_bytes: target.memory_limit,
+        memory_peak_bytes: cg.memory_peak(),
         pids: cg.pids_current().unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+        disk: None,
+        network: NetworkCounters::read(&target.dir),
     })
 }
 
 /// Sinks and the sandboxes that name them, from the store.
-fn targets(store: &Store) -> Result<HashMap<String, (PluginSpec, Vec<Target>)>, String> {
+fn targets(store: &Store, data: &DataDir) -> Result<HashMap<String, (PluginSpec, Vec<Target>)>, String> {
     let mut out: HashMap<String, (PluginSpec, Vec<Target>)> = HashMap::new();
     let rows = store.sandboxes().map_err(|e| e.to_string())?;
     for row in rows.into_iter().filter(|r| r.status == Status::Running) {
@@ -78,7 +86,14 @@ fn targets(store: &Store) -> Result<HashMap<String, (PluginSpec, Vec<Target>)>, 
                 }
             }
             if let Some((_, list)) = out.get_mut(sink) {
-                list.push(Target { sandbox: row.name.clone(), instance: row.instance.clone(), labels: resource.labels.clone(), memory_limit: spec.memory });
+                list.push(Target {
+                    sandbox: row.name.clone(),
+                    instance: row.instance.clone(),
+                    dir: data.instance(&row.instance),
+                    isolation: row.isolation.clone(),
+                    labels: resource.labels.clone(),
+                    memory_limit: spec.memory,
+                });
             }
         }
     }
@@ -86,8 +101,8 @@ fn targets(store: &Store) -> Result<HashMap<String, (PluginSpec, Vec<Target>)>, 
 }
 
 /// Runs the loop until `stop` is set. Opens its own store connection.
-pub fn run(db: PathBuf, registry: Arc<Registry>, stop: Arc<AtomicBool>) {
-    let store = match Store::open(&db) {
+pub fn run(data: DataDir, registry: Arc<Registry>, stop: Arc<AtomicBool>) {
+    let store = match Store::open(&data.db()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("metrics sinks disabled: opening the store: {e}");
@@ -98,7 +113,7 @@ pub fn run(db: PathBuf, registry: Arc<Registry>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
         let now = Instant::now();
-        let all = match targets(&store) {
+        let all = match targets(&store, &data) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!("metrics: reading the store: {e}");

@@ -1,5 +1,5 @@
 //! The plugin host: WebAssembly components implementing the WIT package in `wit/`
-//! (`orchestrator:plugin@0.1.0`), run in wasmtime with no ambient authority.
+//! (`orchestrator:plugin@0.1.1`), run in wasmtime with no ambient authority.
 //!
 //! - `engine`: one wasmtime engine per process, the linker, the epoch ticker and the on-disk
 //!   cache of compiled code.
@@ -28,7 +28,7 @@ pub mod secrets;
 mod state;
 
 pub use engine::PluginHost;
-pub use kinds::{DnsVerdict, FlowAction, FlowVerdict, ImageInfo, Protocol, Sample, SandboxInfo};
+pub use kinds::{DiskCounters, DnsVerdict, FlowAction, FlowVerdict, ImageInfo, Protocol, Sample, SandboxInfo};
 pub use loaded::{Kind, LoadedPlugin};
 pub use registry::Registry;
 
@@ -42,7 +42,7 @@ mod bindings {
 }
 
 /// The WIT package and version this host implements.
-pub const ABI_PACKAGE: &str = "orchestrator:plugin@0.1.0";
+pub const ABI_PACKAGE: &str = "orchestrator:plugin@0.1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {

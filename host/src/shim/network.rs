@@ -10,6 +10,7 @@
 //! stack's thread: its deadline (the Plugin's `timeoutMs`) bounds how long one new flow can
 //! hold the others up.
 
+use crate::net_counters::NetworkCounters;
 use super::ShimConfig;
 use crate::plugin::{FlowAction, LoadedPlugin, Protocol as PluginProtocol, Registry, SandboxInfo};
 use crate::plugin::policy::{decide_dns, decide_flow, DecisionCache};
@@ -169,10 +170,10 @@ pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd, published: Vec
     let (tx, rx) = mpsc::channel();
     let handle = netstack::spawn(stack, link, policy, plugins, tx, published).map_err(|e| format!("starting the network: {e}"))?;
     let stats = handle.stats_source();
-    let path = crate::paths::InstanceDir(cfg.dir.clone()).network_stats();
+    let dir = crate::paths::InstanceDir(cfg.dir.clone());
     std::thread::Builder::new()
         .name("net-stats".into())
-        .spawn(move || write_stats(stats, path))
+        .spawn(move || write_stats(stats, dir))
         .map_err(|e| format!("starting a thread: {e}"))?;
     let object = format!("Sandbox/{}", cfg.name);
     let db = cfg.data_dir.as_ref().map(|d| d.join("state.db"));
@@ -186,32 +187,15 @@ pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd, published: Vec
 /// How often the counters file is rewritten (when something changed).
 const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The counters as `get -o json`, `describe` and metrics show them.
-pub fn stats_json(s: &netstack::Snapshot) -> serde_json::Value {
-    serde_json::json!({
-        "rxBytes": s.rx_bytes,
-        "rxPackets": s.rx_packets,
-        "txBytes": s.tx_bytes,
-        "txPackets": s.tx_packets,
-        "openFlows": s.open_flows,
-        "flowsAllowed": s.flows_allowed,
-        "flowsDenied": s.flows_denied,
-        "dnsQueries": s.dns_queries,
-        "dnsNxdomain": s.dns_nxdomain,
-        "pluginDecisions": s.plugin_decisions,
-        "pluginCacheHits": s.plugin_cache_hits,
-    })
-}
-
-fn write_stats(stats: std::sync::Weak<netstack::stats::Stats>, path: std::path::PathBuf) {
+fn write_stats(stats: std::sync::Weak<netstack::stats::Stats>, dir: crate::paths::InstanceDir) {
     let mut last = None;
     loop {
         let Some(s) = stats.upgrade() else { return };
         let snap = s.snapshot();
         drop(s);
         if last != Some(snap) {
-            if let Ok(bytes) = serde_json::to_vec(&stats_json(&snap)) {
-                let _ = crate::paths::write_atomic(&path, &bytes);
+            if let Err(e) = NetworkCounters::from(snap).write(&dir) {
+                tracing::debug!("writing the network counters: {e}");
             }
             last = Some(snap);
         }

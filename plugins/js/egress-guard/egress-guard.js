@@ -20,7 +20,7 @@
 // WIT values in JS: enums are strings ('info'), variants { tag: 'deny', val: '...' },
 // option<string> is a string or undefined, tuples are arrays.
 
-import { config as hostConfig, log } from 'orchestrator:plugin/host@0.1.0';
+import { config as hostConfig, log } from 'orchestrator:plugin/host@0.1.1';
 
 // An unsigned decimal number, "+" allowed in front (as Rust's parse).
 const isNumber = (s) => /^\+?[0-9]+$/.test(s);

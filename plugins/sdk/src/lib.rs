@@ -63,6 +63,18 @@ pub mod metrics_sink_world {
     });
 }
 
+/// Bindings of the `metrics-sink-v2-plugin` world (WIT 0.1.1).
+pub mod metrics_sink_v2_world {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "metrics-sink-v2-plugin",
+        default_bindings_module: "orchestrator_plugin_sdk::metrics_sink_v2_world",
+        pub_export_macro: true,
+        export_macro_name: "export_metrics_sink_v2",
+    });
+}
+
+pub use metrics_sink_v2_world::export_metrics_sink_v2;
 pub use metrics_sink_world::export_metrics_sink;
 pub use network_policy_world::export_network_policy;
 pub use rootfs_patch_world::export_rootfs_patch;
@@ -86,9 +98,15 @@ pub mod secret_provider {
     pub use crate::secret_provider_world::orchestrator::plugin::types::SandboxInfo;
 }
 
-/// The metrics-sink kind: implement `Guest` (receive).
+/// The metrics-sink kind as 0.1.0 defined it: implement `Guest` (receive).
 pub mod metrics_sink {
     pub use crate::metrics_sink_world::exports::orchestrator::plugin::metrics_sink::*;
+}
+
+/// The metrics-sink kind with memory peak, disk and network counters (0.1.1): implement
+/// `Guest` (receive). A new sink should use this one.
+pub mod metrics_sink_v2 {
+    pub use crate::metrics_sink_v2_world::exports::orchestrator::plugin::metrics_sink_v2::*;
 }
 
 /// Log levels of the host's `log` function.

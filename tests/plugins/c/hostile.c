@@ -164,3 +164,14 @@ bool exports_orchestrator_plugin_metrics_sink_receive(
   }
   return true;
 }
+
+// The 0.1.1 interface: the host prefers it, so the same misbehaviour must show through it.
+bool exports_orchestrator_plugin_metrics_sink_v2_receive(
+    exports_orchestrator_plugin_metrics_sink_v2_list_sample_t *samples, all_kinds_string_t *err) {
+  exports_orchestrator_plugin_metrics_sink_v2_list_sample_free(samples);
+  if (misbehave() == MODE_HUGE) {
+    huge(err);
+    return false;
+  }
+  return true;
+}

@@ -6,7 +6,7 @@
 //   fail = "true"     patch returns the error "patcher refused: fail=true"
 //   escape = "true"   patch returns a write to "/../../escaped.txt" (the host must refuse it)
 
-import { config } from 'orchestrator:plugin/host@0.1.0';
+import { config } from 'orchestrator:plugin/host@0.1.1';
 
 const utf8 = (s) => new TextEncoder().encode(s);
 

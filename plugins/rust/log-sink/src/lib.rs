@@ -1,7 +1,8 @@
-//! log-sink: a metrics-sink plugin that writes one log line per sample and warns when a
+//! log-sink: a metrics-sink plugin (the 0.1.1 interface, `metrics-sink-v2`) that writes one log
+//! line per sample, with the sandbox's network traffic when it has a network, and warns when a
 //! sandbox uses more than `warn-percent` (default 90) of its memory limit.
 
-use orchestrator_plugin_sdk::metrics_sink::{self, Sample};
+use orchestrator_plugin_sdk::metrics_sink_v2::{self as metrics_sink, Sample};
 use orchestrator_plugin_sdk::{log, Level};
 
 pub fn line(sample: &Sample, warn_percent: u64) -> (Level, String) {
@@ -13,6 +14,9 @@ pub fn line(sample: &Sample, warn_percent: u64) -> (Level, String) {
         if percent >= warn_percent {
             level = Level::Warn;
         }
+    }
+    if let Some(n) = &sample.network {
+        text.push_str(&format!(" rx={}B tx={}B flows={} denied={}", n.rx_bytes, n.tx_bytes, n.open_flows, n.flows_denied));
     }
     (level, text)
 }
@@ -30,7 +34,7 @@ impl metrics_sink::Guest for LogSink {
     }
 }
 
-orchestrator_plugin_sdk::export_metrics_sink!(LogSink);
+orchestrator_plugin_sdk::export_metrics_sink_v2!(LogSink);
 
 #[cfg(test)]
 mod tests {
@@ -38,10 +42,41 @@ mod tests {
 
     #[test]
     fn near_the_limit_warns() {
-        let s = Sample { sandbox: "a".into(), labels: vec![], timestamp_ms: 1, cpu_usage_us: 5, memory_bytes: 95, memory_limit_bytes: Some(100), pids: 3 };
+        let s = Sample {
+            sandbox: "a".into(),
+            labels: vec![],
+            isolation: "namespace".into(),
+            timestamp_ms: 1,
+            cpu_usage_us: 5,
+            memory_bytes: 95,
+            memory_limit_bytes: Some(100),
+            memory_peak_bytes: None,
+            pids: 3,
+            disk: None,
+            network: None,
+        };
         let (level, text) = line(&s, 90);
         assert_eq!(level, Level::Warn);
         assert_eq!(text, "a cpu=5us memory=95B pids=3 (95% of the limit)");
-        assert_eq!(line(&Sample { memory_limit_bytes: None, ..s }, 90).0, Level::Info);
+        assert_eq!(line(&Sample { memory_limit_bytes: None, ..s.clone() }, 90).0, Level::Info);
+    }
+
+    #[test]
+    fn network_traffic_is_shown_when_the_sandbox_has_a_network() {
+        let network = metrics_sink::NetworkCounters { rx_bytes: 10, rx_packets: 1, tx_bytes: 20, tx_packets: 2, open_flows: 3, flows_allowed: 4, flows_denied: 5, dns_queries: 6, dns_nxdomain: 1 };
+        let s = Sample {
+            sandbox: "a".into(),
+            labels: vec![],
+            isolation: "microvm".into(),
+            timestamp_ms: 1,
+            cpu_usage_us: 5,
+            memory_bytes: 50,
+            memory_limit_bytes: None,
+            memory_peak_bytes: Some(60),
+            pids: 3,
+            disk: None,
+            network: Some(network),
+        };
+        assert_eq!(line(&s, 90).1, "a cpu=5us memory=50B pids=3 rx=10B tx=20B flows=3 denied=5");
     }
 }
