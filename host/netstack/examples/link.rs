@@ -13,7 +13,7 @@ fn main() {
     let policy = netstack::NetworkPolicy { preset, rules: vec![host], ..Default::default() };
     let (tx, rx) = std::sync::mpsc::channel();
     let cfg = netstack::StackConfig { dns_upstreams: upstreams, ..Default::default() };
-    let h = netstack::spawn(cfg, fd, policy, Box::new(netstack::policy::NoPlugins), tx, Vec::new()).expect("starting the stack");
+    let h = netstack::spawn(cfg, fd, netstack::Wiring::new(policy, tx)).expect("starting the stack");
     println!("ready");
     for ev in rx {
         println!("{ev:?} {:?}", h.stats());

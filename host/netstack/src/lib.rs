@@ -10,6 +10,7 @@
 //! - `policy`: presets, rules, domain blocks, and the `FlowPolicy` trait the plugins sit behind.
 //! - `dns`, `pins`: the gateway's resolver and the names it learnt; `sni`: TLS server names.
 //! - `icmp`: ping through the host's ICMP sockets.
+//! - `intercept`: the `FlowInterceptor` seam, where a TLS flow can be handed to the shim.
 //! - `packet`: parsing guest packets, building the few the stack writes itself.
 //! - `device`, `tun`: the guest's link; `stack`: the event loop that owns everything above.
 //! - `stats`: counters the shim reports.
@@ -21,6 +22,7 @@ pub mod addr;
 pub mod device;
 pub mod dns;
 pub mod icmp;
+pub mod intercept;
 pub mod packet;
 pub mod pins;
 pub mod policy;
@@ -29,6 +31,7 @@ mod stack;
 pub mod stats;
 pub mod tun;
 
+pub use intercept::{FlowInterceptor, OfferedFlow};
 pub use policy::{FlowPolicy, NetworkPolicy, PluginVerdict, Preset, Protocol};
 pub use stack::Control;
 pub use stats::Snapshot;
@@ -153,11 +156,29 @@ impl Handle {
     }
 }
 
-/// Starts the stack on its own thread over `link` (a TUN fd, non-blocking).
-pub fn spawn(cfg: StackConfig, link: OwnedFd, policy: NetworkPolicy, plugins: Box<dyn FlowPolicy>, events: mpsc::Sender<NetEvent>, published: Vec<Published>) -> std::io::Result<Handle> {
+/// What a stack is wired to besides its link: who decides flows, who hears about them, which
+/// host ports lead in, and who may take flows over.
+pub struct Wiring {
+    pub policy: NetworkPolicy,
+    pub plugins: Box<dyn FlowPolicy>,
+    pub events: mpsc::Sender<NetEvent>,
+    pub published: Vec<Published>,
+    pub interceptor: Option<Box<dyn FlowInterceptor>>,
+}
+
+impl Wiring {
+    /// A policy with no plugins, no published ports and no interceptor.
+    pub fn new(policy: NetworkPolicy, events: mpsc::Sender<NetEvent>) -> Wiring {
+        Wiring { policy, plugins: Box::new(policy::NoPlugins), events, published: Vec::new(), interceptor: None }
+    }
+}
+
+/// Starts the stack on its own thread over `link` (a TUN fd, or one end of a packet socket
+/// pair: one read, one frame).
+pub fn spawn(cfg: StackConfig, link: OwnedFd, wiring: Wiring) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(stats::Stats::default());
-    let (stack, waker) = stack::Stack::new(cfg, link, policy, plugins, rx, events, stats.clone(), published)?;
+    let (stack, waker) = stack::Stack::new(cfg, link, wiring, rx, stats.clone())?;
     let thread = std::thread::Builder::new().name("netstack".into()).spawn(move || stack.run())?;
     Ok(Handle { control: tx, waker, stats, thread: Some(thread) })
 }

@@ -263,6 +263,11 @@ impl Decision {
     pub fn allowed(&self) -> bool {
         matches!(self.verdict, Verdict::Allow { .. })
     }
+
+    /// Allowed, with a plugin's `intercept-tls`.
+    pub fn intercept_requested(&self) -> bool {
+        matches!(self.verdict, Verdict::Allow { intercept_tls: true })
+    }
 }
 
 /// What a plugin said about a flow.

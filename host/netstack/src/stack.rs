@@ -13,6 +13,8 @@
 //! - At most `max_connections` flows (TCP, UDP, DNS over TCP) exist; each holds one host fd and
 //!   buffers of a fixed size, so a guest cannot make the shim use more fds or memory than that.
 //! - A flow the policy no longer allows (`Control::Policy`) is closed at once.
+//! - A TCP flow's far end is the host connection or, once an interceptor took the flow (see
+//!   `intercept`), the interceptor's stream; the splice is the same code for both.
 
 use crate::device::{write_frame, FrameDevice};
 use crate::dns::{Asker, QueryOutcome, Resolver};
@@ -80,10 +82,53 @@ enum TcpPhase {
     Open { since: Instant },
 }
 
+/// The far end of a TCP flow.
+enum HostEnd {
+    Direct(TcpStream),
+    Intercepted(mio::net::UnixStream),
+}
+
+impl HostEnd {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            HostEnd::Direct(t) => t,
+            HostEnd::Intercepted(u) => u,
+        }
+    }
+
+    fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        match self {
+            HostEnd::Direct(t) => t.shutdown(how),
+            HostEnd::Intercepted(u) => u.shutdown(how),
+        }
+    }
+}
+
+impl Read for HostEnd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            HostEnd::Direct(t) => t.read(buf),
+            HostEnd::Intercepted(u) => u.read(buf),
+        }
+    }
+}
+
+impl Write for HostEnd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            HostEnd::Direct(t) => t.write(buf),
+            HostEnd::Intercepted(u) => u.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 struct TcpFlow {
     key: (SocketAddr, SocketAddr),
     handle: SocketHandle,
-    host: TcpStream,
+    host: HostEnd,
     phase: TcpPhase,
     readable: bool,
     writable: bool,
@@ -93,6 +138,8 @@ struct TcpFlow {
     sni_done: bool,
     /// A connection into the guest from a published port (the policy is for egress).
     inbound: bool,
+    /// A policy plugin answered `intercept-tls` for the flow.
+    intercept_requested: bool,
     names: Vec<String>,
 }
 
@@ -156,6 +203,7 @@ pub struct Stack {
     icmp_keys: HashMap<(IpAddr, IpAddr, u16), usize>,
     policy: NetworkPolicy,
     plugins: Box<dyn FlowPolicy>,
+    interceptor: Option<Box<dyn crate::FlowInterceptor>>,
     pins: Pins,
     resolver: Resolver,
     dns_v4: Option<UdpSocket>,
@@ -186,16 +234,8 @@ fn io_other(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl Stack {
-    pub fn new(
-        cfg: StackConfig,
-        tun: OwnedFd,
-        policy: NetworkPolicy,
-        plugins: Box<dyn FlowPolicy>,
-        control: Receiver<Control>,
-        events: Sender<NetEvent>,
-        stats: Arc<Stats>,
-        published: Vec<crate::Published>,
-    ) -> io::Result<(Stack, Arc<Waker>)> {
+    pub fn new(cfg: StackConfig, tun: OwnedFd, wiring: crate::Wiring, control: Receiver<Control>, stats: Arc<Stats>) -> io::Result<(Stack, Arc<Waker>)> {
+        let crate::Wiring { policy, plugins, events, published, interceptor } = wiring;
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         for (i, p) in published.into_iter().enumerate() {
@@ -267,6 +307,7 @@ impl Stack {
                 icmp_keys: HashMap::new(),
                 policy,
                 plugins,
+                interceptor,
                 pins: Pins::default(),
                 resolver,
                 dns_v4,
@@ -614,7 +655,7 @@ impl Stack {
         let Some(flow) = self.flows.get_mut(id).and_then(Option::take) else { return };
         match flow {
             Flow::Tcp(mut f) => {
-                let _ = self.poll.registry().deregister(&mut f.host);
+                let _ = self.poll.registry().deregister(f.host.source());
                 self.sockets.remove(f.handle);
                 self.tcp_keys.remove(&f.key);
             }

@@ -168,7 +168,8 @@ pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd, published: Vec
     let policy = cfg.spec.network.to_policy()?;
     let plugins = plugins(cfg)?;
     let (tx, rx) = mpsc::channel();
-    let handle = netstack::spawn(stack, link, policy, plugins, tx, published).map_err(|e| format!("starting the network: {e}"))?;
+    let wiring = netstack::Wiring { policy, plugins, events: tx, published, interceptor: None };
+    let handle = netstack::spawn(stack, link, wiring).map_err(|e| format!("starting the network: {e}"))?;
     let stats = handle.stats_source();
     let dir = crate::paths::InstanceDir(cfg.dir.clone());
     std::thread::Builder::new()

@@ -57,7 +57,7 @@ impl Stack {
             let flow = TcpFlow {
                 key: (guest, local),
                 handle,
-                host: stream,
+                host: HostEnd::Direct(stream),
                 phase: TcpPhase::Open { since: Instant::now() },
                 readable: true,
                 writable: true,
@@ -65,12 +65,13 @@ impl Stack {
                 guest_eof: false,
                 sni_done: true,
                 inbound: true,
+                intercept_requested: false,
                 names: Vec::new(),
             };
             let id = self.insert_flow(Flow::Tcp(flow));
             self.tcp_keys.insert((guest, local), id);
             if let Some(Some(Flow::Tcp(f))) = self.flows.get_mut(id) {
-                if self.poll.registry().register(&mut f.host, Token(FLOW_BASE + id), Interest::READABLE | Interest::WRITABLE).is_err() {
+                if self.poll.registry().register(f.host.source(), Token(FLOW_BASE + id), Interest::READABLE | Interest::WRITABLE).is_err() {
                     self.sockets.get_mut::<tcp::Socket>(handle).abort();
                 }
             }

@@ -1,6 +1,6 @@
 //! TCP flows: a guest's SYN becomes a listening socket whose SYN-ACK waits for the host
 //! connect (see the parent's invariants), and open flows are spliced both ways, the first guest
-//! bytes peeked for a TLS server name.
+//! bytes peeked for a TLS server name, the flow then offered to the interceptor.
 
 use super::*;
 
@@ -88,7 +88,7 @@ impl Stack {
         let flow = TcpFlow {
             key: (src, dst),
             handle,
-            host,
+            host: HostEnd::Direct(host),
             phase: TcpPhase::Connecting { since: Instant::now() },
             readable: false,
             writable: false,
@@ -96,12 +96,13 @@ impl Stack {
             guest_eof: false,
             sni_done: false,
             inbound: false,
+            intercept_requested: d.intercept_requested(),
             names,
         };
         let id = self.insert_flow(Flow::Tcp(flow));
         self.tcp_keys.insert((src, dst), id);
         if let Some(Some(Flow::Tcp(f))) = self.flows.get_mut(id) {
-            if let Err(e) = self.poll.registry().register(&mut f.host, Token(FLOW_BASE + id), Interest::READABLE | Interest::WRITABLE) {
+            if let Err(e) = self.poll.registry().register(f.host.source(), Token(FLOW_BASE + id), Interest::READABLE | Interest::WRITABLE) {
                 tracing::warn!("registering a flow: {e}");
                 self.sockets.get_mut::<tcp::Socket>(handle).abort();
             }
@@ -114,8 +115,8 @@ impl Stack {
             Flow::Tcp(f) => {
                 f.readable |= readable;
                 f.writable |= writable;
-                if writable && matches!(f.phase, TcpPhase::Connecting { .. }) {
-                    match (f.host.take_error(), f.host.peer_addr()) {
+                if let (true, TcpPhase::Connecting { .. }, HostEnd::Direct(host)) = (writable, &f.phase, &f.host) {
+                    match (host.take_error(), host.peer_addr()) {
                         (Ok(None), Ok(_)) => {
                             f.phase = TcpPhase::Open { since: Instant::now() };
                             self.sockets.get_mut::<tcp::Socket>(f.handle).pause_synack(false);
@@ -155,6 +156,40 @@ impl Stack {
         moved
     }
 
+    /// Offers flow `id` (open, its ClientHello naming `server_name` still unread) to the
+    /// interceptor; if it wants the flow, the interceptor's stream becomes the flow's far end.
+    fn offer(&mut self, id: usize, server_name: String) {
+        let Some(interceptor) = self.interceptor.as_mut() else { return };
+        let Some(Some(Flow::Tcp(f))) = self.flows.get_mut(id) else { return };
+        let HostEnd::Direct(direct) = &f.host else { return };
+        let offered = crate::OfferedFlow { destination: f.key.1, server_name, names: f.names.clone(), requested_by_policy: f.intercept_requested };
+        if !interceptor.wants(&offered) {
+            return;
+        }
+        // The interceptor gets its own fd of the connection; ours is closed only once it took it,
+        // so a failure leaves the flow whole enough to reset.
+        let taken = dup_stream(direct).and_then(|upstream| {
+            upstream.set_nonblocking(false)?;
+            let stream = interceptor.take(offered.clone(), upstream)?;
+            stream.set_nonblocking(true)?;
+            let mut stream = mio::net::UnixStream::from_std(stream);
+            self.poll.registry().deregister(f.host.source())?;
+            self.poll.registry().register(&mut stream, Token(FLOW_BASE + id), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match taken {
+            Ok(stream) => {
+                f.host = HostEnd::Intercepted(stream);
+                f.readable = false;
+                f.writable = false;
+            }
+            Err(e) => {
+                tracing::warn!("the interceptor could not take the flow to {} ({}): {e}; resetting it", offered.server_name, offered.destination);
+                f.reset(self.sockets.get_mut::<tcp::Socket>(f.handle));
+            }
+        }
+    }
+
     pub(super) fn pump_tcp(&mut self, id: usize) -> bool {
         let Some(Some(Flow::Tcp(f))) = self.flows.get_mut(id) else { return false };
         if !matches!(f.phase, TcpPhase::Open { .. }) {
@@ -174,7 +209,7 @@ impl Stack {
                 crate::sni::Peek::Hello(Some(name)) => {
                     f.sni_done = true;
                     if !f.names.contains(&name) {
-                        f.names.insert(0, name);
+                        f.names.insert(0, name.clone());
                         let (dst, names) = (f.key.1, f.names.clone());
                         let d = policy::decide(&self.policy, &FlowQuery { protocol: Protocol::Tcp, ip: dst.ip(), port: dst.port(), names: &names }, &self.host_addrs, self.plugins.as_mut());
                         if !d.allowed() {
@@ -183,6 +218,11 @@ impl Stack {
                             self.denied(Protocol::Tcp, dst, &names, &d);
                             return true;
                         }
+                        f.intercept_requested |= d.intercept_requested();
+                    }
+                    if self.interceptor.is_some() {
+                        self.offer(id, name);
+                        return true;
                     }
                 }
                 _ => f.sni_done = true,
@@ -236,4 +276,16 @@ impl Stack {
         }
         moved
     }
+}
+
+/// A second, independent handle on a connected socket (the same connection).
+fn dup_stream(stream: &TcpStream) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd that we own, or -1.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just made and is owned by nothing else.
+    Ok(std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
