@@ -7,6 +7,15 @@
 //! - Every exec the shim forwards carries the sandbox's env, workdir, user and rlimits as
 //!   defaults, so `exec` sees what the main process sees.
 //! - The shim exits only through `finalize`, which tears the sandbox down and records why.
+//! - The main process is in exactly one `MainState`; only `start_main` leaves `NotStarted` or
+//!   `Restarting`, so it never runs twice at once.
+//!
+//! Threads: the agent reader (`run`'s loop), one reader and one writer per client, the signal
+//! waiter, timers (restart back-off, attach wait, the shutdown deadline), and the network
+//! stack's own (see `shim::network`). Lock order: `main` may be held while taking `agent` (the
+//! main process's Exec is written under it, so a restart cannot overtake an exit); every other
+//! lock (`routes`, `status`, `ending`, `log`, `backend`, `network`, a client's `targets`) is
+//! taken alone and released before the next.
 
 use super::{signal_ready, write_state, Backend, ShimConfig};
 use crate::paths::InstanceDir;
@@ -92,13 +101,34 @@ struct Route {
     client_id: u64,
 }
 
-#[derive(Default)]
+/// Where the main process (`spec.command`) is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MainState {
+    /// Not started: the sandbox has no command, or a `run` client has not attached yet.
+    NotStarted,
+    /// Running as the agent's request `id`.
+    Running { id: u64, since: Instant },
+    /// Exited; the restart policy starts it again after the back-off.
+    Restarting,
+    /// Exited for good, or the sandbox is going down.
+    Ended,
+}
+
 struct Main {
-    agent_id: Option<u64>,
-    started: bool,
+    state: MainState,
+    /// Clients attached to its output (and its stdin).
     attached: Vec<(Arc<Client>, u64)>,
-    last_start: Option<Instant>,
+    /// The last restart delay, doubled on each quick failure.
     backoff: Option<Duration>,
+}
+
+impl Main {
+    fn running_id(&self) -> Option<u64> {
+        match self.state {
+            MainState::Running { id, .. } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// The main process's log file and its size (kept here, not asked of the kernel per write).
@@ -151,7 +181,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
         agent: Mutex::new(writer),
         next_id: AtomicU64::new(100),
         routes: Mutex::new(HashMap::new()),
-        main: Mutex::new(Main::default()),
+        main: Mutex::new(Main { state: MainState::NotStarted, attached: Vec::new(), backoff: None }),
         status: Mutex::new(ShimStatus { state: SandboxState::Running, shim_pid, main_pid: None, restarts: 0, last_exit: None, message: None }),
         ending: Mutex::new(None),
         stopping: AtomicBool::new(false),
@@ -300,21 +330,24 @@ impl Shared {
 
     fn start_main_once(&self) {
         let mut main = lock(&self.main);
-        if main.started {
-            return;
+        if main.state == MainState::NotStarted {
+            self.start_main(&mut main);
         }
-        main.started = true;
-        self.start_main(&mut main);
     }
 
+    /// Starts the main process from `NotStarted` or `Restarting`; in any other state it does
+    /// nothing.
     fn start_main(&self, main: &mut Main) {
+        if !matches!(main.state, MainState::NotStarted | MainState::Restarting) {
+            return;
+        }
         let Some(argv) = self.cfg.spec.command.clone() else { return };
         if self.stopping.load(Ordering::SeqCst) {
+            main.state = MainState::Ended;
             return;
         }
         let id = self.alloc_id();
-        main.agent_id = Some(id);
-        main.last_start = Some(Instant::now());
+        main.state = MainState::Running { id, since: Instant::now() };
         let tty = self.cfg.spec.tty;
         let req = self.augment(ExecRequest {
             argv,
@@ -340,7 +373,7 @@ impl Shared {
     }
 
     fn from_agent(self: &Arc<Self>, id: u64, body: Response) {
-        let is_main = lock(&self.main).agent_id == Some(id);
+        let is_main = lock(&self.main).running_id() == Some(id);
         if is_main {
             return self.from_main(body);
         }
@@ -390,9 +423,13 @@ impl Shared {
             write_state(&self.dir, &st);
         }
         let mut main = lock(&self.main);
-        main.agent_id = None;
+        let ran = match main.state {
+            MainState::Running { since, .. } => since.elapsed(),
+            _ => Duration::ZERO,
+        };
         main.attached.clear();
         if !restart {
+            main.state = MainState::Ended;
             drop(main);
             let why = match (exit.code, exit.signal) {
                 (Some(c), _) => format!("main process exited with code {c}"),
@@ -401,7 +438,7 @@ impl Shared {
             };
             return self.begin_shutdown(SandboxState::Exited, why, Duration::from_secs(2));
         }
-        let ran = main.last_start.map(|t| t.elapsed()).unwrap_or_default();
+        main.state = MainState::Restarting;
         let delay = match main.backoff {
             Some(d) if ran < BACKOFF_RESET => (d * 2).min(BACKOFF_CAP),
             _ => BACKOFF_FIRST,
@@ -540,7 +577,8 @@ impl Shared {
                         self.to_agent(id, body);
                     }
                     Some(Target::Main) => {
-                        if let Some(id) = lock(&self.main).agent_id {
+                        let running = lock(&self.main).running_id();
+                        if let Some(id) = running {
                             self.to_agent(id, body);
                         }
                     }
@@ -561,15 +599,21 @@ impl Shared {
             client.send(cid, error(ErrorCode::Unsupported, "this sandbox has no main process to attach to"));
             return;
         }
-        let running = {
+        let state = {
             let mut main = lock(&self.main);
             main.attached.push((client.clone(), cid));
-            main.agent_id.is_some() || !main.started
+            main.state
         };
         lock(&client.targets).insert(cid, Target::Main);
         client.send(cid, Response::Ready);
-        if !running {
-            client.send(cid, error(ErrorCode::NotFound, "the main process is not running (restarting)"));
+        match state {
+            MainState::Running { .. } | MainState::NotStarted => {}
+            MainState::Restarting => {
+                client.send(cid, error(ErrorCode::NotFound, "the main process is not running (restarting)"));
+            }
+            MainState::Ended => {
+                client.send(cid, error(ErrorCode::NotFound, "the main process has ended"));
+            }
         }
         if self.cfg.wait_for_attach {
             self.start_main_once();
