@@ -1,13 +1,17 @@
-//! Writes the seed corpus of the `agent_frames` fuzz target (tests/fuzz/corpus/agent_frames):
-//! real frames of each kind the shim and the agent exchange, one stream per file.
+//! Writes the seed corpora of the fuzz targets that read protocol frames, under the corpus
+//! directory: `agent_frames` (real frames of each kind the shim and the agent exchange, one
+//! stream per file) and `agent_responses` (an operation byte, then the answers a client of the
+//! shim gets for that operation, honest and lying).
 //!
-//!   cargo run -p guest-agent --example fuzz_seeds -- tests/fuzz/corpus/agent_frames
+//!   cargo run -p guest-agent --example fuzz_seeds -- tests/fuzz/corpus
 
 use guest_agent::protocol::*;
 use std::collections::BTreeMap;
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: fuzz_seeds DIR");
+    let corpus = std::env::args().nth(1).expect("usage: fuzz_seeds CORPUS_DIR");
+    responses_seeds(&format!("{corpus}/agent_responses"));
+    let dir = format!("{corpus}/agent_frames");
     std::fs::create_dir_all(&dir).expect("creating the corpus directory");
     let init = SandboxInit {
         hostname: "web".into(),
@@ -67,4 +71,40 @@ fn main() {
         all.extend(bytes);
     }
     std::fs::write(format!("{dir}/stream"), all).expect("writing a seed");
+}
+
+/// One seed of `agent_responses`: the client operation (see the target), then its answers.
+fn responses_seeds(dir: &str) {
+    std::fs::create_dir_all(dir).expect("creating the corpus directory");
+    let frames = |op: u8, answers: Vec<(u64, Response)>| {
+        let mut out = vec![op];
+        for (id, body) in answers {
+            out.extend(encode(&Frame { id, body }).expect("encoding"));
+        }
+        out
+    };
+    let data = |d: &[u8], eof: bool| Response::Data { data: d.to_vec(), eof };
+    let entry = |name: &str, kind: FileKind| DirEntry { name: name.into(), kind };
+    let stat = FileStat { kind: FileKind::File, size: 12, mode: 0o644, uid: 0, gid: 0, mtime_secs: 1, symlink_target: None };
+    let exited = |code| Response::Exited(ExitStatus { code: Some(code), signal: None, timed_out: false });
+    let status = ShimStatus { state: SandboxState::Running, shim_pid: 10, main_pid: Some(42), restarts: 1, last_exit: None, message: Some("ok".into()) };
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("read-file", frames(0, vec![(2, data(b"web-1\n", false)), (2, data(b"", true))])),
+        ("read-file-other-ids", frames(0, vec![(7, data(b"not yours", true)), (2, data(b"mine", true))])),
+        ("read-file-error", frames(0, vec![(2, error(ErrorCode::NotFound, "no such file"))])),
+        ("read-file-no-eof", frames(0, vec![(2, data(b"then the agent hangs up", false))])),
+        ("list-dir", frames(1, vec![(2, Response::Entries(vec![entry("etc", FileKind::Dir), entry("bin", FileKind::Symlink)])), (2, Response::Done)])),
+        ("stat", frames(2, vec![(2, Response::Stat(stat.clone()))])),
+        ("stat-lie", frames(2, vec![(2, Response::Entries(vec![]))])),
+        ("exec", frames(3, vec![(2, Response::Started { pid: 7 }), (2, Response::Stdout { data: b"out".to_vec() }), (2, Response::Stderr { data: b"err".to_vec() }), (2, exited(0))])),
+        ("exec-no-start", frames(3, vec![(2, Response::Stdout { data: b"early".to_vec() }), (2, exited(1))])),
+        ("status", frames(4, vec![(2, Response::Status(status))])),
+        ("attach", frames(5, vec![(2, Response::Ready), (2, Response::Stdout { data: b"log".to_vec() }), (2, exited(0))])),
+        ("write-file", frames(6, vec![(2, Response::Done), (3, Response::Done)])),
+        ("write-file-refused", frames(6, vec![(2, error(ErrorCode::PermissionDenied, "read-only"))])),
+        ("fs-ops", frames(7, vec![(2, Response::Done), (3, Response::Done), (4, Response::Done)])),
+    ];
+    for (name, bytes) in seeds {
+        std::fs::write(format!("{dir}/{name}"), bytes).expect("writing a seed");
+    }
 }

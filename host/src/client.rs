@@ -62,7 +62,16 @@ impl ShimClient {
     pub fn connect(socket: &Path) -> Result<ShimClient> {
         let stream = UnixStream::connect(socket)
             .map_err(|e| ClientError::Connect { path: socket.display().to_string(), source: e })?;
-        let writer = stream.try_clone().map_err(|e| ClientError::Connect { path: socket.display().to_string(), source: e })?;
+        Self::over(stream).map_err(|e| match e {
+            ClientError::Connect { source, .. } => ClientError::Connect { path: socket.display().to_string(), source },
+            other => other,
+        })
+    }
+
+    /// A client over a stream already connected to a shim (or to whatever answers like one),
+    /// after the handshake.
+    pub fn over(stream: UnixStream) -> Result<ShimClient> {
+        let writer = stream.try_clone().map_err(|e| ClientError::Connect { path: String::new(), source: e })?;
         let mut c = ShimClient { reader: BufReader::with_capacity(CHUNK_LEN + 64, stream), writer: Arc::new(Mutex::new(writer)), next_id: 1 };
         match c.call(Request::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() })? {
             Response::Hello { .. } => Ok(c),

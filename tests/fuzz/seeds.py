@@ -160,3 +160,40 @@ net_rx = memory([desc(0x3000, 2048, WRITE, 0), desc(0x3800, 2048, WRITE, 0)], [0
 out("virtio_net", "one-each", b"\x22" + net_tx + net_rx)
 net_chain = memory([desc(0x3000, 12, NEXT, 1), desc(0x3100, len(frame), 0, 0)], [0], [(0x3000, bytes(12)), (0x3100, frame)])
 out("virtio_net", "split-header", b"\x22" + net_chain + net_rx)
+
+
+# mmio_transport: register accesses as `arbitrary` reads them (write flag, u16 offset, width
+# index into [1, 2, 4, 8], u64 value; 12 bytes each), a driver bringing the probe up by the book,
+# then a reset; and one that asks for an unoffered feature and a queue outside memory.
+def access(write, offset, value=0, width=2):
+    return struct.pack("<BHBQ", 1 if write else 0, offset, width, value)
+
+
+ACK, DRIVER, FEATURES_OK, DRIVER_OK = 1, 2, 8, 4
+bring_up = [
+    access(True, 0x70, ACK), access(True, 0x70, ACK | DRIVER),
+    access(True, 0x14, 1), access(False, 0x10), access(True, 0x24, 1), access(True, 0x20, 1),
+    access(True, 0x24, 0), access(True, 0x20, 1),
+    access(True, 0x70, ACK | DRIVER | FEATURES_OK), access(False, 0x70),
+    access(True, 0x30, 0), access(False, 0x34), access(True, 0x38, 256),
+    access(True, 0x80, 0), access(True, 0x90, 0x1000), access(True, 0xA0, 0x2000), access(True, 0x44, 1),
+    access(True, 0x70, ACK | DRIVER | FEATURES_OK | DRIVER_OK),
+    access(False, 0x00), access(False, 0x04), access(False, 0x08), access(False, 0x60), access(False, 0x100, 0, 3),
+    access(True, 0x50, 0), access(True, 0x64, 1),
+    access(True, 0x70, 0), access(False, 0x70), access(False, 0x60),
+]
+out("mmio_transport", "bring-up-and-reset", b"".join(bring_up))
+lies = [
+    access(True, 0x70, ACK | DRIVER), access(True, 0x24, 0), access(True, 0x20, 0xFFFFFFFF),
+    access(True, 0x70, ACK | DRIVER | FEATURES_OK), access(True, 0x30, 1), access(True, 0x38, 4096),
+    access(True, 0x80, 0xFFFFF000), access(True, 0x84, 0xFFFFFFFF), access(True, 0x44, 1),
+    access(True, 0x70, ACK | DRIVER | FEATURES_OK | DRIVER_OK), access(False, 0x70),
+    access(True, 0x30, 0xFFFFFFFF), access(False, 0x34), access(False, 0x1F0, 0, 3), access(True, 0x104, 7, 0),
+]
+out("mmio_transport", "lying-driver", b"".join(lies))
+
+# agent_requests and plugin_outputs take `arbitrary` structures: seeds are the texts they read.
+out("agent_requests", "passwd", b"\x01\x03app" + b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n" + b"staff:x:50:app\n")
+out("agent_requests", "numeric", b"\x01\x091000:staff" + b"app:x:1000:1000::/home/app:/bin/sh\n")
+out("plugin_outputs", "secret", b"\x05vault\x07API_KEY\x00\x10sk-live-abcdefgh" + b"\x00" + b"\x0bnot allowed" + struct.pack("<I", 60))
+out("plugin_outputs", "error", b"\x05vault\x07API_KEY\x01\x07denied!" + b"\x00" + b"\x00" + struct.pack("<I", 0xFFFFFFFF))

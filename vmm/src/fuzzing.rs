@@ -153,3 +153,140 @@ pub fn net(tx: &mut Guest, rx: &mut Guest, frames: &[&[u8]]) -> std::io::Result<
     }
     Ok(sent)
 }
+
+/// One register access of the MMIO transport, as a vCPU exit delivers it.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    pub write: bool,
+    pub offset: u64,
+    /// 1, 2, 4 or 8 bytes.
+    pub width: usize,
+    pub value: u64,
+}
+
+/// A device that checks what the transport hands it at activation, and serves nothing.
+struct Probe {
+    violations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Feature bits the probe offers: VERSION_1 and two others, so acks of unoffered bits show.
+const PROBE_FEATURES: u64 = crate::devices::virtio::VIRTIO_F_VERSION_1 | 1 | (1 << 5);
+const PROBE_QUEUES: [u16; 2] = [256, 16];
+
+impl crate::devices::virtio::VirtioDevice for Probe {
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn features(&self) -> u64 {
+        PROBE_FEATURES
+    }
+    fn queue_sizes(&self) -> &[u16] {
+        &PROBE_QUEUES
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::devices::block::read_config_bytes(&[7u8; 16], offset, data)
+    }
+    fn activate(&mut self, ctx: crate::devices::virtio::Activation) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let mut v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        if ctx.acked_features & !PROBE_FEATURES != 0 {
+            v.push(format!("activated with features {:#x} that were never offered", ctx.acked_features & !PROBE_FEATURES));
+        }
+        if ctx.acked_features & crate::devices::virtio::VIRTIO_F_VERSION_1 == 0 {
+            v.push("activated for a legacy driver (no VERSION_1)".into());
+        }
+        for (i, q) in ctx.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&*ctx.mem) {
+                v.push(format!("queue {i} handed over ready but invalid for guest memory"));
+            }
+            if q.size() > PROBE_QUEUES[i] {
+                v.push(format!("queue {i} handed over with size {} above its maximum {}", q.size(), PROBE_QUEUES[i]));
+            }
+        }
+        std::thread::Builder::new().name("probe".into()).spawn(|| {})
+    }
+}
+
+/// Drives the MMIO transport in front of the probe device with `accesses`, in order, checking
+/// what each read returns against what the transport promises (magic, version, queue maxima,
+/// a reset that clears status and interrupts). Err names the first broken promise.
+pub fn mmio(accesses: &[Access]) -> Result<(), String> {
+    use crate::bus::BusDevice;
+    let mem = std::sync::Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).map_err(|e| e.to_string())?);
+    let irq = std::sync::Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?);
+    let ended = std::sync::Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?);
+    let violations = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = Box::new(Probe { violations: violations.clone() });
+    let mut t = crate::devices::virtio::MmioTransport::new("fuzz".into(), probe, mem, irq, ended).map_err(|e| e.to_string())?;
+    let mut queue_sel = 0u64;
+    let mut reset = false;
+    for a in accesses {
+        let width = a.width.clamp(1, 8);
+        if a.write {
+            let bytes = a.value.to_le_bytes();
+            let _ = t.write(a.offset, &bytes[..width]);
+            if a.offset == 0x30 && width == 4 {
+                queue_sel = a.value & 0xffff_ffff;
+            }
+            reset = a.offset == 0x70 && width == 4 && a.value as u32 == 0;
+            continue;
+        }
+        let mut data = vec![0xa5u8; width];
+        t.read(a.offset, &mut data);
+        if a.offset < 0x100 && width != 4 && data.iter().any(|b| *b != 0) {
+            return Err(format!("a {width}-byte read of register {:#x} returned {data:?}, not zeros", a.offset));
+        }
+        if width != 4 || a.offset >= 0x100 {
+            continue;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        let expect = match a.offset {
+            0x00 => Some(0x7472_6976),
+            0x04 => Some(2),
+            0x34 => Some(PROBE_QUEUES.get(queue_sel as usize).map(|s| u32::from(*s)).unwrap_or(0)),
+            0x60 | 0x70 if reset => Some(0),
+            _ => None,
+        };
+        if let Some(e) = expect {
+            if v != e {
+                return Err(format!("register {:#x} read {v:#x}, expected {e:#x}", a.offset));
+            }
+        }
+    }
+    t.stop_worker();
+    let v = violations.lock().unwrap_or_else(|e| e.into_inner());
+    match v.first() {
+        Some(first) => Err(first.clone()),
+        None => Ok(()),
+    }
+}
+
+/// The real devices' config spaces read and written at any offset and width (as a vCPU exit
+/// at `0x100 + offset` delivers them): no panic, reads past the end give zeros.
+pub fn config_spaces(accesses: &[Access], disk: File) -> Result<(), String> {
+    use crate::devices::virtio::VirtioDevice;
+    let link = std::sync::Arc::new(std::os::fd::OwnedFd::from(File::open("/dev/null").map_err(|e| e.to_string())?));
+    let (host_end, _guest_end) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let (connected, _) = std::sync::mpsc::channel();
+    let mut devices: Vec<(Box<dyn VirtioDevice>, usize)> = vec![
+        (Box::new(crate::devices::block::Block::new(disk, false, "fuzz").map_err(|e| e.to_string())?), 24),
+        (Box::new(crate::devices::net::Net::new(link, [2, 0, 0, 0, 0, 1], 1500)), 12),
+        (Box::new(crate::devices::vsock::Vsock::new(3, host_end, connected, Box::new(|| {}))), 8),
+        (Box::new(crate::devices::rng::Rng), 0),
+    ];
+    for a in accesses {
+        let width = a.width.clamp(1, 8);
+        for (dev, size) in devices.iter_mut() {
+            if a.write {
+                dev.write_config(a.offset, &a.value.to_le_bytes()[..width]);
+                continue;
+            }
+            let mut data = vec![0xa5u8; width];
+            dev.read_config(a.offset, &mut data);
+            let past_end = a.offset.saturating_add(width as u64) > *size as u64;
+            if past_end && a.offset >= *size as u64 && data.iter().any(|b| *b != 0) {
+                return Err(format!("device {} read {data:?} at config offset {:#x}, past its {size}-byte space", dev.device_type(), a.offset));
+            }
+        }
+    }
+    Ok(())
+}

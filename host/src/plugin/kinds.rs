@@ -157,6 +157,31 @@ fn reason(text: String) -> String {
     super::bounded(&text, MAX_REASON)
 }
 
+/// A plugin's deny reason or error text as the host keeps it: at most `MAX_REASON` bytes (and
+/// a note of what was cut), valid UTF-8.
+pub fn lower_reason(text: String) -> String {
+    reason(text)
+}
+
+/// A decision's `cache-seconds` as the host honours it.
+pub fn lower_cache_seconds(seconds: u32) -> u32 {
+    seconds.min(MAX_CACHE_SECONDS)
+}
+
+/// A secret-provider's answer as the host accepts it: a value of 1 byte to `MAX_SECRET_LEN`,
+/// or an error that names the plugin and never contains the value.
+pub fn lower_secret(plugin: &str, key: &str, answer: Result<String, String>) -> Result<String, PluginError> {
+    let value = answer.map_err(|m| PluginError::Refused { plugin: plugin.to_string(), call: "resolve", message: reason(m) })?;
+    if value.len() > MAX_SECRET_LEN {
+        return Err(PluginError::Invalid { plugin: plugin.to_string(), call: "resolve", message: format!("a {}-byte value; at most {MAX_SECRET_LEN} bytes", value.len()) });
+    }
+    if value.is_empty() {
+        let key = super::bounded(key, 256);
+        return Err(PluginError::Invalid { plugin: plugin.to_string(), call: "resolve", message: format!("an empty value for key {key:?}") });
+    }
+    Ok(value)
+}
+
 impl LoadedPlugin {
     pub fn decide_flow(&self, sandbox: &SandboxInfo, protocol: Protocol, ip: IpAddr, port: u16, domain: Option<&str>) -> Result<FlowVerdict, PluginError> {
         let indices = self.export(&self.exports.network_policy, Kind::NetworkPolicy)?;
@@ -177,7 +202,7 @@ impl LoadedPlugin {
                 np::Action::Deny(r) => FlowAction::Deny(reason(r)),
                 np::Action::InterceptTls => FlowAction::InterceptTls,
             },
-            cache_seconds: decision.cache_seconds.min(MAX_CACHE_SECONDS),
+            cache_seconds: lower_cache_seconds(decision.cache_seconds),
         })
     }
 
@@ -194,7 +219,7 @@ impl LoadedPlugin {
                 np::DnsAction::Allow => None,
                 np::DnsAction::Deny(r) => Some(reason(r)),
             },
-            cache_seconds: decision.cache_seconds.min(MAX_CACHE_SECONDS),
+            cache_seconds: lower_cache_seconds(decision.cache_seconds),
         })
     }
 
@@ -232,14 +257,7 @@ impl LoadedPlugin {
         let indices = self.export(&self.exports.secret_provider, Kind::SecretProvider)?;
         let wit = sandbox.wit();
         let result = self.call("resolve", |store, instance| indices.load(&mut *store, instance)?.call_resolve(&mut *store, &wit, key))?;
-        let value = result.map_err(|m| PluginError::Refused { plugin: self.name.clone(), call: "resolve", message: reason(m) })?;
-        if value.len() > MAX_SECRET_LEN {
-            return Err(PluginError::Invalid { plugin: self.name.clone(), call: "resolve", message: format!("a {}-byte value; at most {MAX_SECRET_LEN} bytes", value.len()) });
-        }
-        if value.is_empty() {
-            return Err(PluginError::Invalid { plugin: self.name.clone(), call: "resolve", message: format!("an empty value for key {key:?}") });
-        }
-        Ok(value)
+        lower_secret(&self.name, key, result)
     }
 
     /// Hands a batch to the sink through the newest interface it exports (see

@@ -28,7 +28,7 @@ pub mod secrets;
 mod state;
 
 pub use engine::PluginHost;
-pub use kinds::{DiskCounters, DnsVerdict, FlowAction, FlowVerdict, ImageInfo, Protocol, Sample, SandboxInfo};
+pub use kinds::{lower_cache_seconds, lower_reason, lower_secret, DiskCounters, DnsVerdict, FlowAction, FlowVerdict, ImageInfo, Protocol, Sample, SandboxInfo};
 pub use loaded::{Kind, LoadedPlugin};
 pub use registry::Registry;
 
