@@ -37,6 +37,10 @@ test: rootfs
 fuzz target="all" seconds="60":
     bash tests/fuzz/run.sh {{target}} {{seconds}}
 
+# Drop committed fuzz seeds that add no coverage (libFuzzer -merge), keeping their names.
+fuzz-minimise target="all":
+    bash tests/fuzz/run.sh minimise {{target}}
+
 # Only the network benchmark (ours vs pasta and slirp4netns; then a microVM vs a namespace
 # sandbox, in the nested harness where needed).
 bench-net: rootfs build plugins

@@ -5,6 +5,9 @@
 #
 #   tests/fuzz/run.sh [TARGET|all] [SECONDS]     (default: all, 60 s each)
 #   FUZZ_SEED=N tests/fuzz/run.sh ...            the same mutations every run (CI)
+#   tests/fuzz/run.sh minimise [TARGET|all]      drop committed seeds that add no coverage
+#                                                 (libFuzzer -merge=1; names and regress-*
+#                                                 reproducers are kept)
 #
 # Installs cargo-fuzz with cargo once. A crash, leak, timeout or out-of-memory fails the run;
 # its reproducer is kept in target/fuzz/artifacts/TARGET/ (replay it with
@@ -12,6 +15,11 @@
 # the executions per second and the coverage (edges, features) it reached.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+mode=run
+if [ "${1:-}" = minimise ]; then
+  mode=minimise
+  shift
+fi
 which=${1:-all}
 seconds=${2:-60}
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -33,6 +41,25 @@ work=target/fuzz
 mkdir -p "$work"
 echo "fuzz: building $(echo $targets | wc -w) target(s) with AddressSanitizer"
 cargo fuzz build --fuzz-dir tests/fuzz -O --debug-assertions $( [ "$which" = all ] || echo "$which" )
+
+if [ $mode = minimise ]; then
+  for t in $targets; do
+    seeds=tests/fuzz/corpus/$t
+    kept=$(mktemp -d)
+    # -merge=1 copies into $kept only the inputs that add coverage, named by their SHA-1.
+    cargo fuzz run --fuzz-dir tests/fuzz -O --debug-assertions "$t" "$kept" "$seeds" -- \
+      -merge=1 -timeout=10 -rss_limit_mb=2048 >"$work/$t.merge.log" 2>&1
+    before=$(ls "$seeds" | wc -l)
+    for f in "$seeds"/*; do
+      # Reproducers of fixed crashes stay: regression tests read them.
+      case $(basename "$f") in regress-*) continue ;; esac
+      [ -e "$kept/$(sha1sum "$f" | cut -d' ' -f1)" ] || rm -f "$f"
+    done
+    rm -rf "$kept"
+    echo "fuzz: $t: kept $(ls "$seeds" | wc -l) of $before seeds"
+  done
+  exit 0
+fi
 
 failed=()
 summary=()

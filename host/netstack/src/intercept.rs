@@ -36,7 +36,8 @@ pub trait FlowInterceptor: Send {
     /// Whether to take this flow; false leaves it spliced untouched.
     fn wants(&mut self, flow: &OfferedFlow) -> bool;
 
-    /// Takes the flow. `upstream` is the connected host socket, in blocking mode. The returned
+    /// Takes the flow. `upstream` is the connected host socket, non-blocking (switching it
+    /// to blocking is the interceptor's to do, once the flow is its own). The returned
     /// stream stands in for it from now on: the guest's bytes are written to it, and what is
     /// read from it goes to the guest; closing it closes the guest's connection. An error resets
     /// the guest's connection.

@@ -161,6 +161,7 @@ impl FlowInterceptor for TestInterceptor {
         if flow.server_name == "broken.test" {
             return Err(std::io::Error::other("no certificate for broken.test"));
         }
+        upstream.set_nonblocking(false)?;
         let (ours, theirs) = UnixStream::pair()?;
         let hello_len = self.hello_len;
         std::thread::spawn(move || {

@@ -169,7 +169,6 @@ impl Stack {
         // The interceptor gets its own fd of the connection; ours is closed only once it took it,
         // so a failure leaves the flow whole enough to reset.
         let taken = dup_stream(direct).and_then(|upstream| {
-            upstream.set_nonblocking(false)?;
             let stream = interceptor.take(offered.clone(), upstream)?;
             stream.set_nonblocking(true)?;
             let mut stream = mio::net::UnixStream::from_std(stream);
