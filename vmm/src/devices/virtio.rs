@@ -140,6 +140,13 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        // Once per reset: a driver that clears DRIVER_OK and sets it again without a reset must
+        // not get a second worker beside the first (found by the `mmio_transport` fuzz target: a
+        // guest could make the host run any number of device threads, each serving queues).
+        if self.worker.is_some() {
+            tracing::warn!("{}: DRIVER_OK again without a reset; the device is already active", self.name);
+            return;
+        }
         let ready: Vec<bool> = self.queues.iter().map(|q| q.ready()).collect();
         if let Some(i) = self.queues.iter().position(|q| q.ready() && !q.is_valid(&*self.mem)) {
             tracing::warn!("{}: queue {i} is invalid (addresses outside guest memory or misaligned); device needs reset", self.name);
@@ -351,7 +358,10 @@ mod tests {
     use super::*;
     use vm_memory::GuestAddress;
 
-    struct Idle;
+    #[derive(Default)]
+    struct Idle {
+        activations: Arc<std::sync::atomic::AtomicUsize>,
+    }
 
     impl VirtioDevice for Idle {
         fn device_type(&self) -> u32 {
@@ -366,9 +376,24 @@ mod tests {
         fn read_config(&self, _offset: u64, data: &mut [u8]) {
             data.fill(0);
         }
-        fn activate(&mut self, _ctx: Activation) -> std::io::Result<JoinHandle<()>> {
-            std::thread::Builder::new().spawn(|| {})
+        fn activate(&mut self, ctx: Activation) -> std::io::Result<JoinHandle<()>> {
+            self.activations.fetch_add(1, Ordering::SeqCst);
+            // Like a real worker: serves until stopped.
+            std::thread::Builder::new().spawn(move || {
+                let _ = ctx.stop.read();
+            })
         }
+    }
+
+    fn transport(device: Idle) -> MmioTransport {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap());
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let ended = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        MmioTransport::new("test".into(), Box::new(device), mem, irq, ended).unwrap()
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, v: u32) {
+        t.write(offset, &v.to_le_bytes());
     }
 
     fn read(t: &mut MmioTransport, offset: u64) -> u32 {
@@ -382,15 +407,46 @@ mod tests {
     /// driver sees queue 0 selected again, whatever it selected before.
     #[test]
     fn a_reset_selects_queue_zero_again() {
-        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap());
-        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let ended = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let mut t = MmioTransport::new("test".into(), Box::new(Idle), mem, irq, ended).unwrap();
+        let mut t = transport(Idle::default());
         assert_eq!(read(&mut t, 0x34), 128);
         t.write(0x30, &0x131u32.to_le_bytes());
         assert_eq!(read(&mut t, 0x34), 0, "no such queue");
         t.write(0x70, &0u32.to_le_bytes());
         assert_eq!(read(&mut t, 0x34), 128);
         assert_eq!((read(&mut t, 0x70), read(&mut t, 0x60)), (0, 0));
+    }
+
+    /// Found by the `mmio_transport` fuzz target (reproducer
+    /// tests/fuzz/corpus/mmio_transport/regress-driver-ok-twice): DRIVER_OK cleared and set
+    /// again without a reset activates nothing more; after a reset the device activates anew.
+    #[test]
+    fn driver_ok_twice_without_a_reset_starts_one_worker() {
+        let device = Idle::default();
+        let count = device.activations.clone();
+        let mut t = transport(device);
+        let bring_up = |t: &mut MmioTransport| {
+            write(t, 0x70, 1);
+            write(t, 0x70, 3);
+            write(t, 0x24, 1);
+            write(t, 0x20, 1);
+            write(t, 0x70, 0xb);
+            write(t, 0x30, 0);
+            write(t, 0x38, 128);
+            write(t, 0x80, 0);
+            write(t, 0x90, 0x1000);
+            write(t, 0xa0, 0x2000);
+            write(t, 0x44, 1);
+            write(t, 0x70, 0xf);
+        };
+        bring_up(&mut t);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        for _ in 0..5 {
+            write(&mut t, 0x70, 0xb);
+            write(&mut t, 0x70, 0xf);
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one worker, however often DRIVER_OK is toggled");
+        write(&mut t, 0x70, 0);
+        bring_up(&mut t);
+        assert_eq!(count.load(Ordering::SeqCst), 2, "a reset, then a fresh activation");
     }
 }
