@@ -400,3 +400,86 @@ fn logs_follow_a_running_sandbox_and_get_speaks_yaml() {
     assert_eq!(obj["status"].as_str(), Some("Exited"));
     assert_eq!(obj["kind"].as_str(), Some("Sandbox"));
 }
+
+/// `cp` both ways (files and trees, modes kept) and `fs ls|stat|cat|mkdir|rm`, as a user at a
+/// shell would use them.
+#[test]
+fn cp_and_fs_move_files_and_trees_between_host_and_sandbox() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("box", ""));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let host = env.dir.path().join("tree");
+    std::fs::create_dir_all(host.join("bin")).unwrap();
+    std::fs::write(host.join("README"), b"read me\n").unwrap();
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(host.join("bin/tool"), &big).unwrap();
+    std::fs::set_permissions(host.join("bin/tool"), std::fs::Permissions::from_mode(0o750)).unwrap();
+
+    env.ok(&["fs", "mkdir", "-p", "box", "/srv"]);
+    let out = env.run(&["cp", host.to_str().unwrap(), "box:/srv"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 file(s)"), "{out:?}");
+    // Into an existing directory: under its own name, as cp does; content and mode inside.
+    let (code, text, _) = env.sh("box", "cat /srv/tree/README; wc -c < /srv/tree/bin/tool");
+    assert_eq!(code, 0);
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["read", "me", &big.len().to_string()]);
+
+    let ls = env.ok(&["fs", "ls", "box", "/srv/tree"]);
+    assert!(ls.contains("dir") && ls.contains(" bin") && ls.contains("README"), "{ls}");
+    let stat: serde_json::Value = serde_json::from_str(&env.ok(&["fs", "stat", "box", "/srv/tree/bin/tool", "-o", "json"])).unwrap();
+    assert_eq!((stat["kind"].as_str(), stat["mode"].as_str(), stat["size"].as_u64()), (Some("file"), Some("750"), Some(big.len() as u64)));
+    assert_eq!(env.ok(&["fs", "cat", "box", "/srv/tree/README"]), "read me\n");
+    env.ok(&["fs", "mkdir", "-p", "box", "/srv/a/b"]);
+    env.sh("box", "echo inside > /srv/a/b/made-inside; ln -s made-inside /srv/a/b/link");
+
+    // Out again: a tree with a link, to a new host path.
+    let back = env.dir.path().join("back");
+    env.ok(&["cp", "box:/srv", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(back.join("tree/bin/tool")).unwrap(), big);
+    assert_eq!(std::fs::metadata(back.join("tree/bin/tool")).unwrap().permissions().mode() & 0o7777, 0o750);
+    assert_eq!(std::fs::read_to_string(back.join("a/b/made-inside")).unwrap(), "inside\n");
+    assert_eq!(std::fs::read_link(back.join("a/b/link")).unwrap(), std::path::PathBuf::from("made-inside"));
+    // A single file onto an existing host file replaces it.
+    std::fs::write(env.dir.path().join("one"), b"old").unwrap();
+    env.ok(&["cp", "box:/srv/tree/README", env.dir.path().join("one").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(env.dir.path().join("one")).unwrap(), "read me\n");
+
+    env.ok(&["fs", "rm", "-r", "box", "/srv/tree"]);
+    let out = env.run(&["fs", "stat", "box", "/srv/tree"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("No such file"), "{out:?}");
+    let out = env.run(&["cp", "./a", "./b"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NAME:/path"), "{out:?}");
+}
+
+/// The habits users bring: `run -d`, `ps` (and `-a`), `inspect`, `rm` (refusing a running one
+/// without `--force`), and naming a sandbox by a prefix of its instance id.
+#[test]
+fn docker_habits_work_as_aliases() {
+    let env = Env::new();
+    let rootfs = common::rootfs();
+    let image = format!("dir:{}", rootfs.display());
+    let name = env.ok(&["run", "-d", "--name", "bg", "--isolation", "namespace", &image, "--", "sleep", "300"]);
+    assert_eq!(name.trim(), "bg");
+    env.wait_for("bg running", Duration::from_secs(20), || env.status("bg") == "Running");
+    env.ok(&["run", "--name", "done", "--isolation", "namespace", &image, "--", "true"]);
+
+    let ps = env.ok(&["ps"]);
+    assert!(ps.contains("bg") && !ps.contains("done"), "ps shows running sandboxes only:\n{ps}");
+    let all = env.ok(&["ls", "-a"]);
+    assert!(all.contains("bg") && all.contains("done"), "{all}");
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "bg"])).unwrap();
+    assert_eq!((v["name"].as_str(), v["status"].as_str(), v["source"].as_str()), (Some("bg"), Some("Running"), Some("cli")));
+
+    // By a unique prefix of its instance id.
+    let instance = v["instance"].as_str().unwrap().to_string();
+    let prefix = &instance[..instance.len() - 2];
+    assert_eq!(env.ok(&["exec", prefix, "--", "hostname"]).trim(), "bg");
+
+    let out = env.run(&["rm", "bg"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--force"), "{out:?}");
+    assert_eq!(env.status("bg"), "Running");
+    env.ok(&["remove", "--force", "bg"]);
+    env.ok(&["rm", "done"]);
+    assert!(env.get().is_empty(), "{:?}", env.get());
+}

@@ -21,6 +21,9 @@ pub enum ClientError {
     Remote { code: ErrorCode, message: String },
     #[error("unexpected response: {0}")]
     Unexpected(String),
+    /// Reading or writing this side's data (a host file, stdout), not the connection.
+    #[error("{0}")]
+    Local(std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -151,6 +154,49 @@ impl ShimClient {
             Output::Stderr(d) => err.extend_from_slice(d),
         })?;
         Ok((st, out, err))
+    }
+
+    /// Streams a file into `out` as its chunks arrive (no whole-file buffer); returns its size.
+    pub fn read_file_to(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let id = self.start(Request::ReadFile { path: path.into(), offset: 0, len: None })?;
+        let mut total = 0u64;
+        loop {
+            match self.recv_for(id)? {
+                Response::Data { data, eof } => {
+                    out.write_all(&data).map_err(ClientError::Local)?;
+                    total += data.len() as u64;
+                    if eof {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(remote(other)),
+            }
+        }
+    }
+
+    /// Writes a file from `input` in chunks as they are read (the first truncates and sets
+    /// `mode`); returns its size.
+    pub fn write_file_from(&mut self, path: &str, input: &mut dyn std::io::Read, mode: Option<u32>) -> Result<u64> {
+        let mut buf = vec![0u8; CHUNK_LEN];
+        let mut offset = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match input.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(ClientError::Local(e)),
+                }
+            }
+            if filled > 0 || offset == 0 {
+                self.expect_done(Request::WriteFile { path: path.into(), offset, data: buf[..filled].to_vec(), truncate: offset == 0, mode })?;
+            }
+            offset += filled as u64;
+            if filled < buf.len() {
+                return Ok(offset);
+            }
+        }
     }
 
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {

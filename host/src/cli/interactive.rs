@@ -122,7 +122,7 @@ fn write_output(o: Output<'_>) {
     }
 }
 
-fn connect(orch: &Orchestrator, name: &str) -> Result<ShimClient> {
+pub(super) fn connect(orch: &Orchestrator, name: &str) -> Result<ShimClient> {
     let row = orch.store.sandbox(name)?.ok_or_else(|| anyhow!("no sandbox named {name:?} (see `orchestrator get`)"))?;
     let dir = orch.instance_dir(&row);
     if !crate::paths::shim_alive(&dir) {
@@ -226,7 +226,9 @@ pub fn attach(orch: &Orchestrator, name: &str) -> Result<i32> {
     code
 }
 
-pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec, interactive: bool, rm: bool) -> Result<i32> {
+/// `run`: makes a sandbox from the command line; attached (its output here, its exit code
+/// returned) unless `detach`, which prints its name and leaves it running.
+pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec, interactive: bool, rm: bool, detach: bool) -> Result<i32> {
     if spec.command.is_none() && spec.image.starts_with("dir:") {
         bail!("a root filesystem directory has no default command: give one after `--`");
     }
@@ -247,12 +249,16 @@ pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec,
         let tx = orch.store.transaction()?;
         crate::store::Store::upsert_resource(&tx, &manifest.resource, "cli", "orchestrator run")?;
         tx.commit()?;
-        if let Err(e) = orch.create_instance(&manifest.resource, true, interactive) {
+        if let Err(e) = orch.create_instance(&manifest.resource, !detach, interactive) {
             if rm {
                 let _ = orch.delete(&name);
             }
             return Err(e.into());
         }
+    }
+    if detach {
+        println!("{name}");
+        return Ok(0);
     }
     let outcome = (|| -> Result<i32> {
         let mut client = connect(orch, &name)?;
