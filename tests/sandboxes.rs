@@ -226,7 +226,7 @@ fn malformed_frames_are_rejected_without_killing_anything() {
     let big = guest_agent::protocol::MAX_FRAME_LEN + 1;
     raw.write_all(&(big as u32).to_le_bytes()).unwrap();
     raw.write_all(&vec![0u8; big]).unwrap();
-    guest_agent::protocol::write_frame(&mut raw, &guest_agent::protocol::Frame { id: 9, body: guest_agent::protocol::Request::Status }).unwrap();
+    guest_agent::protocol::write_frame(&mut raw, &guest_agent::protocol::Frame { id: 9, body: guest_agent::protocol::ShimRequest::Status }).unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         let f: guest_agent::protocol::Frame<guest_agent::protocol::Response> = guest_agent::protocol::read_frame(&mut raw).unwrap();
@@ -306,7 +306,7 @@ fn delete_leaves_no_process_mount_cgroup_or_directory() {
 
 #[test]
 fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
-    use guest_agent::protocol::{Request, Response};
+    use guest_agent::protocol::{AgentRequest, Response};
     let env = Env::new();
     let f = env.file("s.yaml", &sandbox_yaml("term", "  tty: true\n  command: [sh]\n"));
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
@@ -314,8 +314,8 @@ fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
     let mut c = ShimClient::connect(&sock).unwrap();
     let id = c.attach().unwrap();
     let s = c.sender(id);
-    s.send(Request::Resize { rows: 30, cols: 90 });
-    s.send(Request::Stdin { data: b"stty size; tty; echo marker-$((6*7))\n".to_vec() });
+    s.send(AgentRequest::Resize { rows: 30, cols: 90 });
+    s.send(AgentRequest::Stdin { data: b"stty size; tty; echo marker-$((6*7))\n".to_vec() });
     let mut seen = String::new();
     while !seen.contains("marker-42") {
         let f = c.recv().unwrap();
@@ -333,7 +333,7 @@ fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
     // A second client can attach again.
     let mut c = ShimClient::connect(&sock).unwrap();
     let id = c.attach().unwrap();
-    c.sender(id).send(Request::Stdin { data: b"exit 4\n".to_vec() });
+    c.sender(id).send(AgentRequest::Stdin { data: b"exit 4\n".to_vec() });
     loop {
         let f = c.recv().unwrap();
         if let (true, Response::Exited(st)) = (f.id == id, &f.body) {
@@ -357,13 +357,13 @@ fn main_log_is_rotated_so_output_cannot_fill_the_disk() {
 
 #[test]
 fn a_client_that_stops_reading_does_not_stall_the_others() {
-    use guest_agent::protocol::Request;
+    use guest_agent::protocol::AgentRequest;
     let env = Env::new();
     let f = env.file("s.yaml", &sandbox_yaml("busy", ""));
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let sock = env.instance_dir("busy").join("shim.sock");
     let mut slow = ShimClient::connect(&sock).unwrap();
-    let id = slow.start(Request::Exec(Box::new(ExecRequest { argv: vec!["yes".into()], ..Default::default() }))).unwrap();
+    let id = slow.start(AgentRequest::Exec(Box::new(ExecRequest { argv: vec!["yes".into()], ..Default::default() }))).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..5 {
         let started = std::time::Instant::now();

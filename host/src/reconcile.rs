@@ -345,7 +345,7 @@ impl Orchestrator {
         let failed = |message: String| ReconcileError::Sandbox { name: row.name.clone(), message };
         let config = serde_json::to_string(&update).map_err(|e| failed(e.to_string()))?;
         let mut client = crate::client::ShimClient::connect(&self.instance_dir(row).socket()).map_err(|e| failed(format!("reaching the shim: {e}")))?;
-        match client.call(guest_agent::protocol::Request::UpdateNetwork { config }).map_err(|e| failed(format!("updating the network: {e}")))? {
+        match client.call(guest_agent::protocol::ShimRequest::UpdateNetwork { config }).map_err(|e| failed(format!("updating the network: {e}")))? {
             guest_agent::protocol::Response::Done => {}
             guest_agent::protocol::Response::Error { message, .. } => return Err(failed(format!("updating the network: {message}"))),
             other => return Err(failed(format!("updating the network: unexpected answer {other:?}"))),

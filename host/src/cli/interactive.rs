@@ -6,7 +6,7 @@ use crate::client::{Output, Sender, ShimClient};
 use crate::reconcile::Orchestrator;
 use crate::spec::{Kind, SandboxSpec};
 use anyhow::{anyhow, bail, Context, Result};
-use guest_agent::protocol::{ErrorCode, ExecRequest, Request, Response, TtySize};
+use guest_agent::protocol::{AgentRequest, ErrorCode, ExecRequest, Response, TtySize};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
@@ -70,7 +70,7 @@ fn forward_stdin(sender: Sender, tty: bool, detach_keys: bool) {
                 let now = terminal_size();
                 if now != last {
                     last = now;
-                    if !resize.send(Request::Resize { rows: now.rows, cols: now.cols }) {
+                    if !resize.send(AgentRequest::Resize { rows: now.rows, cols: now.cols }) {
                         return;
                     }
                 }
@@ -84,7 +84,7 @@ fn forward_stdin(sender: Sender, tty: bool, detach_keys: bool) {
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    sender.send(Request::CloseStdin);
+                    sender.send(AgentRequest::CloseStdin);
                     return;
                 }
                 Ok(n) => {
@@ -98,7 +98,7 @@ fn forward_stdin(sender: Sender, tty: bool, detach_keys: bool) {
                             prev_ctrl_p = *b == 0x10;
                         }
                     }
-                    if !sender.send(Request::Stdin { data: buf[..n].to_vec() }) {
+                    if !sender.send(AgentRequest::Stdin { data: buf[..n].to_vec() }) {
                         return;
                     }
                 }
@@ -218,7 +218,7 @@ pub fn attach(orch: &Orchestrator, name: &str) -> Result<i32> {
     let raw = RawMode::enable(tty);
     if tty {
         let size = terminal_size();
-        client.sender(id).send(Request::Resize { rows: size.rows, cols: size.cols });
+        client.sender(id).send(AgentRequest::Resize { rows: size.rows, cols: size.cols });
     }
     forward_stdin(client.sender(id), tty, true);
     let code = stream_main(&mut client, id);
