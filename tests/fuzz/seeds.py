@@ -162,11 +162,12 @@ net_chain = memory([desc(0x3000, 12, NEXT, 1), desc(0x3100, len(frame), 0, 0)], 
 out("virtio_net", "split-header", b"\x22" + net_chain + net_rx)
 
 
-# mmio_transport: register accesses as `arbitrary` reads them (write flag, u16 offset, width
-# index into [1, 2, 4, 8], u64 value; 12 bytes each), a driver bringing the probe up by the book,
-# then a reset; and one that asks for an unoffered feature and a queue outside memory.
+# mmio_transport: register accesses as `arbitrary` reads a Vec of them (a "more" byte, then the
+# write flag, u16 offset, width index into [1, 2, 4, 8], u64 value: 13 bytes each), a driver
+# bringing the probe up by the book, then a reset; and one that asks for an unoffered feature and
+# a queue outside memory.
 def access(write, offset, value=0, width=2):
-    return struct.pack("<BHBQ", 1 if write else 0, offset, width, value)
+    return struct.pack("<BBHBQ", 1, 1 if write else 0, offset, width, value)
 
 
 ACK, DRIVER, FEATURES_OK, DRIVER_OK = 1, 2, 8, 4

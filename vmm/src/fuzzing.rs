@@ -228,6 +228,10 @@ pub fn mmio(accesses: &[Access]) -> Result<(), String> {
                 queue_sel = a.value & 0xffff_ffff;
             }
             reset = a.offset == 0x70 && width == 4 && a.value as u32 == 0;
+            // A reset returns every register to its first value, QueueSel included.
+            if reset {
+                queue_sel = 0;
+            }
             continue;
         }
         let mut data = vec![0xa5u8; width];

@@ -345,3 +345,52 @@ impl Poller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    struct Idle;
+
+    impl VirtioDevice for Idle {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn queue_sizes(&self) -> &[u16] {
+            &[128]
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn activate(&mut self, _ctx: Activation) -> std::io::Result<JoinHandle<()>> {
+            std::thread::Builder::new().spawn(|| {})
+        }
+    }
+
+    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut v = [0u8; 4];
+        t.read(offset, &mut v);
+        u32::from_le_bytes(v)
+    }
+
+    /// Found by the `mmio_transport` fuzz target (its reproducer is
+    /// tests/fuzz/corpus/mmio_transport/regress-reset-clears-queue-select): after a reset the
+    /// driver sees queue 0 selected again, whatever it selected before.
+    #[test]
+    fn a_reset_selects_queue_zero_again() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap());
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let ended = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut t = MmioTransport::new("test".into(), Box::new(Idle), mem, irq, ended).unwrap();
+        assert_eq!(read(&mut t, 0x34), 128);
+        t.write(0x30, &0x131u32.to_le_bytes());
+        assert_eq!(read(&mut t, 0x34), 0, "no such queue");
+        t.write(0x70, &0u32.to_le_bytes());
+        assert_eq!(read(&mut t, 0x34), 128);
+        assert_eq!((read(&mut t, 0x70), read(&mut t, 0x60)), (0, 0));
+    }
+}
