@@ -226,7 +226,7 @@ fn malformed_frames_are_rejected_without_killing_anything() {
     let big = guest_agent::protocol::MAX_FRAME_LEN + 1;
     raw.write_all(&(big as u32).to_le_bytes()).unwrap();
     raw.write_all(&vec![0u8; big]).unwrap();
-    guest_agent::protocol::write_frame(&mut raw, &guest_agent::protocol::Frame { id: 9, body: guest_agent::protocol::Request::Status }).unwrap();
+    guest_agent::protocol::write_frame(&mut raw, &guest_agent::protocol::Frame { id: 9, body: guest_agent::protocol::ShimRequest::Status }).unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         let f: guest_agent::protocol::Frame<guest_agent::protocol::Response> = guest_agent::protocol::read_frame(&mut raw).unwrap();
@@ -306,7 +306,7 @@ fn delete_leaves_no_process_mount_cgroup_or_directory() {
 
 #[test]
 fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
-    use guest_agent::protocol::{Request, Response};
+    use guest_agent::protocol::{AgentRequest, Response};
     let env = Env::new();
     let f = env.file("s.yaml", &sandbox_yaml("term", "  tty: true\n  command: [sh]\n"));
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
@@ -314,8 +314,8 @@ fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
     let mut c = ShimClient::connect(&sock).unwrap();
     let id = c.attach().unwrap();
     let s = c.sender(id);
-    s.send(Request::Resize { rows: 30, cols: 90 });
-    s.send(Request::Stdin { data: b"stty size; tty; echo marker-$((6*7))\n".to_vec() });
+    s.send(AgentRequest::Resize { rows: 30, cols: 90 });
+    s.send(AgentRequest::Stdin { data: b"stty size; tty; echo marker-$((6*7))\n".to_vec() });
     let mut seen = String::new();
     while !seen.contains("marker-42") {
         let f = c.recv().unwrap();
@@ -333,7 +333,7 @@ fn attach_to_a_terminal_sandbox_and_detach_without_stopping_it() {
     // A second client can attach again.
     let mut c = ShimClient::connect(&sock).unwrap();
     let id = c.attach().unwrap();
-    c.sender(id).send(Request::Stdin { data: b"exit 4\n".to_vec() });
+    c.sender(id).send(AgentRequest::Stdin { data: b"exit 4\n".to_vec() });
     loop {
         let f = c.recv().unwrap();
         if let (true, Response::Exited(st)) = (f.id == id, &f.body) {
@@ -357,13 +357,13 @@ fn main_log_is_rotated_so_output_cannot_fill_the_disk() {
 
 #[test]
 fn a_client_that_stops_reading_does_not_stall_the_others() {
-    use guest_agent::protocol::Request;
+    use guest_agent::protocol::AgentRequest;
     let env = Env::new();
     let f = env.file("s.yaml", &sandbox_yaml("busy", ""));
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let sock = env.instance_dir("busy").join("shim.sock");
     let mut slow = ShimClient::connect(&sock).unwrap();
-    let id = slow.start(Request::Exec(Box::new(ExecRequest { argv: vec!["yes".into()], ..Default::default() }))).unwrap();
+    let id = slow.start(AgentRequest::Exec(Box::new(ExecRequest { argv: vec!["yes".into()], ..Default::default() }))).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..5 {
         let started = std::time::Instant::now();
@@ -399,4 +399,87 @@ fn logs_follow_a_running_sandbox_and_get_speaks_yaml() {
     assert_eq!(obj["name"].as_str(), Some("talker"));
     assert_eq!(obj["status"].as_str(), Some("Exited"));
     assert_eq!(obj["kind"].as_str(), Some("Sandbox"));
+}
+
+/// `cp` both ways (files and trees, modes kept) and `fs ls|stat|cat|mkdir|rm`, as a user at a
+/// shell would use them.
+#[test]
+fn cp_and_fs_move_files_and_trees_between_host_and_sandbox() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("box", ""));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let host = env.dir.path().join("tree");
+    std::fs::create_dir_all(host.join("bin")).unwrap();
+    std::fs::write(host.join("README"), b"read me\n").unwrap();
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(host.join("bin/tool"), &big).unwrap();
+    std::fs::set_permissions(host.join("bin/tool"), std::fs::Permissions::from_mode(0o750)).unwrap();
+
+    env.ok(&["fs", "mkdir", "-p", "box", "/srv"]);
+    let out = env.run(&["cp", host.to_str().unwrap(), "box:/srv"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 file(s)"), "{out:?}");
+    // Into an existing directory: under its own name, as cp does; content and mode inside.
+    let (code, text, _) = env.sh("box", "cat /srv/tree/README; wc -c < /srv/tree/bin/tool");
+    assert_eq!(code, 0);
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["read", "me", &big.len().to_string()]);
+
+    let ls = env.ok(&["fs", "ls", "box", "/srv/tree"]);
+    assert!(ls.contains("dir") && ls.contains(" bin") && ls.contains("README"), "{ls}");
+    let stat: serde_json::Value = serde_json::from_str(&env.ok(&["fs", "stat", "box", "/srv/tree/bin/tool", "-o", "json"])).unwrap();
+    assert_eq!((stat["kind"].as_str(), stat["mode"].as_str(), stat["size"].as_u64()), (Some("file"), Some("750"), Some(big.len() as u64)));
+    assert_eq!(env.ok(&["fs", "cat", "box", "/srv/tree/README"]), "read me\n");
+    env.ok(&["fs", "mkdir", "-p", "box", "/srv/a/b"]);
+    env.sh("box", "echo inside > /srv/a/b/made-inside; ln -s made-inside /srv/a/b/link");
+
+    // Out again: a tree with a link, to a new host path.
+    let back = env.dir.path().join("back");
+    env.ok(&["cp", "box:/srv", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(back.join("tree/bin/tool")).unwrap(), big);
+    assert_eq!(std::fs::metadata(back.join("tree/bin/tool")).unwrap().permissions().mode() & 0o7777, 0o750);
+    assert_eq!(std::fs::read_to_string(back.join("a/b/made-inside")).unwrap(), "inside\n");
+    assert_eq!(std::fs::read_link(back.join("a/b/link")).unwrap(), std::path::PathBuf::from("made-inside"));
+    // A single file onto an existing host file replaces it.
+    std::fs::write(env.dir.path().join("one"), b"old").unwrap();
+    env.ok(&["cp", "box:/srv/tree/README", env.dir.path().join("one").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(env.dir.path().join("one")).unwrap(), "read me\n");
+
+    env.ok(&["fs", "rm", "-r", "box", "/srv/tree"]);
+    let out = env.run(&["fs", "stat", "box", "/srv/tree"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("No such file"), "{out:?}");
+    let out = env.run(&["cp", "./a", "./b"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NAME:/path"), "{out:?}");
+}
+
+/// The habits users bring: `run -d`, `ps` (and `-a`), `inspect`, `rm` (refusing a running one
+/// without `--force`), and naming a sandbox by a prefix of its instance id.
+#[test]
+fn docker_habits_work_as_aliases() {
+    let env = Env::new();
+    let rootfs = common::rootfs();
+    let image = format!("dir:{}", rootfs.display());
+    let name = env.ok(&["run", "-d", "--name", "bg", "--isolation", "namespace", &image, "--", "sleep", "300"]);
+    assert_eq!(name.trim(), "bg");
+    env.wait_for("bg running", Duration::from_secs(20), || env.status("bg") == "Running");
+    env.ok(&["run", "--name", "done", "--isolation", "namespace", &image, "--", "true"]);
+
+    let ps = env.ok(&["ps"]);
+    assert!(ps.contains("bg") && !ps.contains("done"), "ps shows running sandboxes only:\n{ps}");
+    let all = env.ok(&["ls", "-a"]);
+    assert!(all.contains("bg") && all.contains("done"), "{all}");
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "bg"])).unwrap();
+    assert_eq!((v["name"].as_str(), v["status"].as_str(), v["source"].as_str()), (Some("bg"), Some("Running"), Some("cli")));
+
+    // By a unique prefix of its instance id.
+    let instance = v["instance"].as_str().unwrap().to_string();
+    let prefix = &instance[..instance.len() - 2];
+    assert_eq!(env.ok(&["exec", prefix, "--", "hostname"]).trim(), "bg");
+
+    let out = env.run(&["rm", "bg"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--force"), "{out:?}");
+    assert_eq!(env.status("bg"), "Running");
+    env.ok(&["remove", "--force", "bg"]);
+    env.ok(&["rm", "done"]);
+    assert!(env.get().is_empty(), "{:?}", env.get());
 }

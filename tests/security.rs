@@ -348,3 +348,26 @@ fn hostile_yaml_is_refused_quickly_in_bounded_memory() {
     }
     assert_eq!(env.status("keeper"), "Running");
 }
+
+/// `cp` out of a sandbox is a boundary too: what the sandbox put in its files must not become
+/// a privileged program or a write through a link on the host.
+#[test]
+fn copying_out_plants_no_setuid_program_and_follows_no_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let f = env.file("s.yaml", &sandbox_yaml("loot", ""));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let script = "mkdir -p /x/sub && cp /bin/busybox /x/suid && chmod 6755 /x/suid && chmod 1777 /x/sub \
+                  && ln -s /etc /x/etc && ln -s ../../../../../../../../etc/hostname /x/up && echo ok";
+    assert_eq!(env.sh("loot", script).1, "ok\n");
+    let out = env.dir.path().join("out");
+    env.ok(&["cp", "loot:/x", out.to_str().unwrap()]);
+    let mode = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755, "setuid and setgid bits are dropped on the host");
+    assert_eq!(mode("sub"), 0o777, "and the sticky bit");
+    // Links are links, pointing where the sandbox pointed them, never followed by the copy.
+    assert_eq!(std::fs::read_link(out.join("etc")).unwrap(), PathBuf::from("/etc"));
+    assert_eq!(std::fs::read_link(out.join("up")).unwrap(), PathBuf::from("../../../../../../../../etc/hostname"));
+    let copied: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(copied.len(), 4, "{copied:?}");
+}

@@ -36,19 +36,18 @@ fn main() {
         timeout_ms: Some(1000),
     };
     let requests = vec![
-        Request::Hello { version: PROTOCOL_VERSION, client: "shim".into() },
-        Request::Init(Box::new(init)),
-        Request::Exec(Box::new(exec)),
-        Request::Stdin { data: b"input\n".to_vec() },
-        Request::Resize { rows: 50, cols: 120 },
-        Request::Signal { signal: 15 },
-        Request::ReadFile { path: "/etc/passwd".into(), offset: 0, len: Some(4096) },
-        Request::WriteFile { path: "/tmp/f".into(), offset: 0, data: vec![0, 1, 2, 255], truncate: true, mode: Some(0o600) },
-        Request::ListDir { path: "/".into() },
-        Request::Stat { path: "/bin/sh".into(), follow_symlinks: false },
-        Request::Rename { from: "/a".into(), to: "/b".into() },
-        Request::Shutdown { grace_ms: 5000 },
-        Request::Status,
+        AgentRequest::Hello { version: PROTOCOL_VERSION, client: "shim".into() },
+        AgentRequest::Init(Box::new(init)),
+        AgentRequest::Exec(Box::new(exec)),
+        AgentRequest::Stdin { data: b"input\n".to_vec() },
+        AgentRequest::Resize { rows: 50, cols: 120 },
+        AgentRequest::Signal { signal: 15 },
+        AgentRequest::ReadFile { path: "/etc/passwd".into(), offset: 0, len: Some(4096) },
+        AgentRequest::WriteFile { path: "/tmp/f".into(), offset: 0, data: vec![0, 1, 2, 255], truncate: true, mode: Some(0o600) },
+        AgentRequest::ListDir { path: "/".into() },
+        AgentRequest::Stat { path: "/bin/sh".into(), follow_symlinks: false },
+        AgentRequest::Rename { from: "/a".into(), to: "/b".into() },
+        AgentRequest::Shutdown { grace_ms: 5000 },
     ];
     let responses = vec![
         Response::Hello { version: PROTOCOL_VERSION, agent: "guest-agent".into() },
@@ -59,7 +58,20 @@ fn main() {
         Response::Exited(ExitStatus { code: Some(3), signal: None, timed_out: false }),
         error(ErrorCode::NotFound, "no such file"),
     ];
+    let shim_requests = vec![
+        ShimRequest::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() },
+        ShimRequest::Status,
+        ShimRequest::Attach,
+        ShimRequest::Stop { grace_ms: 2000 },
+        ShimRequest::UpdateNetwork { config: "{}".into() },
+        ShimRequest::Agent(AgentRequest::Stat { path: "/".into(), follow_symlinks: true }),
+    ];
     let mut all = Vec::new();
+    for (i, r) in shim_requests.into_iter().enumerate() {
+        let bytes = encode(&Frame { id: i as u64 + 50, body: r }).expect("encoding");
+        std::fs::write(format!("{dir}/shim-request-{i:02}"), &bytes).expect("writing a seed");
+        all.extend(bytes);
+    }
     for (i, r) in requests.into_iter().enumerate() {
         let bytes = encode(&Frame { id: i as u64 + 1, body: r }).expect("encoding");
         std::fs::write(format!("{dir}/request-{i:02}"), &bytes).expect("writing a seed");

@@ -5,7 +5,7 @@
 use crate::files;
 use crate::process::{self, Reaper, SpawnRequest};
 use crate::protocol::{
-    self, error, ErrorCode, ExecRequest, ExitStatus, Frame, FrameError, Request, Response, TtySize,
+    self, error, AgentRequest, ErrorCode, ExecRequest, ExitStatus, Frame, FrameError, Response, TtySize,
     CHUNK_LEN, PROTOCOL_VERSION,
 };
 use crate::users;
@@ -131,7 +131,7 @@ pub fn serve(stream: UnixStream) -> ! {
     let mut reader = BufReader::with_capacity(CHUNK_LEN + 64, stream);
     loop {
         match protocol::read_payload(&mut reader) {
-            Ok(payload) => match protocol::decode::<Request>(&payload) {
+            Ok(payload) => match protocol::decode::<AgentRequest>(&payload) {
                 Ok(frame) => agent.handle(frame.id, frame.body),
                 Err(e) => {
                     agent.out.send(protocol::peek_id(&payload), error(ErrorCode::BadRequest, e.to_string()));
@@ -148,14 +148,14 @@ pub fn serve(stream: UnixStream) -> ! {
 }
 
 /// Reads frames of one kind until the first request; used before `serve` (namespace init).
-pub fn read_first_request(stream: &mut impl Read) -> Result<Frame<Request>, FrameError> {
+pub fn read_first_request(stream: &mut impl Read) -> Result<Frame<AgentRequest>, FrameError> {
     protocol::read_frame(stream)
 }
 
 impl Agent {
-    fn handle(self: &Arc<Self>, id: u64, req: Request) {
+    fn handle(self: &Arc<Self>, id: u64, req: AgentRequest) {
         match req {
-            Request::Hello { version, .. } => {
+            AgentRequest::Hello { version, .. } => {
                 let body = if version == PROTOCOL_VERSION {
                     Response::Hello { version, agent: format!("guest-agent {}", env!("CARGO_PKG_VERSION")) }
                 } else {
@@ -166,56 +166,53 @@ impl Agent {
                 };
                 self.out.send(id, body);
             }
-            Request::Exec(req) => self.start_exec(id, *req),
-            Request::Stdin { data } => self.to_session(id, |s| {
+            AgentRequest::Exec(req) => self.start_exec(id, *req),
+            AgentRequest::Stdin { data } => self.to_session(id, |s| {
                 if let Some(tx) = &s.stdin {
                     let _ = tx.send(StdinMsg::Data(data));
                 }
             }),
-            Request::CloseStdin => self.to_session(id, |s| {
+            AgentRequest::CloseStdin => self.to_session(id, |s| {
                 if let Some(tx) = s.stdin.take() {
                     let _ = tx.send(StdinMsg::Close);
                 }
             }),
-            Request::Resize { rows, cols } => self.to_session(id, |s| {
+            AgentRequest::Resize { rows, cols } => self.to_session(id, |s| {
                 if let Some(m) = &s.pty_master {
                     process::resize(m, TtySize { rows, cols });
                 }
             }),
-            Request::Signal { signal } => self.to_session(id, |s| {
+            AgentRequest::Signal { signal } => self.to_session(id, |s| {
                 // SAFETY: kill with a pid we started; the signal number is checked by the kernel.
                 unsafe { libc::kill(s.pid, signal) };
             }),
-            Request::ReadFile { path, offset, len } => {
+            AgentRequest::ReadFile { path, offset, len } => {
                 let out = self.out.clone();
                 if let Err(e) = spawn_thread(move || files::read_file(&path, offset, len, &mut |r| out.send(id, r))) {
                     self.reply(id, out_of_threads(e));
                 }
             }
-            Request::WriteFile { path, offset, data, truncate, mode } => {
+            AgentRequest::WriteFile { path, offset, data, truncate, mode } => {
                 self.out.send(id, files::write_file(&path, offset, &data, truncate, mode));
             }
-            Request::ListDir { path } => {
+            AgentRequest::ListDir { path } => {
                 let out = self.out.clone();
                 if let Err(e) = spawn_thread(move || files::list_dir(&path, &mut |r| out.send(id, r))) {
                     self.reply(id, out_of_threads(e));
                 }
             }
-            Request::Stat { path, follow_symlinks } => {
+            AgentRequest::Stat { path, follow_symlinks } => {
                 self.out.send(id, files::stat(&path, follow_symlinks));
             }
-            Request::Mkdir { path, parents, mode } => self.reply(id, files::mkdir(&path, parents, mode)),
-            Request::Remove { path, recursive } => self.reply(id, files::remove(&path, recursive)),
-            Request::Rename { from, to } => self.reply(id, files::rename(&from, &to)),
-            Request::Shutdown { grace_ms } => {
+            AgentRequest::Mkdir { path, parents, mode } => self.reply(id, files::mkdir(&path, parents, mode)),
+            AgentRequest::Remove { path, recursive } => self.reply(id, files::remove(&path, recursive)),
+            AgentRequest::Rename { from, to } => self.reply(id, files::rename(&from, &to)),
+            AgentRequest::Shutdown { grace_ms } => {
                 self.shutdown(Duration::from_millis(grace_ms));
                 self.out.send(id, Response::Done);
                 finish(0);
             }
-            Request::Init(_) => self.reply(id, error(ErrorCode::BadRequest, "sandbox is already initialised")),
-            Request::Status | Request::Attach | Request::Stop { .. } | Request::UpdateNetwork { .. } => {
-                self.reply(id, error(ErrorCode::Unsupported, "handled by the shim, not the agent"))
-            }
+            AgentRequest::Init(_) => self.reply(id, error(ErrorCode::BadRequest, "sandbox is already initialised")),
         }
     }
 

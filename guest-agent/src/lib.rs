@@ -32,12 +32,12 @@ pub fn lock_down(seccomp: bool) -> Result<(), security::SecurityError> {
 /// Entry point of a namespace sandbox's PID 1: receives `Init` on `stream`, builds the root,
 /// locks itself down, answers `Ready` (or the error) and serves requests. Never returns.
 pub fn namespace_main(mut stream: UnixStream) -> ! {
-    use protocol::{error, ErrorCode, Frame, Request, Response};
+    use protocol::{error, AgentRequest, ErrorCode, Frame, Response};
     // The name `ps` shows for PID 1 inside the sandbox (we were started as /proc/self/exe).
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"guest-agent".as_ptr(), 0, 0, 0) };
     // The writable disk's mount, when there is one, rides on the Init frame.
-    let (frame, disk) = match protocol::read_frame_with_fd::<Request>(&stream) {
+    let (frame, disk) = match protocol::read_frame_with_fd::<AgentRequest>(&stream) {
         Ok(f) => f,
         Err(_) => std::process::exit(1),
     };
@@ -45,7 +45,7 @@ pub fn namespace_main(mut stream: UnixStream) -> ! {
         let _ = protocol::write_frame(stream, &Frame { id, body: error(ErrorCode::Internal, msg) });
         std::process::exit(1);
     };
-    let Request::Init(init) = frame.body else {
+    let AgentRequest::Init(init) = frame.body else {
         fail(&mut stream, frame.id, "the first request must be Init".into())
     };
     if let Err(e) = init::setup_root(&init, disk) {

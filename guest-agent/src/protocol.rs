@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 /// Bumped on every incompatible change; the handshake refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest payload accepted in one frame.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// Oversized frames up to this size are skipped (the stream stays in sync); beyond it the
@@ -29,8 +29,9 @@ pub struct Frame<T> {
     pub body: T,
 }
 
+/// What the agent serves: the shim's requests to the sandbox's PID 1.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum Request {
+pub enum AgentRequest {
     Hello { version: u32, client: String },
     /// Sent once by the shim before anything else: how to build the sandbox's root.
     Init(Box<SandboxInit>),
@@ -48,15 +49,31 @@ pub enum Request {
     Rename { from: String, to: String },
     /// Terminate every process (SIGTERM, then SIGKILL after the grace period) and exit.
     Shutdown { grace_ms: u64 },
-    /// Shim-level: current status of the sandbox.
+}
+
+/// What the shim serves: a client's requests (the CLI, the library). Its own, and those it
+/// forwards to the agent (`Agent`), which never include `Init`, `Shutdown` or `Hello` (the
+/// shim refuses them: they are the shim's to send).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ShimRequest {
+    Hello { version: u32, client: String },
+    /// The sandbox's current status.
     Status,
-    /// Shim-level: stream the main process's output and feed it stdin / resize (PTY sandboxes).
+    /// Stream the main process's output and feed it stdin / resize (PTY sandboxes).
     Attach,
-    /// Shim-level: stop the sandbox (graceful, then forced) and exit the shim.
+    /// Stop the sandbox (graceful, then forced) and exit the shim.
     Stop { grace_ms: u64 },
-    /// Shim-level: apply a changed `network` section to the running sandbox (the host's
-    /// JSON: the section and the Plugin resources it names).
+    /// Apply a changed `network` section to the running sandbox (the host's JSON: the section
+    /// and the Plugin resources it names).
     UpdateNetwork { config: String },
+    /// For the agent: exec, stdin, resize, signals, the file API.
+    Agent(AgentRequest),
+}
+
+impl From<AgentRequest> for ShimRequest {
+    fn from(r: AgentRequest) -> ShimRequest {
+        ShimRequest::Agent(r)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -470,9 +487,9 @@ mod tests {
     #[test]
     fn roundtrip_binary_data() {
         let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-        let f = Frame { id: 7, body: Request::Stdin { data: data.clone() } };
+        let f = Frame { id: 7, body: AgentRequest::Stdin { data: data.clone() } };
         let bytes = encode(&f).unwrap();
-        let back: Frame<Request> = read_frame(&mut &bytes[..]).unwrap();
+        let back: Frame<AgentRequest> = read_frame(&mut &bytes[..]).unwrap();
         assert_eq!(back, f);
     }
 
@@ -480,29 +497,29 @@ mod tests {
     fn oversized_frame_is_skipped_and_stream_stays_usable() {
         let mut stream = ((MAX_FRAME_LEN + 10) as u32).to_le_bytes().to_vec();
         stream.extend(std::iter::repeat(0xAA).take(MAX_FRAME_LEN + 10));
-        stream.extend(encode(&Frame { id: 3, body: Request::Status }).unwrap());
+        stream.extend(encode(&Frame { id: 3, body: ShimRequest::Status }).unwrap());
         let mut r = &stream[..];
-        let err = read_frame::<Request>(&mut r).unwrap_err();
+        let err = read_frame::<ShimRequest>(&mut r).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge(_)) && err.recoverable());
-        assert_eq!(read_frame::<Request>(&mut r).unwrap().id, 3);
+        assert_eq!(read_frame::<ShimRequest>(&mut r).unwrap().id, 3);
     }
 
     #[test]
     fn malformed_payload_is_an_error_not_a_panic() {
         let mut stream = 5u32.to_le_bytes().to_vec();
         stream.extend([9, 0xff, 0xff, 0xff, 0xff]);
-        stream.extend(encode(&Frame { id: 4, body: Request::Status }).unwrap());
+        stream.extend(encode(&Frame { id: 4, body: ShimRequest::Status }).unwrap());
         let mut r = &stream[..];
         let payload = read_payload(&mut r).unwrap();
         assert_eq!(peek_id(&payload), 9);
-        assert!(decode::<Request>(&payload).is_err());
-        assert_eq!(read_frame::<Request>(&mut r).unwrap().id, 4);
+        assert!(decode::<ShimRequest>(&payload).is_err());
+        assert_eq!(read_frame::<ShimRequest>(&mut r).unwrap().id, 4);
     }
 
     #[test]
     fn truncated_stream_reports_closed() {
-        let bytes = encode(&Frame { id: 1, body: Request::Status }).unwrap();
-        let err = read_frame::<Request>(&mut &bytes[..bytes.len() - 1]).unwrap_err();
+        let bytes = encode(&Frame { id: 1, body: ShimRequest::Status }).unwrap();
+        let err = read_frame::<ShimRequest>(&mut &bytes[..bytes.len() - 1]).unwrap_err();
         assert!(matches!(err, FrameError::Closed));
     }
 

@@ -6,7 +6,7 @@
 //!
 //! When the agent ends, the VM powers off: init must never exit (the kernel would panic).
 
-use crate::protocol::{self, error, ErrorCode, Frame, Request, Response};
+use crate::protocol::{self, error, AgentRequest, ErrorCode, Frame, Response};
 use nix::mount::{mount, MsFlags};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -198,7 +198,7 @@ pub fn main() -> ! {
         let _ = protocol::write_frame(stream, &Frame { id, body: error(ErrorCode::Internal, msg) });
         power_off()
     };
-    let Request::Init(init) = frame.body else {
+    let AgentRequest::Init(init) = frame.body else {
         reply_error(&mut stream, frame.id, "the first request must be Init".into())
     };
     if let Err(e) = mount_disks() {

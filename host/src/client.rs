@@ -3,8 +3,8 @@
 //! which lets a second thread feed stdin through a `Sender`.
 
 use guest_agent::protocol::{
-    self, DirEntry, ErrorCode, ExecRequest, ExitStatus, FileStat, Frame, Request, Response, ShimStatus,
-    CHUNK_LEN, PROTOCOL_VERSION,
+    self, AgentRequest, DirEntry, ErrorCode, ExecRequest, ExitStatus, FileStat, Frame, Response, ShimRequest,
+    ShimStatus, CHUNK_LEN, PROTOCOL_VERSION,
 };
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -21,6 +21,9 @@ pub enum ClientError {
     Remote { code: ErrorCode, message: String },
     #[error("unexpected response: {0}")]
     Unexpected(String),
+    /// Reading or writing this side's data (a host file, stdout), not the connection.
+    #[error("{0}")]
+    Local(std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -33,8 +36,8 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn send(&self, body: Request) -> bool {
-        let Ok(buf) = protocol::encode(&Frame { id: self.id, body }) else { return false };
+    pub fn send(&self, body: impl Into<ShimRequest>) -> bool {
+        let Ok(buf) = protocol::encode(&Frame { id: self.id, body: body.into() }) else { return false };
         self.stream.lock().unwrap_or_else(|e| e.into_inner()).write_all(&buf).is_ok()
     }
 }
@@ -73,17 +76,17 @@ impl ShimClient {
     pub fn over(stream: UnixStream) -> Result<ShimClient> {
         let writer = stream.try_clone().map_err(|e| ClientError::Connect { path: String::new(), source: e })?;
         let mut c = ShimClient { reader: BufReader::with_capacity(CHUNK_LEN + 64, stream), writer: Arc::new(Mutex::new(writer)), next_id: 1 };
-        match c.call(Request::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() })? {
+        match c.call(ShimRequest::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() })? {
             Response::Hello { .. } => Ok(c),
             other => Err(remote(other)),
         }
     }
 
     /// Sends a request and returns its id.
-    pub fn start(&mut self, body: Request) -> Result<u64> {
+    pub fn start(&mut self, body: impl Into<ShimRequest>) -> Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
-        let buf = protocol::encode(&Frame { id, body })?;
+        let buf = protocol::encode(&Frame { id, body: body.into() })?;
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).write_all(&buf).map_err(protocol::FrameError::Io)?;
         Ok(id)
     }
@@ -106,12 +109,12 @@ impl ShimClient {
         }
     }
 
-    pub fn call(&mut self, body: Request) -> Result<Response> {
+    pub fn call(&mut self, body: impl Into<ShimRequest>) -> Result<Response> {
         let id = self.start(body)?;
         self.recv_for(id)
     }
 
-    fn expect_done(&mut self, body: Request) -> Result<()> {
+    fn expect_done(&mut self, body: impl Into<ShimRequest>) -> Result<()> {
         match self.call(body)? {
             Response::Done => Ok(()),
             other => Err(remote(other)),
@@ -126,7 +129,7 @@ impl ShimClient {
         on_start: impl FnOnce(Sender),
         mut on_output: impl FnMut(Output<'_>),
     ) -> Result<ExitStatus> {
-        let id = self.start(Request::Exec(Box::new(req)))?;
+        let id = self.start(AgentRequest::Exec(Box::new(req)))?;
         let mut on_start = Some(on_start);
         loop {
             match self.recv_for(id)? {
@@ -153,8 +156,51 @@ impl ShimClient {
         Ok((st, out, err))
     }
 
+    /// Streams a file into `out` as its chunks arrive (no whole-file buffer); returns its size.
+    pub fn read_file_to(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let id = self.start(AgentRequest::ReadFile { path: path.into(), offset: 0, len: None })?;
+        let mut total = 0u64;
+        loop {
+            match self.recv_for(id)? {
+                Response::Data { data, eof } => {
+                    out.write_all(&data).map_err(ClientError::Local)?;
+                    total += data.len() as u64;
+                    if eof {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(remote(other)),
+            }
+        }
+    }
+
+    /// Writes a file from `input` in chunks as they are read (the first truncates and sets
+    /// `mode`); returns its size.
+    pub fn write_file_from(&mut self, path: &str, input: &mut dyn std::io::Read, mode: Option<u32>) -> Result<u64> {
+        let mut buf = vec![0u8; CHUNK_LEN];
+        let mut offset = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match input.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(ClientError::Local(e)),
+                }
+            }
+            if filled > 0 || offset == 0 {
+                self.expect_done(AgentRequest::WriteFile { path: path.into(), offset, data: buf[..filled].to_vec(), truncate: offset == 0, mode })?;
+            }
+            offset += filled as u64;
+            if filled < buf.len() {
+                return Ok(offset);
+            }
+        }
+    }
+
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {
-        let id = self.start(Request::ReadFile { path: path.into(), offset: 0, len: None })?;
+        let id = self.start(AgentRequest::ReadFile { path: path.into(), offset: 0, len: None })?;
         let mut out = Vec::new();
         loop {
             match self.recv_for(id)? {
@@ -174,7 +220,7 @@ impl ShimClient {
         let mut offset = 0usize;
         loop {
             let end = (offset + CHUNK_LEN).min(data.len());
-            self.expect_done(Request::WriteFile {
+            self.expect_done(AgentRequest::WriteFile {
                 path: path.into(),
                 offset: offset as u64,
                 data: data[offset..end].to_vec(),
@@ -189,7 +235,7 @@ impl ShimClient {
     }
 
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>> {
-        let id = self.start(Request::ListDir { path: path.into() })?;
+        let id = self.start(AgentRequest::ListDir { path: path.into() })?;
         let mut out = Vec::new();
         loop {
             match self.recv_for(id)? {
@@ -201,38 +247,38 @@ impl ShimClient {
     }
 
     pub fn stat(&mut self, path: &str) -> Result<FileStat> {
-        match self.call(Request::Stat { path: path.into(), follow_symlinks: false })? {
+        match self.call(AgentRequest::Stat { path: path.into(), follow_symlinks: false })? {
             Response::Stat(s) => Ok(s),
             other => Err(remote(other)),
         }
     }
 
     pub fn mkdir(&mut self, path: &str, parents: bool) -> Result<()> {
-        self.expect_done(Request::Mkdir { path: path.into(), parents, mode: None })
+        self.expect_done(AgentRequest::Mkdir { path: path.into(), parents, mode: None })
     }
 
     pub fn remove(&mut self, path: &str, recursive: bool) -> Result<()> {
-        self.expect_done(Request::Remove { path: path.into(), recursive })
+        self.expect_done(AgentRequest::Remove { path: path.into(), recursive })
     }
 
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        self.expect_done(Request::Rename { from: from.into(), to: to.into() })
+        self.expect_done(AgentRequest::Rename { from: from.into(), to: to.into() })
     }
 
     pub fn status(&mut self) -> Result<ShimStatus> {
-        match self.call(Request::Status)? {
+        match self.call(AgentRequest::Status)? {
             Response::Status(s) => Ok(s),
             other => Err(remote(other)),
         }
     }
 
     pub fn stop(&mut self, grace_ms: u64) -> Result<()> {
-        self.expect_done(Request::Stop { grace_ms })
+        self.expect_done(ShimRequest::Stop { grace_ms })
     }
 
     /// Attaches to the main process: returns the request id; read frames with `recv`.
     pub fn attach(&mut self) -> Result<u64> {
-        let id = self.start(Request::Attach)?;
+        let id = self.start(ShimRequest::Attach)?;
         match self.recv_for(id)? {
             Response::Ready => Ok(id),
             other => Err(remote(other)),

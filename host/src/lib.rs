@@ -15,3 +15,4 @@ pub mod runtime;
 pub mod shim;
 pub mod spec;
 pub mod store;
+pub mod view;

@@ -15,8 +15,8 @@ use crate::runtime::{self, StartRequest};
 use crate::shim::read_state;
 use crate::spec::{Kind, Manifest, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
 use crate::store::{now, SandboxRow, Status, Store, StoreError};
+use crate::view::{Action, ActionResult, ApplyReport};
 use guest_agent::protocol::SandboxState;
-use serde::Serialize;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,35 +43,7 @@ pub enum ReconcileError {
 
 pub type Result<T> = std::result::Result<T, ReconcileError>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Change {
-    Create,
-    Update,
-    Delete,
-    Unchanged,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PlanItem {
-    pub kind: Kind,
-    pub name: String,
-    pub change: Change,
-    pub origin: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Plan {
-    pub items: Vec<PlanItem>,
-    pub conflicts: Vec<String>,
-    /// The desired set was empty and pruning was not asked for: these were kept.
-    pub prune_skipped: Vec<String>,
-}
-
-impl Plan {
-    pub fn has_changes(&self) -> bool {
-        self.items.iter().any(|i| i.change != Change::Unchanged)
-    }
-}
+pub use crate::view::{Change, Plan, PlanItem};
 
 /// What converging one sandbox did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +55,19 @@ pub enum Outcome {
     Removed,
     /// Only `spec.network` changed: applied to the running sandbox, nothing restarted.
     NetworkUpdated,
+}
+
+impl From<&Outcome> for ActionResult {
+    fn from(o: &Outcome) -> ActionResult {
+        match o {
+            Outcome::Nothing => ActionResult::Unchanged,
+            Outcome::Created => ActionResult::Created,
+            Outcome::Recreated => ActionResult::Recreated,
+            Outcome::Restarted => ActionResult::Restarted,
+            Outcome::Removed => ActionResult::Removed,
+            Outcome::NetworkUpdated => ActionResult::NetworkUpdated,
+        }
+    }
 }
 
 pub struct Orchestrator {
@@ -160,9 +145,9 @@ impl Orchestrator {
     }
 
     /// Applies a validated source: commits its desired state, then converges its sandboxes.
-    /// Returns the plan and one line per sandbox action; sandbox failures are reported in the
-    /// lines and as errors, but do not undo the desired state (the next reconcile retries).
-    pub fn apply(&mut self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<(Plan, Vec<String>, Vec<ReconcileError>)> {
+    /// Returns the plan and what happened to each plugin and sandbox; failures are reported
+    /// there, but do not undo the desired state (the next reconcile retries).
+    pub fn apply(&mut self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<ApplyReport> {
         let plan = self.plan(source, manifests, prune_empty)?;
         if !plan.conflicts.is_empty() {
             return Err(ReconcileError::Conflict(plan.conflicts.join("\n")));
@@ -186,39 +171,32 @@ impl Orchestrator {
                 self.store.event(&format!("{}/{}", item.kind, item.name), verb, &format!("desired state from {}", item.origin))?;
             }
         }
-        let (mut lines, mut errors) = (Vec::new(), Vec::new());
+        let mut actions = Vec::new();
         // Compile new and changed plugins now, so a broken component is reported at apply.
         for m in manifests {
             if let ResourceSpec::Plugin(spec) = &m.resource.spec {
-                match self.plugins.refresh(&m.resource.name, spec) {
-                    Some(Ok(p)) => lines.push(format!(
-                        "plugin/{} loaded ({})",
-                        m.resource.name,
-                        p.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                    )),
+                let result = match self.plugins.refresh(&m.resource.name, spec) {
+                    Some(Ok(p)) => ActionResult::Loaded { kinds: p.kinds().iter().map(|k| k.as_str().to_string()).collect() },
                     Some(Err(e)) => {
-                        lines.push(format!("plugin/{} failed: {e}", m.resource.name));
                         self.store.event(&format!("Plugin/{}", m.resource.name), "LoadFailed", &e.to_string())?;
+                        ActionResult::Failed { message: e.to_string() }
                     }
-                    None => {}
-                }
+                    None => continue,
+                };
+                actions.push(Action { kind: Kind::Plugin, name: m.resource.name.clone(), result });
             }
         }
         let mut names: Vec<String> =
             plan.items.iter().filter(|i| i.kind == Kind::Sandbox).map(|i| i.name.clone()).collect();
         names.dedup();
         for name in names {
-            match self.converge(&name) {
-                Ok(Outcome::Nothing) => lines.push(format!("sandbox/{name} unchanged")),
-                Ok(Outcome::NetworkUpdated) => lines.push(format!("sandbox/{name} network updated (not restarted)")),
-                Ok(o) => lines.push(format!("sandbox/{name} {}", format!("{o:?}").to_lowercase())),
-                Err(e) => {
-                    lines.push(format!("sandbox/{name} failed: {e}"));
-                    errors.push(e);
-                }
-            }
+            let result = match self.converge(&name) {
+                Ok(o) => ActionResult::from(&o),
+                Err(e) => ActionResult::Failed { message: e.to_string() },
+            };
+            actions.push(Action { kind: Kind::Sandbox, name, result });
         }
-        Ok((plan, lines, errors))
+        Ok(ApplyReport { plan, actions })
     }
 
     /// Records that a source could not be read; nothing it declared is touched.
@@ -367,7 +345,7 @@ impl Orchestrator {
         let failed = |message: String| ReconcileError::Sandbox { name: row.name.clone(), message };
         let config = serde_json::to_string(&update).map_err(|e| failed(e.to_string()))?;
         let mut client = crate::client::ShimClient::connect(&self.instance_dir(row).socket()).map_err(|e| failed(format!("reaching the shim: {e}")))?;
-        match client.call(guest_agent::protocol::Request::UpdateNetwork { config }).map_err(|e| failed(format!("updating the network: {e}")))? {
+        match client.call(guest_agent::protocol::ShimRequest::UpdateNetwork { config }).map_err(|e| failed(format!("updating the network: {e}")))? {
             guest_agent::protocol::Response::Done => {}
             guest_agent::protocol::Response::Error { message, .. } => return Err(failed(format!("updating the network: {message}"))),
             other => return Err(failed(format!("updating the network: unexpected answer {other:?}"))),

@@ -126,7 +126,8 @@ pub struct SandboxRow {
     pub finished_at: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// One recorded event; also its view (`events -o json|yaml` prints these, serialised).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Event {
     pub at: String,
     pub object: String,

@@ -16,7 +16,7 @@
 //! Needs a KVM that boots guests: `just bench` runs it in the nested-KVM harness.
 //!   ORCHESTRATOR_BENCH_RUNS (default 5), ORCHESTRATOR_BIN (default target/release/orchestrator)
 
-use guest_agent::protocol::{self, ExecRequest, Frame, Request, Response};
+use guest_agent::protocol::{self, AgentRequest, ExecRequest, Frame, Response};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ struct Setup {
 fn session(stream: &mut UnixStream) -> Result<(), String> {
     stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
     let init = guest_agent::vm::sandbox_init("bench", Vec::new());
-    protocol::write_frame(stream, &Frame { id: 1, body: Request::Init(Box::new(init)) }).map_err(|e| e.to_string())?;
+    protocol::write_frame(stream, &Frame { id: 1, body: AgentRequest::Init(Box::new(init)) }).map_err(|e| e.to_string())?;
     match protocol::read_frame::<Response>(stream).map_err(|e| e.to_string())?.body {
         Response::Ready => {}
         other => return Err(format!("init: {other:?}")),
@@ -66,7 +66,7 @@ fn session(stream: &mut UnixStream) -> Result<(), String> {
         rlimits: Default::default(),
         timeout_ms: None,
     };
-    protocol::write_frame(stream, &Frame { id: 2, body: Request::Exec(Box::new(exec)) }).map_err(|e| e.to_string())?;
+    protocol::write_frame(stream, &Frame { id: 2, body: AgentRequest::Exec(Box::new(exec)) }).map_err(|e| e.to_string())?;
     loop {
         let f = protocol::read_frame::<Response>(stream).map_err(|e| e.to_string())?;
         match f.body {
@@ -75,7 +75,7 @@ fn session(stream: &mut UnixStream) -> Result<(), String> {
             _ => {}
         }
     }
-    protocol::write_frame(stream, &Frame { id: 3, body: Request::Shutdown { grace_ms: 0 } }).map_err(|e| e.to_string())?;
+    protocol::write_frame(stream, &Frame { id: 3, body: AgentRequest::Shutdown { grace_ms: 0 } }).map_err(|e| e.to_string())?;
     Ok(())
 }
 

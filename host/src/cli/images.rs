@@ -109,11 +109,8 @@ pub fn run(orch: &Orchestrator, cmd: ImageCommand) -> Result<i32> {
         ImageCommand::Ls { output } => {
             let records = store.records();
             if output == super::Format::Json {
-                let objs: Vec<serde_json::Value> = records
-                    .iter()
-                    .map(|r| serde_json::json!({"reference": r.reference, "digest": r.manifest_digest, "layers": r.diff_ids.len(), "size": r.size, "pulledAt": r.pulled_at}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&objs)?);
+                let views: Vec<crate::view::ImageView> = records.iter().map(Into::into).collect();
+                println!("{}", serde_json::to_string_pretty(&views)?);
                 return Ok(0);
             }
             println!("{:<60} {:<20} {:>6} {:>10}", "REFERENCE", "DIGEST", "LAYERS", "SIZE");

@@ -6,7 +6,7 @@ use crate::client::{Output, Sender, ShimClient};
 use crate::reconcile::Orchestrator;
 use crate::spec::{Kind, SandboxSpec};
 use anyhow::{anyhow, bail, Context, Result};
-use guest_agent::protocol::{ErrorCode, ExecRequest, Request, Response, TtySize};
+use guest_agent::protocol::{AgentRequest, ErrorCode, ExecRequest, Response, TtySize};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
@@ -70,7 +70,7 @@ fn forward_stdin(sender: Sender, tty: bool, detach_keys: bool) {
                 let now = terminal_size();
                 if now != last {
                     last = now;
-                    if !resize.send(Request::Resize { rows: now.rows, cols: now.cols }) {
+                    if !resize.send(AgentRequest::Resize { rows: now.rows, cols: now.cols }) {
                         return;
                     }
                 }
@@ -84,7 +84,7 @@ fn forward_stdin(sender: Sender, tty: bool, detach_keys: bool) {
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    sender.send(Request::CloseStdin);
+                    sender.send(AgentRequest::CloseStdin);
                     return;
                 }
                 Ok(n) => {
@@ -98,7 +98,7 @@ fn forward_stdin(sender: Sender, tty: bool, detach_keys: bool) {
                             prev_ctrl_p = *b == 0x10;
                         }
                     }
-                    if !sender.send(Request::Stdin { data: buf[..n].to_vec() }) {
+                    if !sender.send(AgentRequest::Stdin { data: buf[..n].to_vec() }) {
                         return;
                     }
                 }
@@ -122,7 +122,7 @@ fn write_output(o: Output<'_>) {
     }
 }
 
-fn connect(orch: &Orchestrator, name: &str) -> Result<ShimClient> {
+pub(super) fn connect(orch: &Orchestrator, name: &str) -> Result<ShimClient> {
     let row = orch.store.sandbox(name)?.ok_or_else(|| anyhow!("no sandbox named {name:?} (see `orchestrator get`)"))?;
     let dir = orch.instance_dir(&row);
     if !crate::paths::shim_alive(&dir) {
@@ -218,7 +218,7 @@ pub fn attach(orch: &Orchestrator, name: &str) -> Result<i32> {
     let raw = RawMode::enable(tty);
     if tty {
         let size = terminal_size();
-        client.sender(id).send(Request::Resize { rows: size.rows, cols: size.cols });
+        client.sender(id).send(AgentRequest::Resize { rows: size.rows, cols: size.cols });
     }
     forward_stdin(client.sender(id), tty, true);
     let code = stream_main(&mut client, id);
@@ -226,7 +226,9 @@ pub fn attach(orch: &Orchestrator, name: &str) -> Result<i32> {
     code
 }
 
-pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec, interactive: bool, rm: bool) -> Result<i32> {
+/// `run`: makes a sandbox from the command line; attached (its output here, its exit code
+/// returned) unless `detach`, which prints its name and leaves it running.
+pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec, interactive: bool, rm: bool, detach: bool) -> Result<i32> {
     if spec.command.is_none() && spec.image.starts_with("dir:") {
         bail!("a root filesystem directory has no default command: give one after `--`");
     }
@@ -247,12 +249,16 @@ pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec,
         let tx = orch.store.transaction()?;
         crate::store::Store::upsert_resource(&tx, &manifest.resource, "cli", "orchestrator run")?;
         tx.commit()?;
-        if let Err(e) = orch.create_instance(&manifest.resource, true, interactive) {
+        if let Err(e) = orch.create_instance(&manifest.resource, !detach, interactive) {
             if rm {
                 let _ = orch.delete(&name);
             }
             return Err(e.into());
         }
+    }
+    if detach {
+        println!("{name}");
+        return Ok(0);
     }
     let outcome = (|| -> Result<i32> {
         let mut client = connect(orch, &name)?;

@@ -1,6 +1,7 @@
 //! The `orchestrator` command line: argument parsing (clap) and one function per command.
 //! Errors carry their context (file, line, field, sandbox) up to `main`, which prints them.
 
+mod files;
 mod images;
 mod interactive;
 mod microvm;
@@ -127,11 +128,14 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Run a command in a new sandbox and exit with its exit code.
+    /// Run a command in a new sandbox and exit with its exit code (`-d`: leave it running).
     Run {
         /// Delete the sandbox when the command ends.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "detach")]
         rm: bool,
+        /// Start it and return at once, printing its name (it runs on without this command).
+        #[arg(short = 'd', long, conflicts_with_all = ["interactive", "tty"])]
+        detach: bool,
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -159,6 +163,32 @@ pub enum Command {
         /// Without one, the image's Entrypoint and Cmd run (as with docker run).
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// List sandboxes: running ones, or every one with `-a` (also `ls`, `list`).
+    #[command(visible_aliases = ["ls", "list"])]
+    Ps {
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// A sandbox's view as JSON (what `get -o json` shows for it).
+    Inspect { name: String },
+    /// Delete sandboxes; a running one only with `--force` (also `remove`).
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Copy files or directory trees between the host and a sandbox: `cp ./app web:/srv/app`,
+    /// `cp web:/var/log ./logs`.
+    Cp { src: String, dest: String },
+    /// A running sandbox's files: ls, stat, cat, mkdir, rm.
+    Fs {
+        #[command(subcommand)]
+        command: files::FsCommand,
     },
     /// Stop sandboxes (they stay stopped until `start`).
     Stop { names: Vec<String> },
@@ -218,12 +248,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             output::get(&mut open()?, kind, name.as_deref(), output)
         }
-        Command::Describe { name } => output::describe(&mut open()?, &name),
+        Command::Describe { name } => {
+            let mut orch = open()?;
+            let name = sandbox_name(&orch, &name)?;
+            output::describe(&mut orch, &name)
+        }
         Command::Events { name, output: format, limit } => output::events(&open()?, name.as_deref(), format, limit),
         Command::Delete { names, file } => delete(&mut open()?, names, file),
-        Command::Logs { name, follow, tail, console } => output::logs(&open()?, &name, follow, tail, console),
+        Command::Logs { name, follow, tail, console } => {
+            let orch = open()?;
+            let name = sandbox_name(&orch, &name)?;
+            output::logs(&orch, &name, follow, tail, console)
+        }
         Command::Exec { process: p, user, timeout, name, command } => {
             let orch = open()?;
+            let name = sandbox_name(&orch, &name)?;
             let opts = interactive::ExecOptions {
                 interactive: p.interactive,
                 tty: p.tty,
@@ -234,7 +273,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, name, process: p, isolation, memory, cpus, disk, kernel, network, publish, image, command } => {
+        Command::Run { rm, detach, name, process: p, isolation, memory, cpus, disk, kernel, network, publish, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
@@ -280,16 +319,60 @@ pub fn run(cli: Cli) -> Result<i32> {
                 let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
                 spec.kernel = Some(spec::normalise_kernel(&k, &cwd).map_err(|(msg, hint)| anyhow!("--kernel: {msg}\n    hint: {hint}"))?);
             }
-            interactive::run(&mut open()?, name, spec, p.interactive, rm)
+            interactive::run(&mut open()?, name, spec, p.interactive, rm, detach)
         }
-        Command::Stop { names } => each(&mut open()?, &names, "stopped", |o, n| o.stop(n)),
-        Command::Start { names } => each(&mut open()?, &names, "started", |o, n| o.start(n)),
-        Command::Attach { name } => interactive::attach(&open()?, &name),
+        Command::Ps { all, output } => output::ps(&mut open()?, all, output),
+        Command::Inspect { name } => {
+            let mut orch = open()?;
+            let name = sandbox_name(&orch, &name)?;
+            output::inspect(&mut orch, &name)
+        }
+        Command::Rm { names, force } => {
+            let mut orch = open()?;
+            let names = names.iter().map(|n| sandbox_name(&orch, n)).collect::<Result<Vec<_>>>()?;
+            each(&mut orch, &names, "removed", |o, n| {
+                let running = o.store.sandbox(n)?.map(|r| o.observe(&r).status == crate::store::Status::Running).unwrap_or(false);
+                if running && !force {
+                    return Err(ReconcileError::Conflict(format!("sandbox {n:?} is running; stop it first, or remove it with --force")));
+                }
+                o.delete(n)
+            })
+        }
+        Command::Cp { src, dest } => files::cp(&open()?, &src, &dest),
+        Command::Fs { command } => files::fs(&open()?, command),
+        Command::Stop { names } => {
+            let mut orch = open()?;
+            let names = names.iter().map(|n| sandbox_name(&orch, n)).collect::<Result<Vec<_>>>()?;
+            each(&mut orch, &names, "stopped", |o, n| o.stop(n))
+        }
+        Command::Start { names } => {
+            let mut orch = open()?;
+            let names = names.iter().map(|n| sandbox_name(&orch, n)).collect::<Result<Vec<_>>>()?;
+            each(&mut orch, &names, "started", |o, n| o.start(n))
+        }
+        Command::Attach { name } => {
+            let orch = open()?;
+            let name = sandbox_name(&orch, &name)?;
+            interactive::attach(&orch, &name)
+        }
         Command::Image { command } => images::run(&open()?, command),
         Command::Plugin { command } => plugins::run(&open()?, command),
         Command::Doctor => microvm::doctor(&data_dir),
         Command::Kernel { command } => microvm::kernel(&data_dir, command),
         Command::Serve { config, resync, prune_empty } => serve::serve(&mut open()?, &config, resync, prune_empty),
+    }
+}
+
+/// A sandbox by its name, or by a unique prefix of its instance id (as `get -o json` shows it).
+fn sandbox_name(orch: &Orchestrator, text: &str) -> Result<String> {
+    if orch.store.sandbox(text)?.is_some() || orch.store.resource(Kind::Sandbox, text)?.is_some() {
+        return Ok(text.to_string());
+    }
+    let matches: Vec<String> = orch.store.sandboxes()?.into_iter().filter(|r| !text.is_empty() && r.instance.starts_with(text)).map(|r| r.name).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no sandbox named {text:?}, and no instance id starts with it (see `orchestrator ps -a`)"),
+        many => bail!("{text:?} starts the instance ids of {}; give more of it, or the name", many.join(", ")),
     }
 }
 
@@ -367,8 +450,8 @@ fn apply(orch: &mut Orchestrator, file: &Path, dry_run: bool, prune_empty: bool)
     }
     let _lock = orch.lock()?;
     adopt(orch)?;
-    let (plan, lines, errors) = orch.apply(&source, &manifests, prune_empty)?;
-    for item in plan.items.iter().filter(|i| i.kind != Kind::Sandbox && i.change != Change::Unchanged) {
+    let report = orch.apply(&source, &manifests, prune_empty)?;
+    for item in report.plan.items.iter().filter(|i| i.kind != Kind::Sandbox && i.change != Change::Unchanged) {
         let verb = match item.change {
             Change::Create => "created",
             Change::Update => "updated",
@@ -376,13 +459,13 @@ fn apply(orch: &mut Orchestrator, file: &Path, dry_run: bool, prune_empty: bool)
         };
         println!("{}/{} {verb}", item.kind.as_str().to_lowercase(), item.name);
     }
-    for line in lines {
-        println!("{line}");
+    for action in &report.actions {
+        println!("{action}");
     }
-    for kept in &plan.prune_skipped {
+    for kept in &report.plan.prune_skipped {
         eprintln!("warning: {kept} kept: {} declares nothing (use --prune-empty to remove)", file.display());
     }
-    Ok(if errors.is_empty() { 0 } else { 1 })
+    Ok(if report.failures().next().is_none() { 0 } else { 1 })
 }
 
 fn diff(orch: &Orchestrator, file: &Path) -> Result<i32> {

@@ -7,8 +7,9 @@ use crate::reconcile::Orchestrator;
 use crate::spec::quantity::format_bytes;
 use crate::spec::{Kind, ResourceSpec};
 use crate::store::{SandboxRow, StoredResource};
+use crate::view::ResourceView;
 use anyhow::{bail, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
@@ -30,38 +31,8 @@ fn network_stats(orch: &Orchestrator, row: &SandboxRow) -> Option<NetworkCounter
     NetworkCounters::read(&orch.instance_dir(row))
 }
 
-fn object(orch: &Orchestrator, r: &StoredResource, row: Option<&SandboxRow>) -> Value {
-    let (status, isolation, image) = match &r.resource.spec {
-        ResourceSpec::Sandbox(s) => (
-            row.map(|x| x.status.as_str()).unwrap_or("Pending"),
-            row.map(|x| x.isolation.clone()).unwrap_or_else(|| s.isolation.as_str().to_string()),
-            s.image.clone(),
-        ),
-        _ => ("Pending", String::new(), String::new()),
-    };
-    let mut o = json!({
-        "name": r.resource.name,
-        "kind": r.resource.kind().as_str(),
-        "status": status,
-        "isolation": isolation,
-        "image": image,
-        "source": r.source,
-        "origin": r.origin,
-        "createdAt": r.created_at,
-        "labels": r.resource.labels,
-    });
-    if let Some(row) = row {
-        o["instance"] = json!(row.instance);
-        o["restarts"] = json!(row.restarts);
-        o["exitCode"] = json!(row.exit_code);
-        o["message"] = json!(row.message);
-        o["startedAt"] = json!(row.started_at);
-        o["finishedAt"] = json!(row.finished_at);
-        if let Some(n) = network_stats(orch, row) {
-            o["network"] = json!(n);
-        }
-    }
-    o
+fn view(orch: &Orchestrator, r: &StoredResource, row: Option<&SandboxRow>) -> ResourceView {
+    ResourceView::new(r, row, row.and_then(|row| network_stats(orch, row)))
 }
 
 pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, format: Format) -> Result<i32> {
@@ -73,29 +44,63 @@ pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, f
     };
     let rows = sandbox_rows(orch)?;
     let resources = orch.store.resources(kind)?;
-    let objects: Vec<Value> = resources
+    let views: Vec<ResourceView> = resources
         .iter()
         .filter(|r| name.is_none_or(|n| r.resource.name == n))
         .map(|r| {
             let row = (r.resource.kind() == Kind::Sandbox).then(|| rows.iter().find(|x| x.name == r.resource.name)).flatten();
-            object(orch, r, row)
+            view(orch, r, row)
         })
         .collect();
-    if let (Some(n), true) = (name, objects.is_empty()) {
+    if let (Some(n), true) = (name, views.is_empty()) {
         bail!("no resource named {n:?}");
     }
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&objects)?),
-        Format::Yaml => print!("{}", to_yaml(&Value::Array(objects))),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&views)?),
+        Format::Yaml => print!("{}", to_yaml(&serde_json::to_value(&views)?)),
         Format::Table => {
             let mut lines = vec![["NAME", "KIND", "STATUS", "ISOLATION", "IMAGE", "SOURCE", "CREATED"].map(String::from).to_vec()];
-            for o in &objects {
-                let s = |k: &str| o[k].as_str().unwrap_or("").to_string();
-                lines.push(vec![s("name"), s("kind"), s("status"), s("isolation"), s("image"), s("source"), s("createdAt")]);
+            for v in views {
+                lines.push(vec![v.name, v.kind, v.status, v.isolation, v.image, v.source, v.created_at]);
             }
             print_table(&lines);
         }
     }
+    Ok(0)
+}
+
+/// `ps`: sandboxes, running (and starting) ones unless `all`.
+pub fn ps(orch: &mut Orchestrator, all: bool, format: Format) -> Result<i32> {
+    let rows = sandbox_rows(orch)?;
+    let resources = orch.store.resources(Some(Kind::Sandbox))?;
+    let views: Vec<ResourceView> = resources
+        .iter()
+        .map(|r| view(orch, r, rows.iter().find(|x| x.name == r.resource.name)))
+        .filter(|v| all || matches!(v.status.as_str(), "Running" | "Pending"))
+        .collect();
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&views)?),
+        Format::Yaml => print!("{}", to_yaml(&serde_json::to_value(&views)?)),
+        Format::Table => {
+            let mut lines = vec![["NAME", "STATUS", "ISOLATION", "IMAGE", "INSTANCE", "RESTARTS", "SOURCE"].map(String::from).to_vec()];
+            for v in views {
+                let (instance, restarts) = v.instance.map(|i| (i.instance, i.restarts.to_string())).unwrap_or_else(|| ("-".into(), "-".into()));
+                lines.push(vec![v.name, v.status, v.isolation, v.image, instance, restarts, v.source]);
+            }
+            print_table(&lines);
+        }
+    }
+    Ok(0)
+}
+
+/// `inspect NAME`: the sandbox's view as one JSON object.
+pub fn inspect(orch: &mut Orchestrator, name: &str) -> Result<i32> {
+    let rows = sandbox_rows(orch)?;
+    let Some(r) = orch.store.resource(Kind::Sandbox, name)? else {
+        bail!("no sandbox named {name:?} (see `orchestrator ps -a`)");
+    };
+    let v = view(orch, &r, rows.iter().find(|x| x.name == name));
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
 }
 
@@ -209,10 +214,8 @@ pub fn events(orch: &Orchestrator, name: Option<&str>, format: super::Format, li
                 writeln!(out, "{}  {:<24} {:<14} {}", e.at, e.object, e.reason, e.message)?;
             }
         }
-        super::Format::Json | super::Format::Yaml => {
-            let list: Vec<serde_json::Value> = events.iter().map(|e| serde_json::json!({ "at": e.at, "object": e.object, "reason": e.reason, "message": e.message })).collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
-        }
+        super::Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&events)?)?,
+        super::Format::Yaml => write!(out, "{}", to_yaml(&serde_json::to_value(&events)?))?,
     }
     Ok(0)
 }

@@ -41,12 +41,12 @@ fn reconcile_dir(orch: &mut Orchestrator, dir: &Path, source: &str, prune_empty:
                 log("configuration is valid again");
             }
             match orch.apply(source, &manifests, prune_empty) {
-                Ok((plan, lines, _errors)) => {
-                    for kept in &plan.prune_skipped {
+                Ok(report) => {
+                    for kept in &report.plan.prune_skipped {
                         log(&format!("warning: {kept} kept: the directory declares nothing (--prune-empty removes)"));
                     }
-                    for line in lines.iter().filter(|l| !l.ends_with(" unchanged")) {
-                        log(line);
+                    for action in report.actions.iter().filter(|a| a.result.changed()) {
+                        log(&action.to_string());
                     }
                 }
                 Err(e) => log(&format!("error: {e}")),

@@ -13,7 +13,7 @@
 use super::{Backend, ShimConfig};
 use crate::cgroup::{Cgroup, Limits};
 use crate::paths::InstanceDir;
-use guest_agent::protocol::{self, Frame, Request, Response};
+use guest_agent::protocol::{self, AgentRequest, Frame, Response};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ impl Backend for MicrovmBackend {
         let mut init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
         init.network = network.map(|(_, init)| init);
         agent.set_read_timeout(Some(ready_timeout())).map_err(|e| e.to_string())?;
-        protocol::write_frame(&mut agent, &Frame { id: 1, body: Request::Init(Box::new(init)) }).map_err(|e| format!("sending init to the agent: {e}"))?;
+        protocol::write_frame(&mut agent, &Frame { id: 1, body: AgentRequest::Init(Box::new(init)) }).map_err(|e| format!("sending init to the agent: {e}"))?;
         let answer = protocol::read_frame::<Response>(&mut agent);
         let ended = self.vm.as_ref().and_then(|vm| vm.wait(Duration::ZERO));
         match answer {

@@ -5,7 +5,7 @@
 use super::{Backend, ShimConfig};
 use crate::cgroup::{Cgroup, Limits};
 use crate::paths::InstanceDir;
-use guest_agent::protocol::{self, Frame, Request, Response, SandboxInit};
+use guest_agent::protocol::{self, AgentRequest, Frame, Response, SandboxInit};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{chown, DirBuilderExt};
@@ -111,7 +111,7 @@ impl Backend for NamespaceBackend {
             network,
         };
         ours.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
-        let frame = Frame { id: 1, body: Request::Init(Box::new(init)) };
+        let frame = Frame { id: 1, body: AgentRequest::Init(Box::new(init)) };
         match &disk {
             Some(mount) => protocol::send_with_fd(&ours, &frame, mount.as_fd()),
             None => protocol::write_frame(&mut ours, &frame),

@@ -106,7 +106,7 @@ fn plugins(cfg: &ShimConfig) -> Result<Box<dyn FlowPolicy>, String> {
     Ok(Box::new(Plugins { plugins: loaded, cache: DecisionCache::default(), info, asked: 0, cached: 0 }))
 }
 
-/// A changed `network` section, as the host sends it (`Request::UpdateNetwork`).
+/// A changed `network` section, as the host sends it (`ShimRequest::UpdateNetwork`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NetworkUpdate {
     pub network: crate::spec::NetworkSpec,

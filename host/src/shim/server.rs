@@ -20,8 +20,8 @@
 use super::{signal_ready, write_state, Backend, ShimConfig};
 use crate::paths::InstanceDir;
 use guest_agent::protocol::{
-    self, error, ErrorCode, ExecRequest, ExitStatus, Frame, Request, Response, Rlimits, SandboxState,
-    ShimStatus, TtySize, PROTOCOL_VERSION,
+    self, error, AgentRequest, ErrorCode, ExecRequest, ExitStatus, Frame, Response, Rlimits, SandboxState,
+    ShimRequest, ShimStatus, TtySize, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::fs::File;
@@ -214,7 +214,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
         // Like Docker's WORKDIR: created if the image lacks it. The agent handles requests in
         // order, so it exists before the main process or any exec starts.
         let id = shared.alloc_id();
-        shared.to_agent(id, Request::Mkdir { path: workdir.clone(), parents: true, mode: None });
+        shared.to_agent(id, AgentRequest::Mkdir { path: workdir.clone(), parents: true, mode: None });
     }
     shared.publish_status();
     if shared.cfg.spec.command.is_some() {
@@ -266,7 +266,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn handshake(shared: &Shared, reader: &mut BufReader<UnixStream>) -> Result<(), String> {
-    shared.to_agent(1, Request::Hello { version: PROTOCOL_VERSION, client: "shim".into() });
+    shared.to_agent(1, AgentRequest::Hello { version: PROTOCOL_VERSION, client: "shim".into() });
     let _ = reader.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let answer = protocol::read_frame::<Response>(reader);
     let _ = reader.get_ref().set_read_timeout(None);
@@ -291,7 +291,7 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn to_agent(&self, id: u64, body: Request) -> bool {
+    fn to_agent(&self, id: u64, body: AgentRequest) -> bool {
         let Ok(buf) = protocol::encode(&Frame { id, body }) else { return false };
         lock(&self.agent).write_all(&buf).is_ok()
     }
@@ -355,7 +355,7 @@ impl Shared {
             stdin: tty || self.cfg.main_stdin,
             ..Default::default()
         });
-        self.to_agent(id, Request::Exec(Box::new(req)));
+        self.to_agent(id, AgentRequest::Exec(Box::new(req)));
     }
 
     fn log_main(&self, data: &[u8]) {
@@ -459,7 +459,7 @@ impl Shared {
         }
         *lock(&self.ending) = Some((state, message));
         let id = self.alloc_id();
-        self.to_agent(id, Request::Shutdown { grace_ms: grace.as_millis() as u64 });
+        self.to_agent(id, AgentRequest::Shutdown { grace_ms: grace.as_millis() as u64 });
         let s = self.clone();
         thread::spawn(move || {
             thread::sleep(grace + Duration::from_secs(5));
@@ -495,7 +495,7 @@ impl Shared {
                 }
                 Err(_) => break,
             };
-            match protocol::decode::<Request>(&payload) {
+            match protocol::decode::<ShimRequest>(&payload) {
                 Ok(f) => self.from_client(&client, f.id, f.body),
                 Err(e) => {
                     client.send(protocol::peek_id(&payload), error(ErrorCode::BadRequest, e.to_string()));
@@ -511,16 +511,16 @@ impl Shared {
         for t in targets {
             if let Target::Agent { id, tty } = t {
                 lock(&self.routes).remove(&id);
-                self.to_agent(id, Request::CloseStdin);
+                self.to_agent(id, AgentRequest::CloseStdin);
                 if tty {
-                    self.to_agent(id, Request::Signal { signal: libc::SIGHUP });
+                    self.to_agent(id, AgentRequest::Signal { signal: libc::SIGHUP });
                 }
             }
         }
         lock(&self.main).attached.retain(|(c, _)| !Arc::ptr_eq(c, client));
     }
 
-    fn forward(&self, client: &Arc<Client>, client_id: u64, body: Request, tty: bool) {
+    fn forward(&self, client: &Arc<Client>, client_id: u64, body: AgentRequest, tty: bool) {
         let id = self.alloc_id();
         lock(&client.targets).insert(client_id, Target::Agent { id, tty });
         lock(&self.routes).insert(id, Route { client: client.clone(), client_id });
@@ -530,9 +530,9 @@ impl Shared {
         }
     }
 
-    fn from_client(self: &Arc<Self>, client: &Arc<Client>, cid: u64, body: Request) {
+    fn from_client(self: &Arc<Self>, client: &Arc<Client>, cid: u64, body: ShimRequest) {
         match body {
-            Request::Hello { version, .. } => {
+            ShimRequest::Hello { version, .. } => {
                 let reply = if version == PROTOCOL_VERSION {
                     Response::Hello { version, agent: format!("shim {}", env!("CARGO_PKG_VERSION")) }
                 } else {
@@ -540,16 +540,16 @@ impl Shared {
                 };
                 client.send(cid, reply);
             }
-            Request::Status => {
+            ShimRequest::Status => {
                 let st = lock(&self.status).clone();
                 client.send(cid, Response::Status(st));
             }
-            Request::Stop { grace_ms } => {
+            ShimRequest::Stop { grace_ms } => {
                 self.begin_shutdown(SandboxState::Stopped, "stopped on request".into(), Duration::from_millis(grace_ms));
                 client.send(cid, Response::Done);
             }
-            Request::Attach => self.attach(client, cid),
-            Request::UpdateNetwork { config } => {
+            ShimRequest::Attach => self.attach(client, cid),
+            ShimRequest::UpdateNetwork { config } => {
                 let reply = match serde_json::from_str::<super::network::NetworkUpdate>(&config) {
                     Err(e) => error(ErrorCode::BadRequest, format!("network update: {e}")),
                     Ok(update) => match lock(&self.network).as_ref() {
@@ -562,15 +562,23 @@ impl Shared {
                 };
                 client.send(cid, reply);
             }
-            Request::Exec(req) => {
+            ShimRequest::Agent(request) => self.for_agent(client, cid, request),
+        }
+    }
+
+    /// A client's request for the agent: exec, its process's stdin, resize and signals, and the
+    /// file API. `Hello`, `Init` and `Shutdown` are the shim's own to send.
+    fn for_agent(self: &Arc<Self>, client: &Arc<Client>, cid: u64, body: AgentRequest) {
+        match body {
+            AgentRequest::Exec(req) => {
                 let tty = req.tty.is_some();
                 if self.stopping.load(Ordering::SeqCst) {
                     client.send(cid, error(ErrorCode::Unsupported, "the sandbox is shutting down"));
                     return;
                 }
-                self.forward(client, cid, Request::Exec(Box::new(self.augment(*req))), tty);
+                self.forward(client, cid, AgentRequest::Exec(Box::new(self.augment(*req))), tty);
             }
-            Request::Stdin { .. } | Request::CloseStdin | Request::Resize { .. } | Request::Signal { .. } => {
+            AgentRequest::Stdin { .. } | AgentRequest::CloseStdin | AgentRequest::Resize { .. } | AgentRequest::Signal { .. } => {
                 let target = lock(&client.targets).get(&cid).copied();
                 match target {
                     Some(Target::Agent { id, .. }) => {
@@ -587,8 +595,8 @@ impl Shared {
                     }
                 }
             }
-            Request::Init(_) | Request::Shutdown { .. } => {
-                client.send(cid, error(ErrorCode::BadRequest, "not allowed from a client; use Stop"));
+            AgentRequest::Hello { .. } | AgentRequest::Init(_) | AgentRequest::Shutdown { .. } => {
+                client.send(cid, error(ErrorCode::BadRequest, "not allowed from a client (use Hello with the shim, and Stop)"));
             }
             fs_request => self.forward(client, cid, fs_request, false),
         }

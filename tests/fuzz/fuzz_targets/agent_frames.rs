@@ -1,11 +1,12 @@
 //! The host<->agent protocol from a peer that lies (a shim toward the agent, a microVM guest's
-//! agent toward the shim): a byte stream cut into frames and decoded as requests and as
-//! responses. Invariants: no panic; every read consumes input, so a stream always ends; a
-//! malformed frame leaves the stream usable exactly when the protocol says it does; whatever
-//! decodes re-encodes to a frame that decodes to the same value.
+//! agent toward the shim, a client toward the shim): a byte stream cut into frames and decoded
+//! as the agent's requests, the shim's requests and responses. Invariants: no panic; every read
+//! consumes input, so a stream always ends; a malformed frame leaves the stream usable exactly
+//! when the protocol says it does; whatever decodes re-encodes to a frame that decodes to the
+//! same value.
 #![no_main]
 
-use guest_agent::protocol::{decode, encode, read_payload, Frame, FrameError, Request, Response};
+use guest_agent::protocol::{decode, encode, read_payload, AgentRequest, Frame, FrameError, Response, ShimRequest};
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
 
@@ -23,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         let before = cursor.position();
         match read_payload(&mut cursor) {
             Ok(payload) => {
-                if let Ok(frame) = decode::<Request>(&payload) {
+                if let Ok(frame) = decode::<AgentRequest>(&payload) {
+                    roundtrip(&frame);
+                }
+                if let Ok(frame) = decode::<ShimRequest>(&payload) {
                     roundtrip(&frame);
                 }
                 if let Ok(frame) = decode::<Response>(&payload) {

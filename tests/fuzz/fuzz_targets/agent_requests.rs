@@ -8,7 +8,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use guest_agent::protocol::{check_patches, decode, Request};
+use guest_agent::protocol::{check_patches, decode, AgentRequest};
 use guest_agent::users::resolve_in;
 use libfuzzer_sys::fuzz_target;
 
@@ -38,10 +38,10 @@ fn check(user: Option<&str>, passwd: &str, group: &str) {
 
 fuzz_target!(|input: Input| {
     check(input.user, input.passwd, input.group);
-    if let Ok(frame) = decode::<Request>(input.frame) {
+    if let Ok(frame) = decode::<AgentRequest>(input.frame) {
         match frame.body {
-            Request::Exec(req) => check(req.user.as_deref(), input.passwd, input.group),
-            Request::Init(init) => {
+            AgentRequest::Exec(req) => check(req.user.as_deref(), input.passwd, input.group),
+            AgentRequest::Init(init) => {
                 if let Err(e) = check_patches(&init.patches) {
                     assert!(!e.is_empty());
                 }
