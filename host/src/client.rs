@@ -266,7 +266,7 @@ impl ShimClient {
     }
 
     pub fn status(&mut self) -> Result<ShimStatus> {
-        match self.call(AgentRequest::Status)? {
+        match self.call(ShimRequest::Status)? {
             Response::Status(s) => Ok(s),
             other => Err(remote(other)),
         }
