@@ -10,21 +10,7 @@ use common::*;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// The test layouts (built once per machine by tests/images/oci-images.py).
-fn layouts() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = PathBuf::from("/var/cache/orchestrator-dev/oci-test");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/oci-images.py");
-        let st = Command::new("python3").arg(&script).arg(rootfs()).arg(&out).status().expect("python3");
-        assert!(st.success(), "building the test OCI layouts failed");
-        out.join("layout")
-    })
-    .clone()
-}
 
 struct Registry {
     child: Child,

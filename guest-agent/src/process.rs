@@ -146,7 +146,9 @@ pub fn resolve_program(program: &str, path_var: Option<&str>, cwd: &str) -> Opti
         } else {
             std::path::Path::new(cwd).join(program)
         };
-        return Some(p.to_string_lossy().into_owned());
+        // Checked here, as a PATH lookup is, so that a missing program fails the request
+        // before it is reported started (execve's own errors come after `Started`).
+        return executable(&p).then(|| p.to_string_lossy().into_owned());
     }
     let path_var = path_var.unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     path_var

@@ -122,20 +122,20 @@ impl ShimClient {
     }
 
     /// Runs a command, passing output to `on_output` as it arrives; `on_start` gets a sender for
-    /// stdin / resize / signals once the process runs. Returns its exit status.
+    /// stdin / resize / signals and the process's pid once it runs. Returns its exit status.
     pub fn exec_streaming(
         &mut self,
         req: ExecRequest,
-        on_start: impl FnOnce(Sender),
+        on_start: impl FnOnce(Sender, u32),
         mut on_output: impl FnMut(Output<'_>),
     ) -> Result<ExitStatus> {
         let id = self.start(AgentRequest::Exec(Box::new(req)))?;
         let mut on_start = Some(on_start);
         loop {
             match self.recv_for(id)? {
-                Response::Started { .. } => {
+                Response::Started { pid } => {
                     if let Some(f) = on_start.take() {
-                        f(self.sender(id));
+                        f(self.sender(id), pid);
                     }
                 }
                 Response::Stdout { data } => on_output(Output::Stdout(&data)),
@@ -149,7 +149,7 @@ impl ShimClient {
     /// Runs a command to completion and collects its output.
     pub fn exec(&mut self, req: ExecRequest) -> Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let st = self.exec_streaming(req, |_| {}, |o| match o {
+        let st = self.exec_streaming(req, |_, _| {}, |o| match o {
             Output::Stdout(d) => out.extend_from_slice(d),
             Output::Stderr(d) => err.extend_from_slice(d),
         })?;

@@ -48,12 +48,6 @@ impl DataDir {
         self.root.join("reconcile.lock")
     }
 
-    /// Compiled plugin code, keyed by component hash and engine; `ORCHESTRATOR_PLUGIN_CACHE`
-    /// points several data directories at one cache.
-    pub fn plugin_cache(&self) -> PathBuf {
-        std::env::var_os("ORCHESTRATOR_PLUGIN_CACHE").map(PathBuf::from).unwrap_or_else(|| self.root.join("plugins").join("cache"))
-    }
-
     pub fn instance(&self, instance: &str) -> InstanceDir {
         InstanceDir(self.root.join("sandboxes").join(instance))
     }

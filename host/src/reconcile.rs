@@ -9,6 +9,7 @@
 //! - A source only prunes resources it created; an empty desired set prunes nothing unless asked.
 //! - Converging is idempotent: a running sandbox whose spec is unchanged is left alone.
 
+use crate::config::Config;
 use crate::paths::{shim_alive, DataDir, InstanceDir};
 use crate::plugin::Registry;
 use crate::runtime::{self, StartRequest};
@@ -18,7 +19,6 @@ use crate::store::{now, SandboxRow, Status, Store, StoreError};
 use crate::view::{Action, ActionResult, ApplyReport};
 use guest_agent::protocol::SandboxState;
 use std::fs::File;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub enum ReconcileError {
     Conflict(String),
     #[error("sandbox {name:?}: {message}")]
     Sandbox { name: String, message: String },
+    /// The sandbox could not start; the runtime's error says why (image, isolation, shim).
+    #[error("sandbox {name:?}: {source}")]
+    Start { name: String, source: runtime::RuntimeError },
     #[error("no sandbox named {0:?}")]
     NotFound(String),
 }
@@ -71,6 +74,7 @@ impl From<&Outcome> for ActionResult {
 }
 
 pub struct Orchestrator {
+    pub config: Arc<Config>,
     pub data: DataDir,
     pub store: Store,
     /// Plugins by name, loaded on first use (no wasmtime engine until a plugin is needed).
@@ -90,11 +94,23 @@ fn sandbox_spec(r: &Resource) -> Option<&SandboxSpec> {
 }
 
 impl Orchestrator {
-    pub fn open(root: &Path) -> Result<Orchestrator> {
-        let data = DataDir::open(root).map_err(|e| ReconcileError::DataDir { path: root.display().to_string(), source: e })?;
-        let store = Store::open(&data.db())?;
-        let plugins = Arc::new(Registry::new(Some(data.plugin_cache())));
-        Ok(Orchestrator { data, store, plugins })
+    /// Opens (creating it if needed) the data directory the configuration names.
+    ///
+    /// ```no_run
+    /// let orchestrator = orchestrator::Orchestrator::open(orchestrator::Config::new("/tmp/sandboxes"))?;
+    /// for view in orchestrator.list()? {
+    ///     println!("{} {}", view.name, view.status);
+    /// }
+    /// # Ok::<(), orchestrator::Error>(())
+    /// ```
+    pub fn open(mut config: Config) -> std::result::Result<Orchestrator, crate::Error> {
+        let root = config.data_dir.clone();
+        let data = DataDir::open(&root).map_err(|e| crate::Error::io(format!("opening the data directory {}", root.display()), e))?;
+        // Shims and their configuration get the canonical path, wherever the caller ran.
+        config.data_dir = data.root().to_path_buf();
+        let store = Store::open(&data.db()).map_err(|e| crate::Error::State(e.to_string()))?;
+        let plugins = Arc::new(Registry::new(Some(config.plugin_cache())));
+        Ok(Orchestrator { config: Arc::new(config), data, store, plugins })
     }
 
     /// Takes the reconcile lock (blocking) for the life of the returned file.
@@ -391,7 +407,7 @@ impl Orchestrator {
     /// Records a new instance (Pending) and starts it.
     pub fn create_instance(&mut self, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
-        let isolation = runtime::for_sandbox(spec, self.data.root()).isolation();
+        let isolation = runtime::for_sandbox(spec, &self.config).isolation();
         let row = SandboxRow {
             name: res.name.clone(),
             instance: format!("{}-{}", res.name, crate::image::store::random_hex(4)),
@@ -414,8 +430,8 @@ impl Orchestrator {
     fn start_instance(&mut self, mut row: SandboxRow, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
         let dir = self.instance_dir(&row);
-        let rt = runtime::for_sandbox(spec, self.data.root());
-        let outcome = crate::image::resolve(self.data.root(), &spec.image, spec.pull_policy)
+        let rt = runtime::for_sandbox(spec, &self.config);
+        let outcome = crate::image::resolve(self.data.root(), &self.config.registries, &spec.image, spec.pull_policy)
             .map_err(runtime::RuntimeError::from)
             .and_then(|image| {
                 let info = crate::hooks::sandbox_info(res, spec, rt.isolation().as_str());
@@ -438,7 +454,7 @@ impl Orchestrator {
                     secrets: &prepared.secrets,
                     labels: &res.labels,
                     network_plugins: spec.network.plugins.iter().filter_map(|n| lookup(n).map(|s| (n.clone(), s))).collect(),
-                    plugin_cache: Some(self.data.plugin_cache()),
+                    plugin_cache: Some(self.config.plugin_cache()),
                 })
             });
         let result = match outcome {
@@ -468,7 +484,7 @@ impl Orchestrator {
                 row.finished_at = Some(now());
                 self.store.update_sandbox(&row)?;
                 self.store.event(&object(&row.name), "FailedToStart", &e.to_string())?;
-                Err(ReconcileError::Sandbox { name: row.name, message: e.to_string() })
+                Err(ReconcileError::Start { name: row.name, source: e })
             }
         }
     }

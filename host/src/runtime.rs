@@ -4,11 +4,13 @@
 //! guest kernel (see `microvm::probe`).
 
 use crate::cgroup::Cgroup;
+use crate::config::Config;
 use crate::paths::{shim_alive, InstanceDir};
 use crate::shim::ShimConfig;
 use crate::spec::{Isolation, SandboxSpec};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,16 +58,8 @@ pub trait Runtime: Send + Sync {
     fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError>;
 }
 
-/// The binary that runs shims and agents: this one, unless overridden (tests that drive the
-/// library from a test binary point it at the real `orchestrator`).
-pub fn self_binary() -> PathBuf {
-    std::env::var_os("ORCHESTRATOR_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
-    })
-}
-
 pub struct NamespaceRuntime {
-    pub data: PathBuf,
+    pub config: Arc<Config>,
 }
 
 impl Runtime for NamespaceRuntime {
@@ -93,7 +87,7 @@ impl Runtime for NamespaceRuntime {
         let legacy_upper = std::fs::read_dir(req.dir.upper()).map(|mut d| d.next().is_some()).unwrap_or(false);
         if !disk.exists() && !legacy_upper {
             let owner = if req.spec.user_namespace { crate::shim::USERNS_BASE } else { 0 };
-            let store = crate::image::store::ImageStore::open(&self.data)?;
+            let store = crate::image::store::ImageStore::open(&self.config.data_dir)?;
             crate::image::disk::writable_disk(store.root(), &disk, req.spec.disk_bytes(), owner)?;
         }
         let image = req.image;
@@ -111,17 +105,17 @@ impl Runtime for NamespaceRuntime {
             labels: req.labels.clone(),
             network_plugins: req.network_plugins.clone(),
             plugin_cache: req.plugin_cache.clone(),
-            data_dir: Some(self.data.clone()),
-            dns_upstreams: crate::shim::network::dns_upstreams().map_err(RuntimeError::Start)?,
+            data_dir: Some(self.config.data_dir.clone()),
+            dns_upstreams: self.config.dns_upstreams().map_err(RuntimeError::Start)?,
         };
-        launch_shim(req.dir, &cfg, req.secrets)
+        launch_shim(&self.config, req.dir, &cfg, req.secrets)
     }
 }
 
 /// MicroVM sandboxes: the shim boots the guest kernel with the agent's initramfs, the image's
 /// read-only EROFS disk and the instance's ext4 scratch disk.
 pub struct MicrovmRuntime {
-    pub data: PathBuf,
+    pub config: Arc<Config>,
     /// The sandbox's `kernel:`; None: the configured kernel.
     pub kernel: Option<String>,
 }
@@ -130,14 +124,6 @@ pub struct MicrovmRuntime {
 /// `cryptomgr.notests` skips the boot-time self-tests of every crypto algorithm (0.4 s of guest
 /// time nested); `8250.nr_uarts=1` probes COM1 only.
 pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet loglevel=4 panic=-1 reboot=acpi pci=off i8042.noaux i8042.nokbd i8042.nopnp random.trust_cpu=on cryptomgr.notests 8250.nr_uarts=1";
-/// The command line, plus `ORCHESTRATOR_GUEST_CMDLINE_APPEND` (for looking into guests: e.g.
-/// `initcall_debug`, whose timings `dmesg` inside the sandbox shows without console cost).
-pub fn guest_cmdline() -> String {
-    match std::env::var("ORCHESTRATOR_GUEST_CMDLINE_APPEND") {
-        Ok(extra) if !extra.trim().is_empty() => format!("{GUEST_CMDLINE} {}", extra.trim()),
-        _ => GUEST_CMDLINE.to_string(),
-    }
-}
 /// Default guest memory.
 const DEFAULT_VM_MEMORY: u64 = 256 << 20;
 
@@ -151,7 +137,7 @@ impl MicrovmRuntime {
             }
             return Ok(disk);
         }
-        let store = crate::image::store::ImageStore::open(&self.data)?;
+        let store = crate::image::store::ImageStore::open(&self.config.data_dir)?;
         let key = crate::image::canonical(&req.spec.image);
         let record = store.record(&key).ok_or_else(|| RuntimeError::Start(format!("image {key} is not in the local store")))?;
         Ok(crate::image::disk::image_disk(&store, &record)?)
@@ -164,21 +150,22 @@ impl Runtime for MicrovmRuntime {
     }
 
     fn check_host(&self) -> Result<(), String> {
-        crate::microvm::probe::ready(&self.data, self.kernel.as_deref())
+        crate::microvm::probe::ready(&self.config, self.kernel.as_deref())
     }
 
     fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
         self.check_host().map_err(|e| RuntimeError::Unavailable("microvm", e))?;
-        let kernel = crate::microvm::kernel::for_sandbox(&self.data, self.kernel.as_deref()).map_err(RuntimeError::Start)?;
-        let boot_image = kernel.boot_image(&self.data).map_err(RuntimeError::Start)?;
-        let agent = crate::microvm::initramfs::agent_binary().map_err(RuntimeError::Start)?;
-        let initrd = crate::microvm::initramfs::cached(&self.data, &kernel, &agent).map_err(RuntimeError::Start)?;
+        let data = self.config.data_dir.as_path();
+        let kernel = crate::microvm::kernel::for_sandbox(&self.config, self.kernel.as_deref()).map_err(RuntimeError::Start)?;
+        let boot_image = kernel.boot_image(data).map_err(RuntimeError::Start)?;
+        let agent = crate::microvm::initramfs::agent_binary(&self.config).map_err(RuntimeError::Start)?;
+        let initrd = crate::microvm::initramfs::cached(data, &kernel, &agent).map_err(RuntimeError::Start)?;
         create_instance_dir(req.dir)?;
         let image_disk = self.image_disk(req)?;
         // The scratch disk's size is the bound on what the guest can write (`spec.disk`).
         let scratch_disk = req.dir.path().join("scratch.ext4");
         if !scratch_disk.exists() {
-            let store = crate::image::store::ImageStore::open(&self.data)?;
+            let store = crate::image::store::ImageStore::open(data)?;
             crate::image::disk::writable_disk(store.root(), &scratch_disk, req.spec.disk_bytes(), 0)?;
         }
         let vcpus = req.spec.cpus.map(|c| c.ceil().clamp(1.0, 32.0) as u8).unwrap_or(1);
@@ -195,7 +182,8 @@ impl Runtime for MicrovmRuntime {
             microvm: Some(crate::shim::MicrovmConfig {
                 kernel: boot_image,
                 initrd,
-                cmdline: guest_cmdline(),
+                cmdline: self.config.guest_cmdline(),
+                ready_timeout_secs: self.config.vm_ready_timeout.as_secs(),
                 image_disk,
                 scratch_disk,
                 vcpus,
@@ -204,26 +192,26 @@ impl Runtime for MicrovmRuntime {
             labels: req.labels.clone(),
             network_plugins: req.network_plugins.clone(),
             plugin_cache: req.plugin_cache.clone(),
-            data_dir: Some(self.data.clone()),
-            dns_upstreams: crate::shim::network::dns_upstreams().map_err(RuntimeError::Start)?,
+            data_dir: Some(data.to_path_buf()),
+            dns_upstreams: self.config.dns_upstreams().map_err(RuntimeError::Start)?,
         };
-        launch_shim(req.dir, &cfg, req.secrets)
+        launch_shim(&self.config, req.dir, &cfg, req.secrets)
     }
 }
 
 /// The runtime for a sandbox's isolation; `auto` prefers microVMs where the host can run them
 /// with the sandbox's kernel.
-pub fn for_sandbox(spec: &SandboxSpec, data: &std::path::Path) -> Box<dyn Runtime> {
-    let microvm = MicrovmRuntime { data: data.to_path_buf(), kernel: spec.kernel.clone() };
+pub fn for_sandbox(spec: &SandboxSpec, config: &Arc<Config>) -> Box<dyn Runtime> {
+    let microvm = MicrovmRuntime { config: config.clone(), kernel: spec.kernel.clone() };
     let isolation = spec.isolation;
     match isolation {
-        Isolation::Namespace => Box::new(NamespaceRuntime { data: data.to_path_buf() }),
+        Isolation::Namespace => Box::new(NamespaceRuntime { config: config.clone() }),
         Isolation::Microvm => Box::new(microvm),
         Isolation::Auto => {
             if microvm.check_host().is_ok() {
                 Box::new(microvm)
             } else {
-                Box::new(NamespaceRuntime { data: data.to_path_buf() })
+                Box::new(NamespaceRuntime { config: config.clone() })
             }
         }
     }
@@ -239,7 +227,7 @@ fn create_instance_dir(dir: &InstanceDir) -> Result<(), RuntimeError> {
         .map_err(|e| RuntimeError::Io { path: dir.path().display().to_string(), source: e })
 }
 
-fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig, secrets: &[crate::plugin::secrets::ResolvedSecret]) -> Result<(), RuntimeError> {
+fn launch_shim(config: &Config, dir: &InstanceDir, cfg: &ShimConfig, secrets: &[crate::plugin::secrets::ResolvedSecret]) -> Result<(), RuntimeError> {
     create_instance_dir(dir)?;
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| RuntimeError::Start(e.to_string()))?;
     crate::paths::write_atomic(&dir.config(), &json).map_err(|e| RuntimeError::Io { path: dir.config().display().to_string(), source: e })?;
@@ -249,7 +237,7 @@ fn launch_shim(dir: &InstanceDir, cfg: &ShimConfig, secrets: &[crate::plugin::se
             "the data directory path is too long for a Unix socket ({socket_len} bytes, limit 107); use a shorter --data-dir"
         )));
     }
-    let mut child = Command::new(self_binary())
+    let mut child = Command::new(config.binary())
         .arg("__shim")
         .arg(dir.path())
         .stdin(Stdio::piped())

@@ -27,6 +27,20 @@ pub fn rootfs() -> PathBuf {
         .clone()
 }
 
+/// The test OCI layouts (built once per machine by tests/images/oci-images.py from the busybox
+/// rootfs): tags busybox, multi and the hostile images.
+pub fn layouts() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = PathBuf::from("/var/cache/orchestrator-dev/oci-test");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/oci-images.py");
+        let st = Command::new("python3").arg(&script).arg(rootfs()).arg(&out).status().expect("python3");
+        assert!(st.success(), "building the test OCI layouts failed");
+        out.join("layout")
+    })
+    .clone()
+}
+
 /// Compiled plugin code shared by all tests (compiling a 12-18 MB interpreter component takes
 /// seconds; every test has its own data directory).
 pub fn plugin_cache() -> PathBuf {

@@ -91,7 +91,7 @@ pub fn run(orch: &Orchestrator, cmd: ImageCommand) -> Result<i32> {
                 let started = Instant::now();
                 let bars = Bars::new(quiet);
                 let spec_ref = image_arg(&reference)?;
-                let record = image::pull(&store, &spec_ref, &|d, done, total| bars.update(d, done, total))
+                let record = image::pull(&store, &orch.config.registries, &spec_ref, &|d, done, total| bars.update(d, done, total))
                     .with_context(|| format!("pulling {reference}"))?;
                 if !quiet {
                     println!(

@@ -163,7 +163,7 @@ pub fn exec(orch: &Orchestrator, name: &str, argv: Vec<String>, o: ExecOptions) 
     let interactive = o.interactive;
     let result = client.exec_streaming(
         req,
-        |sender| {
+        |sender, _pid| {
             if interactive {
                 forward_stdin(sender, tty, false);
             }

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
-use std::path::Path;
+use crate::config::Config;
 
 #[derive(Subcommand, Debug)]
 pub enum KernelCommand {
@@ -15,21 +15,22 @@ pub enum KernelCommand {
     Initramfs,
 }
 
-pub fn kernel(data: &Path, cmd: KernelCommand) -> Result<i32> {
+pub fn kernel(config: &Config, cmd: KernelCommand) -> Result<i32> {
+    let data = config.data_dir.as_path();
     match cmd {
         KernelCommand::Fetch => {
             let k = crate::microvm::kernel::fetch(data).map_err(|e| anyhow!(e))?;
             println!("kernel {} in {}", k.version, k.dir.display());
         }
         KernelCommand::Show => {
-            let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;
+            let k = crate::microvm::kernel::configured(config).map_err(|e| anyhow!(e))?;
             let modules = k.modules.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "none (drivers built in)".into());
             let boot = k.boot_image(data).map_err(|e| anyhow!(e))?;
-            println!("version: {}\nimage:   {}\nboot:    {}\nmodules: {modules}\ncmdline: {}", k.version, k.image.display(), boot.display(), crate::runtime::guest_cmdline());
+            println!("version: {}\nimage:   {}\nboot:    {}\nmodules: {modules}\ncmdline: {}", k.version, k.image.display(), boot.display(), config.guest_cmdline());
         }
         KernelCommand::Initramfs => {
-            let k = crate::microvm::kernel::configured(data).map_err(|e| anyhow!(e))?;
-            let agent = crate::microvm::initramfs::agent_binary().map_err(|e| anyhow!(e))?;
+            let k = crate::microvm::kernel::configured(config).map_err(|e| anyhow!(e))?;
+            let agent = crate::microvm::initramfs::agent_binary(config).map_err(|e| anyhow!(e))?;
             println!("{}", crate::microvm::initramfs::cached(data, &k, &agent).map_err(|e| anyhow!(e))?.display());
         }
     }
@@ -37,15 +38,15 @@ pub fn kernel(data: &Path, cmd: KernelCommand) -> Result<i32> {
 }
 
 /// Prints each check; exit 0 when microVMs work, 1 when only namespace sandboxes do.
-pub fn doctor(data: &Path) -> Result<i32> {
+pub fn doctor(config: &Config) -> Result<i32> {
     use crate::runtime::Runtime;
-    let ns = crate::runtime::NamespaceRuntime { data: data.to_path_buf() }.check_host();
+    let ns = crate::runtime::NamespaceRuntime { config: std::sync::Arc::new(config.clone()) }.check_host();
     println!("namespace sandboxes: {}", match &ns {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("NO: {e}"),
     });
     let mut all_ok = true;
-    for c in crate::microvm::probe::all(data) {
+    for c in crate::microvm::probe::all(config) {
         match c.result {
             Ok(what) => println!("microvm {}: ok, {what}", c.name),
             Err(why) => {

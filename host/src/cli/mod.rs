@@ -227,12 +227,15 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
-    let data_dir = cli.data_dir.clone().unwrap_or_else(crate::paths::default_data_dir);
-    if !cli.insecure_registry.is_empty() {
-        // The registry client reads the list from the environment (serve and apply pull too).
-        std::env::set_var(crate::image::registry::INSECURE_ENV, cli.insecure_registry.join(","));
+    let mut config = crate::Config::from_env();
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
     }
-    let open = || Orchestrator::open(&data_dir).with_context(|| format!("data directory {}", data_dir.display()));
+    if !cli.insecure_registry.is_empty() {
+        config.registries.insecure = cli.insecure_registry.clone();
+    }
+    let data_dir = config.data_dir.clone();
+    let open = || Orchestrator::open(config.clone()).with_context(|| format!("data directory {}", data_dir.display()));
     match cli.command {
         Command::Apply { file, dry_run, prune_empty } => apply(&mut open()?, &file, dry_run, prune_empty),
         Command::Diff { file } => diff(&open()?, &file),
@@ -357,23 +360,18 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Image { command } => images::run(&open()?, command),
         Command::Plugin { command } => plugins::run(&open()?, command),
-        Command::Doctor => microvm::doctor(&data_dir),
-        Command::Kernel { command } => microvm::kernel(&data_dir, command),
+        Command::Doctor => microvm::doctor(&config),
+        Command::Kernel { command } => microvm::kernel(&config, command),
         Command::Serve { config, resync, prune_empty } => serve::serve(&mut open()?, &config, resync, prune_empty),
     }
 }
 
 /// A sandbox by its name, or by a unique prefix of its instance id (as `get -o json` shows it).
 fn sandbox_name(orch: &Orchestrator, text: &str) -> Result<String> {
-    if orch.store.sandbox(text)?.is_some() || orch.store.resource(Kind::Sandbox, text)?.is_some() {
-        return Ok(text.to_string());
-    }
-    let matches: Vec<String> = orch.store.sandboxes()?.into_iter().filter(|r| !text.is_empty() && r.instance.starts_with(text)).map(|r| r.name).collect();
-    match matches.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => bail!("no sandbox named {text:?}, and no instance id starts with it (see `orchestrator ps -a`)"),
-        many => bail!("{text:?} starts the instance ids of {}; give more of it, or the name", many.join(", ")),
-    }
+    orch.resolve_name(text).map_err(|e| match e {
+        crate::Error::NotFound { .. } => anyhow!("no sandbox named {text:?}, and no instance id starts with it (see `orchestrator ps -a`)"),
+        other => other.into(),
+    })
 }
 
 fn spec_image(image: &str) -> std::result::Result<String, (String, String)> {

@@ -1,39 +1,16 @@
 //! Read-only commands: `get` (table, JSON, YAML), `describe` and `logs`.
 
 use super::{Format, KindArg};
-use crate::net_counters::NetworkCounters;
 use crate::paths::shim_alive;
 use crate::reconcile::Orchestrator;
 use crate::spec::quantity::format_bytes;
 use crate::spec::{Kind, ResourceSpec};
-use crate::store::{SandboxRow, StoredResource};
+
 use crate::view::ResourceView;
 use anyhow::{bail, Result};
 use serde_json::Value;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
-
-/// Current sandbox rows: refreshed and stored when the reconcile lock is free, else observed
-/// without writing (an apply is running; it owns the writes).
-fn sandbox_rows(orch: &mut Orchestrator) -> Result<Vec<SandboxRow>> {
-    let rows = orch.store.sandboxes()?;
-    match orch.try_lock() {
-        Some(_lock) => rows.iter().map(|r| orch.refresh(r).map_err(Into::into)).collect(),
-        None => Ok(rows.iter().map(|r| orch.observe(r)).collect()),
-    }
-}
-
-/// The network counters its shim last wrote, for a running sandbox with a link.
-fn network_stats(orch: &Orchestrator, row: &SandboxRow) -> Option<NetworkCounters> {
-    if row.status != crate::store::Status::Running {
-        return None;
-    }
-    NetworkCounters::read(&orch.instance_dir(row))
-}
-
-fn view(orch: &Orchestrator, r: &StoredResource, row: Option<&SandboxRow>) -> ResourceView {
-    ResourceView::new(r, row, row.and_then(|row| network_stats(orch, row)))
-}
 
 pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, format: Format) -> Result<i32> {
     let kind = match kind.unwrap_or(KindArg::Sandboxes) {
@@ -42,16 +19,7 @@ pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, f
         KindArg::Plugins => Some(Kind::Plugin),
         KindArg::All => None,
     };
-    let rows = sandbox_rows(orch)?;
-    let resources = orch.store.resources(kind)?;
-    let views: Vec<ResourceView> = resources
-        .iter()
-        .filter(|r| name.is_none_or(|n| r.resource.name == n))
-        .map(|r| {
-            let row = (r.resource.kind() == Kind::Sandbox).then(|| rows.iter().find(|x| x.name == r.resource.name)).flatten();
-            view(orch, r, row)
-        })
-        .collect();
+    let views: Vec<ResourceView> = orch.views(kind)?.into_iter().filter(|v| name.is_none_or(|n| v.name == n)).collect();
     if let (Some(n), true) = (name, views.is_empty()) {
         bail!("no resource named {n:?}");
     }
@@ -71,13 +39,8 @@ pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, f
 
 /// `ps`: sandboxes, running (and starting) ones unless `all`.
 pub fn ps(orch: &mut Orchestrator, all: bool, format: Format) -> Result<i32> {
-    let rows = sandbox_rows(orch)?;
-    let resources = orch.store.resources(Some(Kind::Sandbox))?;
-    let views: Vec<ResourceView> = resources
-        .iter()
-        .map(|r| view(orch, r, rows.iter().find(|x| x.name == r.resource.name)))
-        .filter(|v| all || matches!(v.status.as_str(), "Running" | "Pending"))
-        .collect();
+    let views: Vec<ResourceView> =
+        orch.list()?.into_iter().filter(|v| all || matches!(v.status.as_str(), "Running" | "Pending")).collect();
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&views)?),
         Format::Yaml => print!("{}", to_yaml(&serde_json::to_value(&views)?)),
@@ -95,11 +58,10 @@ pub fn ps(orch: &mut Orchestrator, all: bool, format: Format) -> Result<i32> {
 
 /// `inspect NAME`: the sandbox's view as one JSON object.
 pub fn inspect(orch: &mut Orchestrator, name: &str) -> Result<i32> {
-    let rows = sandbox_rows(orch)?;
-    let Some(r) = orch.store.resource(Kind::Sandbox, name)? else {
-        bail!("no sandbox named {name:?} (see `orchestrator ps -a`)");
+    let v = match orch.get(name) {
+        Err(crate::Error::NotFound { .. }) => bail!("no sandbox named {name:?} (see `orchestrator ps -a`)"),
+        other => other?,
     };
-    let v = view(orch, &r, rows.iter().find(|x| x.name == name));
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
 }
@@ -154,7 +116,7 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
     writeln!(out, "Source:        {} ({})", res.source, res.origin)?;
     writeln!(out, "Created:       {}", res.created_at)?;
     writeln!(out, "Image:         {}", spec.image)?;
-    writeln!(out, "Command:       {}", spec.command.as_ref().map(|c| c.join(" ")).unwrap_or_else(|| "(none: the agent waits for exec)".into()))?;
+    writeln!(out, "Command:       {}", spec.command.as_ref().filter(|c| !c.is_empty()).map(|c| c.join(" ")).unwrap_or_else(|| "(none: the agent waits for exec)".into()))?;
     writeln!(out, "Restart:       {:?}", spec.restart_policy)?;
     writeln!(
         out,
@@ -184,7 +146,7 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
             if let Some(m) = &r.message {
                 writeln!(out, "Message:       {m}")?;
             }
-            if let Some(n) = network_stats(orch, r) {
+            if let Some(n) = orch.network_counters(r) {
                 writeln!(out, "Network:       policy {}; rx {} in {} packets, tx {} in {} packets", spec.network.policy.as_str(), format_bytes(n.rx_bytes), n.rx_packets, format_bytes(n.tx_bytes), n.tx_packets)?;
                 writeln!(out, "Flows:         {} open, {} allowed, {} denied; DNS {} queries, {} NXDOMAIN", n.open_flows, n.flows_allowed, n.flows_denied, n.dns_queries, n.dns_nxdomain)?;
             }
@@ -200,13 +162,10 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
 
 /// `orchestrator events [NAME]`: the newest events, oldest first.
 pub fn events(orch: &Orchestrator, name: Option<&str>, format: super::Format, limit: usize) -> Result<i32> {
-    if let Some(n) = name {
-        if orch.store.resource(Kind::Sandbox, n)?.is_none() {
-            bail!("no sandbox named {n:?} (see `orchestrator get`)");
-        }
-    }
-    let object = name.map(|n| format!("Sandbox/{n}"));
-    let events = orch.store.events(object.as_deref(), limit.max(1))?;
+    let events = match orch.events(name, limit) {
+        Err(crate::Error::NotFound { name, .. }) => bail!("no sandbox named {name:?} (see `orchestrator get`)"),
+        other => other?,
+    };
     let mut out = std::io::stdout().lock();
     match format {
         super::Format::Table => {

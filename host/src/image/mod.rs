@@ -11,6 +11,7 @@ pub mod registry;
 pub mod store;
 pub mod unpack;
 
+use crate::config::RegistryConfig;
 use crate::spec::SandboxSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -67,7 +68,7 @@ pub enum PullPolicy {
 /// A store-backed image source: fetches `reference` into the store.
 pub trait ImageSource {
     fn handles(&self, reference: &str) -> bool;
-    fn fetch(&self, store: &ImageStore, reference: &str, progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError>;
+    fn fetch(&self, store: &ImageStore, registries: &RegistryConfig, reference: &str, progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError>;
 }
 
 struct RegistrySource;
@@ -78,8 +79,8 @@ impl ImageSource for RegistrySource {
     fn handles(&self, reference: &str) -> bool {
         !reference.starts_with(['/', '.']) && !["dir:", "oci-layout:", "oci-archive:"].iter().any(|p| reference.starts_with(p))
     }
-    fn fetch(&self, store: &ImageStore, reference: &str, progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
-        registry::pull(store, reference, progress)
+    fn fetch(&self, store: &ImageStore, registries: &RegistryConfig, reference: &str, progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
+        registry::pull(store, registries, reference, progress)
     }
 }
 
@@ -87,7 +88,7 @@ impl ImageSource for LayoutSource {
     fn handles(&self, reference: &str) -> bool {
         reference.starts_with("oci-layout:")
     }
-    fn fetch(&self, store: &ImageStore, reference: &str, _progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
+    fn fetch(&self, store: &ImageStore, _registries: &RegistryConfig, reference: &str, _progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
         let (dir, tag) = layout::split_tag(&reference["oci-layout:".len()..]);
         layout::import_layout(store, reference, &dir, tag.as_deref())
     }
@@ -97,7 +98,7 @@ impl ImageSource for ArchiveSource {
     fn handles(&self, reference: &str) -> bool {
         reference.starts_with("oci-archive:")
     }
-    fn fetch(&self, store: &ImageStore, reference: &str, _progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
+    fn fetch(&self, store: &ImageStore, _registries: &RegistryConfig, reference: &str, _progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
         let (file, tag) = layout::split_tag(&reference["oci-archive:".len()..]);
         layout::import_archive(store, reference, &file, tag.as_deref())
     }
@@ -115,18 +116,18 @@ pub fn canonical(reference: &str) -> String {
 fn no_progress(_: &str, _: u64, _: Option<u64>) {}
 
 /// Fetches (always) a store-backed image into the store.
-pub fn pull(store: &ImageStore, reference: &str, progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
+pub fn pull(store: &ImageStore, registries: &RegistryConfig, reference: &str, progress: registry::Progress<'_>) -> Result<ImageRecord, ImageError> {
     let reference = canonical(reference);
     let sources: [&dyn ImageSource; 3] = [&LayoutSource, &ArchiveSource, &RegistrySource];
     match sources.iter().find(|s| s.handles(&reference)) {
-        Some(s) => s.fetch(store, &reference, progress),
+        Some(s) => s.fetch(store, registries, &reference, progress),
         None => Err(ImageError::Unsupported(reference)),
     }
 }
 
 /// Layers and defaults for a sandbox's image, fetching it as `policy` says. The store under
 /// `data_root` is only opened for store-backed references (`dir:` stays on the fast path).
-pub fn resolve(data_root: &std::path::Path, reference: &str, policy: PullPolicy) -> Result<ResolvedImage, ImageError> {
+pub fn resolve(data_root: &std::path::Path, registries: &RegistryConfig, reference: &str, policy: PullPolicy) -> Result<ResolvedImage, ImageError> {
     if let Some(path) = reference.strip_prefix("dir:") {
         let path = PathBuf::from(path);
         if !path.is_dir() {
@@ -137,10 +138,10 @@ pub fn resolve(data_root: &std::path::Path, reference: &str, policy: PullPolicy)
     let store = ImageStore::open(data_root)?;
     let key = canonical(reference);
     let record = match (policy, store.record(&key)) {
-        (PullPolicy::Always, _) => pull(&store, &key, &no_progress)?,
+        (PullPolicy::Always, _) => pull(&store, registries, &key, &no_progress)?,
         (_, Some(r)) => r,
         (PullPolicy::Never, None) => return Err(ImageError::NotPresent(key)),
-        (PullPolicy::IfNotPresent, None) => pull(&store, &key, &no_progress)?,
+        (PullPolicy::IfNotPresent, None) => pull(&store, registries, &key, &no_progress)?,
     };
     store.resolved(&record)
 }
@@ -148,14 +149,19 @@ pub fn resolve(data_root: &std::path::Path, reference: &str, policy: PullPolicy)
 /// The sandbox spec with the image's defaults filled in, as Docker applies them: the spec's
 /// `command` replaces Entrypoint and Cmd (Kubernetes' `command`); without one, Entrypoint + Cmd
 /// run; image Env comes first and the spec's overrides it; WorkingDir and User apply unless the
-/// spec sets its own.
+/// spec sets its own. An empty `command` (the library's default) means no main process at all,
+/// not even the image's.
 pub fn apply_defaults(spec: &SandboxSpec, image: &ImageConfig) -> SandboxSpec {
     let mut out = spec.clone();
-    if out.command.is_none() {
-        let argv: Vec<String> = image.entrypoint.iter().chain(image.cmd.iter()).cloned().collect();
-        if !argv.is_empty() {
-            out.command = Some(argv);
+    match &out.command {
+        None => {
+            let argv: Vec<String> = image.entrypoint.iter().chain(image.cmd.iter()).cloned().collect();
+            if !argv.is_empty() {
+                out.command = Some(argv);
+            }
         }
+        Some(argv) if argv.is_empty() => out.command = None,
+        Some(_) => {}
     }
     let mut env = image.env.clone();
     env.extend(spec.env.clone());
@@ -185,6 +191,8 @@ mod tests {
         assert_eq!(eff.env["MODE"], "spec");
         assert_eq!(eff.env["PATH"], "/opt/bin:/bin");
         assert_eq!((eff.workdir.as_deref(), eff.user.as_deref()), (Some("/app"), Some("app")));
+        spec.command = Some(Vec::new());
+        assert_eq!(apply_defaults(&spec, &image).command, None, "no main process, not the image's");
         spec.command = Some(vec!["sh".into()]);
         spec.workdir = Some("/w".into());
         let eff = apply_defaults(&spec, &image);

@@ -1,13 +1,14 @@
 //! Pulling from registries with the `oci-client` crate: references as Docker writes them,
 //! multi-arch indexes resolved to this host's platform, anonymous or basic auth (Docker's
-//! config.json, or ORCHESTRATOR_REGISTRY_USERNAME / _PASSWORD), TLS always except for the
-//! registries listed in ORCHESTRATOR_INSECURE_REGISTRIES (loopback too: never silently).
+//! config.json, or the configured credentials), TLS always except for the registries the
+//! configuration lists as insecure (loopback too: never silently).
 //! Layer blobs download concurrently, each verified against its digest as it streams to disk.
 
 use super::install::{install, Pending};
 use super::oci::Manifest;
 use super::store::{hex, ImageRecord, ImageStore};
 use super::ImageError;
+use crate::config::RegistryConfig;
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -15,30 +16,19 @@ use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
-pub const INSECURE_ENV: &str = "ORCHESTRATOR_INSECURE_REGISTRIES";
-
 /// Reports download progress: (layer digest, bytes so far, total if known).
 pub type Progress<'a> = &'a (dyn Fn(&str, u64, Option<u64>) + Sync);
 
-pub fn insecure_registries() -> Vec<String> {
-    std::env::var(INSECURE_ENV)
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Credentials for a registry: env vars first, then Docker's config.json; else anonymous.
-fn auth_for(registry: &str) -> RegistryAuth {
-    if let (Ok(u), Ok(p)) = (std::env::var("ORCHESTRATOR_REGISTRY_USERNAME"), std::env::var("ORCHESTRATOR_REGISTRY_PASSWORD")) {
-        return RegistryAuth::Basic(u, p);
+/// Credentials for a registry: the configured ones first, then Docker's config.json; else
+/// anonymous.
+fn auth_for(config: &RegistryConfig, registry: &str) -> RegistryAuth {
+    if let Some(c) = &config.credentials {
+        return RegistryAuth::Basic(c.username.clone(), c.password.clone());
     }
-    let path = std::env::var_os("DOCKER_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")))
-        .map(|d| d.join("config.json"));
-    let auths = path
+    let auths = config
+        .docker_config
+        .as_ref()
+        .map(|d| d.join("config.json"))
         .and_then(|p| std::fs::read(p).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("auths").cloned());
@@ -62,7 +52,7 @@ fn registry_error(reference: &str, e: impl std::fmt::Display) -> ImageError {
         return ImageError::Registry(format!("{reference}: content does not match its digest ({text}); nothing was kept"));
     }
     let hint = if text.contains("error sending request") || text.contains("onnect") {
-        " (is the registry up and reachable? a plain-HTTP registry must be listed in ORCHESTRATOR_INSECURE_REGISTRIES)"
+        " (is the registry up and reachable? a plain-HTTP registry must be listed with --insecure-registry or ORCHESTRATOR_INSECURE_REGISTRIES)"
     } else if text.contains("manifest unknown") || text.contains("not found") || text.contains("404") {
         " (no such image or tag in that registry)"
     } else {
@@ -108,20 +98,20 @@ async fn download(client: &Client, r: &Reference, store: &ImageStore, layer: &oc
     std::fs::rename(&tmp, &final_path).map_err(|e| ImageError::Store(format!("storing {digest}: {e}")))
 }
 
-pub fn pull(store: &ImageStore, reference: &str, progress: Progress<'_>) -> Result<ImageRecord, ImageError> {
+pub fn pull(store: &ImageStore, config: &RegistryConfig, reference: &str, progress: Progress<'_>) -> Result<ImageRecord, ImageError> {
     let r: Reference = reference.parse().map_err(|e| ImageError::Invalid(format!("{reference:?} is not an image reference: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ImageError::Store(format!("starting the download runtime: {e}")))?;
     let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure_registries()),
+        protocol: ClientProtocol::HttpsExcept(config.insecure.clone()),
         platform_resolver: Some(Box::new(oci_client::client::current_platform_resolver)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
         connect_timeout: Some(std::time::Duration::from_secs(10)),
         ..Default::default()
     });
-    let auth = auth_for(r.resolve_registry());
+    let auth = auth_for(config, r.resolve_registry());
     let (oci_manifest, manifest_digest, config_bytes) = runtime.block_on(async {
         let (m, digest) = client.pull_image_manifest(&r, &auth).await.map_err(|e| registry_error(reference, e))?;
         let mut config = Vec::new();

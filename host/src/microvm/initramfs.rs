@@ -171,14 +171,14 @@ pub fn is_static_elf(bytes: &[u8]) -> bool {
     })
 }
 
-/// The static guest agent: `ORCHESTRATOR_GUEST_AGENT`, else beside this binary
+/// The static guest agent: the configured one (`ORCHESTRATOR_GUEST_AGENT`), else beside the binary
 /// (`orchestrator-agent-static`), else cargo's static build of it.
-pub fn agent_binary() -> Result<PathBuf, String> {
+pub fn agent_binary(config: &crate::config::Config) -> Result<PathBuf, String> {
     let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("ORCHESTRATOR_GUEST_AGENT") {
-        candidates.push(PathBuf::from(p));
+    if let Some(p) = &config.guest_agent {
+        candidates.push(p.clone());
     } else {
-        let exe = crate::runtime::self_binary();
+        let exe = config.binary();
         if let Some(dir) = exe.parent() {
             candidates.push(dir.join("orchestrator-agent-static"));
             let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release").to_string();

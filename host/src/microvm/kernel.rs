@@ -6,6 +6,7 @@
 //! with apt-get download + dpkg-deb. The VMM is handed the vmlinux unpacked from the bzImage
 //! once and cached (`DATA/kernels/vmlinux/`), so no boot pays for decompressing the kernel.
 
+use crate::config::Config;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -108,11 +109,13 @@ pub fn kernels_dir(data: &Path) -> PathBuf {
     data.join("kernels")
 }
 
-/// The kernel sandboxes use: `ORCHESTRATOR_KERNEL_DIR`, else `DATA/kernels/current`.
-pub fn configured(data: &Path) -> Result<GuestKernel, String> {
-    if let Some(dir) = std::env::var_os("ORCHESTRATOR_KERNEL_DIR") {
-        return GuestKernel::open(Path::new(&dir)).map_err(|e| format!("ORCHESTRATOR_KERNEL_DIR: {e}"));
+/// The kernel sandboxes use: the configured kernel directory (`ORCHESTRATOR_KERNEL_DIR` for the
+/// command line), else `DATA/kernels/current`.
+pub fn configured(config: &Config) -> Result<GuestKernel, String> {
+    if let Some(dir) = &config.kernel_dir {
+        return GuestKernel::open(dir).map_err(|e| format!("the configured kernel directory (ORCHESTRATOR_KERNEL_DIR): {e}"));
     }
+    let data = config.data_dir.as_path();
     let current = kernels_dir(data).join("current");
     if !current.exists() {
         return Err(format!("no guest kernel in {} (run `orchestrator kernel fetch`, or set ORCHESTRATOR_KERNEL_DIR)", kernels_dir(data).display()));
@@ -122,8 +125,9 @@ pub fn configured(data: &Path) -> Result<GuestKernel, String> {
 
 /// The kernel of one sandbox: its `kernel:` (an absolute path to a package directory or an
 /// image file, or the name of a kernel in `DATA/kernels`), else the configured one.
-pub fn for_sandbox(data: &Path, kernel: Option<&str>) -> Result<GuestKernel, String> {
-    let Some(k) = kernel else { return configured(data) };
+pub fn for_sandbox(config: &Config, kernel: Option<&str>) -> Result<GuestKernel, String> {
+    let Some(k) = kernel else { return configured(config) };
+    let data = config.data_dir.as_path();
     // Validation makes paths absolute; a name must stay inside DATA/kernels.
     if !k.starts_with('/') && (k.contains('/') || k.starts_with('.')) {
         return Err(format!("spec.kernel: {k:?} is neither an absolute path nor a kernel name"));
@@ -224,13 +228,13 @@ mod tests {
     fn sandbox_kernels_resolve_by_path_or_name_and_explain_what_is_missing() {
         let data = tempfile::tempdir().unwrap();
         package(&kernels_dir(data.path()).join("linux-image-x"), "6.1.0-9-cloud-amd64", b"\x7fELF...");
-        assert_eq!(for_sandbox(data.path(), Some("linux-image-x")).unwrap().version, "6.1.0-9-cloud-amd64");
-        let err = for_sandbox(data.path(), Some("linux-image-y")).unwrap_err();
+        assert_eq!(for_sandbox(&Config::new(data.path()), Some("linux-image-x")).unwrap().version, "6.1.0-9-cloud-amd64");
+        let err = for_sandbox(&Config::new(data.path()), Some("linux-image-y")).unwrap_err();
         assert!(err.contains("no kernel named \"linux-image-y\"") && err.contains("kernel fetch"), "{err}");
-        let err = for_sandbox(data.path(), Some("/no/such/kernel")).unwrap_err();
+        let err = for_sandbox(&Config::new(data.path()), Some("/no/such/kernel")).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
         for escape in ["../../etc", "..", "a/../../b"] {
-            let err = for_sandbox(data.path(), Some(escape)).unwrap_err();
+            let err = for_sandbox(&Config::new(data.path()), Some(escape)).unwrap_err();
             assert!(err.contains("neither an absolute path nor a kernel name"), "{escape}: {err}");
         }
     }

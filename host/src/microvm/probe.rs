@@ -1,6 +1,7 @@
 //! Can this host boot a microVM? Each check says what is wrong and how to fix it; `doctor`
 //! prints them all and `isolation: auto` picks microVMs only when all pass.
 
+use crate::config::Config;
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -31,21 +32,21 @@ pub fn kvm() -> Result<String, String> {
     }
 }
 
-pub fn guest_kernel(data: &Path) -> Result<String, String> {
-    let k = super::kernel::configured(data)?;
+pub fn guest_kernel(config: &Config) -> Result<String, String> {
+    let k = super::kernel::configured(config)?;
     let modules = super::initramfs::resolve(&k, super::initramfs::GUEST_MODULES).map_err(|e| format!("{} ({}): {e}", k.version, k.dir.display()))?;
     Ok(format!("{} at {} ({} modules for the initramfs)", k.version, k.dir.display(), modules.len()))
 }
 
-pub fn guest_agent() -> Result<String, String> {
-    super::initramfs::agent_binary().map(|p| format!("static agent at {}", p.display()))
+pub fn guest_agent(config: &Config) -> Result<String, String> {
+    super::initramfs::agent_binary(config).map(|p| format!("static agent at {}", p.display()))
 }
 
-pub fn all(data: &Path) -> Vec<Check> {
+pub fn all(config: &Config) -> Vec<Check> {
     vec![
         Check { name: "kvm", result: kvm() },
-        Check { name: "guest kernel", result: guest_kernel(data) },
-        Check { name: "guest agent", result: guest_agent() },
+        Check { name: "guest kernel", result: guest_kernel(config) },
+        Check { name: "guest agent", result: guest_agent(config) },
     ]
 }
 
@@ -53,8 +54,8 @@ pub fn all(data: &Path) -> Vec<Check> {
 /// first failure. Runs before every microVM or `auto` start, so it stops at the first failure
 /// and only opens the kernel package (the module walk that `doctor` shows happens when the
 /// initramfs is built).
-pub fn ready(data: &Path, kernel: Option<&str>) -> Result<(), String> {
+pub fn ready(config: &Config, kernel: Option<&str>) -> Result<(), String> {
     kvm().map_err(|e| format!("kvm: {e}"))?;
-    super::kernel::for_sandbox(data, kernel).map_err(|e| format!("guest kernel: {e}"))?;
-    guest_agent().map(|_| ()).map_err(|e| format!("guest agent: {e}"))
+    super::kernel::for_sandbox(config, kernel).map_err(|e| format!("guest kernel: {e}"))?;
+    guest_agent(config).map(|_| ()).map_err(|e| format!("guest agent: {e}"))
 }

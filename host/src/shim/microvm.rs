@@ -17,11 +17,6 @@ use guest_agent::protocol::{self, AgentRequest, Frame, Response};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-/// Boot to `Ready`: generous, because the nested test harness emulates the outer VM.
-fn ready_timeout() -> Duration {
-    std::env::var("ORCHESTRATOR_VM_READY_TIMEOUT").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(120))
-}
-
 /// How long the console log may grow (the guest writes it; it must not fill the disk).
 const CONSOLE_LIMIT: u64 = 4 << 20;
 
@@ -108,7 +103,9 @@ impl Backend for MicrovmBackend {
         self.vm = Some(started.vm);
         let mut init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
         init.network = network.map(|(_, init)| init);
-        agent.set_read_timeout(Some(ready_timeout())).map_err(|e| e.to_string())?;
+        // The launcher's configuration, not this process's environment (which it clears).
+        let ready_timeout = Duration::from_secs(m.ready_timeout_secs.max(1));
+        agent.set_read_timeout(Some(ready_timeout)).map_err(|e| e.to_string())?;
         protocol::write_frame(&mut agent, &Frame { id: 1, body: AgentRequest::Init(Box::new(init)) }).map_err(|e| format!("sending init to the agent: {e}"))?;
         let answer = protocol::read_frame::<Response>(&mut agent);
         let ended = self.vm.as_ref().and_then(|vm| vm.wait(Duration::ZERO));
@@ -119,7 +116,7 @@ impl Backend for MicrovmBackend {
             Err(e) => {
                 let why = match ended {
                     Some(reason) => format!("the VM ended before the agent was ready: {reason}"),
-                    None => format!("the agent did not answer within {:?}: {e}", ready_timeout()),
+                    None => format!("the agent did not answer within {ready_timeout:?}: {e}"),
                 };
                 return Err(format!("{why}; console: {}", console_tail(&dir)));
             }

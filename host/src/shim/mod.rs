@@ -74,6 +74,13 @@ pub struct MicrovmConfig {
     pub scratch_disk: PathBuf,
     pub vcpus: u8,
     pub mem_bytes: u64,
+    /// Launch to the agent's `Ready`, seconds.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_secs: u64,
+}
+
+fn default_ready_timeout() -> u64 {
+    crate::config::DEFAULT_VM_READY_TIMEOUT.as_secs()
 }
 
 /// The sandbox's resolved secrets, held in this shim's memory for its whole life (the network

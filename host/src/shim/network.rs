@@ -44,14 +44,6 @@ pub fn link(cfg: &ShimConfig) -> Result<Option<(StackConfig, NetworkInit)>, Stri
     Ok(Some((stack, init)))
 }
 
-/// The DNS servers sandboxes' queries go to: `ORCHESTRATOR_DNS_UPSTREAM=IP:PORT,...`, else the
-/// host's /etc/resolv.conf.
-pub fn dns_upstreams() -> Result<Vec<std::net::SocketAddr>, String> {
-    let explicit = std::env::var("ORCHESTRATOR_DNS_UPSTREAM").ok();
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    netstack::dns::upstreams(explicit.as_deref(), &resolv)
-}
-
 /// The network-policy plugins, as the stack asks them.
 struct Plugins {
     plugins: Vec<Arc<LoadedPlugin>>,

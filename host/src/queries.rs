@@ -1,0 +1,110 @@
+//! Read-only operations every front end shares: the views of resources (`get`, `ps`,
+//! `inspect`), one sandbox's view with its events (`describe`), the event log, and naming a
+//! sandbox by a unique prefix of its instance id. What they return is `view`'s types.
+
+use crate::error::{Error, Result};
+use crate::net_counters::NetworkCounters;
+use crate::reconcile::Orchestrator;
+use crate::spec::Kind;
+use crate::store::{Event, SandboxRow, Status, StoredResource};
+use crate::view::ResourceView;
+use serde::Serialize;
+
+/// One sandbox in detail: its view and its newest events, oldest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Description {
+    #[serde(flatten)]
+    pub view: ResourceView,
+    pub events: Vec<Event>,
+}
+
+fn state(e: impl std::fmt::Display) -> Error {
+    Error::State(e.to_string())
+}
+
+impl Orchestrator {
+    /// Current sandbox rows: refreshed and stored when the reconcile lock is free, else
+    /// observed without writing (an apply is running; it owns the writes).
+    pub fn sandbox_rows(&mut self) -> Result<Vec<SandboxRow>> {
+        let rows = self.store.sandboxes().map_err(state)?;
+        match self.try_lock() {
+            Some(_lock) => rows.iter().map(|r| self.refresh(r).map_err(Error::from)).collect(),
+            None => Ok(rows.iter().map(|r| self.observe(r)).collect()),
+        }
+    }
+
+    /// The network counters its shim last wrote, for a running sandbox with a link.
+    pub fn network_counters(&self, row: &SandboxRow) -> Option<NetworkCounters> {
+        if row.status != Status::Running {
+            return None;
+        }
+        NetworkCounters::read(&self.instance_dir(row))
+    }
+
+    fn view_of(&self, r: &StoredResource, rows: &[SandboxRow]) -> ResourceView {
+        let row = (r.resource.kind() == Kind::Sandbox).then(|| rows.iter().find(|x| x.name == r.resource.name)).flatten();
+        ResourceView::new(r, row, row.and_then(|row| self.network_counters(row)))
+    }
+
+    /// Every resource of `kind` (all kinds for None), as `get -o json` shows them.
+    pub fn views(&mut self, kind: Option<Kind>) -> Result<Vec<ResourceView>> {
+        let rows = self.sandbox_rows()?;
+        let resources = self.store.resources(kind).map_err(state)?;
+        Ok(resources.iter().map(|r| self.view_of(r, &rows)).collect())
+    }
+
+    /// Every sandbox, whatever its status.
+    pub fn list(&mut self) -> Result<Vec<ResourceView>> {
+        self.views(Some(Kind::Sandbox))
+    }
+
+    /// One sandbox's view.
+    pub fn get(&mut self, name: &str) -> Result<ResourceView> {
+        let r = self.store.resource(Kind::Sandbox, name).map_err(state)?.ok_or_else(|| not_found(name))?;
+        let rows = match self.store.sandbox(name).map_err(state)? {
+            Some(row) => vec![match self.try_lock() {
+                Some(_lock) => self.refresh(&row)?,
+                None => self.observe(&row),
+            }],
+            None => Vec::new(),
+        };
+        Ok(self.view_of(&r, &rows))
+    }
+
+    /// One sandbox's view and its newest `limit` events.
+    pub fn describe(&mut self, name: &str, limit: usize) -> Result<Description> {
+        let view = self.get(name)?;
+        let events = self.store.events(Some(&format!("Sandbox/{name}")), limit.max(1)).map_err(state)?;
+        Ok(Description { view, events })
+    }
+
+    /// The newest `limit` events of one sandbox, or of every object; oldest first.
+    pub fn events(&self, sandbox: Option<&str>, limit: usize) -> Result<Vec<Event>> {
+        if let Some(n) = sandbox {
+            if self.store.resource(Kind::Sandbox, n).map_err(state)?.is_none() {
+                return Err(not_found(n));
+            }
+        }
+        let object = sandbox.map(|n| format!("Sandbox/{n}"));
+        self.store.events(object.as_deref(), limit.max(1)).map_err(state)
+    }
+
+    /// A sandbox by its name, or by a unique prefix of its instance id (as `ps` shows it).
+    pub fn resolve_name(&self, text: &str) -> Result<String> {
+        if self.store.sandbox(text).map_err(state)?.is_some() || self.store.resource(Kind::Sandbox, text).map_err(state)?.is_some() {
+            return Ok(text.to_string());
+        }
+        let rows = self.store.sandboxes().map_err(state)?;
+        let matches: Vec<String> = rows.into_iter().filter(|r| !text.is_empty() && r.instance.starts_with(text)).map(|r| r.name).collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::NotFound { what: "sandbox (or instance id prefix)", name: text.to_string() }),
+            many => Err(Error::Conflict(format!("{text:?} starts the instance ids of {}; give more of it, or the name", many.join(", ")))),
+        }
+    }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound { what: "sandbox", name: name.to_string() }
+}

@@ -1,0 +1,128 @@
+//! A running sandbox's filesystem, through its agent: read, write, list, stat, mkdir, remove,
+//! rename, and copies of files and trees between the host and the sandbox. Paths are the
+//! sandbox's own (absolute, resolved inside its root: a link cannot lead out of it).
+
+use super::copy::{self, Copied};
+use super::{blocking, Sandbox};
+use crate::error::Result;
+use guest_agent::protocol::{DirEntry, FileStat};
+use std::path::{Path, PathBuf};
+
+/// The filesystem of one sandbox ([`Sandbox::fs`]).
+///
+/// ```no_run
+/// # async fn demo(sandbox: orchestrator::Sandbox) -> orchestrator::Result<()> {
+/// let fs = sandbox.fs();
+/// fs.write("/tmp/config.json", b"{\"debug\": true}").await?;
+/// assert_eq!(fs.read("/tmp/config.json").await?, b"{\"debug\": true}");
+/// for entry in fs.list("/etc").await? {
+///     println!("{} ({:?})", entry.name, entry.kind);
+/// }
+/// fs.copy_out("/etc/os-release", "/tmp/os-release").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SandboxFs {
+    sandbox: Sandbox,
+}
+
+impl SandboxFs {
+    pub(super) fn new(sandbox: Sandbox) -> SandboxFs {
+        SandboxFs { sandbox }
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnMut(&mut crate::client::ShimClient) -> std::result::Result<T, crate::client::ClientError> + Send + 'static) -> Result<T> {
+        let sandbox = self.sandbox.clone();
+        blocking(move || sandbox.with_client(f)).await
+    }
+
+    /// A whole file.
+    pub async fn read(&self, path: impl Into<String>) -> Result<Vec<u8>> {
+        let path = path.into();
+        self.run(move |c| c.read_file(&path)).await
+    }
+
+    /// A whole file as text (invalid UTF-8 replaced).
+    pub async fn read_to_string(&self, path: impl Into<String>) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.read(path).await?).into_owned())
+    }
+
+    /// Creates or replaces a file (mode 0644 for a new one).
+    pub async fn write(&self, path: impl Into<String>, data: impl Into<Vec<u8>>) -> Result<()> {
+        self.write_with_mode(path, data, None).await
+    }
+
+    /// Creates or replaces a file with `mode` (e.g. 0o755).
+    pub async fn write_with_mode(&self, path: impl Into<String>, data: impl Into<Vec<u8>>, mode: Option<u32>) -> Result<()> {
+        let (path, data) = (path.into(), data.into());
+        self.run(move |c| c.write_file(&path, &data, mode)).await
+    }
+
+    /// A directory's entries (names as the sandbox gave them: print them escaped).
+    pub async fn list(&self, path: impl Into<String>) -> Result<Vec<DirEntry>> {
+        let path = path.into();
+        self.run(move |c| c.list_dir(&path)).await
+    }
+
+    /// A path's kind, size, mode, owner and mtime (a link itself, not its target).
+    pub async fn stat(&self, path: impl Into<String>) -> Result<FileStat> {
+        let path = path.into();
+        self.run(move |c| c.stat(&path)).await
+    }
+
+    /// Whether `path` exists.
+    pub async fn exists(&self, path: impl Into<String>) -> Result<bool> {
+        match self.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(crate::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a directory and its missing parents.
+    pub async fn mkdir(&self, path: impl Into<String>) -> Result<()> {
+        let path = path.into();
+        self.run(move |c| c.mkdir(&path, true)).await
+    }
+
+    /// Removes a file or an empty directory.
+    pub async fn remove(&self, path: impl Into<String>) -> Result<()> {
+        let path = path.into();
+        self.run(move |c| c.remove(&path, false)).await
+    }
+
+    /// Removes a file or a whole tree.
+    pub async fn remove_all(&self, path: impl Into<String>) -> Result<()> {
+        let path = path.into();
+        self.run(move |c| c.remove(&path, true)).await
+    }
+
+    pub async fn rename(&self, from: impl Into<String>, to: impl Into<String>) -> Result<()> {
+        let (from, to) = (from.into(), to.into());
+        self.run(move |c| c.rename(&from, &to)).await
+    }
+
+    /// Copies a host file or tree into the sandbox (into `path` under its own name when `path`
+    /// is a directory there). Returns the path written and what was copied.
+    pub async fn copy_in(&self, host: impl AsRef<Path>, path: impl Into<String>) -> Result<(String, Copied)> {
+        let (host, path) = (host.as_ref().to_path_buf(), path.into());
+        let sandbox = self.sandbox.clone();
+        blocking(move || sandbox.with_copy(|c| copy::copy_to_sandbox(c, &host, &path))).await
+    }
+
+    /// Copies a file or tree out of the sandbox to the host, treating everything the sandbox
+    /// says as hostile (see `sandbox::copy`). Returns the host path written.
+    pub async fn copy_out(&self, path: impl Into<String>, host: impl AsRef<Path>) -> Result<(PathBuf, Copied)> {
+        let (path, host) = (path.into(), host.as_ref().to_path_buf());
+        let sandbox = self.sandbox.clone();
+        blocking(move || sandbox.with_copy(|c| copy::copy_from_sandbox(c, &path, &host))).await
+    }
+}
+
+impl Sandbox {
+    /// A copy runs many requests on one connection of its own.
+    fn with_copy<T>(&self, f: impl FnOnce(&mut crate::client::ShimClient) -> Result<T>) -> Result<T> {
+        let mut conn = self.connect()?;
+        f(&mut conn.client)
+    }
+}

@@ -1,0 +1,234 @@
+//! One sandbox, driven from a program: [`Sandbox`] is a handle (its name and a configuration,
+//! plus a cached connection to its shim), made by [`Sandbox::builder`] or found again by
+//! [`Sandbox::get`] from any process. The sandbox is a resource like any other: source
+//! `library`, listed by `get`, adopted and reconciled, never pruned by a file source.
+//!
+//! Invariants:
+//! - The handle owns no sandbox state: dropping it leaves the sandbox running (detached), and
+//!   two handles (in one process or two) drive one sandbox safely.
+//! - One request at a time per connection: an operation takes the cached connection, or opens
+//!   its own while another holds it, and puts it back only after a clean answer.
+//! - Store writes (create, stop, remove) take the reconcile lock like every other writer; exec
+//!   and the file API never touch the store once connected.
+
+mod builder;
+pub mod copy;
+mod exec;
+mod fs;
+
+pub use builder::{PatchBuilder, SandboxBuilder};
+pub use copy::Copied;
+pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput};
+pub use fs::SandboxFs;
+pub use guest_agent::protocol::{DirEntry, ExitStatus, FileKind, FileStat, Rlimits};
+
+use crate::client::{ClientError, ShimClient};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::reconcile::{Orchestrator, STOP_GRACE};
+use crate::view::ResourceView;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The source of sandboxes made through the library.
+pub const LIBRARY_SOURCE: &str = "library";
+
+/// A handle to one sandbox.
+///
+/// ```no_run
+/// # async fn demo() -> orchestrator::Result<()> {
+/// use orchestrator::Sandbox;
+/// // Another process created "worker"; reconnect to it by name.
+/// let sandbox = Sandbox::get("worker").await?;
+/// let out = sandbox.exec("uname", ["-r"]).await?;
+/// println!("kernel {}", out.stdout_lossy().trim());
+/// sandbox.stop_and_wait().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Sandbox {
+    name: String,
+    config: Arc<Config>,
+    connection: Arc<Mutex<Option<Connection>>>,
+}
+
+struct Connection {
+    socket: PathBuf,
+    client: ShimClient,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("name", &self.name).field("data_dir", &self.config.data_dir).finish()
+    }
+}
+
+/// Runs blocking work (the store, the shim's socket) off the async runtime's threads.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Protocol(format!("a worker thread failed: {e}")))?
+}
+
+impl Sandbox {
+    /// A builder for a new sandbox named `name` (1-63 lowercase letters, digits and '-').
+    pub fn builder(name: impl Into<String>) -> SandboxBuilder {
+        SandboxBuilder::new(name.into())
+    }
+
+    /// The existing sandbox `name`, in the data directory [`Config::from_env`] names.
+    pub async fn get(name: impl Into<String>) -> Result<Sandbox> {
+        Sandbox::get_in(Config::from_env(), name).await
+    }
+
+    /// The existing sandbox `name` (or a unique prefix of its instance id) under `config`.
+    pub async fn get_in(config: Config, name: impl Into<String>) -> Result<Sandbox> {
+        let text = name.into();
+        blocking(move || {
+            let orch = Orchestrator::open(config)?;
+            let name = orch.resolve_name(&text)?;
+            Ok(Sandbox { name, config: orch.config.clone(), connection: Arc::default() })
+        })
+        .await
+    }
+
+    pub(crate) fn handle(name: String, config: Arc<Config>) -> Sandbox {
+        Sandbox { name, config, connection: Arc::default() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its view, as `get -o json` shows it (status, instance, restarts, network counters).
+    pub async fn view(&self) -> Result<ResourceView> {
+        let (config, name) = (self.config.clone(), self.name.clone());
+        blocking(move || Orchestrator::open((*config).clone())?.get(&name)).await
+    }
+
+    /// The filesystem inside the sandbox.
+    pub fn fs(&self) -> SandboxFs {
+        SandboxFs::new(self.clone())
+    }
+
+    /// Asks the sandbox to stop (SIGTERM, then SIGKILL after the grace period) and returns
+    /// without waiting; it stays stopped until [`Sandbox::start`], whatever its restart policy.
+    pub async fn stop(&self) -> Result<()> {
+        let this = self.clone();
+        blocking(move || {
+            let mut orch = Orchestrator::open((*this.config).clone())?;
+            let _lock = orch.lock()?;
+            let mut row = orch.store.sandbox(&this.name).map_err(state)?.ok_or_else(|| not_found(&this.name))?;
+            row.user_stopped = true;
+            orch.store.update_sandbox(&row).map_err(state)?;
+            orch.store.event(&format!("Sandbox/{}", this.name), "Stopping", "stop requested").map_err(state)?;
+            let dir = orch.instance_dir(&row);
+            if crate::paths::shim_alive(&dir) {
+                let mut client = ShimClient::connect(&dir.socket()).map_err(|e| Error::sandbox(&this.name, e))?;
+                client.stop(STOP_GRACE.as_millis() as u64).map_err(|e| Error::sandbox(&this.name, e))?;
+            }
+            this.forget_connection();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops the sandbox and returns once its processes are gone and its status recorded.
+    pub async fn stop_and_wait(&self) -> Result<()> {
+        let this = self.clone();
+        blocking(move || {
+            let mut orch = Orchestrator::open((*this.config).clone())?;
+            let _lock = orch.lock()?;
+            orch.stop(&this.name)?;
+            this.forget_connection();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts a stopped or exited sandbox again (a new instance if its spec changed).
+    pub async fn start(&self) -> Result<()> {
+        let this = self.clone();
+        blocking(move || {
+            let mut orch = Orchestrator::open((*this.config).clone())?;
+            let _lock = orch.lock()?;
+            orch.start(&this.name)?;
+            this.forget_connection();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops the sandbox if it runs and deletes it: its instance, its files, its resource.
+    pub async fn remove(&self) -> Result<()> {
+        let this = self.clone();
+        blocking(move || {
+            let mut orch = Orchestrator::open((*this.config).clone())?;
+            let _lock = orch.lock()?;
+            this.forget_connection();
+            orch.delete(&this.name).map_err(Error::from)
+        })
+        .await
+    }
+
+    fn forget_connection(&self) {
+        self.connection.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// A connection to the running instance's shim, found through the store.
+    fn connect(&self) -> Result<Connection> {
+        let orch = Orchestrator::open((*self.config).clone())?;
+        let row = orch.store.sandbox(&self.name).map_err(state)?.ok_or_else(|| not_found(&self.name))?;
+        let dir = orch.instance_dir(&row);
+        if !crate::paths::shim_alive(&dir) {
+            return Err(Error::NotRunning { name: self.name.clone(), status: orch.observe(&row).status.as_str().to_string() });
+        }
+        let client = ShimClient::connect(&dir.socket()).map_err(|e| Error::sandbox(&self.name, e))?;
+        Ok(Connection { socket: dir.socket(), client })
+    }
+
+    /// Runs one request on a connection (blocking). A cached connection that turns out to be
+    /// dead (the instance was re-created) is replaced once; a request that failed on a fresh
+    /// connection is not retried.
+    pub(crate) fn with_client<T>(&self, mut f: impl FnMut(&mut ShimClient) -> std::result::Result<T, ClientError>) -> Result<T> {
+        let cached = self.connection.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (mut conn, fresh) = match cached {
+            Some(c) => (c, false),
+            None => (self.connect()?, true),
+        };
+        let result = match f(&mut conn.client) {
+            Err(ClientError::Frame(_)) if !fresh => {
+                conn = self.connect()?;
+                f(&mut conn.client)
+            }
+            other => other,
+        };
+        match result {
+            Ok(v) => {
+                let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.is_none() {
+                    *slot = Some(conn);
+                }
+                Ok(v)
+            }
+            Err(e @ ClientError::Remote { .. }) => {
+                // The connection is fine; the request was refused.
+                let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.is_none() {
+                    *slot = Some(conn);
+                }
+                Err(Error::from(e))
+            }
+            Err(e) => {
+                tracing::debug!("sandbox {}: dropping the connection to {}: {e}", self.name, conn.socket.display());
+                Err(Error::sandbox(&self.name, e))
+            }
+        }
+    }
+}
+
+fn state(e: impl std::fmt::Display) -> Error {
+    Error::State(e.to_string())
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound { what: "sandbox", name: name.to_string() }
+}
