@@ -97,7 +97,7 @@ impl Orchestrator {
     /// Opens (creating it if needed) the data directory the configuration names.
     ///
     /// ```no_run
-    /// let orchestrator = orchestrator::Orchestrator::open(orchestrator::Config::new("/tmp/sandboxes"))?;
+    /// let mut orchestrator = orchestrator::Orchestrator::open(orchestrator::Config::new("/tmp/sandboxes"))?;
     /// for view in orchestrator.list()? {
     ///     println!("{} {}", view.name, view.status);
     /// }
