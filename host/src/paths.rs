@@ -51,6 +51,43 @@ impl DataDir {
     pub fn instance(&self, instance: &str) -> InstanceDir {
         InstanceDir(self.root.join("sandboxes").join(instance))
     }
+
+    /// `DATA/sockets/NAME`: a link to the running instance's shim socket, so that `exec` reaches
+    /// a sandbox by name without opening the state database. Only a cache: whoever finds it
+    /// missing or dead asks the store.
+    pub fn socket_link(&self, name: &str) -> PathBuf {
+        socket_link(&self.root, name)
+    }
+
+    /// Points `name`'s link at `instance`'s socket (atomically replacing an older one).
+    pub fn link_socket(&self, name: &str, instance: &InstanceDir) -> std::io::Result<()> {
+        let link = self.socket_link(name);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Traversable, not listable: other users cannot learn the sandboxes' names.
+            let dir = self.root.join("sockets");
+            if !dir.is_dir() {
+                std::fs::DirBuilder::new().mode(0o711).create(&dir).or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })?;
+            }
+        }
+        let tmp = link.with_file_name(format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(instance.socket(), &tmp)?;
+        std::fs::rename(&tmp, &link)
+    }
+
+    /// Removes `name`'s link if it still points at `instance` (a newer instance keeps its own).
+    pub fn unlink_socket(&self, name: &str, instance: &InstanceDir) {
+        let link = self.socket_link(name);
+        if std::fs::read_link(&link).is_ok_and(|t| t == instance.socket()) {
+            let _ = std::fs::remove_file(&link);
+        }
+    }
+}
+
+/// [`DataDir::socket_link`] for a data directory not opened (the fast path of `exec`).
+pub fn socket_link(data_root: &Path, name: &str) -> PathBuf {
+    data_root.join("sockets").join(name)
 }
 
 /// One sandbox instance's directory: its writable layer, logs, shim socket and state.

@@ -475,6 +475,9 @@ impl Orchestrator {
                 row.exit_code = None;
                 row.shim_pid = read_state(&dir).map(|s| i64::from(s.shim_pid));
                 self.store.update_sandbox(&row)?;
+                if let Err(e) = self.data.link_socket(&row.name, &dir) {
+                    tracing::warn!("sandbox {}: linking its socket by name: {e} (exec finds it through the store)", row.name);
+                }
                 self.store.event(&object(&row.name), "Started", &format!("instance {} ({})", row.instance, rt.isolation().as_str()))?;
                 Ok(row)
             }
@@ -492,6 +495,7 @@ impl Orchestrator {
     /// Stops an instance and removes everything it had: processes, cgroups, files, its row.
     pub fn remove_instance(&mut self, row: &SandboxRow) -> Result<()> {
         let dir = self.instance_dir(row);
+        self.data.unlink_socket(&row.name, &dir);
         runtime::stop_instance(&row.instance, &dir, STOP_GRACE);
         if let Err(e) = std::fs::remove_dir_all(dir.path()) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -143,8 +143,21 @@ fn spawn_failure(e: &crate::client::ClientError) -> Option<i32> {
     }
 }
 
+/// The running sandbox `name` through its socket link, without the state database (None when
+/// the link is missing or its shim gone: the caller asks the store, which also says why).
+pub(super) fn connect_by_link(data_root: &std::path::Path, name: &str) -> Option<ShimClient> {
+    if !crate::spec::is_valid_name(name) {
+        return None;
+    }
+    ShimClient::connect(&crate::paths::socket_link(data_root, name)).ok()
+}
+
 pub fn exec(orch: &Orchestrator, name: &str, argv: Vec<String>, o: ExecOptions) -> Result<i32> {
-    let mut client = connect(orch, name)?;
+    exec_on(connect(orch, name)?, argv, o)
+}
+
+/// `exec` on a connected shim.
+pub fn exec_on(mut client: ShimClient, argv: Vec<String>, o: ExecOptions) -> Result<i32> {
     let tty = o.tty && std::io::stdin().is_terminal();
     if o.tty && !tty {
         eprintln!("orchestrator: -t ignored: stdin is not a terminal");

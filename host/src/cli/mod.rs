@@ -264,8 +264,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             output::logs(&orch, &name, follow, tail, console)
         }
         Command::Exec { process: p, user, timeout, name, command } => {
-            let orch = open()?;
-            let name = sandbox_name(&orch, &name)?;
             let opts = interactive::ExecOptions {
                 interactive: p.interactive,
                 tty: p.tty,
@@ -274,6 +272,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 user,
                 timeout,
             };
+            // The fast path: a running sandbox by name needs no state database.
+            if let Some(client) = interactive::connect_by_link(&config.data_dir, &name) {
+                return interactive::exec_on(client, command, opts);
+            }
+            let orch = open()?;
+            let name = sandbox_name(&orch, &name)?;
             interactive::exec(&orch, &name, command, opts)
         }
         Command::Run { rm, detach, name, process: p, isolation, memory, cpus, disk, kernel, network, publish, image, command } => {
