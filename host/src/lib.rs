@@ -30,6 +30,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod hooks;
 pub mod image;

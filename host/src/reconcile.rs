@@ -93,6 +93,45 @@ fn sandbox_spec(r: &Resource) -> Option<&SandboxSpec> {
     }
 }
 
+/// What converging one sandbox must do, from its desired resource and its observed instance
+/// alone (no I/O: the controller's decisions are tested without root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Nothing,
+    /// Desired, no instance: start one.
+    Create,
+    /// An instance nothing desires any more.
+    Remove,
+    /// The spec changed: apply `spec.network` live when that is all, else a new instance.
+    Replace,
+    /// Same spec, but it ended and its restart policy (or a start that never finished) says go.
+    Restart,
+}
+
+pub fn decide(desired: Option<&Resource>, row: Option<&SandboxRow>) -> Decision {
+    let (desired, row) = match (desired, row) {
+        (None, None) => return Decision::Nothing,
+        (None, Some(_)) => return Decision::Remove,
+        (Some(_), None) => return Decision::Create,
+        (Some(d), Some(r)) => (d, r),
+    };
+    if row.spec != desired.canonical_json() {
+        return Decision::Replace;
+    }
+    let policy = sandbox_spec(desired).map(|s| s.restart_policy).unwrap_or(RestartPolicy::Never);
+    let restart = match row.status {
+        Status::Running | Status::Exited => false,
+        Status::Pending => true,
+        Status::Stopped => !row.user_stopped && policy.restarts(false),
+        Status::Failed => !row.user_stopped && policy.restarts(true),
+    };
+    if restart {
+        Decision::Restart
+    } else {
+        Decision::Nothing
+    }
+}
+
 impl Orchestrator {
     /// Opens (creating it if needed) the data directory the configuration names.
     ///
@@ -164,6 +203,24 @@ impl Orchestrator {
     /// Returns the plan and what happened to each plugin and sandbox; failures are reported
     /// there, but do not undo the desired state (the next reconcile retries).
     pub fn apply(&mut self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<ApplyReport> {
+        let mut report = self.commit(source, manifests, prune_empty)?;
+        let mut names: Vec<String> =
+            report.plan.items.iter().filter(|i| i.kind == Kind::Sandbox).map(|i| i.name.clone()).collect();
+        names.dedup();
+        for name in names {
+            let result = match self.converge(&name) {
+                Ok(o) => ActionResult::from(&o),
+                Err(e) => ActionResult::Failed { message: e.to_string() },
+            };
+            report.actions.push(Action { kind: Kind::Sandbox, name, result });
+        }
+        Ok(report)
+    }
+
+    /// Commits a validated source's desired state and compiles its new and changed plugins;
+    /// touches no sandbox (the controller converges each one as its own work item). The
+    /// report's actions are the plugins'.
+    pub fn commit(&mut self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<ApplyReport> {
         let plan = self.plan(source, manifests, prune_empty)?;
         if !plan.conflicts.is_empty() {
             return Err(ReconcileError::Conflict(plan.conflicts.join("\n")));
@@ -201,16 +258,6 @@ impl Orchestrator {
                 };
                 actions.push(Action { kind: Kind::Plugin, name: m.resource.name.clone(), result });
             }
-        }
-        let mut names: Vec<String> =
-            plan.items.iter().filter(|i| i.kind == Kind::Sandbox).map(|i| i.name.clone()).collect();
-        names.dedup();
-        for name in names {
-            let result = match self.converge(&name) {
-                Ok(o) => ActionResult::from(&o),
-                Err(e) => ActionResult::Failed { message: e.to_string() },
-            };
-            actions.push(Action { kind: Kind::Sandbox, name, result });
         }
         Ok(ApplyReport { plan, actions })
     }
@@ -296,46 +343,41 @@ impl Orchestrator {
 
     /// Makes one sandbox match its desired resource.
     pub fn converge(&mut self, name: &str) -> Result<Outcome> {
-        let desired = self.store.resource(Kind::Sandbox, name)?;
-        let row = self.store.sandbox(name)?;
-        let (desired, row) = match (desired, row) {
-            (None, None) => return Ok(Outcome::Nothing),
-            (None, Some(row)) => {
+        let desired = self.store.resource(Kind::Sandbox, name)?.map(|d| d.resource);
+        let mut row = self.store.sandbox(name)?;
+        if let Some(r) = &row {
+            let mut next = self.refresh(r)?;
+            if next.status == Status::Pending && shim_alive(&self.instance_dir(&next)) {
+                // A shim started by a process that died before recording it: let it finish
+                // starting and adopt it (starting another would fail on the instance lock anyway).
+                next = self.await_start(&next)?;
+            }
+            row = Some(next);
+        }
+        match (decide(desired.as_ref(), row.as_ref()), desired, row) {
+            (Decision::Nothing, _, _) => Ok(Outcome::Nothing),
+            (Decision::Remove, _, Some(row)) => {
                 self.remove_instance(&row)?;
-                return Ok(Outcome::Removed);
+                Ok(Outcome::Removed)
             }
-            (Some(d), None) => {
-                self.create_instance(&d.resource, false, false)?;
-                return Ok(Outcome::Created);
+            (Decision::Create, Some(desired), _) => {
+                self.create_instance(&desired, false, false)?;
+                Ok(Outcome::Created)
             }
-            (Some(d), Some(row)) => (d.resource, row),
-        };
-        let mut row = self.refresh(&row)?;
-        if row.status == Status::Pending && shim_alive(&self.instance_dir(&row)) {
-            // A shim started by a process that died before recording it: let it finish starting
-            // and adopt it (starting another would fail on the instance lock anyway).
-            row = self.await_start(&row)?;
-        }
-        if row.spec != desired.canonical_json() {
-            if row.status == Status::Running && self.update_network_live(&mut row, &desired)? {
-                return Ok(Outcome::NetworkUpdated);
+            (Decision::Replace, Some(desired), Some(mut row)) => {
+                if row.status == Status::Running && self.update_network_live(&mut row, &desired)? {
+                    return Ok(Outcome::NetworkUpdated);
+                }
+                self.remove_instance(&row)?;
+                self.create_instance(&desired, false, false)?;
+                Ok(Outcome::Recreated)
             }
-            self.remove_instance(&row)?;
-            self.create_instance(&desired, false, false)?;
-            return Ok(Outcome::Recreated);
+            (Decision::Restart, Some(desired), Some(row)) => {
+                self.start_instance(row, &desired, false, false)?;
+                Ok(Outcome::Restarted)
+            }
+            _ => Ok(Outcome::Nothing),
         }
-        let policy = sandbox_spec(&desired).map(|s| s.restart_policy).unwrap_or(RestartPolicy::Never);
-        let restart = match row.status {
-            Status::Running | Status::Exited => false,
-            Status::Pending => true,
-            Status::Stopped => !row.user_stopped && policy.restarts(false),
-            Status::Failed => !row.user_stopped && policy.restarts(true),
-        };
-        if !restart {
-            return Ok(Outcome::Nothing);
-        }
-        self.start_instance(row, &desired, false, false)?;
-        Ok(Outcome::Restarted)
     }
 
     /// When the running sandbox differs from `desired` only in `spec.network` (and keeps its
@@ -381,19 +423,6 @@ impl Orchestrator {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-    }
-
-    /// Restarts every sandbox that died, as its restart policy says (serve's periodic resync).
-    pub fn heal_all(&mut self) -> Result<Vec<String>> {
-        let mut lines = Vec::new();
-        for row in self.store.sandboxes()? {
-            match self.converge(&row.name) {
-                Ok(Outcome::Nothing) => {}
-                Ok(o) => lines.push(format!("sandbox/{} {}", row.name, format!("{o:?}").to_lowercase())),
-                Err(e) => lines.push(format!("sandbox/{} failed: {e}", row.name)),
-            }
-        }
-        Ok(lines)
     }
 
     /// The spec of the applied Plugin resource `name`.
@@ -558,5 +587,65 @@ impl Orchestrator {
             self.start_instance(row, &res, false, false)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(policy: RestartPolicy, image: &str) -> Resource {
+        let mut spec = SandboxSpec::new(image.into());
+        spec.restart_policy = policy;
+        Resource { name: "s".into(), labels: Default::default(), spec: ResourceSpec::Sandbox(spec) }
+    }
+
+    fn row(of: &Resource, status: Status, user_stopped: bool) -> SandboxRow {
+        SandboxRow {
+            name: "s".into(),
+            instance: "s-1".into(),
+            spec: of.canonical_json(),
+            status,
+            isolation: "namespace".into(),
+            shim_pid: None,
+            exit_code: None,
+            restarts: 0,
+            message: None,
+            user_stopped,
+            created_at: now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn what_exists_and_what_is_desired_decide_create_remove_replace() {
+        let r = resource(RestartPolicy::Always, "dir:/a");
+        assert_eq!(decide(None, None), Decision::Nothing);
+        assert_eq!(decide(Some(&r), None), Decision::Create);
+        assert_eq!(decide(None, Some(&row(&r, Status::Running, false))), Decision::Remove);
+        let changed = resource(RestartPolicy::Always, "dir:/b");
+        assert_eq!(decide(Some(&changed), Some(&row(&r, Status::Running, false))), Decision::Replace);
+        assert_eq!(decide(Some(&changed), Some(&row(&r, Status::Stopped, true))), Decision::Replace, "a new spec applies even to a stopped sandbox");
+        assert_eq!(decide(Some(&r), Some(&row(&r, Status::Running, false))), Decision::Nothing, "converging is idempotent");
+    }
+
+    #[test]
+    fn restart_policies_decide_restarts_and_a_user_stop_holds() {
+        use RestartPolicy::*;
+        for (policy, status, user_stopped, expected) in [
+            (Always, Status::Failed, false, Decision::Restart),
+            (Always, Status::Stopped, false, Decision::Restart),
+            (Always, Status::Stopped, true, Decision::Nothing),
+            (Always, Status::Failed, true, Decision::Nothing),
+            (Always, Status::Exited, false, Decision::Nothing),
+            (OnFailure, Status::Failed, false, Decision::Restart),
+            (OnFailure, Status::Stopped, false, Decision::Nothing),
+            (Never, Status::Failed, false, Decision::Nothing),
+            (Never, Status::Pending, false, Decision::Restart),
+        ] {
+            let r = resource(policy, "dir:/a");
+            assert_eq!(decide(Some(&r), Some(&row(&r, status, user_stopped))), expected, "{policy:?} {status:?} user_stopped={user_stopped}");
+        }
     }
 }
