@@ -254,29 +254,26 @@ impl Agent {
             drop(sessions);
             return self.reply(id, error(ErrorCode::BadRequest, format!("request id {id} is already running")));
         }
-        let spawned = process::spawn(
-            &self.reaper,
-            SpawnRequest {
-                argv: &req.argv,
-                env: env.into_iter().collect(),
-                cwd: &cwd,
-                identity: &identity,
-                rlimits: &req.rlimits,
-                tty: req.tty,
-                stdin: req.stdin,
-            },
-        );
-        let sp = match spawned {
+        let prepared = process::prepare(SpawnRequest {
+            argv: &req.argv,
+            env: env.into_iter().collect(),
+            cwd: &cwd,
+            identity: &identity,
+            rlimits: &req.rlimits,
+            tty: req.tty,
+            stdin: req.stdin,
+        });
+        let sp = match prepared {
             Ok(sp) => sp,
             Err(e) => {
                 drop(sessions);
                 return self.reply(id, error(ErrorCode::SpawnFailed, e.to_string()));
             }
         };
-        // Everything that serves the process exists before it may exec (it waits at the gate).
-        let gate = sp.gate;
-        let pid = sp.pid;
-        let suppress_exit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Everything that serves the process exists before it is created; its output waits
+        // for `go` so that `Started` is the first thing the client hears.
+        let (launched_tx, launched_rx) = mpsc::channel::<(i32, mpsc::Receiver<ExitStatus>)>();
+        let mut go = Vec::new();
         let setup = (|| -> std::io::Result<Option<Sender<StdinMsg>>> {
             let stdin_tx = match sp.stdin {
                 Some(fd) => {
@@ -300,53 +297,54 @@ impl Agent {
                 pumps += 1;
                 let out = self.out.clone();
                 let done = done_tx.clone();
+                let (go_tx, go_rx) = mpsc::channel::<()>();
+                go.push(go_tx);
                 spawn_thread(move || {
-                    pump(fd, is_err, id, &out);
+                    // Not launched: nothing to pump (dropping the fd closes it).
+                    if go_rx.recv().is_ok() {
+                        pump(fd, is_err, id, &out);
+                    }
                     let _ = done.send(());
                 })?;
             }
             drop(done_tx);
             let agent = self.clone();
-            let exit_rx = sp.exit;
             let timeout = req.timeout_ms.map(Duration::from_millis);
-            let suppress = suppress_exit.clone();
-            spawn_thread(move || agent.wait_exec(id, pid, exit_rx, done_rx, pumps, timeout, &suppress))?;
+            spawn_thread(move || {
+                if let Ok((pid, exit_rx)) = launched_rx.recv() {
+                    agent.wait_exec(id, pid, exit_rx, done_rx, pumps, timeout);
+                }
+            })?;
             Ok(stdin_tx)
         })();
         let stdin_tx = match setup {
             Ok(tx) => tx,
             Err(e) => {
-                // Dropping the gate unreleased makes the held child exit.
-                suppress_exit.store(true, std::sync::atomic::Ordering::SeqCst);
-                drop(gate);
+                // Nothing was created; the threads that did start end as their channels close.
                 drop(sessions);
                 return self.reply(id, out_of_threads(e));
+            }
+        };
+        let (pid, exit_rx) = match sp.launcher.launch(&self.reaper) {
+            Ok(launched) => launched,
+            Err(e) => {
+                drop(sessions);
+                return self.reply(id, error(ErrorCode::SpawnFailed, e.to_string()));
             }
         };
         let master = sp.pty_master.map(Arc::new);
         sessions.insert(id, Session { pid, stdin: stdin_tx, pty_master: master });
         drop(sessions);
         self.out.send(id, Response::Started { pid: pid as u32 });
-        if let Err(e) = gate.release() {
-            suppress_exit.store(true, std::sync::atomic::Ordering::SeqCst);
-            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            self.reply(id, error(ErrorCode::SpawnFailed, e.to_string()));
+        for g in go {
+            let _ = g.send(());
         }
+        let _ = launched_tx.send((pid, exit_rx));
     }
 
     /// Waits for an exec to end (killing it at its timeout), lets its output drain, and reports
-    /// the exit, unless the process never got to exec (then an error was reported instead).
-    #[allow(clippy::too_many_arguments)]
-    fn wait_exec(
-        &self,
-        id: u64,
-        pid: i32,
-        exit_rx: mpsc::Receiver<ExitStatus>,
-        done_rx: mpsc::Receiver<()>,
-        pumps: usize,
-        timeout: Option<Duration>,
-        suppress: &std::sync::atomic::AtomicBool,
-    ) {
+    /// the exit.
+    fn wait_exec(&self, id: u64, pid: i32, exit_rx: mpsc::Receiver<ExitStatus>, done_rx: mpsc::Receiver<()>, pumps: usize, timeout: Option<Duration>) {
         let mut timed_out = false;
         let status = match timeout {
             Some(t) => match exit_rx.recv_timeout(t) {
@@ -370,9 +368,6 @@ impl Agent {
             if done_rx.recv_timeout(left).is_err() {
                 break;
             }
-        }
-        if suppress.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
         }
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let mut st = status.unwrap_or(ExitStatus { code: None, signal: None, timed_out: false });
@@ -425,12 +420,17 @@ impl Agent {
 
 fn pump(fd: OwnedFd, is_err: bool, id: u64, out: &Outbox) {
     let mut f = std::fs::File::from(fd);
-    let mut buf = vec![0u8; 64 * 1024];
+    // Most commands print little: start small (no fresh pages to fault in for every exec) and
+    // grow to a pipe's worth once a read fills the buffer.
+    let mut buf = vec![0u8; 4096];
     loop {
         match f.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
                 let data = buf[..n].to_vec();
+                if n == buf.len() && buf.len() < 64 * 1024 {
+                    buf = vec![0u8; 64 * 1024];
+                }
                 let body = if is_err { Response::Stderr { data } } else { Response::Stdout { data } };
                 if !out.send(id, body) {
                     return;

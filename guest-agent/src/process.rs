@@ -4,9 +4,16 @@
 //! - Only the reaper calls `waitpid`, always on any child (`-1`), so orphans re-parented to PID 1
 //!   never stay zombies.
 //! - A child is registered in `Reaper::children` under the same lock that is held across its
-//!   `fork`, so the reaper can never collect an exit status before the pid is known.
-//! - Between `fork` and `execve` the child calls only async-signal-safe functions on data prepared
-//!   before the fork (the agent is multi-threaded).
+//!   creation, so the reaper can never collect an exit status before the pid is known.
+//! - A process is created with `clone(CLONE_VM | CLONE_VFORK)`, as posix_spawn does: no copy of
+//!   the agent's address space, no copy-on-write faults, and the agent's thread resumes only once
+//!   the child has exec'd or failed. Between clone and execve the child shares the agent's memory,
+//!   so it calls only raw system calls (never glibc's set*id wrappers, which signal every thread
+//!   of the process they think they are in) on data prepared before, and writes nothing but its
+//!   own stack and errno.
+//! - Everything that serves a process (its output pumps, its waiter) exists before it is
+//!   created ([`Prepared`] then [`Launcher::launch`]): a process that forks fast cannot starve
+//!   the agent of the threads that pump its output.
 
 use crate::protocol::{ExitStatus, Rlimits, TtySize};
 use crate::users::Identity;
@@ -63,46 +70,47 @@ pub struct SpawnRequest<'a> {
     pub stdin: bool,
 }
 
-/// The parent's ends of a started process's standard streams. The child waits at its `gate`
-/// right before execve, so the caller can set up everything that serves it first (a process
-/// that forks fast must not starve the agent of the threads that pump its output).
-pub struct Spawned {
-    pub pid: i32,
-    pub exit: Receiver<ExitStatus>,
+/// A process ready to be created: the parent's ends of its standard streams (to be served
+/// first), and the [`Launcher`] that creates it. Dropped unlaunched, nothing runs and the
+/// parent's ends read end-of-file.
+pub struct Prepared {
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     /// None when stdout and stderr share a terminal.
     pub stderr: Option<OwnedFd>,
     /// The PTY master, for resizing.
     pub pty_master: Option<OwnedFd>,
-    pub gate: Gate,
+    pub launcher: Launcher,
 }
 
-/// Lets a held child exec. Dropping it unreleased makes the child exit (status 126).
-pub struct Gate {
-    go: OwnedFd,
-    errors: OwnedFd,
+/// Everything the child needs, built before it exists (it may not allocate).
+pub struct Launcher {
     program: String,
+    path: CString,
+    _argv: Vec<CString>,
+    argv_p: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    env_p: Vec<*const libc::c_char>,
+    cwd: CString,
+    groups: Vec<libc::gid_t>,
+    limits: Vec<(libc::__rlimit_resource_t, u64)>,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    tty: bool,
+    in_fd: RawFd,
+    out_fd: RawFd,
+    err_fd: RawFd,
+    /// The child's ends, closed in the parent once it exists.
+    _child_ends: Vec<OwnedFd>,
+    _devnull: std::fs::File,
 }
 
-impl Gate {
-    /// Releases the child and reports whether it reached execve.
-    pub fn release(self) -> Result<(), SpawnError> {
-        // SAFETY: one byte into our pipe; EPIPE (the child already failed) is reported below.
-        unsafe { libc::write(self.go.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        drop(self.go);
-        let mut buf = [0u8; 4];
-        if read_full(self.errors.as_raw_fd(), &mut buf) != 4 {
-            return Ok(());
-        }
-        let stage = STAGES.get(buf[0] as usize).copied().unwrap_or("exec");
-        let errno = i32::from(buf[1]) | (i32::from(buf[2]) << 8);
-        if stage == "execve" && errno == libc::ENOENT {
-            return Err(SpawnError::NotFound(self.program));
-        }
-        Err(SpawnError::Os { stage, source: std::io::Error::from_raw_os_error(errno) })
-    }
-}
+// SAFETY: the raw pointers point into the CStrings the launcher owns.
+unsafe impl Send for Launcher {}
+
+/// The child's stack between clone and execve: the few frames of [`child_main`] and libc's
+/// syscall wrappers.
+const CHILD_STACK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -162,19 +170,20 @@ pub fn resolve_program(program: &str, path_var: Option<&str>, cwd: &str) -> Opti
 /// What the child writes to the error pipe when a step before execve fails.
 const STAGES: &[&str] = &["setsid", "controlling terminal", "stdio", "rlimit", "setgroups", "setgid", "setuid", "chdir", "execve"];
 
-pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
+/// Builds a process (its streams, arguments, environment, identity and limits) without
+/// creating it.
+pub fn prepare(req: SpawnRequest<'_>) -> Result<Prepared, SpawnError> {
     let program = req.argv.first().ok_or(SpawnError::EmptyArgv)?;
     let path_var = req.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let resolved = resolve_program(program, path_var, req.cwd).ok_or_else(|| SpawnError::NotFound(program.clone()))?;
-    let path_c = cstr(&resolved)?;
-    let argv_c = req.argv.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
-    let env_c = req.env.iter().map(|(k, v)| cstr(&format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
-    let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    let path = cstr(&resolved)?;
+    let argv = req.argv.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+    let env = req.env.iter().map(|(k, v)| cstr(&format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_p.push(std::ptr::null());
-    let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+    let mut env_p: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
     env_p.push(std::ptr::null());
-    let cwd_c = cstr(req.cwd)?;
-    let groups: Vec<libc::gid_t> = req.identity.groups.clone();
+    let cwd = cstr(req.cwd)?;
     let limits: Vec<(libc::__rlimit_resource_t, u64)> = [
         (libc::RLIMIT_NOFILE, req.rlimits.nofile),
         (libc::RLIMIT_NPROC, req.rlimits.nproc),
@@ -221,80 +230,135 @@ pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> Result<Spawned, SpawnErr
     let in_fd: RawFd = stdin_child.as_ref().map(|f| f.as_raw_fd()).unwrap_or(devnull.as_raw_fd());
     let out_fd = stdout_child.as_raw_fd();
     let err_fd = stderr_child.as_ref().map(|f| f.as_raw_fd()).unwrap_or(out_fd);
-    let tty = req.tty.is_some();
-    let (err_r, err_w) = pipe()?;
-    let (go_r, go_w) = pipe()?;
-    let (uid, gid) = (req.identity.uid, req.identity.gid);
+    let child_ends: Vec<OwnedFd> = [stdin_child, Some(stdout_child), stderr_child].into_iter().flatten().collect();
+    let launcher = Launcher {
+        program: program.clone(),
+        path,
+        _argv: argv,
+        argv_p,
+        _env: env,
+        env_p,
+        cwd,
+        groups: req.identity.groups.clone(),
+        limits,
+        uid: req.identity.uid,
+        gid: req.identity.gid,
+        tty: req.tty.is_some(),
+        in_fd,
+        out_fd,
+        err_fd,
+        _child_ends: child_ends,
+        _devnull: devnull,
+    };
+    Ok(Prepared { stdin: stdin_parent, stdout: stdout_parent, stderr: stderr_parent, pty_master: master, launcher })
+}
 
-    let (tx, rx) = mpsc::channel();
-    let mut children = reaper.children.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: the child only calls async-signal-safe functions on pre-built data, then execs or exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(SpawnError::Os { stage: "fork", source: std::io::Error::last_os_error() });
-    }
-    if pid == 0 {
-        // SAFETY: see above; every path ends in execve or _exit.
-        unsafe {
-            let fail = |stage: u8| -> ! {
-                let e = *libc::__errno_location();
-                let msg = [stage, (e & 0xff) as u8, ((e >> 8) & 0xff) as u8, 0];
-                libc::write(err_w.as_raw_fd(), msg.as_ptr().cast(), 4);
-                libc::_exit(127);
-            };
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // Dispositions survive execve: a process must not inherit ignored signals from
-            // whoever started the agent (a shell's background job ignores SIGINT and SIGQUIT).
-            for sig in 1..libc::SIGRTMIN() {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
+/// What the child is handed: the launcher and its error pipe.
+struct ChildArgs<'a> {
+    l: &'a Launcher,
+    err_w: RawFd,
+}
+
+/// The child between clone and execve: raw system calls only, on the launcher's data. Reports
+/// the failing step and errno on the error pipe and exits 127.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs the parent keeps alive until this child has exec'd or
+    // exited (CLONE_VFORK suspends the parent until then).
+    let a = unsafe { &*(arg as *const ChildArgs<'_>) };
+    let l = a.l;
+    // SAFETY: every call below is a system call on prepared data; every path ends in execve or
+    // _exit. errno lives in the suspended parent thread's TLS, which nothing reads meanwhile.
+    unsafe {
+        let fail = |stage: u8| -> ! {
+            let e = *libc::__errno_location();
+            let msg = [stage, (e & 0xff) as u8, ((e >> 8) & 0xff) as u8, 0];
+            libc::write(a.err_w, msg.as_ptr().cast(), 4);
+            libc::_exit(127);
+        };
+        // Dispositions survive execve: a process must not inherit ignored signals from whoever
+        // started the agent (a shell's background job ignores SIGINT and SIGQUIT). Reset them
+        // (in this child's own copy of the table) before unblocking anything, so no handler of
+        // the agent can run on this shared memory.
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
             }
-            if libc::setsid() < 0 {
-                fail(0);
-            }
-            if tty && libc::ioctl(out_fd, libc::TIOCSCTTY, 0) < 0 {
-                fail(1);
-            }
-            if libc::dup2(in_fd, 0) < 0 || libc::dup2(out_fd, 1) < 0 || libc::dup2(err_fd, 2) < 0 {
-                fail(2);
-            }
-            for (res, v) in &limits {
-                let lim = libc::rlimit { rlim_cur: *v, rlim_max: *v };
-                if libc::setrlimit(*res, &lim) != 0 {
-                    fail(3);
-                }
-            }
-            // Only root may set groups; anyone may "change" to the ids they already have.
-            if libc::geteuid() == 0 && libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
-                fail(4);
-            }
-            if libc::setresgid(gid, gid, gid) != 0 {
-                fail(5);
-            }
-            if libc::setresuid(uid, uid, uid) != 0 {
-                fail(6);
-            }
-            if libc::chdir(cwd_c.as_ptr()) != 0 {
-                fail(7);
-            }
-            let mut go = 0u8;
-            if libc::read(go_r.as_raw_fd(), (&mut go as *mut u8).cast(), 1) != 1 {
-                libc::_exit(126);
-            }
-            // Only 0, 1 and 2 cross into the program, whatever else is open in the agent.
-            crate::fds::cloexec_from(3);
-            libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
-            fail(8);
         }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if libc::setsid() < 0 {
+            fail(0);
+        }
+        if l.tty && libc::ioctl(l.out_fd, libc::TIOCSCTTY, 0) < 0 {
+            fail(1);
+        }
+        if libc::dup2(l.in_fd, 0) < 0 || libc::dup2(l.out_fd, 1) < 0 || libc::dup2(l.err_fd, 2) < 0 {
+            fail(2);
+        }
+        for (res, v) in &l.limits {
+            let lim = libc::rlimit { rlim_cur: *v, rlim_max: *v };
+            if libc::setrlimit(*res, &lim) != 0 {
+                fail(3);
+            }
+        }
+        // Raw syscalls: glibc's wrappers would try to change the ids of every thread of the
+        // agent, whose memory this child shares. Only root may set groups; anyone may "change"
+        // to the ids they already have.
+        if libc::geteuid() == 0 && libc::syscall(libc::SYS_setgroups, l.groups.len(), l.groups.as_ptr()) != 0 {
+            fail(4);
+        }
+        if libc::syscall(libc::SYS_setresgid, l.gid, l.gid, l.gid) != 0 {
+            fail(5);
+        }
+        if libc::syscall(libc::SYS_setresuid, l.uid, l.uid, l.uid) != 0 {
+            fail(6);
+        }
+        if libc::chdir(l.cwd.as_ptr()) != 0 {
+            fail(7);
+        }
+        // Only 0, 1 and 2 cross into the program, whatever else is open in the agent.
+        crate::fds::cloexec_from(3);
+        libc::execve(l.path.as_ptr(), l.argv_p.as_ptr(), l.env_p.as_ptr());
+        fail(8);
     }
-    children.insert(pid, tx);
-    drop(children);
-    drop((stdin_child, stdout_child, stderr_child, err_w, go_r, devnull));
-    let gate = Gate { go: go_w, errors: err_r, program: program.clone() };
-    Ok(Spawned { pid, exit: rx, stdin: stdin_parent, stdout: stdout_parent, stderr: stderr_parent, pty_master: master, gate })
+}
+
+impl Launcher {
+    /// Creates the process; returns once it has exec'd (its pid, and where its exit status
+    /// will arrive) or with why it could not.
+    pub fn launch(self, reaper: &Reaper) -> Result<(i32, Receiver<ExitStatus>), SpawnError> {
+        let (err_r, err_w) = pipe()?;
+        let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
+        // The stack grows down from its 16-byte aligned top.
+        let top = ((stack.as_mut_ptr() as usize + CHILD_STACK) & !15) as *mut libc::c_void;
+        let args = ChildArgs { l: &self, err_w: err_w.as_raw_fd() };
+        let (tx, rx) = mpsc::channel();
+        let mut children = reaper.children.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: child_main runs on its own stack with `args`, which outlive it (CLONE_VFORK:
+        // this thread waits until the child has exec'd or exited); SIGCHLD reports its exit to
+        // the reaper like any child's.
+        let pid = unsafe {
+            libc::clone(child_main, top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, (&args as *const ChildArgs<'_>) as *mut libc::c_void)
+        };
+        if pid < 0 {
+            return Err(SpawnError::Os { stage: "clone", source: std::io::Error::last_os_error() });
+        }
+        children.insert(pid, tx);
+        drop(children);
+        drop(stack);
+        drop(err_w);
+        let mut buf = [0u8; 4];
+        if read_full(err_r.as_raw_fd(), &mut buf) != 4 {
+            return Ok((pid, rx));
+        }
+        let stage = STAGES.get(buf[0] as usize).copied().unwrap_or("exec");
+        let errno = i32::from(buf[1]) | (i32::from(buf[2]) << 8);
+        if stage == "execve" && errno == libc::ENOENT {
+            return Err(SpawnError::NotFound(self.program));
+        }
+        Err(SpawnError::Os { stage, source: std::io::Error::from_raw_os_error(errno) })
+    }
 }
 
 fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
