@@ -46,6 +46,8 @@ pub struct ShimClient {
     reader: BufReader<UnixStream>,
     writer: Arc<Mutex<UnixStream>>,
     next_id: u64,
+    /// The handshake's id while its answer has not been read ([`ShimClient::connect_pipelined`]).
+    hello: Option<u64>,
 }
 
 /// Where streamed output goes.
@@ -74,12 +76,26 @@ impl ShimClient {
     /// A client over a stream already connected to a shim (or to whatever answers like one),
     /// after the handshake.
     pub fn over(stream: UnixStream) -> Result<ShimClient> {
-        let writer = stream.try_clone().map_err(|e| ClientError::Connect { path: String::new(), source: e })?;
-        let mut c = ShimClient { reader: BufReader::with_capacity(CHUNK_LEN + 64, stream), writer: Arc::new(Mutex::new(writer)), next_id: 1 };
+        let mut c = Self::unchecked(stream)?;
         match c.call(ShimRequest::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() })? {
             Response::Hello { .. } => Ok(c),
             other => Err(remote(other)),
         }
+    }
+
+    fn unchecked(stream: UnixStream) -> Result<ShimClient> {
+        let writer = stream.try_clone().map_err(|e| ClientError::Connect { path: String::new(), source: e })?;
+        Ok(ShimClient { reader: BufReader::with_capacity(CHUNK_LEN + 64, stream), writer: Arc::new(Mutex::new(writer)), next_id: 1, hello: None })
+    }
+
+    /// Connects and sends the handshake without waiting for its answer, so the first request
+    /// travels with it (one round trip fewer: `exec`'s fast path). A refused handshake is the
+    /// first request's error.
+    pub fn connect_pipelined(socket: &Path) -> Result<ShimClient> {
+        let stream = UnixStream::connect(socket).map_err(|e| ClientError::Connect { path: socket.display().to_string(), source: e })?;
+        let mut c = Self::unchecked(stream)?;
+        c.hello = Some(c.start(ShimRequest::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() })?);
+        Ok(c)
     }
 
     /// Sends a request and returns its id.
@@ -96,7 +112,17 @@ impl ShimClient {
     }
 
     pub fn recv(&mut self) -> Result<Frame<Response>> {
-        Ok(protocol::read_frame(&mut self.reader)?)
+        loop {
+            let f: Frame<Response> = protocol::read_frame(&mut self.reader)?;
+            if self.hello == Some(f.id) {
+                self.hello = None;
+                match f.body {
+                    Response::Hello { .. } => continue,
+                    other => return Err(remote(other)),
+                }
+            }
+            return Ok(f);
+        }
     }
 
     /// Next response for `id` (responses of other ids are dropped: one request at a time).

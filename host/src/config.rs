@@ -110,9 +110,16 @@ impl Config {
         config
     }
 
-    /// The program shims run from.
+    /// The program shims run from. The `orchestrator` front hands `__shim` to the core beside
+    /// it, so a configured front is replaced by that core (one exec fewer per sandbox start).
     pub fn binary(&self) -> PathBuf {
-        self.binary.clone().unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")))
+        let binary = self.binary.clone().unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")));
+        let core = binary.with_file_name("orchestrator-core");
+        if binary.file_name().is_some_and(|n| n == "orchestrator") && core.exists() {
+            core
+        } else {
+            binary
+        }
     }
 
     /// Where compiled plugin components are cached.

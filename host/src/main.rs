@@ -1,5 +1,6 @@
-//! `orchestrator`: one binary for the CLI, the per-sandbox shim (`__shim DIR`) and a namespace
-//! sandbox's init (`__agent`, the guest agent as PID 1).
+//! `orchestrator-core`: one binary for the CLI, the per-sandbox shim (`__shim DIR`) and a
+//! namespace sandbox's init (`__agent`, the guest agent as PID 1). Users run it through the
+//! `orchestrator` front (front.rs), which starts `exec` faster and hands it everything else.
 
 use clap::Parser;
 

@@ -149,7 +149,7 @@ pub(super) fn connect_by_link(data_root: &std::path::Path, name: &str) -> Option
     if !crate::spec::is_valid_name(name) {
         return None;
     }
-    ShimClient::connect(&crate::paths::socket_link(data_root, name)).ok()
+    ShimClient::connect_pipelined(&crate::paths::socket_link(data_root, name)).ok()
 }
 
 pub fn exec(orch: &Orchestrator, name: &str, argv: Vec<String>, o: ExecOptions) -> Result<i32> {

@@ -370,6 +370,36 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// `exec`'s flags, as the fast front (`front.rs`) parses them.
+#[derive(Debug, Default)]
+pub struct ExecFlags {
+    pub interactive: bool,
+    pub tty: bool,
+    /// `K=V` pairs.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub timeout: Option<u64>,
+}
+
+/// `exec` on a running sandbox reached by name through its socket link, without the state
+/// database; None when the link does not answer (the core then resolves the name through the
+/// store and says why it cannot).
+pub fn exec_by_name(data_dir: &Path, name: &str, command: Vec<String>, flags: ExecFlags) -> Option<Result<i32>> {
+    let client = interactive::connect_by_link(data_dir, name)?;
+    Some((|| {
+        let opts = interactive::ExecOptions {
+            interactive: flags.interactive,
+            tty: flags.tty,
+            env: parse_env(&flags.env)?,
+            workdir: flags.workdir,
+            user: flags.user,
+            timeout: flags.timeout,
+        };
+        interactive::exec_on(client, command, opts)
+    })())
+}
+
 /// A sandbox by its name, or by a unique prefix of its instance id (as `get -o json` shows it).
 fn sandbox_name(orch: &Orchestrator, text: &str) -> Result<String> {
     orch.resolve_name(text).map_err(|e| match e {
