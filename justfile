@@ -41,6 +41,11 @@ fuzz target="all" seconds="60":
 fuzz-minimise target="all":
     bash tests/fuzz/run.sh minimise {{target}}
 
+# Only command start: `--version` and `exec` (optionally against a BASELINE binary), and the
+# library's exec round trip.
+bench-commands *baseline: rootfs build
+    bash tests/bench/commands.sh {{bin}} {{cache}}/rootfs/busybox {{baseline}}
+
 # Only the network benchmark (ours vs pasta and slirp4netns; then a microVM vs a namespace
 # sandbox, in the nested harness where needed).
 bench-net: rootfs build plugins
@@ -60,11 +65,12 @@ plugins:
     bash tests/plugins/toolchains.sh
     bash plugins/build.sh target/plugins
 
-# Benchmarks: sandboxes vs runc and bubblewrap, image pulls vs skopeo + umoci (hyperfine),
+# Benchmarks: sandboxes vs runc and bubblewrap, command start and the library's exec, image pulls vs skopeo + umoci (hyperfine),
 # plugin decisions in C, JS and Python vs native Rust, the network vs pasta and slirp4netns,
 # microVM boot vs QEMU microvm.
 bench: rootfs build plugins
     bash tests/bench/run.sh {{bin}} {{cache}}/rootfs/busybox
+    bash tests/bench/commands.sh {{bin}} {{cache}}/rootfs/busybox
     bash tests/bench/network.sh {{bin}} {{cache}}/rootfs/busybox target/plugins/egress-guard-c.wasm
     bash tests/bench/images.sh {{bin}} {{cache}}
     cargo bench -p orchestrator --bench plugins
