@@ -118,6 +118,29 @@ fn streamed_execs_take_stdin_signals_and_report_their_status() {
 }
 
 #[test]
+fn logs_stream_the_main_process_and_following_ends_with_the_sandbox() {
+    let env = Env::new();
+    let rt = runtime();
+    rt.block_on(async {
+        let sandbox = Sandbox::builder("talker")
+            .config(config(&env))
+            .image(rootfs().display().to_string())
+            .command(["sh", "-c", "echo one; sleep 0.5; echo two >&2"])
+            .restart(orchestrator::spec::RestartPolicy::Never)
+            .create()
+            .await
+            .expect("create");
+        let started = Instant::now();
+        let followed = tokio::time::timeout(Duration::from_secs(20), sandbox.logs(true).await.unwrap().read_all()).await.expect("following ends").unwrap();
+        assert_eq!(String::from_utf8_lossy(&followed), "one\ntwo\n");
+        assert!(started.elapsed() >= Duration::from_millis(300), "it followed the second line as it came");
+        assert_eq!(sandbox.logs(false).await.unwrap().read_all().await.unwrap(), followed);
+        assert_eq!(sandbox.view().await.unwrap().status, "Exited");
+        sandbox.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn each_error_kind_is_returned_where_a_caller_expects_it() {
     let env = Env::new();
     let rt = runtime();

@@ -21,12 +21,12 @@ metadata: { name: bench }
 spec: { image: "dir:$rootfs", isolation: namespace }
 YAML
 "$o" apply -f "$work/bench.yaml" >/dev/null
-cmds=(-n "--version" "$o --version" -n "exec bench -- true" "$o exec bench -- true")
+cmds=(-n "orchestrator --version" "$o --version" -n "orchestrator exec bench -- true" "$o exec bench -- true")
 if [ -n "$base" ]; then
-  cmds+=(-n "baseline --version" "$base --version" -n "baseline exec bench -- true" "$base exec bench -- true")
+  cmds+=(-n "baseline: orchestrator --version" "$base --version" -n "baseline: orchestrator exec bench -- true" "$base exec bench -- true")
 fi
 echo "== command start ($runs runs each)"
-hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/cmd.json" "${cmds[@]}" >/dev/null
+hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/cmd.json" "${cmds[@]}" > "$work/hyperfine.log" || { cat "$work/hyperfine.log"; exit 1; }
 python3 - "$work/cmd.json" <<'PY'
 import json, sys
 def pct(xs, p):

@@ -15,11 +15,13 @@ mod builder;
 pub mod copy;
 mod exec;
 mod fs;
+mod logs;
 
 pub use builder::{PatchBuilder, SandboxBuilder};
 pub use copy::Copied;
 pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput};
 pub use fs::SandboxFs;
+pub use logs::LogStream;
 pub use guest_agent::protocol::{DirEntry, ExitStatus, FileKind, FileStat, Rlimits};
 
 use crate::client::{ClientError, ShimClient};
