@@ -237,7 +237,7 @@ impl Agent {
             Err(e) => return self.reply(id, error(ErrorCode::SpawnFailed, e)),
         };
         let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert("PATH".into(), crate::abi::DEFAULT_PATH.into());
         env.insert("HOME".into(), identity.home.clone());
         if let Some(name) = &identity.name {
             env.insert("USER".into(), name.clone());

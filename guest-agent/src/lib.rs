@@ -1,6 +1,7 @@
 //! The guest agent: PID 1 inside every sandbox (namespace or microVM), and the host<->agent
 //! protocol that the host links against, so both sides always agree on the wire format.
 
+pub mod abi;
 pub mod agent;
 pub mod fds;
 mod files;

@@ -158,7 +158,7 @@ pub fn resolve_program(program: &str, path_var: Option<&str>, cwd: &str) -> Opti
         // before it is reported started (execve's own errors come after `Started`).
         return executable(&p).then(|| p.to_string_lossy().into_owned());
     }
-    let path_var = path_var.unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path_var = path_var.unwrap_or(crate::abi::DEFAULT_PATH);
     path_var
         .split(':')
         .filter(|d| !d.is_empty())

@@ -14,14 +14,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Host CID and the port the VMM bridges to the shim (vmm::devices::vsock).
-pub const HOST_CID: u32 = 2;
-pub const AGENT_PORT: u32 = 1024;
+pub use crate::abi::{AGENT_PORT, HOST_CID, IMAGE_DISK, SCRATCH_DISK};
 /// Where the initramfs keeps modules, and the file listing them in load order.
 const MODULES_DIR: &str = "/modules";
 const MODULE_ORDER: &str = "/modules/order";
-pub const IMAGE_DISK: &str = "/dev/vda";
-pub const SCRATCH_DISK: &str = "/dev/vdb";
 pub const IMAGE_MOUNT: &str = "/mnt/image";
 pub const SCRATCH_MOUNT: &str = "/mnt/scratch";
 pub const ROOT_MOUNT: &str = "/mnt/root";

@@ -244,7 +244,7 @@ fn launch_shim(config: &Config, dir: &InstanceDir, cfg: &ShimConfig, secrets: &[
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PATH", guest_agent::abi::DEFAULT_PATH)
         .spawn()
         .map_err(RuntimeError::Spawn)?;
     // Secrets travel over the shim's stdin only: a pipe, never a file or an argument.

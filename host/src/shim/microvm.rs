@@ -93,7 +93,7 @@ impl Backend for MicrovmBackend {
             ],
             console_log: Some(dir.console_log()),
             console_limit: CONSOLE_LIMIT,
-            guest_cid: 3,
+            guest_cid: guest_agent::abi::GUEST_CID,
             net,
         };
         let started = vmm::Vm::start(&vm_cfg).map_err(|e| format!("starting the VM: {e}"))?;
@@ -170,5 +170,15 @@ impl Backend for MicrovmBackend {
     fn end_reason(&mut self) -> Option<String> {
         let reason = self.vm.as_ref()?.wait(Duration::from_secs(2))?;
         Some(format!("the microVM ended: {reason}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The VMM (which must not depend on the agent) keeps its own copy of the vsock contract.
+    #[test]
+    fn the_vmm_and_the_agent_agree_on_vsock() {
+        assert_eq!(vmm::devices::vsock::AGENT_PORT, guest_agent::abi::AGENT_PORT);
+        assert_eq!(vmm::devices::vsock::HOST_CID, u64::from(guest_agent::abi::HOST_CID));
     }
 }
