@@ -195,8 +195,23 @@ fn each_error_kind_is_returned_where_a_caller_expects_it() {
         let e = first.exec_stream("/no/such/program", Vec::<String>::new()).await.err().expect("a spawn failure");
         assert_eq!(e.kind(), ErrorKind::SpawnFailed, "{e}");
         assert_eq!(first.fs().read("/no/such/file").await.unwrap_err().kind(), ErrorKind::NotFound);
+        let mut events = first.events(5).await.unwrap();
+        let started = tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("its history").unwrap().unwrap();
+        assert_eq!(started.reason, "Started", "{started:?}");
         first.stop_and_wait().await.unwrap();
         assert_eq!(first.shell("true").await.unwrap_err().kind(), ErrorKind::NotRunning);
+        // The stop arrives on the stream as it is recorded.
+        let stopped = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let e = events.next().await.expect("the stream stays open").unwrap();
+                if e.reason == "Stopped" {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the Stopped event within 5 s");
+        assert_eq!(stopped.object, "Sandbox/taken");
         first.start().await.unwrap();
         assert_eq!(first.shell("echo again").await.unwrap().stdout_lossy(), "again\n");
         first.remove().await.unwrap();

@@ -52,7 +52,7 @@ pub use config::{Config, Credentials, RegistryConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use queries::Description;
 pub use reconcile::Orchestrator;
-pub use sandbox::{ExecEvent, ExecHandle, ExecOptions, ExecOutput, LogStream, Sandbox, SandboxBuilder, SandboxFs};
+pub use sandbox::{EventStream, ExecEvent, ExecHandle, ExecOptions, ExecOutput, LogStream, Sandbox, SandboxBuilder, SandboxFs};
 pub use view::{ApplyReport, ResourceView};
 
 /// Runs this process as a sandbox's shim or a namespace sandbox's init when it was started as

@@ -340,6 +340,23 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// Events newer than the one with id `after`, oldest first, with their ids (at most
+    /// `limit`): what a follower has not seen yet.
+    pub fn events_after(&self, object: Option<&str>, after: i64, limit: usize) -> Result<Vec<(i64, Event)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, at, object, reason, message FROM events WHERE id > ?1 AND (?2 IS NULL OR object = ?2) ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after, object, limit as i64], |r| {
+            Ok((r.get(0)?, Event { at: r.get(1)?, object: r.get(2)?, reason: r.get(3)?, message: r.get(4)? }))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The id of the newest event (0 when there is none).
+    pub fn last_event_id(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
     pub fn source_error(&self, source: &str) -> Result<Option<String>> {
         Ok(self
             .conn

@@ -13,12 +13,14 @@
 
 mod builder;
 pub mod copy;
+mod events;
 mod exec;
 mod fs;
 mod logs;
 
 pub use builder::{PatchBuilder, SandboxBuilder};
 pub use copy::Copied;
+pub use events::EventStream;
 pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput};
 pub use fs::SandboxFs;
 pub use logs::LogStream;
