@@ -224,3 +224,36 @@ fn a_killed_sandbox_init_fails_the_sandbox_and_apply_restarts_it() {
     assert!(out.contains("sandbox/victim restarted"), "{out}");
     assert_eq!(env.status("victim"), "Running");
 }
+
+#[test]
+fn a_command_on_one_sandbox_never_waits_for_the_reconcile_of_another() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new();
+    let file = env.file("two.yaml", &format!("{}---\n{}", sandbox_yaml("a", ""), sandbox_yaml("b", "")));
+    env.ok(&["apply", "-f", file.to_str().unwrap()]);
+    // Someone is reconciling `a` (as serve's controller does, for as long as a start takes).
+    let held = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(env.data_dir().join("locks/a.lock")).unwrap();
+    // SAFETY: flock on a file this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let started = std::time::Instant::now();
+    env.ok(&["stop", "b"]);
+    env.ok(&["start", "b"]);
+    assert_eq!(env.ok(&["run", "--rm", &format!("dir:{}", rootfs().display()), "--", "echo", "not waiting"]), "not waiting\n");
+    assert_eq!(env.status("a"), "Running", "get observes a without waiting for it");
+    assert!(started.elapsed() < Duration::from_secs(20), "commands on other sandboxes took {:?}", started.elapsed());
+    // A command on `a` itself waits for that reconcile, then runs.
+    let mut stop_a = env.cmd(&["stop", "a"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(stop_a.try_wait().unwrap().is_none(), "stop a must wait while a is being reconciled");
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = stop_a.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "stop a did not finish once the lock was free");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert_eq!(env.status("a"), "Stopped");
+}

@@ -5,8 +5,8 @@
 //! Invariants:
 //! - One object is never reconciled twice at once: an item is either queued or in flight, and
 //!   an item queued again while in flight runs once more after it finishes.
-//! - The reconcile lock is held for one object's reconcile at a time, never for a whole pass,
-//!   so a command on another sandbox (`run --rm`, `stop`) waits at most for one object.
+//! - A reconcile holds its object's lock only; committing a source holds the desired-state lock
+//!   only while it commits. A command on another sandbox (`run --rm`, `stop`) never waits.
 //! - A failure requeues its object with exponential back-off (capped); a success resets it.
 //! - A broken source changes nothing: the last good state keeps running, and the error is
 //!   logged once and recorded for `get`.
@@ -149,7 +149,7 @@ pub struct ServeOptions {
 
 /// A reconcile of one sandbox, under the lock for that one object.
 fn reconcile_one(orch: &mut Orchestrator, name: &str) -> Result<(Outcome, Action)> {
-    let _lock = orch.lock()?;
+    let _lock = orch.lock_object(name)?;
     let outcome = orch.converge(name)?;
     Ok((outcome, Action::AwaitChange))
 }
@@ -226,11 +226,8 @@ pub fn serve(orch: &mut Orchestrator, dir: &Path, options: &ServeOptions, log: &
         let now = Instant::now();
         if source_changed {
             source_changed = false;
-            {
-                let _lock = orch.lock()?;
-                for line in orch.adopt_all()? {
-                    log(&format!("note: {line}"));
-                }
+            for line in orch.adopt_all()? {
+                log(&format!("note: {line}"));
             }
             for name in commit_source(orch, &dir, &source, options.prune_empty, &mut last_error, log)?.unwrap_or_default() {
                 queue.enqueue(&name, now);

@@ -43,9 +43,26 @@ impl DataDir {
         self.root.join("state.db")
     }
 
-    /// Held by whoever reconciles, so one object is never reconciled twice at once.
+    /// Held while desired state changes (a source's plan and commit, a new name): briefly.
     pub fn reconcile_lock(&self) -> PathBuf {
         self.root.join("reconcile.lock")
+    }
+
+    /// Held by whoever changes one object's instance (converge, start, stop, delete), so one
+    /// object is never reconciled twice at once while others proceed.
+    pub fn object_lock(&self, name: &str) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("locks");
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })?;
+        }
+        // Names are validated; anything else (a typo on the command line) is hex, never a path.
+        let file = if crate::spec::is_valid_name(name) {
+            format!("{name}.lock")
+        } else {
+            format!("x-{}.lock", name.bytes().map(|b| format!("{b:02x}")).collect::<String>())
+        };
+        Ok(dir.join(file))
     }
 
     pub fn instance(&self, instance: &str) -> InstanceDir {

@@ -24,14 +24,16 @@ fn state(e: impl std::fmt::Display) -> Error {
 }
 
 impl Orchestrator {
-    /// Current sandbox rows: refreshed and stored when the reconcile lock is free, else
-    /// observed without writing (an apply is running; it owns the writes).
+    /// Current sandbox rows: each refreshed and stored when its lock is free, else observed
+    /// without writing (someone is changing it; they own the writes).
     pub fn sandbox_rows(&mut self) -> Result<Vec<SandboxRow>> {
         let rows = self.store.sandboxes().map_err(state)?;
-        match self.try_lock() {
-            Some(_lock) => rows.iter().map(|r| self.refresh(r).map_err(Error::from)).collect(),
-            None => Ok(rows.iter().map(|r| self.observe(r)).collect()),
-        }
+        rows.iter()
+            .map(|r| match self.try_lock_object(&r.name) {
+                Some(_lock) => self.refresh(r).map_err(Error::from),
+                None => Ok(self.observe(r)),
+            })
+            .collect()
     }
 
     /// The network counters its shim last wrote, for a running sandbox with a link.
@@ -63,7 +65,7 @@ impl Orchestrator {
     pub fn get(&mut self, name: &str) -> Result<ResourceView> {
         let r = self.store.resource(Kind::Sandbox, name).map_err(state)?.ok_or_else(|| not_found(name))?;
         let rows = match self.store.sandbox(name).map_err(state)? {
-            Some(row) => vec![match self.try_lock() {
+            Some(row) => vec![match self.try_lock_object(name) {
                 Some(_lock) => self.refresh(&row)?,
                 None => self.observe(&row),
             }],

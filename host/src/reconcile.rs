@@ -1,8 +1,11 @@
 //! Reconciliation: makes observed sandboxes match the desired resources.
 //!
 //! Invariants:
-//! - Whoever changes desired or observed state holds the data directory's reconcile lock, so an
-//!   object is never reconciled twice at once (a CLI `apply` and a running `serve` take turns).
+//! - Whoever changes an object's instance holds that object's lock (`lock_object`), so an
+//!   object is never reconciled twice at once, and a command on one sandbox never waits for the
+//!   reconcile of another. Changes to desired state (a source's plan and commit, claiming a new
+//!   name) hold the data directory's lock (`lock`), briefly. Order: an object's lock may be
+//!   held while taking the data directory's, never the reverse.
 //! - Desired state is committed in one transaction before any sandbox is touched; an instance is
 //!   recorded (status Pending) before its shim starts. A process killed at any point leaves a
 //!   state that the next reconcile completes, and never two instances for one name.
@@ -152,7 +155,7 @@ impl Orchestrator {
         Ok(Orchestrator { config: Arc::new(config), data, store, plugins })
     }
 
-    /// Takes the reconcile lock (blocking) for the life of the returned file.
+    /// Takes the desired-state lock (blocking) for the life of the returned file.
     pub fn lock(&self) -> Result<File> {
         crate::paths::lock(&self.data.reconcile_lock())
             .map_err(|e| ReconcileError::DataDir { path: self.data.reconcile_lock().display().to_string(), source: e })
@@ -160,6 +163,17 @@ impl Orchestrator {
 
     pub fn try_lock(&self) -> Option<File> {
         crate::paths::try_lock(&self.data.reconcile_lock()).ok().flatten()
+    }
+
+    /// Takes one object's lock (blocking) for the life of the returned file.
+    pub fn lock_object(&self, name: &str) -> Result<File> {
+        let path = self.data.object_lock(name).map_err(|e| ReconcileError::DataDir { path: self.data.root().join("locks").display().to_string(), source: e })?;
+        crate::paths::lock(&path).map_err(|e| ReconcileError::DataDir { path: path.display().to_string(), source: e })
+    }
+
+    /// One object's lock if nobody holds it.
+    pub fn try_lock_object(&self, name: &str) -> Option<File> {
+        crate::paths::try_lock(&self.data.object_lock(name).ok()?).ok().flatten()
     }
 
     pub fn instance_dir(&self, row: &SandboxRow) -> InstanceDir {
@@ -202,12 +216,17 @@ impl Orchestrator {
     /// Applies a validated source: commits its desired state, then converges its sandboxes.
     /// Returns the plan and what happened to each plugin and sandbox; failures are reported
     /// there, but do not undo the desired state (the next reconcile retries).
+    /// Takes the locks itself: the caller holds none.
     pub fn apply(&mut self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<ApplyReport> {
-        let mut report = self.commit(source, manifests, prune_empty)?;
+        let mut report = {
+            let _desired = self.lock()?;
+            self.commit(source, manifests, prune_empty)?
+        };
         let mut names: Vec<String> =
             report.plan.items.iter().filter(|i| i.kind == Kind::Sandbox).map(|i| i.name.clone()).collect();
         names.dedup();
         for name in names {
+            let _object = self.lock_object(&name)?;
             let result = match self.converge(&name) {
                 Ok(o) => ActionResult::from(&o),
                 Err(e) => ActionResult::Failed { message: e.to_string() },
@@ -219,7 +238,7 @@ impl Orchestrator {
 
     /// Commits a validated source's desired state and compiles its new and changed plugins;
     /// touches no sandbox (the controller converges each one as its own work item). The
-    /// report's actions are the plugins'.
+    /// report's actions are the plugins'. The caller holds the desired-state lock.
     pub fn commit(&mut self, source: &str, manifests: &[Manifest], prune_empty: bool) -> Result<ApplyReport> {
         let plan = self.plan(source, manifests, prune_empty)?;
         if !plan.conflicts.is_empty() {
@@ -325,9 +344,11 @@ impl Orchestrator {
     }
 
     /// Adopts live shims and reports dead ones; returns a line for each sandbox that died.
+    /// Takes each object's lock, skipping one somebody else is changing.
     pub fn adopt_all(&mut self) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         for row in self.store.sandboxes()? {
+            let Some(_object) = self.try_lock_object(&row.name) else { continue };
             let next = self.refresh(&row)?;
             if row.status == Status::Running && next.status != Status::Running {
                 lines.push(format!(

@@ -43,7 +43,6 @@ impl Orchestrator {
             }
         };
         let source = source_id(path)?;
-        let _lock = self.lock()?;
         self.adopt_all()?;
         Ok(self.apply(&source, &manifests, prune_empty)?)
     }

@@ -255,13 +255,17 @@ pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec,
     spec.tty = tty;
     let manifest = super::cli_resource(&name, spec);
     {
-        let _lock = orch.lock()?;
-        if orch.store.resource(Kind::Sandbox, &name)?.is_some() {
-            bail!("a sandbox named {name:?} already exists; pick another --name or delete it");
+        let _object = orch.lock_object(&name)?;
+        {
+            // Claiming a name is a change of desired state.
+            let _desired = orch.lock()?;
+            if orch.store.resource(Kind::Sandbox, &name)?.is_some() {
+                bail!("a sandbox named {name:?} already exists; pick another --name or delete it");
+            }
+            let tx = orch.store.transaction()?;
+            crate::store::Store::upsert_resource(&tx, &manifest.resource, "cli", "orchestrator run")?;
+            tx.commit()?;
         }
-        let tx = orch.store.transaction()?;
-        crate::store::Store::upsert_resource(&tx, &manifest.resource, "cli", "orchestrator run")?;
-        tx.commit()?;
         if let Err(e) = orch.create_instance(&manifest.resource, !detach, interactive) {
             if rm {
                 let _ = orch.delete(&name);
@@ -285,10 +289,10 @@ pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec,
         code
     })();
     if rm {
-        let _lock = orch.lock()?;
+        let _object = orch.lock_object(&name)?;
         orch.delete(&name)?;
     } else if let Some(row) = orch.store.sandbox(&name)? {
-        if let Some(_lock) = orch.try_lock() {
+        if let Some(_object) = orch.try_lock_object(&name) {
             // Wait briefly for the shim to record the exit, so `get` right after shows it.
             let dir = orch.instance_dir(&row);
             for _ in 0..500 {

@@ -480,7 +480,6 @@ fn apply(orch: &mut Orchestrator, file: &Path, dry_run: bool, prune_empty: bool)
         }
         return Ok(if plan.conflicts.is_empty() { 0 } else { 1 });
     }
-    let _lock = orch.lock()?;
     adopt(orch)?;
     let report = orch.apply(&source, &manifests, prune_empty)?;
     for item in report.plan.items.iter().filter(|i| i.kind != Kind::Sandbox && i.change != Change::Unchanged) {
@@ -540,10 +539,10 @@ fn each(orch: &mut Orchestrator, names: &[String], done: &str, f: impl Fn(&mut O
     if names.is_empty() {
         bail!("name at least one sandbox");
     }
-    let _lock = orch.lock()?;
     adopt(orch)?;
     let mut code = 0;
     for n in names {
+        let _object = orch.lock_object(n)?;
         match f(orch, n) {
             Ok(()) => println!("{n} {done}"),
             Err(e) => {

@@ -104,7 +104,7 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
         bail!("no sandbox named {name:?} (see `orchestrator get`)");
     };
     let row = match orch.store.sandbox(name)? {
-        Some(r) => Some(match orch.try_lock() {
+        Some(r) => Some(match orch.try_lock_object(name) {
             Some(_l) => orch.refresh(&r)?,
             None => orch.observe(&r),
         }),

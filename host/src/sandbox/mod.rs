@@ -8,8 +8,8 @@
 //!   two handles (in one process or two) drive one sandbox safely.
 //! - One request at a time per connection: an operation takes the cached connection, or opens
 //!   its own while another holds it, and puts it back only after a clean answer.
-//! - Store writes (create, stop, remove) take the reconcile lock like every other writer; exec
-//!   and the file API never touch the store once connected.
+//! - Store writes (create, stop, remove) take the sandbox's own lock like every other writer;
+//!   exec and the file API never touch the store once connected.
 
 mod builder;
 pub mod copy;
@@ -119,7 +119,7 @@ impl Sandbox {
         let this = self.clone();
         blocking(move || {
             let mut orch = Orchestrator::open((*this.config).clone())?;
-            let _lock = orch.lock()?;
+            let _lock = orch.lock_object(&this.name)?;
             let mut row = orch.store.sandbox(&this.name).map_err(state)?.ok_or_else(|| not_found(&this.name))?;
             row.user_stopped = true;
             orch.store.update_sandbox(&row).map_err(state)?;
@@ -140,7 +140,7 @@ impl Sandbox {
         let this = self.clone();
         blocking(move || {
             let mut orch = Orchestrator::open((*this.config).clone())?;
-            let _lock = orch.lock()?;
+            let _lock = orch.lock_object(&this.name)?;
             orch.stop(&this.name)?;
             this.forget_connection();
             Ok(())
@@ -153,7 +153,7 @@ impl Sandbox {
         let this = self.clone();
         blocking(move || {
             let mut orch = Orchestrator::open((*this.config).clone())?;
-            let _lock = orch.lock()?;
+            let _lock = orch.lock_object(&this.name)?;
             orch.start(&this.name)?;
             this.forget_connection();
             Ok(())
@@ -166,7 +166,7 @@ impl Sandbox {
         let this = self.clone();
         blocking(move || {
             let mut orch = Orchestrator::open((*this.config).clone())?;
-            let _lock = orch.lock()?;
+            let _lock = orch.lock_object(&this.name)?;
             this.forget_connection();
             orch.delete(&this.name).map_err(Error::from)
         })
