@@ -27,17 +27,7 @@ if [ -n "$base" ]; then
 fi
 echo "== command start ($runs runs each)"
 hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/cmd.json" "${cmds[@]}" > "$work/hyperfine.log" || { cat "$work/hyperfine.log"; exit 1; }
-python3 - "$work/cmd.json" <<'PY'
-import json, sys
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-print("| command | mean ms | p50 ms | p95 ms | p99 ms |")
-print("|---|---|---|---|---|")
-for r in json.load(open(sys.argv[1]))["results"]:
-    t = [x * 1000 for x in r["times"]]
-    print(f"| `{r['command']}` | {sum(t)/len(t):.2f} | {pct(t,50):.2f} | {pct(t,95):.2f} | {pct(t,99):.2f} |")
-PY
+python3 "$(dirname "$0")/table.py" "$work/cmd.json"
 "$o" delete bench >/dev/null
 echo "== the library's exec round trip vs the CLI's"
 ORCHESTRATOR_BIN=$o cargo bench -q -p orchestrator --bench library -- "$rootfs" 2000 2>/dev/null | grep '^|'

@@ -18,7 +18,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/config" "$work/bundle"
+mkdir -p "$work/config"
 for n in 1 2 3 4; do
   cat > "$work/config/s$n.yaml" <<YAML
 apiVersion: orchestrator/v1
@@ -27,16 +27,7 @@ metadata: { name: s$n }
 spec: { image: "dir:$rootfs", isolation: namespace, command: [sleep, "3600"] }
 YAML
 done
-(cd "$work/bundle" && runc spec)
-python3 - "$work/bundle/config.json" "$rootfs" <<'PY'
-import json, sys
-path, rootfs = sys.argv[1], sys.argv[2]
-c = json.load(open(path))
-c["root"] = {"path": rootfs, "readonly": True}
-c["process"]["terminal"] = False
-c["process"]["args"] = ["/bin/true"]
-json.dump(c, open(path, "w"))
-PY
+bash "$(dirname "$0")/runc-bundle.sh" "$work/bundle" "$rootfs"
 measure() {  # NAME BINARY
   local data=$work/data-$1
   ORCHESTRATOR_DATA_DIR=$data "$2" serve --config "$work/config" --resync 1 2>/dev/null &
@@ -52,20 +43,4 @@ hyperfine --warmup 5 --runs "$runs" --export-json "$work/alone.json" -n "this: r
 measure this "$o"
 [ -n "$base" ] && measure baseline "$base"
 hyperfine --warmup 5 --runs "$runs" --export-json "$work/runc.json" -n "runc run" "runc run -b $work/bundle bench-\$\$" >/dev/null
-python3 - "$work"/*.json <<'PY'
-import json, sys
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-rows = {}
-print("| command | mean ms | p50 ms | p95 ms |\n|---|---|---|---|")
-for f in sys.argv[1:]:
-    for r in json.load(open(f))["results"]:
-        t = [x * 1000 for x in r["times"]]
-        rows[r["command"]] = pct(t, 50)
-        print(f"| {r['command']} | {sum(t)/len(t):.2f} | {pct(t,50):.2f} | {pct(t,95):.2f} |")
-runc = rows.get("runc run")
-for k, v in rows.items():
-    if k != "runc run" and runc:
-        print(f"{k}: {v/runc:.2f}x runc at p50")
-PY
+python3 "$(dirname "$0")/table.py" --vs "runc run" "$work"/*.json

@@ -14,17 +14,7 @@ work=$(mktemp -d /tmp/orch-bench.XXXXXX)
 export ORCHESTRATOR_DATA_DIR=$work/data
 trap '"$o" delete bench >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
-mkdir -p "$work/bundle"
-(cd "$work/bundle" && runc spec)
-python3 - "$work/bundle/config.json" "$rootfs" <<'PY'
-import json, sys
-path, rootfs = sys.argv[1], sys.argv[2]
-c = json.load(open(path))
-c["root"] = {"path": rootfs, "readonly": True}
-c["process"]["terminal"] = False
-c["process"]["args"] = ["/bin/true"]
-json.dump(c, open(path, "w"))
-PY
+bash "$(dirname "$0")/runc-bundle.sh" "$work/bundle" "$rootfs"
 
 echo "== one-shot sandbox running /bin/true ($runs runs each)"
 hyperfine --warmup 5 --runs "$runs" --export-json "$work/start.json" \
@@ -42,20 +32,4 @@ YAML
 echo "== exec into a running sandbox ($exec_runs runs)"
 hyperfine -N --warmup 20 --runs "$exec_runs" --export-json "$work/exec.json" -n "orchestrator exec bench -- true" "$o exec bench -- true"
 
-python3 - "$work/start.json" "$work/exec.json" <<'PY'
-import json, sys
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-print("\n| command | mean ms | p50 ms | p95 ms | p99 ms |")
-print("|---|---|---|---|---|")
-rows = {}
-for f in sys.argv[1:]:
-    for r in json.load(open(f))["results"]:
-        t = [x * 1000 for x in r["times"]]
-        rows[r["command"]] = pct(t, 50)
-        print(f"| `{r['command']}` | {sum(t)/len(t):.2f} | {pct(t,50):.2f} | {pct(t,95):.2f} | {pct(t,99):.2f} |")
-ours, runc = rows.get("orchestrator run --rm"), rows.get("runc run")
-if ours and runc:
-    print(f"\nrun --rm vs runc run, p50: {ours:.2f} ms vs {runc:.2f} ms (ratio {ours/runc:.2f})")
-PY
+python3 "$(dirname "$0")/table.py" --vs "runc run" "$work/start.json" "$work/exec.json"

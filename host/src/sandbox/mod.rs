@@ -113,23 +113,32 @@ impl Sandbox {
         SandboxFs::new(self.clone())
     }
 
-    /// Asks the sandbox to stop (SIGTERM, then SIGKILL after the grace period) and returns
-    /// without waiting; it stays stopped until [`Sandbox::start`], whatever its restart policy.
-    pub async fn stop(&self) -> Result<()> {
+    /// Runs a change of this sandbox's instance under its lock (blocking, off the runtime);
+    /// the cached connection is dropped, since the instance may be another one after.
+    async fn change<T: Send + 'static>(&self, f: impl FnOnce(&mut Orchestrator, &str) -> Result<T> + Send + 'static) -> Result<T> {
         let this = self.clone();
         blocking(move || {
             let mut orch = Orchestrator::open((*this.config).clone())?;
             let _lock = orch.lock_object(&this.name)?;
-            let mut row = orch.store.sandbox(&this.name).map_err(state)?.ok_or_else(|| not_found(&this.name))?;
+            this.forget_connection();
+            f(&mut orch, &this.name)
+        })
+        .await
+    }
+
+    /// Asks the sandbox to stop (SIGTERM, then SIGKILL after the grace period) and returns
+    /// without waiting; it stays stopped until [`Sandbox::start`], whatever its restart policy.
+    pub async fn stop(&self) -> Result<()> {
+        self.change(|orch, name| {
+            let mut row = orch.store.sandbox(name).map_err(state)?.ok_or_else(|| not_found(name))?;
             row.user_stopped = true;
             orch.store.update_sandbox(&row).map_err(state)?;
-            orch.store.event(&format!("Sandbox/{}", this.name), "Stopping", "stop requested").map_err(state)?;
+            orch.store.event(&format!("Sandbox/{name}"), "Stopping", "stop requested").map_err(state)?;
             let dir = orch.instance_dir(&row);
             if crate::paths::shim_alive(&dir) {
-                let mut client = ShimClient::connect(&dir.socket()).map_err(|e| Error::sandbox(&this.name, e))?;
-                client.stop(STOP_GRACE.as_millis() as u64).map_err(|e| Error::sandbox(&this.name, e))?;
+                let mut client = ShimClient::connect(&dir.socket()).map_err(|e| Error::sandbox(name, e))?;
+                client.stop(STOP_GRACE.as_millis() as u64).map_err(|e| Error::sandbox(name, e))?;
             }
-            this.forget_connection();
             Ok(())
         })
         .await
@@ -137,40 +146,17 @@ impl Sandbox {
 
     /// Stops the sandbox and returns once its processes are gone and its status recorded.
     pub async fn stop_and_wait(&self) -> Result<()> {
-        let this = self.clone();
-        blocking(move || {
-            let mut orch = Orchestrator::open((*this.config).clone())?;
-            let _lock = orch.lock_object(&this.name)?;
-            orch.stop(&this.name)?;
-            this.forget_connection();
-            Ok(())
-        })
-        .await
+        self.change(|orch, name| Ok(orch.stop(name)?)).await
     }
 
     /// Starts a stopped or exited sandbox again (a new instance if its spec changed).
     pub async fn start(&self) -> Result<()> {
-        let this = self.clone();
-        blocking(move || {
-            let mut orch = Orchestrator::open((*this.config).clone())?;
-            let _lock = orch.lock_object(&this.name)?;
-            orch.start(&this.name)?;
-            this.forget_connection();
-            Ok(())
-        })
-        .await
+        self.change(|orch, name| Ok(orch.start(name)?)).await
     }
 
     /// Stops the sandbox if it runs and deletes it: its instance, its files, its resource.
     pub async fn remove(&self) -> Result<()> {
-        let this = self.clone();
-        blocking(move || {
-            let mut orch = Orchestrator::open((*this.config).clone())?;
-            let _lock = orch.lock_object(&this.name)?;
-            this.forget_connection();
-            orch.delete(&this.name).map_err(Error::from)
-        })
-        .await
+        self.change(|orch, name| Ok(orch.delete(name)?)).await
     }
 
     fn forget_connection(&self) {
