@@ -235,7 +235,7 @@ pub fn serve(orch: &mut Orchestrator, dir: &Path, options: &ServeOptions, log: &
         }
         if now >= next_resync {
             next_resync = now + options.resync;
-            for row in orch.store.sandboxes().map_err(|e| Error::State(e.to_string()))? {
+            for row in orch.store.sandboxes()? {
                 // A failing object keeps its back-off; a resync does not cut it short.
                 if queue.failures(&row.name) == 0 {
                     queue.enqueue(&row.name, now);

@@ -109,6 +109,10 @@ impl Error {
         }
     }
 
+    pub(crate) fn no_sandbox(name: &str) -> Error {
+        Error::NotFound { what: "sandbox", name: name.to_string() }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io { context: context.into(), source }
     }
@@ -173,6 +177,18 @@ impl From<ReconcileError> for Error {
             ReconcileError::Store(e) => Error::State(e.to_string()),
             ReconcileError::Sqlite(e) => Error::State(e.to_string()),
         }
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Error {
+        Error::State(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::State(e.to_string())
     }
 }
 

@@ -234,3 +234,22 @@ pub fn shim_alive(dir: &InstanceDir) -> bool {
     }
     matches!(try_lock(&dir.lock()), Ok(None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name typed on the command line never becomes a path outside DATA/locks.
+    #[test]
+    fn object_locks_stay_in_their_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::open(tmp.path()).unwrap();
+        for name in ["web", "../../etc/passwd", "/abs", "a/b", ""] {
+            let lock = data.object_lock(name).unwrap();
+            assert_eq!(lock.parent(), Some(data.root().join("locks").as_path()), "{name:?}");
+        }
+        assert!(data.object_lock("web").unwrap().ends_with("web.lock"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(data.root().join("locks")).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}

@@ -19,15 +19,12 @@ pub struct Description {
     pub events: Vec<Event>,
 }
 
-fn state(e: impl std::fmt::Display) -> Error {
-    Error::State(e.to_string())
-}
 
 impl Orchestrator {
     /// Current sandbox rows: each refreshed and stored when its lock is free, else observed
     /// without writing (someone is changing it; they own the writes).
     pub fn sandbox_rows(&mut self) -> Result<Vec<SandboxRow>> {
-        let rows = self.store.sandboxes().map_err(state)?;
+        let rows = self.store.sandboxes()?;
         rows.iter()
             .map(|r| match self.try_lock_object(&r.name) {
                 Some(_lock) => self.refresh(r).map_err(Error::from),
@@ -52,7 +49,7 @@ impl Orchestrator {
     /// Every resource of `kind` (all kinds for None), as `get -o json` shows them.
     pub fn views(&mut self, kind: Option<Kind>) -> Result<Vec<ResourceView>> {
         let rows = self.sandbox_rows()?;
-        let resources = self.store.resources(kind).map_err(state)?;
+        let resources = self.store.resources(kind)?;
         Ok(resources.iter().map(|r| self.view_of(r, &rows)).collect())
     }
 
@@ -63,8 +60,8 @@ impl Orchestrator {
 
     /// One sandbox's view.
     pub fn get(&mut self, name: &str) -> Result<ResourceView> {
-        let r = self.store.resource(Kind::Sandbox, name).map_err(state)?.ok_or_else(|| not_found(name))?;
-        let rows = match self.store.sandbox(name).map_err(state)? {
+        let r = self.store.resource(Kind::Sandbox, name)?.ok_or_else(|| Error::no_sandbox(name))?;
+        let rows = match self.store.sandbox(name)? {
             Some(row) => vec![match self.try_lock_object(name) {
                 Some(_lock) => self.refresh(&row)?,
                 None => self.observe(&row),
@@ -77,27 +74,27 @@ impl Orchestrator {
     /// One sandbox's view and its newest `limit` events.
     pub fn describe(&mut self, name: &str, limit: usize) -> Result<Description> {
         let view = self.get(name)?;
-        let events = self.store.events(Some(&format!("Sandbox/{name}")), limit.max(1)).map_err(state)?;
+        let events = self.store.events(Some(&format!("Sandbox/{name}")), limit.max(1))?;
         Ok(Description { view, events })
     }
 
     /// The newest `limit` events of one sandbox, or of every object; oldest first.
     pub fn events(&self, sandbox: Option<&str>, limit: usize) -> Result<Vec<Event>> {
         if let Some(n) = sandbox {
-            if self.store.resource(Kind::Sandbox, n).map_err(state)?.is_none() {
-                return Err(not_found(n));
+            if self.store.resource(Kind::Sandbox, n)?.is_none() {
+                return Err(Error::no_sandbox(n));
             }
         }
         let object = sandbox.map(|n| format!("Sandbox/{n}"));
-        self.store.events(object.as_deref(), limit.max(1)).map_err(state)
+        Ok(self.store.events(object.as_deref(), limit.max(1))?)
     }
 
     /// A sandbox by its name, or by a unique prefix of its instance id (as `ps` shows it).
     pub fn resolve_name(&self, text: &str) -> Result<String> {
-        if self.store.sandbox(text).map_err(state)?.is_some() || self.store.resource(Kind::Sandbox, text).map_err(state)?.is_some() {
+        if self.store.sandbox(text)?.is_some() || self.store.resource(Kind::Sandbox, text)?.is_some() {
             return Ok(text.to_string());
         }
-        let rows = self.store.sandboxes().map_err(state)?;
+        let rows = self.store.sandboxes()?;
         let matches: Vec<String> = rows.into_iter().filter(|r| !text.is_empty() && r.instance.starts_with(text)).map(|r| r.name).collect();
         match matches.as_slice() {
             [one] => Ok(one.clone()),
@@ -107,6 +104,3 @@ impl Orchestrator {
     }
 }
 
-fn not_found(name: &str) -> Error {
-    Error::NotFound { what: "sandbox", name: name.to_string() }
-}

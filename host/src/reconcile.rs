@@ -150,7 +150,7 @@ impl Orchestrator {
         let data = DataDir::open(&root).map_err(|e| crate::Error::io(format!("opening the data directory {}", root.display()), e))?;
         // Shims and their configuration get the canonical path, wherever the caller ran.
         config.data_dir = data.root().to_path_buf();
-        let store = Store::open(&data.db()).map_err(|e| crate::Error::State(e.to_string()))?;
+        let store = Store::open(&data.db())?;
         let plugins = Arc::new(Registry::new(Some(config.plugin_cache())));
         Ok(Orchestrator { config: Arc::new(config), data, store, plugins })
     }

@@ -264,18 +264,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             output::logs(&orch, &name, follow, tail, console)
         }
         Command::Exec { process: p, user, timeout, name, command } => {
-            let opts = interactive::ExecOptions {
-                interactive: p.interactive,
-                tty: p.tty,
-                env: parse_env(&p.env)?,
-                workdir: p.workdir,
-                user,
-                timeout,
-            };
-            // The fast path: a running sandbox by name needs no state database.
-            if let Some(client) = interactive::connect_by_link(&config.data_dir, &name) {
-                return interactive::exec_on(client, command, opts);
-            }
+            // The front (front.rs) tried the sandbox's socket link already: ask the store.
+            let opts = ExecFlags { interactive: p.interactive, tty: p.tty, env: p.env, workdir: p.workdir, user, timeout }.options()?;
             let orch = open()?;
             let name = sandbox_name(&orch, &name)?;
             interactive::exec(&orch, &name, command, opts)
@@ -387,17 +377,20 @@ pub struct ExecFlags {
 /// store and says why it cannot).
 pub fn exec_by_name(data_dir: &Path, name: &str, command: Vec<String>, flags: ExecFlags) -> Option<Result<i32>> {
     let client = interactive::connect_by_link(data_dir, name)?;
-    Some((|| {
-        let opts = interactive::ExecOptions {
-            interactive: flags.interactive,
-            tty: flags.tty,
-            env: parse_env(&flags.env)?,
-            workdir: flags.workdir,
-            user: flags.user,
-            timeout: flags.timeout,
-        };
-        interactive::exec_on(client, command, opts)
-    })())
+    Some(flags.options().and_then(|opts| interactive::exec_on(client, command, opts)))
+}
+
+impl ExecFlags {
+    fn options(self) -> Result<interactive::ExecOptions> {
+        Ok(interactive::ExecOptions {
+            interactive: self.interactive,
+            tty: self.tty,
+            env: parse_env(&self.env)?,
+            workdir: self.workdir,
+            user: self.user,
+            timeout: self.timeout,
+        })
+    }
 }
 
 /// A sandbox by its name, or by a unique prefix of its instance id (as `get -o json` shows it).

@@ -268,15 +268,15 @@ impl SandboxBuilder {
             {
                 // Claiming a name is a change of desired state.
                 let _desired = orch.lock()?;
-                if let Some(existing) = orch.store.resource(Kind::Sandbox, &name).map_err(|e| Error::State(e.to_string()))? {
+                if let Some(existing) = orch.store.resource(Kind::Sandbox, &name)? {
                     return Err(Error::Conflict(format!(
                         "a sandbox named {name:?} already exists (source {}); reconnect with Sandbox::get, or remove it first",
                         existing.source
                     )));
                 }
-                let tx = orch.store.transaction().map_err(|e| Error::State(e.to_string()))?;
-                crate::store::Store::upsert_resource(&tx, &resource, LIBRARY_SOURCE, "Sandbox::builder").map_err(|e| Error::State(e.to_string()))?;
-                tx.commit().map_err(|e| Error::State(e.to_string()))?;
+                let tx = orch.store.transaction()?;
+                crate::store::Store::upsert_resource(&tx, &resource, LIBRARY_SOURCE, "Sandbox::builder")?;
+                tx.commit()?;
             }
             if let Err(e) = orch.create_instance(&resource, false, false) {
                 let _ = orch.delete(&name);

@@ -40,7 +40,7 @@ impl EventStream {
             let store = match Store::open(&db) {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(Error::State(e.to_string())));
+                    let _ = ready_tx.send(Err(Error::from(e)));
                     return;
                 }
             };
@@ -51,7 +51,7 @@ impl EventStream {
             let (mut last, past) = match start {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(Error::State(e.to_string())));
+                    let _ = ready_tx.send(Err(Error::from(e)));
                     return;
                 }
             };
@@ -76,7 +76,7 @@ impl EventStream {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(Error::State(e.to_string())));
+                        let _ = tx.blocking_send(Err(Error::from(e)));
                         return;
                     }
                 }

@@ -51,7 +51,7 @@ impl Sandbox {
         let this = self.clone();
         let (path, dir) = super::blocking(move || {
             let orch = Orchestrator::open((*this.config).clone())?;
-            let row = orch.store.sandbox(&this.name).map_err(|e| Error::State(e.to_string()))?.ok_or_else(|| Error::NotFound { what: "sandbox", name: this.name.clone() })?;
+            let row = orch.store.sandbox(&this.name)?.ok_or_else(|| Error::no_sandbox(&this.name))?;
             let dir = orch.instance_dir(&row);
             Ok((dir.main_log(), dir))
         })

@@ -130,10 +130,10 @@ impl Sandbox {
     /// without waiting; it stays stopped until [`Sandbox::start`], whatever its restart policy.
     pub async fn stop(&self) -> Result<()> {
         self.change(|orch, name| {
-            let mut row = orch.store.sandbox(name).map_err(state)?.ok_or_else(|| not_found(name))?;
+            let mut row = orch.store.sandbox(name)?.ok_or_else(|| Error::no_sandbox(name))?;
             row.user_stopped = true;
-            orch.store.update_sandbox(&row).map_err(state)?;
-            orch.store.event(&format!("Sandbox/{name}"), "Stopping", "stop requested").map_err(state)?;
+            orch.store.update_sandbox(&row)?;
+            orch.store.event(&format!("Sandbox/{name}"), "Stopping", "stop requested")?;
             let dir = orch.instance_dir(&row);
             if crate::paths::shim_alive(&dir) {
                 let mut client = ShimClient::connect(&dir.socket()).map_err(|e| Error::sandbox(name, e))?;
@@ -166,7 +166,7 @@ impl Sandbox {
     /// A connection to the running instance's shim, found through the store.
     fn connect(&self) -> Result<Connection> {
         let orch = Orchestrator::open((*self.config).clone())?;
-        let row = orch.store.sandbox(&self.name).map_err(state)?.ok_or_else(|| not_found(&self.name))?;
+        let row = orch.store.sandbox(&self.name)?.ok_or_else(|| Error::no_sandbox(&self.name))?;
         let dir = orch.instance_dir(&row);
         if !crate::paths::shim_alive(&dir) {
             return Err(Error::NotRunning { name: self.name.clone(), status: orch.observe(&row).status.as_str().to_string() });
@@ -215,10 +215,4 @@ impl Sandbox {
     }
 }
 
-fn state(e: impl std::fmt::Display) -> Error {
-    Error::State(e.to_string())
-}
 
-fn not_found(name: &str) -> Error {
-    Error::NotFound { what: "sandbox", name: name.to_string() }
-}
