@@ -127,14 +127,6 @@ impl Config {
         self.plugin_cache.clone().unwrap_or_else(|| self.data_dir.join("plugins").join("cache"))
     }
 
-    /// The guest kernel's command line.
-    pub fn guest_cmdline(&self) -> String {
-        match self.guest_cmdline_append.as_deref().map(str::trim) {
-            Some(extra) if !extra.is_empty() => format!("{} {extra}", crate::runtime::GUEST_CMDLINE),
-            _ => crate::runtime::GUEST_CMDLINE.to_string(),
-        }
-    }
-
     /// The DNS servers sandboxes' queries go to.
     pub fn dns_upstreams(&self) -> Result<Vec<std::net::SocketAddr>, String> {
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -160,13 +152,5 @@ mod tests {
     #[test]
     fn lists_drop_blanks() {
         assert_eq!(split_list(" a:1, ,b:2,"), ["a:1", "b:2"]);
-    }
-
-    #[test]
-    fn the_cmdline_gets_its_extra() {
-        let mut c = Config::new("/d");
-        assert_eq!(c.guest_cmdline(), crate::runtime::GUEST_CMDLINE);
-        c.guest_cmdline_append = Some(" initcall_debug ".into());
-        assert!(c.guest_cmdline().ends_with(" initcall_debug"));
     }
 }

@@ -147,11 +147,39 @@ pub struct ServeOptions {
     pub backoff: Backoff,
 }
 
+/// How soon a sandbox that another process is still starting is looked at again.
+const PENDING_RECHECK: Duration = Duration::from_secs(1);
+
 /// A reconcile of one sandbox, under the lock for that one object.
 fn reconcile_one(orch: &mut Orchestrator, name: &str) -> Result<(Outcome, Action)> {
     let _lock = orch.lock_object(name)?;
     let outcome = orch.converge(name)?;
-    Ok((outcome, Action::AwaitChange))
+    let action = match orch.store.sandbox(name)?.map(|r| r.status) {
+        Some(crate::store::Status::Pending) => Action::Requeue(PENDING_RECHECK),
+        _ => Action::AwaitChange,
+    };
+    Ok((outcome, action))
+}
+
+/// Reconciles one due object and queues it again as its result says.
+fn work_on(orch: &mut Orchestrator, queue: &mut WorkQueue, name: &str, log: &dyn Fn(&str)) {
+    let result = reconcile_one(orch, name);
+    let now = Instant::now();
+    match result {
+        Ok((outcome, action)) => {
+            if outcome != Outcome::Nothing {
+                log(&format!("sandbox/{name} {}", format!("{outcome:?}").to_lowercase()));
+            }
+            if outcome == Outcome::Removed {
+                queue.forget(name);
+            }
+            queue.done(name, Ok(action), now);
+        }
+        Err(e) => {
+            let delay = queue.done(name, Err(()), now).unwrap_or_default();
+            log(&format!("sandbox/{name} failed: {e}; retrying in {}s (failure {} in a row)", delay.as_secs(), queue.failures(name)));
+        }
+    }
 }
 
 /// Commits the source's desired state (no sandbox is touched) and returns the sandboxes it
@@ -244,23 +272,7 @@ pub fn serve(orch: &mut Orchestrator, dir: &Path, options: &ServeOptions, log: &
         }
         // Every due object, one at a time, each under its own short hold of the lock.
         while let Some(name) = queue.pop(Instant::now()) {
-            let result = reconcile_one(orch, &name);
-            let now = Instant::now();
-            match result {
-                Ok((outcome, action)) => {
-                    if outcome != Outcome::Nothing {
-                        log(&format!("sandbox/{name} {}", format!("{outcome:?}").to_lowercase()));
-                    }
-                    if outcome == Outcome::Removed {
-                        queue.forget(&name);
-                    }
-                    queue.done(&name, Ok(action), now);
-                }
-                Err(e) => {
-                    let delay = queue.done(&name, Err(()), now).unwrap_or_default();
-                    log(&format!("sandbox/{name} failed: {e}; retrying in {}s (failure {} in a row)", delay.as_secs(), queue.failures(&name)));
-                }
-            }
+            work_on(orch, &mut queue, &name, log);
             // A change on disk is taken before more queued work.
             if let Ok(first) = rx.try_recv() {
                 source_changed = watched(first, &rx, log);
@@ -356,6 +368,43 @@ mod tests {
         assert_eq!(q.done("b", Err(()), t0 + secs(1)), Some(secs(1)));
         assert_eq!(q.pop(t0 + secs(1)), None);
         assert_eq!(q.pop(t0 + secs(2)).as_deref(), Some("b"));
+    }
+
+    /// The controller's loop body over the fake runtime: a sandbox whose start fails backs off
+    /// (1 s, 2 s, ...), and the first success resets it.
+    #[test]
+    fn a_failing_sandbox_backs_off_and_recovers_when_its_start_succeeds() {
+        use crate::runtime::{fake::FakeInstances, RuntimeError};
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let rootfs = tmp.path().join("rootfs");
+        std::fs::create_dir(&rootfs).expect("the rootfs directory");
+        let mut orch = Orchestrator::open(crate::Config::new(tmp.path().join("data"))).expect("the orchestrator");
+        let fake = std::sync::Arc::new(FakeInstances::default());
+        orch.instances = fake.clone();
+        let text = format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: web }}\nspec: {{ image: 'dir:{}', isolation: microvm }}\n", rootfs.display());
+        let manifests = crate::spec::parse_str(&rootfs.join("web.yaml"), &text).expect("a valid manifest");
+        orch.commit("test", &manifests, false).expect("commit");
+
+        let lines = std::cell::RefCell::new(Vec::<String>::new());
+        let log = |l: &str| lines.borrow_mut().push(l.to_string());
+        let mut queue = WorkQueue::new(Backoff { base: secs(1), max: secs(4) });
+        let t0 = Instant::now();
+        queue.enqueue("web", t0);
+        for expected in [1, 2, 4, 4] {
+            fake.fail_next_start(RuntimeError::Unavailable("microvm", "/dev/kvm is missing".into()));
+            let name = queue.pop(Instant::now() + secs(3600)).expect("web is due");
+            let before = Instant::now();
+            work_on(&mut orch, &mut queue, &name, &log);
+            let due = queue.next_due().expect("requeued");
+            assert!(due >= before + secs(expected) && due <= Instant::now() + secs(expected), "failure {} waits {expected}s", queue.failures("web"));
+            assert!(lines.borrow().last().is_some_and(|l| l.contains("/dev/kvm is missing") && l.contains(&format!("retrying in {expected}s"))), "{:?}", lines.borrow());
+        }
+        let name = queue.pop(Instant::now() + secs(3600)).expect("web is due");
+        work_on(&mut orch, &mut queue, &name, &log);
+        assert_eq!(queue.failures("web"), 0, "a success resets the back-off");
+        assert_eq!(queue.next_due(), None, "a running sandbox waits for a change");
+        assert_eq!(lines.borrow().last().map(String::as_str), Some("sandbox/web restarted"));
+        assert_eq!(fake.starts().len(), 1);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod hooks;
+pub mod ids;
 pub mod image;
 pub mod microvm;
 pub mod net_counters;

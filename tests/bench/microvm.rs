@@ -246,7 +246,7 @@ fn main() {
     f.set_len(1 << 30).unwrap();
     drop(f);
     assert!(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-m", "0"]).arg(&scratch_template).status().unwrap().success());
-    let setup = Setup { bzimage, kernel, initrd, image, scratch_template, cmdline: orchestrator::runtime::GUEST_CMDLINE.into(), work: work.path().to_path_buf() };
+    let setup = Setup { bzimage, kernel, initrd, image, scratch_template, cmdline: orchestrator::microvm::kernel::GUEST_CMDLINE.into(), work: work.path().to_path_buf() };
     let listener = vsock_listener();
 
     let (mut our_ready, mut our_full, mut q_ready, mut q_full, mut p_ready, mut p_full) = (vec![], vec![], vec![], vec![], vec![], vec![]);

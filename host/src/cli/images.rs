@@ -169,7 +169,7 @@ fn layers_in_use(orch: &Orchestrator) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for row in orch.store.sandboxes().unwrap_or_default() {
         if let Ok(cfg) = crate::shim::ShimConfig::load(orch.instance_dir(&row).path()) {
-            out.extend(cfg.lower_dirs.into_iter().map(PathBuf::from));
+            out.extend(cfg.backend.lower_dirs().iter().map(PathBuf::from));
         }
     }
     out

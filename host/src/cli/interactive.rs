@@ -246,7 +246,7 @@ pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec,
         bail!("a root filesystem directory has no default command: give one after `--`");
     }
     let name = name.unwrap_or_else(|| {
-        format!("run-{}", crate::image::store::random_hex(3))
+        format!("run-{}", crate::ids::random_hex(3))
     });
     if !crate::spec::is_valid_name(&name) {
         bail!("--name {name:?}: use 1-63 lowercase letters, digits and '-'");

@@ -26,7 +26,7 @@ pub fn kernel(config: &Config, cmd: KernelCommand) -> Result<i32> {
             let k = crate::microvm::kernel::configured(config).map_err(|e| anyhow!(e))?;
             let modules = k.modules.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "none (drivers built in)".into());
             let boot = k.boot_image(data).map_err(|e| anyhow!(e))?;
-            println!("version: {}\nimage:   {}\nboot:    {}\nmodules: {modules}\ncmdline: {}", k.version, k.image.display(), boot.display(), config.guest_cmdline());
+            println!("version: {}\nimage:   {}\nboot:    {}\nmodules: {modules}\ncmdline: {}", k.version, k.image.display(), boot.display(), crate::microvm::kernel::guest_cmdline(config));
         }
         KernelCommand::Initramfs => {
             let k = crate::microvm::kernel::configured(config).map_err(|e| anyhow!(e))?;

@@ -90,7 +90,7 @@ pub fn writable_disk(store_root: &Path, path: &Path, size: u64, owner: u32) -> R
     let template = disks.join(format!("writable-{size}-{owner}.ext4"));
     if !template.exists() {
         // Racing creators each build their own and the last rename wins: both are valid.
-        let tmp = disks.join(format!(".writable-{}.partial", super::store::random_hex(8)));
+        let tmp = disks.join(format!(".writable-{}.partial", crate::ids::random_hex(8)));
         let made = mkfs_ext4(&tmp, size, owner).and_then(|()| std::fs::rename(&tmp, &template).map_err(|e| store_err(&template, e)));
         if made.is_err() {
             let _ = std::fs::remove_file(&tmp);

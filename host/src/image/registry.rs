@@ -6,7 +6,8 @@
 
 use super::install::{install, Pending};
 use super::oci::Manifest;
-use super::store::{hex, ImageRecord, ImageStore};
+use super::store::{ImageRecord, ImageStore};
+use crate::ids::hex;
 use super::ImageError;
 use crate::config::RegistryConfig;
 use futures_util::StreamExt;

@@ -40,16 +40,7 @@ pub struct ImageStore {
     root: PathBuf,
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `bytes` random bytes from the kernel, as hex (names of temporaries, instances, placeholders).
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    hex(&buf)
-}
+use crate::ids::{hex, random_hex};
 
 /// The `sha256:HEX` digest of some bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {

@@ -145,7 +145,7 @@ pub fn cached(data: &Path, kernel: &GuestKernel, agent_path: &Path) -> Result<Pa
     for m in GUEST_MODULES {
         h.update(m.as_bytes());
     }
-    let digest = crate::image::store::hex(&h.finalize())[..24].to_string();
+    let digest = crate::ids::hex(&h.finalize())[..24].to_string();
     let dir = super::kernel::kernels_dir(data).join("initramfs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(format!("{}-{digest}.cpio", kernel.version));

@@ -10,21 +10,19 @@
 //!   unless granted) and the `host` interface; nothing else, so a component importing more fails
 //!   to load.
 
-use super::loaded::LoadedPlugin;
+use super::loaded::{LoadInfo, LoadedPlugin, TICK};
 use super::state::StoreState;
 use super::PluginError;
 use crate::spec::PluginSpec;
-use crate::image::store::hex;
+use crate::ids::hex;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-/// Epoch granularity: deadlines are enforced to within this.
-pub(super) const TICK: Duration = Duration::from_millis(2);
 const WASMTIME_VERSION: &str = "48";
 
 pub struct PluginHost {
@@ -33,14 +31,6 @@ pub struct PluginHost {
     cache_dir: Option<PathBuf>,
 }
 
-/// How a component was obtained.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadInfo {
-    /// True when compiled code came from the cache.
-    pub cached: bool,
-    /// Reading, hashing and compiling or deserialising, plus pre-instantiation.
-    pub elapsed: Duration,
-}
 
 impl PluginHost {
     /// `cache_dir`: where compiled code is kept (`DATA_DIR/plugins/cache`); `None` compiles

@@ -1,8 +1,8 @@
 //! `orchestrator plugin check FILE`: what a component implements and what it asks for, before
 //! anyone points a Plugin resource at it.
 
-use super::engine::{LoadInfo, PluginHost};
-use super::loaded::Kind;
+use super::engine::PluginHost;
+use super::loaded::{Kind, LoadInfo};
 use super::PluginError;
 use std::path::Path;
 

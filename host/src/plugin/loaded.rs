@@ -10,15 +10,27 @@
 //! - Every error says which plugin, which call and what happened, in words an operator can act
 //!   on, with the tail of what the plugin printed.
 
-use super::engine::{LoadInfo, TICK};
 use super::state::{StoreState, OUTPUT_CAPACITY};
 use super::PluginError;
 use crate::spec::PluginSpec;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, Trap};
 
 use super::bindings::exports::orchestrator::plugin::{metrics_sink, metrics_sink_v2, network_policy, rootfs_patch, secret_provider};
+
+/// Epoch granularity: deadlines are enforced to within this.
+pub(super) const TICK: Duration = Duration::from_millis(2);
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadInfo {
+    /// True when compiled code came from the cache.
+    pub cached: bool,
+    /// Reading, hashing and compiling or deserialising, plus pre-instantiation.
+    pub elapsed: Duration,
+}
 
 const POOL_SIZE: usize = 8;
 /// Default deadline of one call when the Plugin resource sets none.

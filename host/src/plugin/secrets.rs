@@ -53,7 +53,7 @@ pub fn wipe(s: &mut String) {
 
 /// A random token that is safe inside headers, URLs and shell words.
 fn placeholder() -> String {
-    format!("ORCHESTRATOR_SECRET_{}", crate::image::store::random_hex(12))
+    format!("ORCHESTRATOR_SECRET_{}", crate::ids::random_hex(12))
 }
 
 /// Serialises secrets for the shim's stdin; the buffer is the caller's to wipe.

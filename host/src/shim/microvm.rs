@@ -66,7 +66,7 @@ fn console_tail(dir: &InstanceDir) -> String {
 impl Backend for MicrovmBackend {
     fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String> {
         let dir = InstanceDir(cfg.dir.clone());
-        let m = cfg.microvm.as_ref().ok_or("the shim config has no microVM section")?;
+        let super::BackendConfig::Microvm(m) = &cfg.backend else { return Err("the shim config is not a microVM's".into()) };
         let limits = Limits { memory: Some(m.mem_bytes + VMM_MEMORY_HEADROOM), cpus: cfg.spec.cpus, pids: None, restrict_devices: false };
         let cgroup = Cgroup::fresh(&cfg.instance, &limits).map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());

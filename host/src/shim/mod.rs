@@ -33,9 +33,8 @@ pub struct ShimConfig {
     pub instance: String,
     pub name: String,
     pub dir: PathBuf,
-    pub isolation: Isolation,
-    /// Read-only image layers, topmost first.
-    pub lower_dirs: Vec<String>,
+    /// The kind of sandbox and what that kind needs.
+    pub backend: BackendConfig,
     pub spec: SandboxSpec,
     /// Hold the main process until the first client attaches (`run`), so no output is lost.
     pub wait_for_attach: bool,
@@ -44,9 +43,6 @@ pub struct ShimConfig {
     /// Root filesystem patches, present only for the start that creates the writable layer.
     #[serde(default)]
     pub patches: Vec<guest_agent::protocol::PatchOp>,
-    /// What the VMM boots, for `isolation: microvm`.
-    #[serde(default)]
-    pub microvm: Option<MicrovmConfig>,
     /// The sandbox's labels (plugins see them).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
@@ -62,6 +58,36 @@ pub struct ShimConfig {
     /// cleared).
     #[serde(default)]
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+}
+
+/// Which kind of sandbox a shim runs (never `auto`: the host resolved it), with what only that
+/// kind needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackendConfig {
+    Namespace {
+        /// Read-only image layers, topmost first.
+        lower_dirs: Vec<String>,
+    },
+    /// What the VMM boots.
+    Microvm(MicrovmConfig),
+}
+
+impl BackendConfig {
+    pub fn isolation(&self) -> Isolation {
+        match self {
+            BackendConfig::Namespace { .. } => Isolation::Namespace,
+            BackendConfig::Microvm(_) => Isolation::Microvm,
+        }
+    }
+
+    /// The host directories the sandbox's root sits on (none for a microVM: its image is a disk).
+    pub fn lower_dirs(&self) -> &[String] {
+        match self {
+            BackendConfig::Namespace { lower_dirs } => lower_dirs,
+            BackendConfig::Microvm(_) => &[],
+        }
+    }
 }
 
 /// A microVM's machine: resolved by the host runtime, booted by the shim's VMM.
@@ -146,9 +172,9 @@ pub fn main(dir: PathBuf) -> ! {
         Err(e) => fail_early(&e),
     };
     redirect_stderr(&dir);
-    let mut backend: Box<dyn Backend> = match cfg.isolation {
-        Isolation::Namespace | Isolation::Auto => Box::new(namespace::NamespaceBackend::default()),
-        Isolation::Microvm => Box::new(microvm::MicrovmBackend::default()),
+    let mut backend: Box<dyn Backend> = match cfg.backend {
+        BackendConfig::Namespace { .. } => Box::new(namespace::NamespaceBackend::default()),
+        BackendConfig::Microvm(_) => Box::new(microvm::MicrovmBackend::default()),
     };
     let published = match network::bind_published(&cfg) {
         Ok(p) => p,

@@ -61,9 +61,9 @@ impl Backend for NamespaceBackend {
         let map = format!("0 {USERNS_BASE} {USERNS_SIZE}\n");
         let lower_dirs = if cfg.spec.user_namespace {
             let userns = super::idmap::userns_with_map(&map)?;
-            super::idmap::mount_layers(dir.path(), &cfg.lower_dirs, &userns)?
+            super::idmap::mount_layers(dir.path(), cfg.backend.lower_dirs(), &userns)?
         } else {
-            short_layer_names(dir.path(), &cfg.lower_dirs)?
+            short_layer_names(dir.path(), cfg.backend.lower_dirs())?
         };
         // Relative to the instance directory (see SandboxInit::base_dir).
         let lower_dirs: Vec<String> = lower_dirs

@@ -94,7 +94,7 @@ fn plugins(cfg: &ShimConfig) -> Result<Box<dyn FlowPolicy>, String> {
         let spec = cfg.network_plugins.iter().find(|(n, _)| n == name).map(|(_, s)| s).ok_or_else(|| format!("spec.network.plugins: plugin {name} was not resolved for this sandbox"))?;
         loaded.push(registry.get(name, spec).map_err(|e| format!("spec.network.plugins: {e}"))?);
     }
-    let info = SandboxInfo { name: cfg.name.clone(), labels: cfg.labels.clone(), image: cfg.spec.image.clone(), isolation: cfg.isolation.as_str().to_string() };
+    let info = SandboxInfo { name: cfg.name.clone(), labels: cfg.labels.clone(), image: cfg.spec.image.clone(), isolation: cfg.backend.isolation().as_str().to_string() };
     Ok(Box::new(Plugins { plugins: loaded, cache: DecisionCache::default(), info, asked: 0, cached: 0 }))
 }
 

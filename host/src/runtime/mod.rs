@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::paths::{shim_alive, InstanceDir};
 use crate::shim::ShimConfig;
 use crate::spec::{Isolation, SandboxSpec};
+use guest_agent::protocol::ShimStatus;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub enum RuntimeError {
 
 pub struct StartRequest<'a> {
     pub name: &'a str,
+    /// Namespace or microVM (never `auto`: resolved when the instance was recorded).
+    pub isolation: Isolation,
     pub instance: &'a str,
     pub dir: &'a InstanceDir,
     /// The spec with the image's defaults applied.
@@ -95,13 +98,11 @@ impl Runtime for NamespaceRuntime {
             instance: req.instance.to_string(),
             name: req.name.to_string(),
             dir: req.dir.path().to_path_buf(),
-            isolation: Isolation::Namespace,
-            lower_dirs: image.layers.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
+            backend: crate::shim::BackendConfig::Namespace { lower_dirs: image.layers.iter().map(|p| p.to_string_lossy().into_owned()).collect() },
             spec: req.spec.clone(),
             wait_for_attach: req.wait_for_attach,
             main_stdin: req.main_stdin,
             patches: req.patches.to_vec(),
-            microvm: None,
             labels: req.labels.clone(),
             network_plugins: req.network_plugins.clone(),
             plugin_cache: req.plugin_cache.clone(),
@@ -120,10 +121,6 @@ pub struct MicrovmRuntime {
     pub kernel: Option<String>,
 }
 
-/// The guest kernel's command line. No `nomodule`: the agent loads the virtio modules.
-/// `cryptomgr.notests` skips the boot-time self-tests of every crypto algorithm (0.4 s of guest
-/// time nested); `8250.nr_uarts=1` probes COM1 only.
-pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet loglevel=4 panic=-1 reboot=acpi pci=off i8042.noaux i8042.nokbd i8042.nopnp random.trust_cpu=on cryptomgr.notests 8250.nr_uarts=1";
 /// Default guest memory.
 const DEFAULT_VM_MEMORY: u64 = 256 << 20;
 
@@ -173,16 +170,14 @@ impl Runtime for MicrovmRuntime {
             instance: req.instance.to_string(),
             name: req.name.to_string(),
             dir: req.dir.path().to_path_buf(),
-            isolation: Isolation::Microvm,
-            lower_dirs: Vec::new(),
             spec: req.spec.clone(),
             wait_for_attach: req.wait_for_attach,
             main_stdin: req.main_stdin,
             patches: req.patches.to_vec(),
-            microvm: Some(crate::shim::MicrovmConfig {
+            backend: crate::shim::BackendConfig::Microvm(crate::shim::MicrovmConfig {
                 kernel: boot_image,
                 initrd,
-                cmdline: self.config.guest_cmdline(),
+                cmdline: crate::microvm::kernel::guest_cmdline(&self.config),
                 ready_timeout_secs: self.config.vm_ready_timeout.as_secs(),
                 image_disk,
                 scratch_disk,
@@ -199,21 +194,66 @@ impl Runtime for MicrovmRuntime {
     }
 }
 
-/// The runtime for a sandbox's isolation; `auto` prefers microVMs where the host can run them
-/// with the sandbox's kernel.
-pub fn for_sandbox(spec: &SandboxSpec, config: &Arc<Config>) -> Box<dyn Runtime> {
-    let microvm = MicrovmRuntime { config: config.clone(), kernel: spec.kernel.clone() };
-    let isolation = spec.isolation;
-    match isolation {
-        Isolation::Namespace => Box::new(NamespaceRuntime { config: config.clone() }),
-        Isolation::Microvm => Box::new(microvm),
-        Isolation::Auto => {
-            if microvm.check_host().is_ok() {
-                Box::new(microvm)
-            } else {
-                Box::new(NamespaceRuntime { config: config.clone() })
-            }
+/// What the reconciler does to sandbox instances, behind one seam: [`HostInstances`] drives
+/// shims on this host; the reconciler's tests drive an in-memory fake, without root.
+pub trait Instances: Send + Sync {
+    /// The isolation this host runs `spec` with (`auto` resolved).
+    fn isolation(&self, spec: &SandboxSpec) -> Isolation;
+    /// Starts an instance of `req.isolation`; returns once it is ready for requests.
+    fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError>;
+    /// Whether the instance's shim lives, and what it last reported.
+    fn observe(&self, dir: &InstanceDir) -> Observed;
+    /// Stops an instance (graceful, then forced) and cleans up; safe on one already gone.
+    fn stop(&self, instance: &str, dir: &InstanceDir, grace: Duration);
+    /// Removes what a dead instance left on the host.
+    fn cleanup(&self, instance: &str, dir: &InstanceDir);
+}
+
+/// An instance as its shim last left it.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub alive: bool,
+    pub state: Option<ShimStatus>,
+}
+
+/// The instances of this host: shims of the kind each sandbox asks for.
+pub struct HostInstances {
+    pub config: Arc<Config>,
+}
+
+impl HostInstances {
+    fn runtime(&self, isolation: Isolation, kernel: Option<&str>) -> Box<dyn Runtime> {
+        match isolation {
+            Isolation::Microvm => Box::new(MicrovmRuntime { config: self.config.clone(), kernel: kernel.map(str::to_string) }),
+            Isolation::Namespace | Isolation::Auto => Box::new(NamespaceRuntime { config: self.config.clone() }),
         }
+    }
+}
+
+impl Instances for HostInstances {
+    /// `auto` prefers microVMs where this host can boot the sandbox's kernel.
+    fn isolation(&self, spec: &SandboxSpec) -> Isolation {
+        match spec.isolation {
+            Isolation::Auto if self.runtime(Isolation::Microvm, spec.kernel.as_deref()).check_host().is_ok() => Isolation::Microvm,
+            Isolation::Auto => Isolation::Namespace,
+            chosen => chosen,
+        }
+    }
+
+    fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
+        self.runtime(req.isolation, req.spec.kernel.as_deref()).start(req)
+    }
+
+    fn observe(&self, dir: &InstanceDir) -> Observed {
+        Observed { alive: shim_alive(dir), state: crate::shim::read_state(dir) }
+    }
+
+    fn stop(&self, instance: &str, dir: &InstanceDir, grace: Duration) {
+        stop_instance(instance, dir, grace)
+    }
+
+    fn cleanup(&self, instance: &str, dir: &InstanceDir) {
+        cleanup_instance(instance, dir)
     }
 }
 
@@ -310,3 +350,6 @@ pub fn cleanup_instance(instance: &str, dir: &InstanceDir) {
     crate::shim::idmap::detach_all(dir.path(), true);
     let _ = std::fs::remove_file(dir.socket());
 }
+
+#[cfg(test)]
+pub mod fake;

@@ -13,11 +13,10 @@
 //! - Converging is idempotent: a running sandbox whose spec is unchanged is left alone.
 
 use crate::config::Config;
-use crate::paths::{shim_alive, DataDir, InstanceDir};
+use crate::paths::{DataDir, InstanceDir};
 use crate::plugin::Registry;
-use crate::runtime::{self, StartRequest};
-use crate::shim::read_state;
-use crate::spec::{Kind, Manifest, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
+use crate::runtime::{self, Instances, StartRequest};
+use crate::spec::{Isolation, Kind, Manifest, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
 use crate::store::{now, SandboxRow, Status, Store, StoreError};
 use crate::view::{Action, ActionResult, ApplyReport};
 use guest_agent::protocol::SandboxState;
@@ -82,6 +81,8 @@ pub struct Orchestrator {
     pub store: Store,
     /// Plugins by name, loaded on first use (no wasmtime engine until a plugin is needed).
     pub plugins: Arc<Registry>,
+    /// Where instances start, stop and are observed: this host's shims (a fake in tests).
+    pub instances: Arc<dyn Instances>,
 }
 
 
@@ -152,7 +153,9 @@ impl Orchestrator {
         config.data_dir = data.root().to_path_buf();
         let store = Store::open(&data.db())?;
         let plugins = Arc::new(Registry::new(Some(config.plugin_cache())));
-        Ok(Orchestrator { config: Arc::new(config), data, store, plugins })
+        let config = Arc::new(config);
+        let instances = Arc::new(crate::runtime::HostInstances { config: config.clone() });
+        Ok(Orchestrator { config, data, store, plugins, instances })
     }
 
     /// Takes the desired-state lock (blocking) for the life of the returned file.
@@ -292,9 +295,7 @@ impl Orchestrator {
 
     /// What the instance's shim reports, without writing anything.
     pub fn observe(&self, row: &SandboxRow) -> SandboxRow {
-        let dir = self.instance_dir(row);
-        let alive = shim_alive(&dir);
-        let state = read_state(&dir);
+        let crate::runtime::Observed { alive, state } = self.instances.observe(&self.instance_dir(row));
         let mut next = row.clone();
         if let Some(st) = &state {
             next.restarts = i64::from(st.restarts);
@@ -330,7 +331,7 @@ impl Orchestrator {
         }
         let ended = matches!(next.status, Status::Exited | Status::Stopped | Status::Failed);
         if ended {
-            runtime::cleanup_instance(&row.instance, &self.instance_dir(row));
+            self.instances.cleanup(&row.instance, &self.instance_dir(row));
             if next.finished_at.is_none() || row.status == Status::Running {
                 next.finished_at = Some(now());
             }
@@ -368,7 +369,7 @@ impl Orchestrator {
         let mut row = self.store.sandbox(name)?;
         if let Some(r) = &row {
             let mut next = self.refresh(r)?;
-            if next.status == Status::Pending && shim_alive(&self.instance_dir(&next)) {
+            if next.status == Status::Pending && self.instances.observe(&self.instance_dir(&next)).alive {
                 // A shim started by a process that died before recording it: let it finish
                 // starting and adopt it (starting another would fail on the instance lock anyway).
                 next = self.await_start(&next)?;
@@ -457,10 +458,10 @@ impl Orchestrator {
     /// Records a new instance (Pending) and starts it.
     pub fn create_instance(&mut self, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
-        let isolation = runtime::for_sandbox(spec, &self.config).isolation();
+        let isolation = self.instances.isolation(spec);
         let row = SandboxRow {
             name: res.name.clone(),
-            instance: format!("{}-{}", res.name, crate::image::store::random_hex(4)),
+            instance: format!("{}-{}", res.name, crate::ids::random_hex(4)),
             spec: res.canonical_json(),
             status: Status::Pending,
             isolation: isolation.as_str().into(),
@@ -480,11 +481,16 @@ impl Orchestrator {
     fn start_instance(&mut self, mut row: SandboxRow, res: &Resource, wait_for_attach: bool, main_stdin: bool) -> Result<SandboxRow> {
         let spec = sandbox_spec(res).ok_or_else(|| ReconcileError::NotFound(res.name.clone()))?;
         let dir = self.instance_dir(&row);
-        let rt = runtime::for_sandbox(spec, &self.config);
+        // An instance keeps the kind it was recorded with: its disks are made for that kind.
+        let isolation = match row.isolation.as_str() {
+            "microvm" => Isolation::Microvm,
+            "namespace" => Isolation::Namespace,
+            _ => self.instances.isolation(spec),
+        };
         let outcome = crate::image::resolve(self.data.root(), &self.config.registries, &spec.image, spec.pull_policy)
             .map_err(runtime::RuntimeError::from)
             .and_then(|image| {
-                let info = crate::hooks::sandbox_info(res, spec, rt.isolation().as_str());
+                let info = crate::hooks::sandbox_info(res, spec, isolation.as_str());
                 let lookup = |name: &str| self.plugin_spec(name);
                 let first_start = !dir.patched_marker().exists();
                 let prepared = crate::hooks::prepare(&self.plugins, &lookup, &info, spec, &image, first_start).map_err(runtime::RuntimeError::Start)?;
@@ -492,8 +498,9 @@ impl Orchestrator {
                 for secret in &prepared.secrets {
                     effective.env.insert(secret.env.clone(), secret.placeholder.clone());
                 }
-                rt.start(&StartRequest {
+                self.instances.start(&StartRequest {
                     name: &row.name,
+                    isolation,
                     instance: &row.instance,
                     dir: &dir,
                     spec: &effective,
@@ -523,12 +530,12 @@ impl Orchestrator {
                 row.finished_at = None;
                 row.message = None;
                 row.exit_code = None;
-                row.shim_pid = read_state(&dir).map(|s| i64::from(s.shim_pid));
+                row.shim_pid = self.instances.observe(&dir).state.map(|s| i64::from(s.shim_pid));
                 self.store.update_sandbox(&row)?;
                 if let Err(e) = self.data.link_socket(&row.name, &dir) {
                     tracing::warn!("sandbox {}: linking its socket by name: {e} (exec finds it through the store)", row.name);
                 }
-                self.store.event(&object(&row.name), "Started", &format!("instance {} ({})", row.instance, rt.isolation().as_str()))?;
+                self.store.event(&object(&row.name), "Started", &format!("instance {} ({})", row.instance, isolation.as_str()))?;
                 Ok(row)
             }
             Err(e) => {
@@ -546,7 +553,7 @@ impl Orchestrator {
     pub fn remove_instance(&mut self, row: &SandboxRow) -> Result<()> {
         let dir = self.instance_dir(row);
         self.data.unlink_socket(&row.name, &dir);
-        runtime::stop_instance(&row.instance, &dir, STOP_GRACE);
+        self.instances.stop(&row.instance, &dir, STOP_GRACE);
         if let Err(e) = std::fs::remove_dir_all(dir.path()) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(ReconcileError::Sandbox { name: row.name.clone(), message: format!("removing {}: {e}", dir.path().display()) });
@@ -579,7 +586,7 @@ impl Orchestrator {
 
     pub fn stop(&mut self, name: &str) -> Result<()> {
         let row = self.store.sandbox(name)?.ok_or_else(|| ReconcileError::NotFound(name.into()))?;
-        runtime::stop_instance(&row.instance, &self.instance_dir(&row), STOP_GRACE);
+        self.instances.stop(&row.instance, &self.instance_dir(&row), STOP_GRACE);
         let mut next = self.refresh(&row)?;
         next.user_stopped = true;
         if next.status == Status::Running || next.status == Status::Pending {
@@ -612,61 +619,4 @@ impl Orchestrator {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resource(policy: RestartPolicy, image: &str) -> Resource {
-        let mut spec = SandboxSpec::new(image.into());
-        spec.restart_policy = policy;
-        Resource { name: "s".into(), labels: Default::default(), spec: ResourceSpec::Sandbox(spec) }
-    }
-
-    fn row(of: &Resource, status: Status, user_stopped: bool) -> SandboxRow {
-        SandboxRow {
-            name: "s".into(),
-            instance: "s-1".into(),
-            spec: of.canonical_json(),
-            status,
-            isolation: "namespace".into(),
-            shim_pid: None,
-            exit_code: None,
-            restarts: 0,
-            message: None,
-            user_stopped,
-            created_at: now(),
-            started_at: None,
-            finished_at: None,
-        }
-    }
-
-    #[test]
-    fn what_exists_and_what_is_desired_decide_create_remove_replace() {
-        let r = resource(RestartPolicy::Always, "dir:/a");
-        assert_eq!(decide(None, None), Decision::Nothing);
-        assert_eq!(decide(Some(&r), None), Decision::Create);
-        assert_eq!(decide(None, Some(&row(&r, Status::Running, false))), Decision::Remove);
-        let changed = resource(RestartPolicy::Always, "dir:/b");
-        assert_eq!(decide(Some(&changed), Some(&row(&r, Status::Running, false))), Decision::Replace);
-        assert_eq!(decide(Some(&changed), Some(&row(&r, Status::Stopped, true))), Decision::Replace, "a new spec applies even to a stopped sandbox");
-        assert_eq!(decide(Some(&r), Some(&row(&r, Status::Running, false))), Decision::Nothing, "converging is idempotent");
-    }
-
-    #[test]
-    fn restart_policies_decide_restarts_and_a_user_stop_holds() {
-        use RestartPolicy::*;
-        for (policy, status, user_stopped, expected) in [
-            (Always, Status::Failed, false, Decision::Restart),
-            (Always, Status::Stopped, false, Decision::Restart),
-            (Always, Status::Stopped, true, Decision::Nothing),
-            (Always, Status::Failed, true, Decision::Nothing),
-            (Always, Status::Exited, false, Decision::Nothing),
-            (OnFailure, Status::Failed, false, Decision::Restart),
-            (OnFailure, Status::Stopped, false, Decision::Nothing),
-            (Never, Status::Failed, false, Decision::Nothing),
-            (Never, Status::Pending, false, Decision::Restart),
-        ] {
-            let r = resource(policy, "dir:/a");
-            assert_eq!(decide(Some(&r), Some(&row(&r, status, user_stopped))), expected, "{policy:?} {status:?} user_stopped={user_stopped}");
-        }
-    }
-}
+mod tests;
