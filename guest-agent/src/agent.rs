@@ -3,9 +3,10 @@
 //! closes, the agent ends every process and exits, so a sandbox never outlives its owner.
 
 use crate::files;
-use crate::process::{self, Reaper, SpawnRequest};
+use crate::process::{self, ExitSlot, Reaper, SpawnRequest};
+use crate::session;
 use crate::protocol::{
-    self, error, AgentRequest, ErrorCode, ExecRequest, ExitStatus, Frame, FrameError, Response, TtySize,
+    self, error, AgentRequest, ErrorCode, ExecRequest, Frame, FrameError, Response, TtySize,
     CHUNK_LEN, PROTOCOL_VERSION,
 };
 use crate::users;
@@ -13,18 +14,63 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How long to wait for a process's output to drain after it exited (a background grandchild
-/// may keep the pipe open forever).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Starts a thread without panicking when the sandbox's pids limit refuses one.
 fn spawn_thread(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
     thread::Builder::new().spawn(f).map(|_| ())
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that served an exec session and wait a little for the next one. Creating a thread
+/// costs a short command's exec a tenth of its round trip here (its stack's page faults), and
+/// scripts and agents run commands one after another.
+///
+/// Invariants: at most [`Workers::MAX_IDLE`] threads wait, each at most [`Workers::IDLE`],
+/// so an idle sandbox gives its pids budget back; a job handed to a worker that has just
+/// timed out comes back and goes to another (or a new thread), never lost.
+#[derive(Default)]
+struct Workers {
+    idle: Mutex<Vec<Sender<Job>>>,
+}
+
+impl Workers {
+    const MAX_IDLE: usize = 2;
+    const IDLE: Duration = Duration::from_secs(10);
+
+    /// Runs `job` on an idle worker, or on a new thread when none waits.
+    fn run(self: &Arc<Self>, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        let mut job: Job = Box::new(job);
+        loop {
+            let Some(worker) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
+            match worker.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(back)) => job = back,
+            }
+        }
+        let workers = self.clone();
+        spawn_thread(move || {
+            job();
+            loop {
+                let (tx, rx) = mpsc::channel::<Job>();
+                {
+                    let mut idle = workers.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    if idle.len() >= Self::MAX_IDLE {
+                        return;
+                    }
+                    idle.push(tx);
+                }
+                match rx.recv_timeout(Self::IDLE) {
+                    Ok(next) => next(),
+                    Err(_) => return,
+                }
+            }
+        })
+    }
 }
 
 fn out_of_threads(e: std::io::Error) -> Response {
@@ -64,6 +110,7 @@ pub struct Agent {
     out: Arc<Outbox>,
     reaper: Arc<Reaper>,
     sessions: Mutex<HashMap<u64, Session>>,
+    workers: Arc<Workers>,
     is_init: bool,
 }
 
@@ -113,6 +160,7 @@ pub fn serve(stream: UnixStream) -> ! {
         out: Outbox::new(writer),
         reaper: Reaper::new(),
         sessions: Mutex::new(HashMap::new()),
+        workers: Arc::default(),
         is_init,
     });
     {
@@ -188,7 +236,7 @@ impl Agent {
             }),
             AgentRequest::ReadFile { path, offset, len } => {
                 let out = self.out.clone();
-                if let Err(e) = spawn_thread(move || files::read_file(&path, offset, len, &mut |r| out.send(id, r))) {
+                if let Err(e) = self.workers.run(move || files::read_file(&path, offset, len, &mut |r| out.send(id, r))) {
                     self.reply(id, out_of_threads(e));
                 }
             }
@@ -197,7 +245,7 @@ impl Agent {
             }
             AgentRequest::ListDir { path } => {
                 let out = self.out.clone();
-                if let Err(e) = spawn_thread(move || files::list_dir(&path, &mut |r| out.send(id, r))) {
+                if let Err(e) = self.workers.run(move || files::list_dir(&path, &mut |r| out.send(id, r))) {
                     self.reply(id, out_of_threads(e));
                 }
             }
@@ -270,15 +318,15 @@ impl Agent {
                 return self.reply(id, error(ErrorCode::SpawnFailed, e.to_string()));
             }
         };
-        // Everything that serves the process exists before it is created; its output waits
-        // for `go` so that `Started` is the first thing the client hears.
-        let (launched_tx, launched_rx) = mpsc::channel::<(i32, mpsc::Receiver<ExitStatus>)>();
-        let mut go = Vec::new();
-        let setup = (|| -> std::io::Result<Option<Sender<StdinMsg>>> {
+        // Everything that serves the process exists before it is created; the session waits
+        // for the launch, so that `Started` is the first thing the client hears.
+        let (launched_tx, launched_rx) = mpsc::channel::<i32>();
+        let setup = (|| -> std::io::Result<(Option<Sender<StdinMsg>>, Arc<ExitSlot>)> {
+            let exit = ExitSlot::new()?;
             let stdin_tx = match sp.stdin {
                 Some(fd) => {
                     let (tx, rx) = mpsc::channel::<StdinMsg>();
-                    spawn_thread(move || {
+                    self.workers.run(move || {
                         let mut f = std::fs::File::from(fd);
                         while let Ok(StdinMsg::Data(d)) = rx.recv() {
                             if f.write_all(&d).is_err() {
@@ -290,43 +338,28 @@ impl Agent {
                 }
                 None => None,
             };
-            let (done_tx, done_rx) = mpsc::channel::<()>();
-            let mut pumps = 0;
-            for (fd, is_err) in [(Some(sp.stdout), false), (sp.stderr, true)] {
-                let Some(fd) = fd else { continue };
-                pumps += 1;
-                let out = self.out.clone();
-                let done = done_tx.clone();
-                let (go_tx, go_rx) = mpsc::channel::<()>();
-                go.push(go_tx);
-                spawn_thread(move || {
-                    // Not launched: nothing to pump (dropping the fd closes it).
-                    if go_rx.recv().is_ok() {
-                        pump(fd, is_err, id, &out);
-                    }
-                    let _ = done.send(());
-                })?;
-            }
-            drop(done_tx);
+            let session = session::Session { id, stdout: sp.stdout, stderr: sp.stderr, exit: exit.clone(), timeout: req.timeout_ms.map(Duration::from_millis) };
             let agent = self.clone();
-            let timeout = req.timeout_ms.map(Duration::from_millis);
-            spawn_thread(move || {
-                if let Ok((pid, exit_rx)) = launched_rx.recv() {
-                    agent.wait_exec(id, pid, exit_rx, done_rx, pumps, timeout);
+            self.workers.run(move || {
+                // Not launched: nothing to serve (dropping the fds closes them).
+                if let Ok(pid) = launched_rx.recv() {
+                    let status = session::serve(session, pid, &agent.out);
+                    agent.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    agent.out.send(id, Response::Exited(status));
                 }
             })?;
-            Ok(stdin_tx)
+            Ok((stdin_tx, exit))
         })();
-        let stdin_tx = match setup {
-            Ok(tx) => tx,
+        let (stdin_tx, exit) = match setup {
+            Ok(served) => served,
             Err(e) => {
                 // Nothing was created; the threads that did start end as their channels close.
                 drop(sessions);
                 return self.reply(id, out_of_threads(e));
             }
         };
-        let (pid, exit_rx) = match sp.launcher.launch(&self.reaper) {
-            Ok(launched) => launched,
+        let pid = match sp.launcher.launch(&self.reaper, &exit) {
+            Ok(pid) => pid,
             Err(e) => {
                 drop(sessions);
                 return self.reply(id, error(ErrorCode::SpawnFailed, e.to_string()));
@@ -336,43 +369,7 @@ impl Agent {
         sessions.insert(id, Session { pid, stdin: stdin_tx, pty_master: master });
         drop(sessions);
         self.out.send(id, Response::Started { pid: pid as u32 });
-        for g in go {
-            let _ = g.send(());
-        }
-        let _ = launched_tx.send((pid, exit_rx));
-    }
-
-    /// Waits for an exec to end (killing it at its timeout), lets its output drain, and reports
-    /// the exit.
-    fn wait_exec(&self, id: u64, pid: i32, exit_rx: mpsc::Receiver<ExitStatus>, done_rx: mpsc::Receiver<()>, pumps: usize, timeout: Option<Duration>) {
-        let mut timed_out = false;
-        let status = match timeout {
-            Some(t) => match exit_rx.recv_timeout(t) {
-                Ok(s) => Some(s),
-                Err(RecvTimeoutError::Timeout) => {
-                    timed_out = true;
-                    // SAFETY: killing the process group of a child we started (it called setsid).
-                    unsafe {
-                        libc::kill(-pid, libc::SIGKILL);
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                    exit_rx.recv().ok()
-                }
-                Err(RecvTimeoutError::Disconnected) => None,
-            },
-            None => exit_rx.recv().ok(),
-        };
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        for _ in 0..pumps {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if done_rx.recv_timeout(left).is_err() {
-                break;
-            }
-        }
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        let mut st = status.unwrap_or(ExitStatus { code: None, signal: None, timed_out: false });
-        st.timed_out = timed_out;
-        self.out.send(id, Response::Exited(st));
+        let _ = launched_tx.send(pid);
     }
 
     fn signal_all(&self, sig: i32) {
@@ -414,31 +411,6 @@ impl Agent {
         while Instant::now() < deadline && self.anything_running() {
             self.reaper.reap();
             thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-fn pump(fd: OwnedFd, is_err: bool, id: u64, out: &Outbox) {
-    let mut f = std::fs::File::from(fd);
-    // Most commands print little: start small (no fresh pages to fault in for every exec) and
-    // grow to a pipe's worth once a read fills the buffer.
-    let mut buf = vec![0u8; 4096];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                let data = buf[..n].to_vec();
-                if n == buf.len() && buf.len() < 64 * 1024 {
-                    buf = vec![0u8; 64 * 1024];
-                }
-                let body = if is_err { Response::Stderr { data } } else { Response::Stdout { data } };
-                if !out.send(id, body) {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // EIO: the PTY's last slave closed.
-            Err(_) => return,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod patch;
 mod process;
 pub mod protocol;
 pub mod security;
+mod session;
 pub mod users;
 pub mod vm;
 

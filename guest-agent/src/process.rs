@@ -11,21 +11,58 @@
 //!   so it calls only raw system calls (never glibc's set*id wrappers, which signal every thread
 //!   of the process they think they are in) on data prepared before, and writes nothing but its
 //!   own stack and errno.
-//! - Everything that serves a process (its output pumps, its waiter) exists before it is
-//!   created ([`Prepared`] then [`Launcher::launch`]): a process that forks fast cannot starve
-//!   the agent of the threads that pump its output.
+//! - Everything that serves a process (the session thread that pumps its output and reports
+//!   its exit) exists before it is created ([`Prepared`] then [`Launcher::launch`]): a process
+//!   that forks fast cannot starve the agent of the thread that serves it.
+//! - An exit status is left in the child's [`ExitSlot`], whose eventfd then reads ready: a
+//!   session waits for its output and its exit in one `poll`.
 
 use crate::protocol::{ExitStatus, Rlimits, TtySize};
 use crate::users::Identity;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+
+/// Where the reaper leaves one child's exit status, with an eventfd that reads ready once it
+/// is there.
+pub struct ExitSlot {
+    status: Mutex<Option<ExitStatus>>,
+    ready: OwnedFd,
+}
+
+impl ExitSlot {
+    pub fn new() -> std::io::Result<Arc<ExitSlot>> {
+        // SAFETY: eventfd takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        Ok(Arc::new(ExitSlot { status: Mutex::new(None), ready: unsafe { OwnedFd::from_raw_fd(fd) } }))
+    }
+
+    fn set(&self, exit: ExitStatus) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write from a valid buffer to our eventfd.
+        unsafe { libc::write(self.ready.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// The exit status, once the child has exited.
+    pub fn get(&self) -> Option<ExitStatus> {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Readable once the status is there (reading it is never needed: `get` says).
+    pub fn fd(&self) -> RawFd {
+        self.ready.as_raw_fd()
+    }
+}
 
 #[derive(Default)]
 pub struct Reaper {
-    children: Mutex<HashMap<i32, Sender<ExitStatus>>>,
+    children: Mutex<HashMap<i32, Arc<ExitSlot>>>,
 }
 
 impl Reaper {
@@ -49,8 +86,8 @@ impl Reaper {
             } else {
                 continue;
             };
-            if let Some(tx) = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid) {
-                let _ = tx.send(exit);
+            if let Some(slot) = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid) {
+                slot.set(exit);
             }
         }
     }
@@ -327,13 +364,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 impl Launcher {
     /// Creates the process; returns once it has exec'd (its pid, and where its exit status
     /// will arrive) or with why it could not.
-    pub fn launch(self, reaper: &Reaper) -> Result<(i32, Receiver<ExitStatus>), SpawnError> {
+    pub fn launch(self, reaper: &Reaper, exit: &Arc<ExitSlot>) -> Result<i32, SpawnError> {
         let (err_r, err_w) = pipe()?;
         let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
         // The stack grows down from its 16-byte aligned top.
         let top = ((stack.as_mut_ptr() as usize + CHILD_STACK) & !15) as *mut libc::c_void;
         let args = ChildArgs { l: &self, err_w: err_w.as_raw_fd() };
-        let (tx, rx) = mpsc::channel();
         let mut children = reaper.children.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: child_main runs on its own stack with `args`, which outlive it (CLONE_VFORK:
         // this thread waits until the child has exec'd or exited); SIGCHLD reports its exit to
@@ -344,13 +380,13 @@ impl Launcher {
         if pid < 0 {
             return Err(SpawnError::Os { stage: "clone", source: std::io::Error::last_os_error() });
         }
-        children.insert(pid, tx);
+        children.insert(pid, exit.clone());
         drop(children);
         drop(stack);
         drop(err_w);
         let mut buf = [0u8; 4];
         if read_full(err_r.as_raw_fd(), &mut buf) != 4 {
-            return Ok((pid, rx));
+            return Ok(pid);
         }
         let stage = STAGES.get(buf[0] as usize).copied().unwrap_or("exec");
         let errno = i32::from(buf[1]) | (i32::from(buf[2]) << 8);

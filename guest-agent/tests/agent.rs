@@ -167,6 +167,44 @@ fn stdin_signals_and_timeouts() {
     }
 }
 
+/// Sessions run side by side on their own: each gets all of its output, in order, before its
+/// exit, and a background grandchild that keeps stdout open holds its exec for the drain
+/// timeout (2 s) only, not for the grandchild's life.
+#[test]
+fn concurrent_sessions_keep_their_output_and_a_grandchild_does_not_hold_the_exit() {
+    let mut a = Agent::start();
+    let start = Instant::now();
+    a.exec(1, &["sh", "-c", "echo first; sleep 30 & echo done"], |_| {});
+    for id in 10..30u64 {
+        a.exec(id, &["sh", "-c", &format!("i=0; while [ $i -lt 200 ]; do echo {id}-$i; i=$((i+1)); done; echo oops >&2; exit {}", id % 7)], |_| {});
+    }
+    let mut outputs: std::collections::HashMap<u64, (String, String)> = Default::default();
+    let mut exits = std::collections::HashMap::new();
+    while exits.len() < 21 {
+        let f = a.recv();
+        assert!(!exits.contains_key(&f.id), "exec {}: a frame after its exit: {:?}", f.id, f.body);
+        let entry = outputs.entry(f.id).or_default();
+        match f.body {
+            Response::Started { .. } => assert!(entry.0.is_empty() && entry.1.is_empty(), "Started comes first"),
+            Response::Stdout { data } => entry.0.push_str(&String::from_utf8_lossy(&data)),
+            Response::Stderr { data } => entry.1.push_str(&String::from_utf8_lossy(&data)),
+            Response::Exited(st) => {
+                exits.insert(f.id, (st, start.elapsed()));
+            }
+            other => panic!("exec {}: {other:?}", f.id),
+        }
+    }
+    for id in 10..30u64 {
+        let expected: String = (0..200).map(|i| format!("{id}-{i}\n")).collect();
+        assert_eq!(outputs[&id], (expected, "oops\n".to_string()), "exec {id}");
+        assert_eq!(exits[&id].0.code, Some((id % 7) as i32));
+    }
+    let (st, took) = &exits[&1];
+    assert_eq!(outputs[&1].0, "first\ndone\n");
+    assert_eq!(st.code, Some(0));
+    assert!(*took >= Duration::from_millis(1900) && *took < Duration::from_secs(10), "the drain timeout bounds the wait: {took:?}");
+}
+
 #[test]
 fn a_terminal_has_its_size_and_follows_resizes() {
     let mut a = Agent::start();
