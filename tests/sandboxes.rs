@@ -7,7 +7,7 @@ use common::*;
 use guest_agent::protocol::{ExecRequest, FileKind};
 use orchestrator::client::ShimClient;
 use std::io::Write;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn two_sandboxes(env: &Env) -> std::path::PathBuf {
@@ -444,6 +444,42 @@ fn cp_and_fs_move_files_and_trees_between_host_and_sandbox() {
     std::fs::write(env.dir.path().join("one"), b"old").unwrap();
     env.ok(&["cp", "box:/srv/tree/README", env.dir.path().join("one").to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(env.dir.path().join("one")).unwrap(), "read me\n");
+
+    // `-` is a tar stream, both ways, read and written by the system's tar.
+    let tarred = env.cmd(&["cp", "box:/srv/tree", "-"]).output().unwrap();
+    assert!(tarred.status.success(), "{tarred:?}");
+    let unpacked = env.dir.path().join("untarred");
+    std::fs::create_dir(&unpacked).unwrap();
+    let mut tar = Command::new("tar").arg("-x").arg("-C").arg(&unpacked).stdin(Stdio::piped()).spawn().unwrap();
+    tar.stdin.take().unwrap().write_all(&tarred.stdout).unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert_eq!(std::fs::read(unpacked.join("tree/bin/tool")).unwrap(), big);
+    assert_eq!(std::fs::metadata(unpacked.join("tree/bin/tool")).unwrap().permissions().mode() & 0o7777, 0o750);
+    assert_eq!(std::fs::read_to_string(unpacked.join("tree/README")).unwrap(), "read me\n");
+    let stream = Command::new("tar").arg("-c").arg("-C").arg(env.dir.path()).arg("tree").output().unwrap();
+    assert!(stream.status.success());
+    env.ok(&["fs", "mkdir", "-p", "box", "/from-tar"]);
+    let mut cp = env.cmd(&["cp", "-", "box:/from-tar"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    cp.stdin.take().unwrap().write_all(&stream.stdout).unwrap();
+    let out = cp.wait_with_output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("2 file(s)"), "{out:?}");
+    let (_, text, _) = env.sh("box", "stat -c %a /from-tar/tree/bin/tool; cmp /from-tar/tree/bin/tool /srv/tree/bin/tool && echo same");
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["750", "same"]);
+    // An entry that climbs out of the target is refused, and nothing of it is written.
+    let hostile = env.dir.path().join("hostile.tar");
+    let made = Command::new("python3")
+        .arg("-c")
+        .arg("import io,sys,tarfile\nt=tarfile.open(sys.argv[1],'w')\nfor n in ['ok.txt','../escaped.txt']:\n  i=tarfile.TarInfo(n); i.size=2; t.addfile(i, io.BytesIO(b'hi'))\nt.close()")
+        .arg(&hostile)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut cp = env.cmd(&["cp", "-", "box:/from-tar"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    cp.stdin.take().unwrap().write_all(&std::fs::read(&hostile).unwrap()).unwrap();
+    let out = cp.wait_with_output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("would land outside /from-tar"), "{out:?}");
+    let (_, text, _) = env.sh("box", "ls /from-tar; ls / | grep -c escaped");
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["ok.txt", "tree", "0"]);
 
     env.ok(&["fs", "rm", "-r", "box", "/srv/tree"]);
     let out = env.run(&["fs", "stat", "box", "/srv/tree"]);

@@ -200,6 +200,13 @@ impl ShimClient {
         }
     }
 
+    /// A file's bytes as a reader, pulled from the agent chunk by chunk (nothing buffered past
+    /// one chunk). Read it to its end before the next request on this connection.
+    pub fn read_file_stream(&mut self, path: &str) -> Result<FileStream<'_>> {
+        let id = self.start(AgentRequest::ReadFile { path: path.into(), offset: 0, len: None })?;
+        Ok(FileStream { client: self, id, chunk: Vec::new(), at: 0, eof: false })
+    }
+
     /// Writes a file from `input` in chunks as they are read (the first truncates and sets
     /// `mode`); returns its size.
     pub fn write_file_from(&mut self, path: &str, input: &mut dyn std::io::Read, mode: Option<u32>) -> Result<u64> {
@@ -309,5 +316,34 @@ impl ShimClient {
             Response::Ready => Ok(id),
             other => Err(remote(other)),
         }
+    }
+}
+
+/// A file in a sandbox, read as it arrives ([`ShimClient::read_file_stream`]).
+pub struct FileStream<'a> {
+    client: &'a mut ShimClient,
+    id: u64,
+    chunk: Vec<u8>,
+    at: usize,
+    eof: bool,
+}
+
+impl std::io::Read for FileStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            if self.eof {
+                return Ok(0);
+            }
+            match self.client.recv_for(self.id).map_err(std::io::Error::other)? {
+                Response::Data { data, eof } => {
+                    (self.chunk, self.at, self.eof) = (data, 0, eof);
+                }
+                other => return Err(std::io::Error::other(remote(other))),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }

@@ -5,6 +5,7 @@
 use super::Format;
 use crate::reconcile::Orchestrator;
 use crate::sandbox::copy::{self, join, safe_component, Copied};
+use crate::sandbox::tarball;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use guest_agent::protocol::{FileKind, FileStat};
@@ -161,6 +162,21 @@ pub fn cp(orch: &Orchestrator, src: &str, dest: &str) -> Result<i32> {
         }
     };
     match (Location::parse(src), Location::parse(dest)) {
+        (Location::Host(from), Location::Sandbox { name, path }) if from.as_os_str() == "-" => {
+            let mut c = super::interactive::connect(orch, &name)?;
+            let copied = tarball::import(&mut c, &mut std::io::stdin().lock(), &path).with_context(|| format!("unpacking the tar stream on standard input into {name}:{path}"))?;
+            warn(&copied);
+            eprintln!("copied {copied} to {name}:{path}");
+            Ok(0)
+        }
+        (Location::Sandbox { name, path }, Location::Host(to)) if to.as_os_str() == "-" => {
+            let mut c = super::interactive::connect(orch, &name)?;
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock());
+            let copied = tarball::export(&mut c, &path, &mut out).with_context(|| format!("writing {name}:{path} as a tar stream"))?;
+            out.flush().context("writing the tar stream to standard output")?;
+            warn(&copied);
+            Ok(0)
+        }
         (Location::Host(from), Location::Sandbox { name, path }) => {
             let mut c = super::interactive::connect(orch, &name)?;
             let (target, copied) = copy::copy_to_sandbox(&mut c, &from, &path).with_context(|| format!("copying {} to {name}:{path}", from.display()))?;

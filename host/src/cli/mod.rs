@@ -183,7 +183,8 @@ pub enum Command {
         force: bool,
     },
     /// Copy files or directory trees between the host and a sandbox: `cp ./app web:/srv/app`,
-    /// `cp web:/var/log ./logs`.
+    /// `cp web:/var/log ./logs`; `-` is a tar stream: `cp web:/srv - | tar t`,
+    /// `tar c app | cp - web:/srv` (unpacked into that directory).
     Cp { src: String, dest: String },
     /// A running sandbox's files: ls, stat, cat, mkdir, rm.
     Fs {

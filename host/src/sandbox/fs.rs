@@ -117,6 +117,22 @@ impl SandboxFs {
         let sandbox = self.sandbox.clone();
         blocking(move || sandbox.with_copy(|c| copy::copy_from_sandbox(c, &path, &host))).await
     }
+
+    /// Writes the sandbox's file or tree `path` to `out` as a tar stream (what
+    /// `orchestrator cp NAME:/path -` prints), treating everything the sandbox says as hostile
+    /// (see `sandbox::tarball`).
+    pub async fn export_tar(&self, path: impl Into<String>, mut out: impl std::io::Write + Send + 'static) -> Result<Copied> {
+        let path = path.into();
+        let sandbox = self.sandbox.clone();
+        blocking(move || sandbox.with_copy(|c| super::tarball::export(c, &path, &mut out))).await
+    }
+
+    /// Unpacks the tar stream `input` into the sandbox directory `path`.
+    pub async fn import_tar(&self, mut input: impl std::io::Read + Send + 'static, path: impl Into<String>) -> Result<Copied> {
+        let path = path.into();
+        let sandbox = self.sandbox.clone();
+        blocking(move || sandbox.with_copy(|c| super::tarball::import(c, &mut input, &path))).await
+    }
 }
 
 impl Sandbox {

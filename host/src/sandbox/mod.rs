@@ -17,6 +17,7 @@ mod events;
 mod exec;
 mod fs;
 mod logs;
+pub mod tarball;
 
 pub use builder::{PatchBuilder, SandboxBuilder};
 pub use copy::Copied;
