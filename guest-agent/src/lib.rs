@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod agent;
+mod boot;
 pub mod fds;
 mod files;
 pub mod net;
@@ -33,31 +34,19 @@ pub fn lock_down(seccomp: bool) -> Result<(), security::SecurityError> {
 
 /// Entry point of a namespace sandbox's PID 1: receives `Init` on `stream`, builds the root,
 /// locks itself down, answers `Ready` (or the error) and serves requests. Never returns.
-pub fn namespace_main(mut stream: UnixStream) -> ! {
-    use protocol::{error, AgentRequest, ErrorCode, Frame, Response};
+pub fn namespace_main(stream: UnixStream) -> ! {
     // The name `ps` shows for PID 1 inside the sandbox (we were started as /proc/self/exe).
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"guest-agent".as_ptr(), 0, 0, 0) };
     // The writable disk's mount, when there is one, rides on the Init frame.
-    let (frame, disk) = match protocol::read_frame_with_fd::<AgentRequest>(&stream) {
+    let (frame, disk) = match protocol::read_frame_with_fd::<protocol::AgentRequest>(&stream) {
         Ok(f) => f,
         Err(_) => std::process::exit(1),
     };
-    let fail = |stream: &mut UnixStream, id: u64, msg: String| -> ! {
-        let _ = protocol::write_frame(stream, &Frame { id, body: error(ErrorCode::Internal, msg) });
-        std::process::exit(1);
-    };
-    let AgentRequest::Init(init) = frame.body else {
-        fail(&mut stream, frame.id, "the first request must be Init".into())
-    };
-    if let Err(e) = init::setup_root(&init, disk) {
-        fail(&mut stream, frame.id, format!("building the sandbox root: {e}"));
-    }
-    if let Err(e) = lock_down(init.seccomp) {
-        fail(&mut stream, frame.id, e.to_string());
-    }
-    if protocol::write_frame(&mut stream, &Frame { id: frame.id, body: Response::Ready }).is_err() {
-        std::process::exit(1);
-    }
-    agent::serve(stream)
+    boot::run(stream, frame, |init| init::setup_root(init, disk).map_err(|e| e.to_string()), exit_failed)
+}
+
+/// A namespace sandbox's init ends by exiting: the shim sees it and reports the error it got.
+fn exit_failed(_: &str) -> ! {
+    std::process::exit(1)
 }

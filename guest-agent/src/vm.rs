@@ -6,7 +6,6 @@
 //!
 //! When the agent ends, the VM powers off: init must never exit (the kernel would panic).
 
-use crate::protocol::{self, error, AgentRequest, ErrorCode, Frame, Response};
 use nix::mount::{mount, MsFlags};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -189,25 +188,9 @@ pub fn main() -> ! {
         Ok(f) => f,
         Err(e) => fail(&format!("reading Init from the host: {e}")),
     };
-    let reply_error = |stream: &mut UnixStream, id: u64, msg: String| -> ! {
-        say(&msg);
-        let _ = protocol::write_frame(stream, &Frame { id, body: error(ErrorCode::Internal, msg) });
-        power_off()
+    let build_root = |init: &crate::protocol::SandboxInit| {
+        mount_disks()?;
+        crate::init::setup_root_in(init, crate::init::SwitchRoot::MoveMount, None).map_err(|e| e.to_string())
     };
-    let AgentRequest::Init(init) = frame.body else {
-        reply_error(&mut stream, frame.id, "the first request must be Init".into())
-    };
-    if let Err(e) = mount_disks() {
-        reply_error(&mut stream, frame.id, e);
-    }
-    if let Err(e) = crate::init::setup_root_in(&init, crate::init::SwitchRoot::MoveMount, None) {
-        reply_error(&mut stream, frame.id, format!("building the sandbox root: {e}"));
-    }
-    if let Err(e) = crate::lock_down(init.seccomp) {
-        reply_error(&mut stream, frame.id, e.to_string());
-    }
-    if protocol::write_frame(&mut stream, &Frame { id: frame.id, body: Response::Ready }).is_err() {
-        power_off();
-    }
-    crate::agent::serve(stream)
+    crate::boot::run(stream, frame, build_root, fail)
 }

@@ -13,7 +13,6 @@
 use super::{Backend, ShimConfig};
 use crate::cgroup::{Cgroup, Limits};
 use crate::paths::InstanceDir;
-use guest_agent::protocol::{self, AgentRequest, Frame, Response};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -105,26 +104,15 @@ impl Backend for MicrovmBackend {
         init.network = network.map(|(_, init)| init);
         // The launcher's configuration, not this process's environment (which it clears).
         let ready_timeout = Duration::from_secs(m.ready_timeout_secs.max(1));
-        agent.set_read_timeout(Some(ready_timeout)).map_err(|e| e.to_string())?;
-        protocol::write_frame(&mut agent, &Frame { id: 1, body: AgentRequest::Init(Box::new(init)) }).map_err(|e| format!("sending init to the agent: {e}"))?;
-        let answer = protocol::read_frame::<Response>(&mut agent);
-        let ended = self.vm.as_ref().and_then(|vm| vm.wait(Duration::ZERO));
-        match answer {
-            Ok(Frame { body: Response::Ready, .. }) => {}
-            Ok(Frame { body: Response::Error { message, .. }, .. }) => return Err(message),
-            Ok(other) => return Err(format!("unexpected answer from the agent: {:?}", other.body)),
-            Err(e) => {
-                let why = match ended {
-                    Some(reason) => format!("the VM ended before the agent was ready: {reason}"),
-                    None => format!("the agent did not answer within {ready_timeout:?}: {e}"),
-                };
-                return Err(format!("{why}; console: {}", console_tail(&dir)));
-            }
-        }
-        agent.set_read_timeout(None).map_err(|e| e.to_string())?;
-        if !dir.patched_marker().exists() {
-            let _ = crate::paths::write_atomic(&dir.patched_marker(), b"");
-        }
+        let vm = self.vm.as_ref();
+        super::boot::init_agent(&mut agent, init, None, ready_timeout, |e| {
+            let why = match vm.and_then(|vm| vm.wait(Duration::ZERO)) {
+                Some(reason) => format!("the VM ended before the agent was ready: {reason}"),
+                None => format!("the agent did not answer within {ready_timeout:?}: {e}"),
+            };
+            format!("{why}; console: {}", console_tail(&dir))
+        })?;
+        super::boot::mark_patched(&dir);
         Ok(agent)
     }
 

@@ -5,6 +5,7 @@
 //! exit or crash; the shim and its sandbox keep running.
 
 mod backend;
+mod boot;
 pub mod idmap;
 mod microvm;
 mod namespace;

@@ -5,7 +5,7 @@
 use super::{Backend, ShimConfig};
 use crate::cgroup::{Cgroup, Limits};
 use crate::paths::InstanceDir;
-use guest_agent::protocol::{self, AgentRequest, Frame, Response, SandboxInit};
+use guest_agent::protocol::SandboxInit;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{chown, DirBuilderExt};
@@ -110,27 +110,12 @@ impl Backend for NamespaceBackend {
             writable_mount: disk.as_ref().map(|_| WRITABLE_MOUNT.to_string()),
             network,
         };
-        ours.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
-        let frame = Frame { id: 1, body: AgentRequest::Init(Box::new(init)) };
-        match &disk {
-            Some(mount) => protocol::send_with_fd(&ours, &frame, mount.as_fd()),
-            None => protocol::write_frame(&mut ours, &frame),
-        }
-        .map_err(|e| format!("sending init to the agent: {e}"))?;
+        let sent = super::boot::init_agent(&mut ours, init, disk.as_ref().map(|d| d.as_fd()), READY_TIMEOUT, |e| format!("the agent did not start: {e}"));
         // The sandbox has its own reference now; the shim keeps no handle on the disk.
         drop(disk);
-        match protocol::read_frame::<Response>(&mut ours) {
-            Ok(Frame { body: Response::Ready, .. }) => {}
-            Ok(Frame { body: Response::Error { message, .. }, .. }) => return Err(message),
-            Ok(other) => return Err(format!("unexpected answer from the agent: {:?}", other.body)),
-            Err(e) => return Err(format!("the agent did not start: {e}")),
-        }
-        ours.set_read_timeout(None).map_err(|e| e.to_string())?;
+        sent?;
         super::idmap::detach_all(dir.path(), true);
-        if !dir.patched_marker().exists() {
-            // The writable layer now has its patches: later starts must not apply them again.
-            let _ = crate::paths::write_atomic(&dir.patched_marker(), b"");
-        }
+        super::boot::mark_patched(&dir);
         Ok(ours)
     }
 
