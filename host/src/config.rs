@@ -40,6 +40,13 @@ pub struct Config {
 }
 
 /// How images are pulled.
+///
+/// ```
+/// let mut config = orchestrator::Config::new("/tmp/sandboxes");
+/// config.registries.insecure.push("127.0.0.1:5000".into());
+/// config.registries.credentials = Some(orchestrator::config::Credentials { username: "ci".into(), password: "token".into() });
+/// assert!(!format!("{:?}", config.registries).contains("token"), "a password never reaches a log");
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct RegistryConfig {
     /// Registries reached over plain HTTP (`host:port`); every other one uses TLS.

@@ -11,7 +11,18 @@ use guest_agent::protocol::ErrorCode;
 use serde::Serialize;
 use std::time::Duration;
 
-/// What went wrong, as a caller decides on it.
+/// What went wrong, as a caller decides on it (an HTTP server maps it to a status).
+///
+/// ```no_run
+/// # async fn demo() {
+/// use orchestrator::{ErrorKind, Sandbox};
+/// match Sandbox::get("web").await {
+///     Ok(sandbox) => println!("{}", sandbox.name()),
+///     Err(e) if e.kind() == ErrorKind::NotFound => println!("no sandbox web yet"),
+///     Err(e) => eprintln!("error: {e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -41,7 +52,18 @@ pub enum ErrorKind {
     Protocol,
 }
 
-/// The error of every public operation.
+/// The error of every public operation. Its text says what was wrong and what to do;
+/// [`Error::kind`] says which kind it is; an invalid spec carries every located diagnostic.
+///
+/// ```no_run
+/// # async fn demo() {
+/// let err = orchestrator::Sandbox::builder("web").image("dir:/srv/rootfs").cpus(-1.0).create().await.unwrap_err();
+/// assert_eq!(err.kind(), orchestrator::ErrorKind::InvalidSpec);
+/// for d in err.diagnostics() {
+///     eprintln!("{}: {}", d.field, d.message);
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -41,6 +41,17 @@ pub struct SandboxBuilder {
 }
 
 /// Root filesystem changes made before the sandbox's first start ([`SandboxBuilder::patch`]).
+///
+/// ```no_run
+/// # async fn demo() -> orchestrator::Result<()> {
+/// let sandbox = orchestrator::Sandbox::builder("web")
+///     .image("dir:/srv/rootfs")
+///     .patch(|p| p.mkdir("/srv/app", None).text("/srv/app/config.toml", "debug = true\n", None).append("/etc/hosts", "10.0.0.2 db\n"))
+///     .create()
+///     .await?;
+/// assert_eq!(sandbox.fs().read_to_string("/srv/app/config.toml").await?, "debug = true\n");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct PatchBuilder {
     ops: Vec<PatchOp>,

@@ -87,6 +87,15 @@ impl ExecOptions {
 }
 
 /// A finished command's output and status.
+///
+/// ```no_run
+/// # async fn demo(sandbox: orchestrator::Sandbox) -> orchestrator::Result<()> {
+/// let out = sandbox.shell("ls /nope; echo done").await?;
+/// assert_eq!(out.code(), 0, "the script's last command decides");
+/// assert_eq!(out.stdout_lossy(), "done\n");
+/// assert!(out.stderr_lossy().contains("No such file"));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
     pub status: ExitStatus,
@@ -117,7 +126,21 @@ impl ExecOutput {
     }
 }
 
-/// What a streamed command did, in order.
+/// What a streamed command did, in order: `Started` first, `Exited` last.
+///
+/// ```no_run
+/// # async fn demo(sandbox: orchestrator::Sandbox) -> orchestrator::Result<()> {
+/// use orchestrator::ExecEvent;
+/// let mut handle = sandbox.exec_stream("sh", ["-c", "echo out; echo err >&2"]).await?;
+/// while let Some(event) = handle.recv().await {
+///     match event {
+///         ExecEvent::Started { pid } => println!("pid {pid}"),
+///         ExecEvent::Stdout(data) | ExecEvent::Stderr(data) => print!("{}", String::from_utf8_lossy(&data)),
+///         ExecEvent::Exited(status) => println!("exit {}", status.shell_code()),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
     Started { pid: u32 },
