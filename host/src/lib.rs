@@ -26,6 +26,7 @@
 //!
 //! The binary in main.rs is the command line, a renderer over this library.
 
+pub mod api;
 pub mod cgroup;
 pub mod cli;
 pub mod client;

@@ -214,15 +214,19 @@ pub enum Command {
         #[command(subcommand)]
         command: microvm::KernelCommand,
     },
-    /// Watch a directory and keep sandboxes in line with it (GitOps).
+    /// Serve the HTTP API (on DATA/api.sock; `--listen` adds TCP) and, with `--config DIR`,
+    /// keep sandboxes in line with that directory (GitOps).
     Serve {
+        /// A directory of YAML sources to follow; without it, the API only.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Seconds between full resyncs (restart policies, drift).
         #[arg(long, default_value_t = 5)]
         resync: u64,
         #[arg(long)]
         prune_empty: bool,
+        #[command(flatten)]
+        api: serve::ApiFlags,
     },
 }
 
@@ -357,7 +361,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Plugin { command } => plugins::run(&open()?, command),
         Command::Doctor => microvm::doctor(&config),
         Command::Kernel { command } => microvm::kernel(&config, command),
-        Command::Serve { config, resync, prune_empty } => serve::serve(&mut open()?, &config, resync, prune_empty),
+        Command::Serve { config: dir, resync, prune_empty, api } => serve::serve(&mut open()?, dir.as_deref(), resync, prune_empty, api),
     }
 }
 

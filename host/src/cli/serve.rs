@@ -1,18 +1,87 @@
-//! `serve --config DIR`: the GitOps controller (`crate::controller`) with its log on stderr,
-//! each line timestamped.
+//! `serve [--config DIR]`: the HTTP API (`crate::api`) on its own thread and, given a
+//! directory, the GitOps controller (`crate::controller`), with their log on stderr, each line
+//! timestamped.
 
+use crate::api::{ApiOptions, Limits};
 use crate::controller::{Backoff, ServeOptions};
 use crate::reconcile::Orchestrator;
-use anyhow::Result;
-use std::path::Path;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn log(msg: &str) {
     eprintln!("{} {msg}", chrono::Utc::now().format("%H:%M:%S%.3f"));
 }
 
-pub fn serve(orch: &mut Orchestrator, dir: &Path, resync_secs: u64, prune_empty: bool) -> Result<i32> {
-    let options = ServeOptions { resync: Duration::from_secs(resync_secs.max(1)), prune_empty, backoff: Backoff::default() };
-    crate::controller::serve(orch, dir, &options, &log)?;
+/// How the API is offered.
+#[derive(Debug, clap::Args)]
+pub struct ApiFlags {
+    /// The API's Unix socket (default DATA/api.sock, mode 0600).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Serve the API on this TCP address too, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Read the bearer token from this file (default: ORCHESTRATOR_API_TOKEN, else
+    /// DATA/api.token, generated on first start).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// No token at all: only when nothing but loopback and the Unix socket listens.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// A host directory API clients may name paths in (dir: images, kernels, plugins); none
+    /// without it.
+    #[arg(long)]
+    allow_host_paths: Option<PathBuf>,
+    /// The image of `/run`'s and the sessions' sandboxes.
+    #[arg(long, default_value = "127.0.0.1:5000/demo/busybox:1")]
+    default_image: String,
+    /// Seconds a session may stay idle before it is removed.
+    #[arg(long, default_value_t = 300)]
+    session_idle: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_body)]
+    max_body: usize,
+    /// Do not serve the API (the controller only).
+    #[arg(long)]
+    no_api: bool,
+}
+
+pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prune_empty: bool, flags: ApiFlags) -> Result<i32> {
+    let api = if flags.no_api {
+        None
+    } else {
+        let allow_host_paths = match flags.allow_host_paths {
+            Some(p) => Some(std::fs::canonicalize(&p).with_context(|| format!("--allow-host-paths {}", p.display()))?),
+            None => None,
+        };
+        let options = ApiOptions {
+            socket: flags.socket,
+            listen: flags.listen,
+            token_file: flags.token_file,
+            token_env: std::env::var("ORCHESTRATOR_API_TOKEN").ok(),
+            insecure_no_auth: flags.insecure_no_auth,
+            allow_host_paths,
+            default_image: flags.default_image,
+            session_idle: Duration::from_secs(flags.session_idle.max(1)),
+            limits: Limits { max_body: flags.max_body, ..Limits::default() },
+        };
+        let running = crate::api::start((*orch.config).clone(), options, log)?;
+        let auth = running.token_from.as_deref().map_or("no authentication".to_string(), |from| format!("token from {from}"));
+        log(&format!("API on unix:{} ({auth})", running.socket.display()));
+        if let Some(addr) = running.tcp {
+            log(&format!("API on http://{addr}"));
+        }
+        Some(running)
+    };
+    match (dir, api) {
+        (Some(dir), _) => {
+            let options = ServeOptions { resync: Duration::from_secs(resync_secs.max(1)), prune_empty, backoff: Backoff::default() };
+            crate::controller::serve(orch, dir, &options, &log)?;
+        }
+        (None, Some(api)) => api.join(),
+        (None, None) => anyhow::bail!("nothing to serve: give --config DIR, or drop --no-api"),
+    }
     Ok(0)
 }

@@ -272,31 +272,37 @@ impl SandboxBuilder {
     pub async fn create(self) -> Result<Sandbox> {
         let resource = self.resource()?;
         let config = self.config.unwrap_or_else(Config::from_env);
-        blocking(move || {
-            let mut orch = Orchestrator::open(config)?;
-            let name = resource.name.clone();
-            let _object = orch.lock_object(&name)?;
-            {
-                // Claiming a name is a change of desired state.
-                let _desired = orch.lock()?;
-                if let Some(existing) = orch.store.resource(Kind::Sandbox, &name)? {
-                    return Err(Error::Conflict(format!(
-                        "a sandbox named {name:?} already exists (source {}); reconnect with Sandbox::get, or remove it first",
-                        existing.source
-                    )));
-                }
-                let tx = orch.store.transaction()?;
-                crate::store::Store::upsert_resource(&tx, &resource, LIBRARY_SOURCE, "Sandbox::builder")?;
-                tx.commit()?;
-            }
-            if let Err(e) = orch.create_instance(&resource, false, false) {
-                let _ = orch.delete(&name);
-                return Err(e.into());
-            }
-            Ok(Sandbox::handle(name, orch.config.clone()))
-        })
-        .await
+        create_resource(config, resource, LIBRARY_SOURCE, "Sandbox::builder".into()).await
     }
+}
+
+/// Records a validated Sandbox resource under `source` (a new name only: one in use is a
+/// conflict) and starts it; a start that fails leaves nothing behind.
+pub(crate) async fn create_resource(config: Config, resource: Resource, source: &'static str, origin: String) -> Result<Sandbox> {
+    blocking(move || {
+        let mut orch = Orchestrator::open(config)?;
+        let name = resource.name.clone();
+        let _object = orch.lock_object(&name)?;
+        {
+            // Claiming a name is a change of desired state.
+            let _desired = orch.lock()?;
+            if let Some(existing) = orch.store.resource(Kind::Sandbox, &name)? {
+                return Err(Error::Conflict(format!(
+                    "a sandbox named {name:?} already exists (source {}); reconnect with Sandbox::get, or remove it first",
+                    existing.source
+                )));
+            }
+            let tx = orch.store.transaction()?;
+            crate::store::Store::upsert_resource(&tx, &resource, source, &origin)?;
+            tx.commit()?;
+        }
+        if let Err(e) = orch.create_instance(&resource, false, false) {
+            let _ = orch.delete(&name);
+            return Err(e.into());
+        }
+        Ok(Sandbox::handle(name, orch.config.clone()))
+    })
+    .await
 }
 
 /// A root filesystem directory named by its path alone (`/srv/rootfs`, `./rootfs`) is a

@@ -20,6 +20,7 @@ mod logs;
 pub mod tarball;
 
 pub use builder::{PatchBuilder, SandboxBuilder};
+pub(crate) use builder::create_resource;
 pub use copy::Copied;
 pub use events::EventStream;
 pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput};

@@ -1,0 +1,477 @@
+//! Routes compatible with OpenSandbox's server, at the root as it serves them, so that its
+//! clients (curl lines from its README, its SDKs' HTTP calls, agents written against it) work
+//! unchanged: `/health`, `/run` (a fresh sandbox per command, removed after it), and
+//! `/sessions` (a sandbox whose files persist across runs, with an environment and a working
+//! directory the server keeps, removed after an idle time).
+//!
+//! Where OpenSandbox answers loosely we answer as its clients read it but stricter: paths stay
+//! inside the sandbox (its server joins them to a host directory), output that is not UTF-8 is
+//! decoded lossily rather than dropped, errors are problem+json with its status codes, and
+//! concurrent `/run`s never share a directory.
+
+use super::exec;
+use super::problem::{ApiResult, Problem};
+use super::sandboxes::{bytes, json_body, query};
+use super::{ApiState, RUN_SOURCE, SESSION_SOURCE};
+use crate::reconcile::Orchestrator;
+use crate::sandbox::{ExecOptions, Sandbox};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use guest_agent::protocol::{FileKind, Rlimits};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+type St = State<Arc<ApiState>>;
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/health", get(|| async { "OK" }))
+        .route("/run", post(run_once))
+        .route("/sessions", post(create_session).get(list_sessions))
+        .route("/sessions/{id}", get(show_session).delete(delete_session))
+        .route("/sessions/{id}/run", post(run_in_session))
+        .route("/sessions/{id}/env", post(set_env))
+        .route("/sessions/{id}/cwd", post(set_cwd))
+        .route("/sessions/{id}/files/write", post(write_file))
+        .route("/sessions/{id}/files/write-bulk", post(write_bulk))
+        .route("/sessions/{id}/files/read", get(read_file))
+        .route("/sessions/{id}/files/list", get(list_files))
+}
+
+/// A command as OpenSandbox takes it, with its defaults (those its server applies).
+#[derive(Debug, Deserialize)]
+struct RunBody {
+    command: Vec<String>,
+    /// CPU time, milliseconds.
+    #[serde(default = "default_time")]
+    time: u64,
+    /// Memory, KiB.
+    #[serde(default = "default_mem")]
+    mem: u64,
+    /// Largest file written, KiB.
+    #[serde(default = "default_fsize")]
+    fsize: u64,
+    #[serde(default = "default_nofile")]
+    nofile: u64,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+}
+
+fn default_time() -> u64 {
+    300_000
+}
+fn default_mem() -> u64 {
+    2_097_152
+}
+fn default_fsize() -> u64 {
+    1_048_576
+}
+fn default_nofile() -> u64 {
+    256
+}
+
+/// OpenSandbox's answer to a command.
+#[derive(Debug, Serialize)]
+struct RunResult {
+    stdout: String,
+    stderr: String,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+}
+
+/// The smallest memory bound a sandbox gets, whatever `mem` asks (its agent needs some).
+const MIN_MEMORY: u64 = 32 << 20;
+
+impl RunBody {
+    fn options(&self, env: &BTreeMap<String, String>, cwd: Option<&str>, state: &ApiState) -> ExecOptions {
+        let mut argv = self.command.iter().cloned();
+        let mut o = ExecOptions::new(argv.next().unwrap_or_default()).args(argv);
+        o.env = env.clone();
+        o.env.extend(self.env.clone());
+        o.cwd = cwd.map(str::to_string);
+        o.rlimits = Rlimits {
+            nofile: Some(self.nofile.max(16)),
+            nproc: None,
+            fsize: Some(self.fsize.saturating_mul(1024)),
+            cpu_secs: Some((self.time / 1000).max(1)),
+        };
+        // CPU time is what `time` bounds; the wall clock gets the server's bound.
+        o.timeout = Some(exec::timeout(state, None));
+        o
+    }
+}
+
+async fn execute(state: &ApiState, sandbox: &Sandbox, options: ExecOptions) -> ApiResult<Json<RunResult>> {
+    let out = exec::run(state, sandbox, options, None).await?;
+    Ok(Json(RunResult {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit_code: out.status.code,
+        signal: out.status.signal,
+    }))
+}
+
+/// A fresh sandbox of the default image: the API's own source, no main process.
+async fn fresh(state: &ApiState, prefix: &str, source: &'static str, memory: Option<u64>) -> ApiResult<Sandbox> {
+    let name = format!("{prefix}-{}", crate::ids::random_hex(6));
+    let mut builder = Sandbox::builder(&name).config(state.config.clone()).image(state.default_image.clone());
+    if let Some(bytes) = memory {
+        builder = builder.memory(bytes.max(MIN_MEMORY) >> 20);
+    }
+    let resource = builder.resource().map_err(Problem::from)?;
+    crate::sandbox::create_resource(state.config.clone(), resource, source, "OpenSandbox API".into()).await.map_err(Problem::from)
+}
+
+async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RunResult>> {
+    let body: RunBody = json_body(&bytes(body)?)?;
+    let sandbox = fresh(&state, "run", RUN_SOURCE, Some(body.mem.saturating_mul(1024))).await?;
+    let cwd = body.cwd.clone();
+    let result = execute(&state, &sandbox, body.options(&BTreeMap::new(), cwd.as_deref(), &state)).await;
+    if let Err(e) = sandbox.remove().await {
+        tracing::warn!("removing /run's sandbox {}: {e}", sandbox.name());
+    }
+    result
+}
+
+/// A session: a sandbox, and what its runs inherit.
+struct Session {
+    sandbox: String,
+    env: BTreeMap<String, String>,
+    cwd: String,
+    created: Instant,
+    last_used: Instant,
+}
+
+/// The live sessions, by id.
+pub struct Sessions {
+    by_id: Mutex<HashMap<String, Session>>,
+    idle: Duration,
+}
+
+impl Sessions {
+    pub fn new(idle: Duration) -> Sessions {
+        Sessions { by_id: Mutex::new(HashMap::new()), idle }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session's sandbox, env and cwd, marking it used.
+    fn touch(&self, id: &str) -> ApiResult<(String, BTreeMap<String, String>, String)> {
+        let mut sessions = self.lock();
+        let s = sessions.get_mut(id).ok_or_else(|| Problem::not_found(format!("no session {id:?} (it may have expired)")))?;
+        s.last_used = Instant::now();
+        Ok((s.sandbox.clone(), s.env.clone(), s.cwd.clone()))
+    }
+}
+
+/// OpenSandbox's view of a session.
+#[derive(Debug, Serialize)]
+struct SessionInfo {
+    id: String,
+    env: BTreeMap<String, String>,
+    cwd: String,
+    age_secs: u64,
+    idle_secs: u64,
+    preview_url: Option<String>,
+    ports: Vec<u16>,
+    status: &'static str,
+}
+
+fn info(id: &str, s: &Session) -> SessionInfo {
+    SessionInfo {
+        id: id.to_string(),
+        env: s.env.clone(),
+        cwd: s.cwd.clone(),
+        age_secs: s.created.elapsed().as_secs(),
+        idle_secs: s.last_used.elapsed().as_secs(),
+        preview_url: None,
+        ports: Vec::new(),
+        status: "running",
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EnvBody {
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Created {
+    session_id: String,
+    preview_url: Option<String>,
+}
+
+async fn create_session(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Created>> {
+    let body = bytes(body)?;
+    let env: EnvBody = if body.iter().all(u8::is_ascii_whitespace) { EnvBody { env: BTreeMap::new() } } else { json_body(&body)? };
+    let sandbox = fresh(&state, "session", SESSION_SOURCE, None).await?;
+    let id = uuid_v4();
+    let now = Instant::now();
+    state.sessions.lock().insert(id.clone(), Session { sandbox: sandbox.name().to_string(), env: env.env, cwd: "/".into(), created: now, last_used: now });
+    Ok(Json(Created { session_id: id, preview_url: None }))
+}
+
+async fn list_sessions(State(state): St) -> Json<Vec<SessionInfo>> {
+    Json(state.sessions.lock().iter().map(|(id, s)| info(id, s)).collect())
+}
+
+async fn show_session(State(state): St, Path(id): Path<String>) -> ApiResult<Json<SessionInfo>> {
+    let sessions = state.sessions.lock();
+    let s = sessions.get(&id).ok_or_else(|| Problem::not_found(format!("no session {id:?}")))?;
+    Ok(Json(info(&id, s)))
+}
+
+async fn delete_session(State(state): St, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let session = state.sessions.lock().remove(&id).ok_or_else(|| Problem::not_found(format!("no session {id:?}")))?;
+    remove_sandbox(&state, &session.sandbox).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_sandbox(state: &ApiState, name: &str) -> ApiResult<()> {
+    match Sandbox::get_in(state.config.clone(), name).await {
+        Ok(sandbox) => sandbox.remove().await.map_err(Problem::from),
+        Err(e) if e.kind() == crate::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn run_in_session(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RunResult>> {
+    let body: RunBody = json_body(&bytes(body)?)?;
+    let (name, env, cwd) = state.sessions.touch(&id)?;
+    // OpenSandbox's rule: a run's cwd counts only when it is not "/" (clients send "/" for none).
+    let cwd = body.cwd.clone().filter(|c| c != "/").unwrap_or(cwd);
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    execute(&state, &sandbox, body.options(&env, Some(&cwd), &state)).await
+}
+
+async fn set_env(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
+    let body: EnvBody = json_body(&bytes(body)?)?;
+    state.sessions.touch(&id)?;
+    if let Some(s) = state.sessions.lock().get_mut(&id) {
+        s.env.extend(body.env);
+    }
+    Ok(StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+struct CwdBody {
+    cwd: String,
+}
+
+async fn set_cwd(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
+    let body: CwdBody = json_body(&bytes(body)?)?;
+    let cwd = inside(&body.cwd)?;
+    state.sessions.touch(&id)?;
+    if let Some(s) = state.sessions.lock().get_mut(&id) {
+        s.cwd = cwd;
+    }
+    Ok(StatusCode::OK)
+}
+
+/// A session path as OpenSandbox's clients give it (relative ones start at the root), as an
+/// absolute path in the sandbox (its agent keeps it inside the sandbox's root).
+fn inside(path: &str) -> ApiResult<String> {
+    if path.contains('\0') {
+        return Err(Problem::bad_request("a path must not contain NUL"));
+    }
+    Ok(format!("/{}", path.trim_start_matches('/')))
+}
+
+#[derive(Debug, Deserialize)]
+struct WriteBody {
+    path: String,
+    content: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Success {
+    success: bool,
+}
+
+async fn write_one(sandbox: &Sandbox, path: &str, data: Vec<u8>) -> crate::Result<()> {
+    let fs = sandbox.fs();
+    if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+        fs.mkdir(parent.to_string()).await?;
+    }
+    fs.write_with_mode(path.to_string(), data, Some(0o644)).await
+}
+
+fn decode(content: &str, what: &str) -> ApiResult<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(content).map_err(|e| Problem::bad_request(format!("Invalid base64{what}: {e}")))
+}
+
+async fn write_file(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Success>> {
+    let body: WriteBody = json_body(&bytes(body)?)?;
+    let (name, _, _) = state.sessions.touch(&id)?;
+    let (path, data) = (inside(&body.path)?, decode(&body.content, "")?);
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    write_one(&sandbox, &path, data).await.map_err(Problem::from)?;
+    Ok(Json(Success { success: true }))
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkBody {
+    files: Vec<WriteBody>,
+}
+
+#[derive(Debug, Serialize)]
+struct BulkError {
+    path: String,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BulkResult {
+    success: bool,
+    errors: Vec<BulkError>,
+}
+
+async fn write_bulk(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<BulkResult>> {
+    let body: BulkBody = json_body(&bytes(body)?)?;
+    let (name, _, _) = state.sessions.touch(&id)?;
+    // Every entry decodes before anything is written.
+    let mut files = Vec::new();
+    for f in body.files {
+        files.push((inside(&f.path)?, decode(&f.content, &format!(" for {}", f.path))?, f.path));
+    }
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let mut errors = Vec::new();
+    for (path, data, given) in files {
+        if let Err(e) = write_one(&sandbox, &path, data).await {
+            errors.push(BulkError { path: given, error: e.to_string() });
+        }
+    }
+    Ok(Json(BulkResult { success: errors.is_empty(), errors }))
+}
+
+#[derive(Debug, Deserialize)]
+struct PathQuery {
+    path: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Content {
+    content: String,
+}
+
+async fn read_file(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Content>> {
+    let q = query(q)?;
+    let (name, _, _) = state.sessions.touch(&id)?;
+    let path = inside(&q.path)?;
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let fs = sandbox.fs();
+    let st = fs.stat(path.clone()).await.map_err(Problem::from)?;
+    if st.size > state.limits.max_body as u64 {
+        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("{path} is {} bytes, more than this route returns", st.size)));
+    }
+    let data = fs.read(path).await.map_err(Problem::from)?;
+    Ok(Json(Content { content: base64::engine::general_purpose::STANDARD.encode(data) }))
+}
+
+#[derive(Debug, Serialize)]
+struct FileEntry {
+    name: String,
+    path: String,
+    is_directory: bool,
+    size: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    files: Vec<FileEntry>,
+}
+
+async fn list_files(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Listing>> {
+    let q = query(q)?;
+    let (name, _, _) = state.sessions.touch(&id)?;
+    let dir = inside(&q.path)?;
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let fs = sandbox.fs();
+    let mut entries = fs.list(dir.clone()).await.map_err(Problem::from)?;
+    entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let base = dir.trim_end_matches('/');
+    let mut files = Vec::with_capacity(entries.len());
+    for e in entries {
+        let path = format!("{base}/{}", e.name);
+        let size = fs.stat(path.clone()).await.map(|s| s.size).unwrap_or(0);
+        files.push(FileEntry { is_directory: e.kind == FileKind::Dir, name: e.name, path, size });
+    }
+    Ok(Json(Listing { files }))
+}
+
+/// A random version-4 UUID, as OpenSandbox's session ids are.
+fn uuid_v4() -> String {
+    let h = crate::ids::random_hex(16);
+    let mut b: Vec<char> = h.chars().collect();
+    b[12] = '4';
+    b[16] = ['8', '9', 'a', 'b'][usize::from_str_radix(&b[16].to_string(), 16).unwrap_or(0) % 4];
+    let s: String = b.into_iter().collect();
+    format!("{}-{}-{}-{}-{}", &s[0..8], &s[8..12], &s[12..16], &s[16..20], &s[20..32])
+}
+
+/// Removes what an earlier server left (its `/run` sandboxes and sessions: their state was in
+/// its memory), then expires idle sessions every few seconds.
+pub fn start_background(state: Arc<ApiState>) {
+    let leftovers = state.clone();
+    tokio::spawn(async move {
+        let config = leftovers.config.clone();
+        let names = tokio::task::spawn_blocking(move || -> crate::Result<Vec<String>> {
+            let orch = Orchestrator::open(config)?;
+            let rows = orch.store.resources(Some(crate::spec::Kind::Sandbox))?;
+            Ok(rows.into_iter().filter(|r| r.source == RUN_SOURCE || r.source == SESSION_SOURCE).map(|r| r.resource.name).collect())
+        })
+        .await;
+        if let Ok(Ok(names)) = names {
+            for name in names {
+                if let Err(e) = remove_sandbox(&leftovers, &name).await {
+                    tracing::warn!("removing the API's leftover sandbox {name}: {}", e.detail);
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let sweep = (state.sessions.idle / 5).clamp(Duration::from_millis(200), Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(sweep).await;
+            let expired: Vec<(String, String)> = {
+                let mut sessions = state.sessions.lock();
+                let ids: Vec<String> = sessions.iter().filter(|(_, s)| s.last_used.elapsed() >= state.sessions.idle).map(|(id, _)| id.clone()).collect();
+                ids.into_iter().filter_map(|id| sessions.remove(&id).map(|s| (id, s.sandbox))).collect()
+            };
+            for (id, sandbox) in expired {
+                tracing::info!("session {id} expired (idle {}s)", state.sessions.idle.as_secs());
+                if let Err(e) = remove_sandbox(&state, &sandbox).await {
+                    tracing::warn!("removing expired session {id}'s sandbox {sandbox}: {}", e.detail);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_version_4_uuids_and_paths_start_at_the_root() {
+        let id = uuid_v4();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]), "{id}");
+        assert_ne!(id, uuid_v4());
+        assert_eq!(inside("tmp/x").unwrap(), "/tmp/x");
+        assert_eq!(inside("//etc/passwd").unwrap(), "/etc/passwd");
+        assert_eq!(inside("").unwrap(), "/");
+    }
+}

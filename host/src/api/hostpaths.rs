@@ -1,0 +1,134 @@
+//! What an API client may name on the host: nothing, unless the operator started the server
+//! with a root (`--allow-host-paths DIR`), and then only paths that resolve, links followed,
+//! inside it. Images (`dir:`, `oci-layout:`, `oci-archive:`), kernels given as paths and plugin
+//! components are host paths; a client must never get the host's `/` as its root filesystem.
+//!
+//! The check runs on the raw document before the spec is parsed, so that not even the
+//! parser's "does not exist" answers tell a client what the host has.
+
+use super::problem::Problem;
+use std::path::{Path, PathBuf};
+
+const PATH_IMAGES: [&str; 3] = ["dir:", "oci-layout:", "oci-archive:"];
+
+/// Where the values that name host paths sit in a document, with the value.
+fn host_path_fields(doc: &yaml_rust2::Yaml) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let spec = &doc["spec"];
+    if let Some(image) = spec["image"].as_str() {
+        if PATH_IMAGES.iter().any(|p| image.starts_with(p)) || image.starts_with(['/', '.']) {
+            out.push(("spec.image", image.to_string()));
+        }
+    }
+    if let Some(kernel) = spec["kernel"].as_str() {
+        if kernel.contains('/') {
+            out.push(("spec.kernel", kernel.to_string()));
+        }
+    }
+    if let Some(component) = spec["component"].as_str() {
+        out.push(("spec.component", component.to_string()));
+    }
+    out
+}
+
+/// Refuses a request body that names host paths when `root` is None. With a root, the paths
+/// are checked after parsing ([`check_resolved`]).
+pub fn screen(text: &str, root: Option<&Path>) -> Result<(), Problem> {
+    if root.is_some() {
+        return Ok(());
+    }
+    // A body that does not parse is the parser's to report (it names no host path).
+    let Ok(docs) = yaml_rust2::YamlLoader::load_from_str(text) else { return Ok(()) };
+    for doc in &docs {
+        if let Some((field, value)) = host_path_fields(doc).into_iter().next() {
+            return Err(Problem::forbidden(format!(
+                "{field}: {value:?} names a path on the server's host, which API clients may not do; use a registry image, or ask the operator to start `serve` with --allow-host-paths DIR"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn inside(path: &Path, root: &Path) -> bool {
+    match (std::fs::canonicalize(path), std::fs::canonicalize(root)) {
+        (Ok(p), Ok(r)) => p.starts_with(r),
+        _ => false,
+    }
+}
+
+/// The host path a normalised image reference names, if it names one.
+fn image_path(image: &str) -> Option<PathBuf> {
+    let rest = PATH_IMAGES.iter().find_map(|p| image.strip_prefix(p))?;
+    if image.starts_with("dir:") {
+        return Some(PathBuf::from(rest));
+    }
+    // oci-layout:/abs[:TAG]: the path is what exists.
+    let whole = PathBuf::from(rest);
+    if whole.exists() {
+        return Some(whole);
+    }
+    Some(PathBuf::from(rest.rsplit_once(':').map_or(rest, |(p, _)| p)))
+}
+
+/// With a root, every host path a parsed resource names must resolve inside it.
+pub fn check_resolved(resource: &crate::spec::Resource, root: Option<&Path>) -> Result<(), Problem> {
+    use crate::spec::ResourceSpec;
+    let Some(root) = root else { return Ok(()) };
+    let mut paths: Vec<(&str, PathBuf)> = Vec::new();
+    match &resource.spec {
+        ResourceSpec::Sandbox(s) => {
+            if let Some(p) = image_path(&s.image) {
+                paths.push(("spec.image", p));
+            }
+            if let Some(k) = s.kernel.as_deref().filter(|k| k.contains('/')) {
+                paths.push(("spec.kernel", PathBuf::from(k)));
+            }
+        }
+        ResourceSpec::Plugin(p) => paths.push(("spec.component", PathBuf::from(&p.component))),
+        _ => {}
+    }
+    for (field, path) in paths {
+        if !inside(&path, root) {
+            return Err(Problem::forbidden(format!("{field}: {} is outside the host paths this server allows ({})", path.display(), root.display())));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_are_refused_before_parsing_without_a_root() {
+        for body in [
+            r#"{"kind":"Sandbox","spec":{"image":"dir:/"}}"#,
+            "kind: Sandbox\nspec:\n  image: oci-layout:/etc\n",
+            "kind: Sandbox\nspec:\n  image: busybox:1\n  kernel: /boot/vmlinuz\n",
+            "kind: Plugin\nspec:\n  component: /srv/p.wasm\n",
+        ] {
+            let e = screen(body, None).unwrap_err();
+            assert_eq!((e.status, e.kind.as_str()), (403, "host-path-forbidden"), "{body}");
+        }
+        assert!(screen(r#"{"kind":"Sandbox","spec":{"image":"127.0.0.1:5000/demo/busybox:1"}}"#, None).is_ok());
+        assert!(screen("kind: Sandbox\nspec:\n  image: busybox\n  kernel: linux-image-6\n", None).is_ok());
+        assert!(screen(r#"{"kind":"Sandbox","spec":{"image":"dir:/"}}"#, Some(Path::new("/srv"))).is_ok(), "checked after parsing");
+    }
+
+    #[test]
+    fn with_a_root_only_paths_inside_it_pass_links_followed() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("rootfs")).unwrap();
+        std::os::unix::fs::symlink("/", root.path().join("escape")).unwrap();
+        let sandbox = |image: String| crate::spec::Resource {
+            name: "s".into(),
+            labels: Default::default(),
+            spec: crate::spec::ResourceSpec::Sandbox(crate::spec::SandboxSpec::new(image)),
+        };
+        let r = Some(root.path());
+        assert!(check_resolved(&sandbox(format!("dir:{}", root.path().join("rootfs").display())), r).is_ok());
+        assert!(check_resolved(&sandbox(format!("dir:{}", root.path().join("escape").display())), r).is_err(), "a link out of the root");
+        assert!(check_resolved(&sandbox("dir:/".into()), r).is_err());
+        assert!(check_resolved(&sandbox("busybox:1".into()), r).is_ok());
+    }
+}

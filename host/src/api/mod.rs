@@ -1,0 +1,242 @@
+//! The HTTP API `serve` offers beside its GitOps controller: the native `/v1` routes over the
+//! library (the views and typed errors the CLI renders, as JSON and problem+json) and, at the
+//! root, routes compatible with OpenSandbox's server (`/health`, `/run`, `/sessions...`).
+//! axum on tokio; a Unix socket by default (`DATA/api.sock`, 0600), TCP only when asked.
+//!
+//! Invariants:
+//! - Every route but `/health` needs the bearer token ([`auth`]); `--insecure-no-auth` is
+//!   accepted only when nothing but loopback and the Unix socket listens.
+//! - Request bodies, collected command output, concurrent execs per sandbox and each command's
+//!   run time are bounded ([`Limits`]); a request over a bound gets a clear problem, and the
+//!   server keeps serving the others.
+//! - An API client never names a host path unless the operator gave a root for them
+//!   ([`hostpaths`]).
+//! - Sandboxes made through `/v1` have the source `api`, `/run`'s and the sessions' their own:
+//!   no file source prunes them, and the server removes leftovers of its own on start.
+
+pub mod auth;
+mod compat;
+mod exec;
+pub mod hostpaths;
+pub mod problem;
+mod sandboxes;
+
+use crate::config::Config;
+use axum::extract::DefaultBodyLimit;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The source of sandboxes made with `POST /v1/sandboxes` and `/v1/apply`.
+pub const API_SOURCE: &str = "api";
+/// The source of `/run`'s one-shot sandboxes (removed after their command).
+pub const RUN_SOURCE: &str = "api-run";
+/// The source of OpenSandbox-style sessions (removed when they expire).
+pub const SESSION_SOURCE: &str = "api-session";
+
+/// Bounds on what one request may take.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request bodies (a spec, a file, stdin).
+    pub max_body: usize,
+    /// Each of a command's stdout and stderr, collected; beyond it the output is cut and the
+    /// answer says `truncated`.
+    pub max_output: usize,
+    /// Commands running at once in one sandbox; more get 429.
+    pub execs_per_sandbox: usize,
+    /// A command's run time when the request sets none.
+    pub default_exec_timeout: Duration,
+    /// The most a request may ask for.
+    pub max_exec_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body: 32 << 20,
+            max_output: 16 << 20,
+            execs_per_sandbox: 16,
+            default_exec_timeout: Duration::from_secs(300),
+            max_exec_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How `serve` offers the API.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// The Unix socket; None: `DATA/api.sock`.
+    pub socket: Option<PathBuf>,
+    /// A TCP address too (loopback unless the operator means otherwise).
+    pub listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+    /// `ORCHESTRATOR_API_TOKEN`, as the CLI read it.
+    pub token_env: Option<String>,
+    pub insecure_no_auth: bool,
+    /// The host directory API clients may name paths in (None: no host paths at all).
+    pub allow_host_paths: Option<PathBuf>,
+    /// The image of `/run`'s and the sessions' sandboxes.
+    pub default_image: String,
+    /// A session idle this long is removed.
+    pub session_idle: Duration,
+    pub limits: Limits,
+}
+
+/// What every handler shares.
+pub struct ApiState {
+    pub config: Config,
+    pub token: Option<auth::Token>,
+    pub allow_host_paths: Option<PathBuf>,
+    pub default_image: String,
+    pub limits: Limits,
+    exec_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    sessions: compat::Sessions,
+}
+
+impl ApiState {
+    /// A slot to run one command in `sandbox`, or 429 when it has as many as it may.
+    fn exec_slot(&self, sandbox: &str) -> problem::ApiResult<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut slots = self.exec_slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(sandbox.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.limits.execs_per_sandbox))).clone()
+        };
+        sem.try_acquire_owned().map_err(|_| {
+            problem::Problem::too_many(format!("sandbox {sandbox:?} already runs {} commands through the API; retry when one ends", self.limits.execs_per_sandbox))
+        })
+    }
+}
+
+/// The API's routes over `state`.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new()
+        .merge(sandboxes::routes())
+        .merge(compat::routes())
+        .fallback(|| async { problem::Problem::not_found("no such route; the API's routes are under /v1 (and OpenSandbox's at the root)") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
+        .layer(DefaultBodyLimit::max(state.limits.max_body))
+        .with_state(state)
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ApiError {
+    let context = context.into();
+    move |source| ApiError::Io { context, source }
+}
+
+/// A running API: its addresses, and the thread that serves it.
+pub struct RunningApi {
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+    pub token_from: Option<String>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RunningApi {
+    /// Blocks until the server stops (it stops only with the process).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// Binds the listeners and serves the API on a thread of its own (a tokio runtime beside the
+/// controller's loop). Returns once it accepts connections.
+pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<RunningApi, ApiError> {
+    let tcp_public = options.listen.is_some_and(|a| !a.ip().is_loopback());
+    if options.insecure_no_auth && tcp_public {
+        return Err(ApiError::Config(format!(
+            "refusing --insecure-no-auth on {}: without a token the API may listen only on loopback addresses and the Unix socket",
+            options.listen.map(|a| a.to_string()).unwrap_or_default()
+        )));
+    }
+    let (token, token_from) = if options.insecure_no_auth {
+        (None, None)
+    } else {
+        let (t, from) = auth::load(options.token_env.clone(), options.token_file.as_deref(), &config.data_dir).map_err(ApiError::Config)?;
+        (Some(t), Some(from))
+    };
+    if let Some(root) = &options.allow_host_paths {
+        if !root.is_dir() {
+            return Err(ApiError::Config(format!("--allow-host-paths {}: not a directory", root.display())));
+        }
+    }
+    let socket = options.socket.clone().unwrap_or_else(|| config.data_dir.join("api.sock"));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("api").build().map_err(io("starting the API's runtime"))?;
+    let unix = {
+        let _guard = runtime.enter();
+        bind_unix(&socket)?
+    };
+    let tcp = match options.listen {
+        Some(addr) => {
+            let _guard = runtime.enter();
+            let std_listener = std::net::TcpListener::bind(addr).map_err(io(format!("listening on {addr}")))?;
+            std_listener.set_nonblocking(true).map_err(io(format!("listening on {addr}")))?;
+            Some(tokio::net::TcpListener::from_std(std_listener).map_err(io(format!("listening on {addr}")))?)
+        }
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let state = Arc::new(ApiState {
+        config,
+        token,
+        allow_host_paths: options.allow_host_paths.clone(),
+        default_image: options.default_image.clone(),
+        limits: options.limits.clone(),
+        exec_slots: Mutex::new(HashMap::new()),
+        sessions: compat::Sessions::new(options.session_idle),
+    });
+    if options.insecure_no_auth {
+        log("warning: the API runs without authentication (--insecure-no-auth): anyone who reaches its socket or loopback port controls every sandbox");
+    }
+    let app = router(state.clone());
+    let thread = std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                compat::start_background(state.clone());
+                let unix_server = axum::serve(unix, app.clone());
+                match tcp {
+                    Some(tcp) => {
+                        let tcp_server = axum::serve(tcp, app);
+                        let (a, b) = tokio::join!(unix_server, tcp_server);
+                        for r in [a, b] {
+                            if let Err(e) = r {
+                                log(&format!("error: the API stopped: {e}"));
+                            }
+                        }
+                    }
+                    None => {
+                        if let Err(e) = unix_server.await {
+                            log(&format!("error: the API stopped: {e}"));
+                        }
+                    }
+                }
+            })
+        })
+        .map_err(io("starting the API's thread"))?;
+    Ok(RunningApi { socket, tcp: tcp_addr, token_from, thread })
+}
+
+/// The Unix socket, 0600; a stale one (nobody answers on it) is replaced, a live one refused.
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ApiError> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ApiError::Config(format!("another server already listens on {}; stop it first, or give --socket another path", path.display())));
+        }
+        std::fs::remove_file(path).map_err(io(format!("removing the stale socket {}", path.display())))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(io(format!("listening on {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(format!("making {} private", path.display())))?;
+    Ok(listener)
+}

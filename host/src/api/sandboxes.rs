@@ -1,0 +1,279 @@
+//! The native routes, `/v1`: sandboxes (list, create from a manifest, get, delete, stop,
+//! start), a command collected (`exec`), and files (read, write, remove, list, stat). Each
+//! renders the library's types: the view `get -o json` prints, the library's errors as
+//! problems.
+//!
+//! A sandbox's files are reached through its agent, which resolves every path inside the
+//! sandbox's own root: `../../etc/passwd` is the sandbox's `/etc/passwd`, never the host's.
+
+use super::exec;
+use super::problem::{ApiResult, Problem};
+use super::{hostpaths, ApiState, API_SOURCE};
+use crate::error::Error;
+use crate::reconcile::Orchestrator;
+use crate::sandbox::{ExecOptions, Sandbox};
+use crate::spec::{Kind, ResourceSpec};
+use crate::view::ResourceView;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+type St = State<Arc<ApiState>>;
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/v1/sandboxes", get(list).post(create))
+        .route("/v1/sandboxes/{name}", get(show).delete(remove))
+        .route("/v1/sandboxes/{name}/stop", post(stop))
+        .route("/v1/sandboxes/{name}/start", post(start))
+        .route("/v1/sandboxes/{name}/exec", post(exec_collected))
+        .route("/v1/sandboxes/{name}/files", get(read_file).put(write_file).delete(remove_file))
+        .route("/v1/sandboxes/{name}/files/list", get(list_dir))
+        .route("/v1/sandboxes/{name}/files/stat", get(stat))
+}
+
+/// Runs `f` on a blocking thread with the data directory open.
+async fn with_orchestrator<T: Send + 'static>(state: &ApiState, f: impl FnOnce(&mut Orchestrator) -> crate::Result<T> + Send + 'static) -> ApiResult<T> {
+    let config = state.config.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut orch = Orchestrator::open(config)?;
+        f(&mut orch)
+    })
+    .await
+    .map_err(|e| Problem::from(Error::Protocol(format!("a worker thread failed: {e}"))))?
+    .map_err(Problem::from)
+}
+
+async fn list(State(state): St) -> ApiResult<Json<Vec<ResourceView>>> {
+    let views = with_orchestrator(&state, |o| o.list()).await?;
+    Ok(Json(views.into_iter().filter(|v| v.kind == "Sandbox").collect()))
+}
+
+async fn show(State(state): St, Path(name): Path<String>) -> ApiResult<Json<ResourceView>> {
+    let view = with_orchestrator(&state, move |o| o.get(&name)).await?;
+    if view.kind != "Sandbox" {
+        return Err(Problem::not_found(format!("no sandbox named {:?} (it is a {})", view.name, view.kind)));
+    }
+    Ok(Json(view))
+}
+
+/// Parses a request body as one resource of `kind` (JSON is YAML: errors are located in the
+/// body as in a file), after the host-path screen.
+pub fn parse_one(state: &ApiState, body: &[u8], kind: Kind) -> ApiResult<crate::spec::Resource> {
+    let text = std::str::from_utf8(body).map_err(|_| Problem::bad_request("the body is not UTF-8 text (send the manifest as JSON or YAML)"))?;
+    hostpaths::screen(text, state.allow_host_paths.as_deref())?;
+    // Relative paths resolve inside the allowed root (or nowhere at all).
+    let base = state.allow_host_paths.clone().unwrap_or_else(|| std::path::PathBuf::from("/nonexistent"));
+    let manifests = crate::spec::parse_str(&base.join("request"), text).map_err(|errors| Problem::from(Error::InvalidSpec(errors)))?;
+    let [manifest] = <[_; 1]>::try_from(manifests).map_err(|m: Vec<_>| Problem::invalid(format!("the body holds {} resources; send exactly one {kind}", m.len())))?;
+    if manifest.resource.kind() != kind {
+        return Err(Problem::invalid(format!("the body is a {}; this route takes a {kind}", manifest.resource.kind())));
+    }
+    hostpaths::check_resolved(&manifest.resource, state.allow_host_paths.as_deref())?;
+    Ok(manifest.resource)
+}
+
+async fn create(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let body = bytes(body)?;
+    let resource = parse_one(&state, &body, Kind::Sandbox)?;
+    if !matches!(resource.spec, ResourceSpec::Sandbox(_)) {
+        return Err(Problem::invalid("not a Sandbox"));
+    }
+    let sandbox = crate::sandbox::create_resource(state.config.clone(), resource, API_SOURCE, "HTTP API".into()).await.map_err(Problem::from)?;
+    let view = sandbox.view().await.map_err(Problem::from)?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/sandboxes/{}", view.name))], Json(view)).into_response())
+}
+
+/// The sandbox `name`, made by the API (a sandbox another source declares is that source's to
+/// change: the API would fight it).
+async fn owned(state: &ApiState, name: &str) -> ApiResult<Sandbox> {
+    let n = name.to_string();
+    let source = with_orchestrator(state, move |o| {
+        let row = o.store.resource(Kind::Sandbox, &n)?.ok_or_else(|| Error::no_sandbox(&n))?;
+        Ok(row.source)
+    })
+    .await?;
+    if source != API_SOURCE {
+        return Err(Problem::conflict(format!("sandbox {name:?} is declared by {source}; change it there (the API changes only the sandboxes it made)")));
+    }
+    Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)
+}
+
+async fn remove(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    owned(&state, &name).await?.remove().await.map_err(Problem::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stop(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    owned(&state, &name).await?.stop_and_wait().await.map_err(Problem::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    owned(&state, &name).await?.start().await.map_err(Problem::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/sandboxes/{name}/exec`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExecBody {
+    /// The program and its arguments (no shell: `["sh", "-c", "..."]` for one).
+    command: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    user: Option<String>,
+    timeout_ms: Option<u64>,
+    /// Text for the command's standard input.
+    stdin: Option<String>,
+    /// Bytes for it, base64.
+    stdin_base64: Option<String>,
+}
+
+/// A collected command, as JSON: text when it is UTF-8, base64 (and said so) when not.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecAnswer {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stdout_encoding: &'static str,
+    pub stderr: String,
+    pub stderr_encoding: &'static str,
+    pub truncated: bool,
+}
+
+fn encode(data: Vec<u8>) -> (String, &'static str) {
+    match String::from_utf8(data) {
+        Ok(s) => (s, "utf-8"),
+        Err(e) => (base64::engine::general_purpose::STANDARD.encode(e.into_bytes()), "base64"),
+    }
+}
+
+/// A body within the bound, or the problem that says it is not.
+pub fn bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "the request body is larger than this server accepts"),
+        status => Problem::new(status, "bad-request", e.body_text()),
+    })
+}
+
+/// The query a route takes, or a problem naming what is wrong with it.
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(q)| q).map_err(|e| Problem::bad_request(e.body_text()))
+}
+
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("the body is not the JSON this route takes: {e}")))
+}
+
+async fn exec_collected(State(state): St, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<ExecAnswer>> {
+    let body = bytes(body)?;
+    let req: ExecBody = json_body(&body)?;
+    let stdin = match (req.stdin, req.stdin_base64) {
+        (Some(_), Some(_)) => return Err(Problem::bad_request("give stdin or stdinBase64, not both")),
+        (Some(text), None) => Some(text.into_bytes()),
+        (None, Some(b64)) => Some(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| Problem::bad_request(format!("stdinBase64: {e}")))?),
+        (None, None) => None,
+    };
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let mut argv = req.command.into_iter();
+    let mut options = ExecOptions::new(argv.next().unwrap_or_default()).args(argv);
+    options.env = req.env;
+    options.cwd = req.cwd;
+    options.user = req.user;
+    options.timeout = Some(exec::timeout(&state, req.timeout_ms));
+    let out = exec::run(&state, &sandbox, options, stdin).await?;
+    let ((stdout, stdout_encoding), (stderr, stderr_encoding)) = (encode(out.stdout), encode(out.stderr));
+    Ok(Json(ExecAnswer {
+        exit_code: out.status.code,
+        signal: out.status.signal,
+        timed_out: out.status.timed_out,
+        stdout,
+        stdout_encoding,
+        stderr,
+        stderr_encoding,
+        truncated: out.truncated,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct PathQuery {
+    path: String,
+    /// Octal permission bits for a written file (default 644).
+    mode: Option<String>,
+    #[serde(default)]
+    recursive: bool,
+}
+
+/// A path in the sandbox, absolute (the agent resolves it inside the sandbox's root).
+fn sandbox_path(path: &str) -> ApiResult<String> {
+    if !path.starts_with('/') || path.contains('\0') {
+        return Err(Problem::bad_request(format!("path {path:?} must be absolute inside the sandbox, e.g. /tmp/data.txt")));
+    }
+    Ok(path.to_string())
+}
+
+async fn read_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Response> {
+    let q = query(q)?;
+    let path = sandbox_path(&q.path)?;
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let fs = sandbox.fs();
+    let st = fs.stat(path.clone()).await.map_err(Problem::from)?;
+    if st.size > state.limits.max_body as u64 {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("{path} is {} bytes, more than this route returns at once ({}); copy it with `orchestrator cp NAME:{path} -`", st.size, state.limits.max_body),
+        ));
+    }
+    let data = fs.read(path).await.map_err(Problem::from)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+async fn write_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
+    let (q, body) = (query(q)?, bytes(body)?);
+    let path = sandbox_path(&q.path)?;
+    let mode = match q.mode.as_deref() {
+        None => None,
+        Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| Problem::bad_request(format!("mode {m:?} is not octal permission bits, e.g. 644")))?),
+    };
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    sandbox.fs().write_with_mode(path, body.to_vec(), mode).await.map_err(Problem::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<StatusCode> {
+    let q = query(q)?;
+    let path = sandbox_path(&q.path)?;
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let fs = sandbox.fs();
+    if q.recursive { fs.remove_all(path).await } else { fs.remove(path).await }.map_err(Problem::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_dir(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Vec<guest_agent::protocol::DirEntry>>> {
+    let q = query(q)?;
+    let path = sandbox_path(&q.path)?;
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let mut entries = sandbox.fs().list(path).await.map_err(Problem::from)?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(entries))
+}
+
+async fn stat(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<guest_agent::protocol::FileStat>> {
+    let q = query(q)?;
+    let path = sandbox_path(&q.path)?;
+    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    Ok(Json(sandbox.fs().stat(path).await.map_err(Problem::from)?))
+}

@@ -1,0 +1,327 @@
+//! The HTTP API of `orchestrator serve`, driven as its users drive it: a real server process,
+//! real sandboxes, requests over its Unix socket (raw HTTP/1.1) and, for OpenSandbox's
+//! clients, curl on a loopback port with the exact calls of OpenSandbox's README.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `serve`; killed on drop.
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(env: &Env, args: &[&str]) -> Server {
+        let log = env.dir.path().join(format!("serve-{}.log", std::process::id() ^ rand_u32()));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        let child = env.cmd(&all).stderr(file).stdout(Stdio::null()).spawn().unwrap();
+        let server = Server { child, log };
+        env.wait_for("the API to listen", Duration::from_secs(20), || server.log_text().contains("API on unix:"));
+        server
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The TCP address the log announced.
+    fn tcp(&self) -> String {
+        let text = self.log_text();
+        let line = text.lines().find(|l| l.contains("API on http://")).unwrap_or_else(|| panic!("no TCP address in the log:\n{text}"));
+        line.rsplit("http://").next().unwrap().trim().to_string()
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    u32::from_ne_bytes(b)
+}
+
+/// One HTTP/1.1 exchange over the Unix socket: (status, content type, body).
+fn http(socket: &Path, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: orchestrator\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before it reads the whole body, and close.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut rest = raw[split + 4..].to_vec();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let header = |name: &str| {
+        head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + size]);
+            rest = rest[nl + 2 + size + 2..].to_vec();
+        }
+        rest = out;
+    }
+    (status, header("content-type").unwrap_or_default(), rest)
+}
+
+fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+struct Client {
+    socket: PathBuf,
+    token: String,
+}
+
+impl Client {
+    fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let (status, kind, body) = http(&self.socket, method, path, Some(&self.token), body);
+        let v = if body.is_empty() { Value::Null } else { json_of(&body) };
+        if status >= 400 {
+            assert_eq!(kind, "application/problem+json", "{method} {path}: {v}");
+        }
+        (status, v)
+    }
+
+    fn exec(&self, name: &str, body: Value) -> Value {
+        let (status, v) = self.call("POST", &format!("/v1/sandboxes/{name}/exec"), body.to_string().as_bytes());
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+fn manifest(name: &str, image: &str) -> Vec<u8> {
+    json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": name}, "spec": {"image": image, "isolation": "namespace"}})
+        .to_string()
+        .into_bytes()
+}
+
+/// The token guards every route but /health; the native routes make, run, read and remove a
+/// sandbox; errors are problems with the library's kinds; host paths stay out of clients'
+/// reach; hostile bodies and paths get clear errors and the server keeps serving.
+#[test]
+fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
+    let env = Env::new();
+    let rootfs = rootfs();
+    let root = rootfs.parent().unwrap().to_str().unwrap().to_string();
+    let server = Server::start(&env, &["--allow-host-paths", &root, "--max-body", "1048576"]);
+    let socket = env.data_dir().join("api.sock");
+    let token_file = env.data_dir().join("api.token");
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert!(token.len() >= 32 && !server.log_text().contains(&token), "the token never reaches the log");
+
+    // Only /health is open.
+    assert_eq!(http(&socket, "GET", "/health", None, b""), (200, "text/plain; charset=utf-8".into(), b"OK".to_vec()));
+    for (method, path) in [("GET", "/v1/sandboxes"), ("POST", "/v1/sandboxes"), ("GET", "/sessions"), ("POST", "/run"), ("GET", "/no/such/route")] {
+        for t in [None, Some("wrong-token-0123456789abcdef")] {
+            let (status, kind, body) = http(&socket, method, path, t, b"{}");
+            assert_eq!((status, kind.as_str()), (401, "application/problem+json"), "{method} {path} with {t:?}");
+            assert_eq!(json_of(&body)["kind"], "unauthorized");
+        }
+    }
+    let api = Client { socket: socket.clone(), token };
+
+    // Create, list, show.
+    let image = format!("dir:{}", rootfs.display());
+    let (status, view) = api.call("POST", "/v1/sandboxes", &manifest("box", &image));
+    assert_eq!(status, 201, "{view}");
+    assert_eq!((view["name"].as_str(), view["status"].as_str(), view["source"].as_str()), (Some("box"), Some("Running"), Some("api")));
+    let (_, list) = api.call("GET", "/v1/sandboxes", b"");
+    assert_eq!(list.as_array().unwrap().iter().filter(|v| v["name"] == "box").count(), 1);
+    assert_eq!(api.call("POST", "/v1/sandboxes", &manifest("box", &image)).0, 409, "a name in use");
+    // A bad spec: every problem, located in the body.
+    let bad = b"{\"apiVersion\": \"orchestrator/v1\", \"kind\": \"Sandbox\", \"metadata\": {\"name\": \"Bad_Name\"},\n \"spec\": {\"image\": \"busybox\", \"cpus\": -1}}";
+    let (status, problem) = api.call("POST", "/v1/sandboxes", bad);
+    assert_eq!((status, problem["kind"].as_str()), (422, Some("invalid-spec")), "{problem}");
+    let fields: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert!(fields.contains(&"metadata.name") && fields.contains(&"spec.cpus"), "{problem}");
+    assert!(problem["errors"].as_array().unwrap().iter().any(|e| e["line"] == 2), "located on the body's line 2: {problem}");
+    assert_eq!(api.call("POST", "/v1/sandboxes", b"{not json").0, 422);
+    // Host paths outside the allowed root.
+    let (status, problem) = api.call("POST", "/v1/sandboxes", &manifest("root", "dir:/"));
+    assert_eq!((status, problem["kind"].as_str()), (403, Some("host-path-forbidden")), "{problem}");
+
+    // Commands: exit codes, both streams, stdin, bytes that are not UTF-8, a timeout.
+    let out = api.exec("box", json!({"command": ["sh", "-c", "echo hi; echo err >&2; exit 3"]}));
+    assert_eq!((out["exitCode"].as_i64(), out["stdout"].as_str(), out["stderr"].as_str()), (Some(3), Some("hi\n"), Some("err\n")), "{out}");
+    let out = api.exec("box", json!({"command": ["cat"], "stdin": "from stdin", "env": {"A": "1"}}));
+    assert_eq!(out["stdout"], "from stdin");
+    let out = api.exec("box", json!({"command": ["sh", "-c", "printf '\\377\\376'"]}));
+    assert_eq!((out["stdoutEncoding"].as_str(), out["stdout"].as_str()), (Some("base64"), Some("//4=")));
+    let out = api.exec("box", json!({"command": ["sleep", "30"], "timeoutMs": 300}));
+    assert_eq!((out["timedOut"].as_bool(), out["signal"].as_i64()), (Some(true), Some(9)), "{out}");
+    let (status, problem) = api.call("POST", "/v1/sandboxes/box/exec", json!({"command": ["/no/such/program"]}).to_string().as_bytes());
+    assert_eq!((status, problem["kind"].as_str()), (422, Some("spawn-failed")), "{problem}");
+    assert_eq!(api.call("POST", "/v1/sandboxes/nope/exec", json!({"command": ["true"]}).to_string().as_bytes()).0, 404);
+    assert_eq!(api.call("POST", "/v1/sandboxes/box/exec", b"{\"command\": \"not a list\"}").0, 400);
+
+    // Files: binary-safe both ways, list, stat, remove; paths stay inside the sandbox.
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    assert_eq!(api.call("PUT", "/v1/sandboxes/box/files?path=/tmp/all.bin&mode=600", &bytes).0, 204);
+    let (status, _, back) = http(&socket, "GET", "/v1/sandboxes/box/files?path=/tmp/all.bin", Some(&api.token), b"");
+    assert_eq!((status, back), (200, bytes.clone()));
+    let (_, st) = api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/all.bin", b"");
+    assert_eq!((st["size"].as_u64(), st["mode"].as_u64().map(|m| m & 0o777)), (Some(256), Some(0o600)), "{st}");
+    let (_, listing) = api.call("GET", "/v1/sandboxes/box/files/list?path=/tmp", b"");
+    assert!(listing.as_array().unwrap().iter().any(|e| e["name"] == "all.bin"), "{listing}");
+    let marker = format!("escape-{}", rand_u32());
+    let climbing = format!("/v1/sandboxes/box/files?path=/../../../../../tmp/{marker}");
+    assert_eq!(api.call("PUT", &climbing, b"inside").0, 204);
+    assert!(!Path::new("/tmp").join(&marker).exists(), "a climbing path never reaches the host");
+    assert_eq!(api.exec("box", json!({"command": ["cat", format!("/tmp/{marker}")]}))["stdout"], "inside");
+    assert_eq!(api.call("PUT", "/v1/sandboxes/box/files?path=tmp/relative", b"x").0, 400);
+    assert_eq!(api.call("GET", "/v1/sandboxes/box/files", b"").0, 400, "a missing path is a problem, not a crash");
+    assert_eq!(api.call("GET", "/v1/sandboxes/box/files?path=/no/such/file", b"").0, 404);
+    assert_eq!(api.call("DELETE", "/v1/sandboxes/box/files?path=/tmp/all.bin", b"").0, 204);
+    assert_eq!(api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/all.bin", b"").0, 404);
+
+    // Bounds: a body over --max-body, many requests at once.
+    let big = vec![b'x'; 2 << 20];
+    let (status, kind, _) = http(&socket, "PUT", "/v1/sandboxes/box/files?path=/tmp/big", Some(&api.token), &big);
+    assert_eq!((status, kind.as_str()), (413, "application/problem+json"));
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            let (socket, token) = (socket.clone(), api.token.clone());
+            std::thread::spawn(move || {
+                let path = if i % 2 == 0 { "/v1/sandboxes/box".to_string() } else { "/v1/sandboxes/box/files/stat?path=/etc/passwd".to_string() };
+                http(&socket, "GET", &path, Some(&token), b"").0
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "200 concurrent requests all answered: {statuses:?}");
+
+    // Stop, start, and a sandbox the API did not make.
+    assert_eq!(api.call("POST", "/v1/sandboxes/box/stop", b"").0, 204);
+    assert_eq!(api.call("GET", "/v1/sandboxes/box", b"").1["status"], "Stopped");
+    assert_eq!(api.call("POST", "/v1/sandboxes/box/start", b"").0, 204);
+    assert_eq!(api.call("GET", "/v1/sandboxes/box", b"").1["status"], "Running");
+    let f = env.file("cli.yaml", &sandbox_yaml("from-file", ""));
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let (status, problem) = api.call("DELETE", "/v1/sandboxes/from-file", b"");
+    assert_eq!(status, 409, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("declared by"), "{problem}");
+
+    assert_eq!(api.call("DELETE", "/v1/sandboxes/box", b"").0, 204);
+    let (status, problem) = api.call("GET", "/v1/sandboxes/box", b"");
+    assert_eq!((status, problem["kind"].as_str()), (404, Some("not-found")));
+    assert!(env.get().iter().all(|v| v["name"] != "box"), "nothing left behind: {:?}", env.get());
+}
+
+/// Without --allow-host-paths a client names no host path at all, and the parser's answers do
+/// not tell it what exists; without a token the API refuses to listen beyond loopback.
+#[test]
+fn host_paths_and_unauthenticated_tcp_are_refused() {
+    let mut env = Env::new();
+    let token = "a-token-from-the-environment-0123";
+    env.extra_env.push(("ORCHESTRATOR_API_TOKEN".into(), token.into()));
+    let _server = Server::start(&env, &[]);
+    let api = Client { socket: env.data_dir().join("api.sock"), token: token.into() };
+    assert!(!env.data_dir().join("api.token").exists(), "a token from the environment writes no file");
+    for image in ["dir:/", "dir:/no/such/dir", "oci-layout:/etc", "./rootfs"] {
+        let (status, problem) = api.call("POST", "/v1/sandboxes", &manifest("x", image));
+        assert_eq!((status, problem["kind"].as_str()), (403, Some("host-path-forbidden")), "{image}: {problem}");
+        assert!(!problem["detail"].as_str().unwrap().contains("does not exist"), "{problem}");
+    }
+
+    let out = env.run(&["serve", "--listen", "0.0.0.0:0", "--insecure-no-auth", "--socket", env.dir.path().join("other.sock").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing --insecure-no-auth on 0.0.0.0:0"), "{out:?}");
+    let out = env.run(&["serve"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already listens"), "one server per socket: {out:?}");
+}
+
+fn curl(addr: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}"]).args(args.iter().map(|a| a.replace("http://localhost:8080", &format!("http://{addr}")))).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+fn curl_json(addr: &str, args: &[&str]) -> Value {
+    let (status, body) = curl(addr, args);
+    assert_eq!(status, 200, "{args:?}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// OpenSandbox's README calls, unchanged but for the address, against `serve --listen
+/// 127.0.0.1:PORT --insecure-no-auth`: `/run`, a session whose files persist between runs,
+/// env and cwd set between runs, the file routes, and a DELETE (and an idle expiry) that
+/// leave nothing behind.
+#[test]
+fn opensandbox_readme_calls_work_unchanged() {
+    let env = Env::new();
+    let image = format!("dir:{}", rootfs().display());
+    let server = Server::start(&env, &["--listen", "127.0.0.1:0", "--insecure-no-auth", "--default-image", &image, "--session-idle", "3"]);
+    assert!(server.log_text().contains("without authentication"), "{}", server.log_text());
+    let a = server.tcp();
+    let post = |path: &str, body: &str| curl_json(&a, &["-X", "POST", &format!("http://localhost:8080{path}"), "-H", "Content-Type: application/json", "-d", body]);
+
+    assert_eq!(curl(&a, &["http://localhost:8080/health"]), (200, "OK".into()));
+    let out = post("/run", r#"{"command": ["/bin/echo", "Hello from sandbox!"]}"#);
+    assert_eq!(out, json!({"stdout": "Hello from sandbox!\n", "stderr": "", "exit_code": 0, "signal": null}));
+    let out = post("/run", r#"{"command": ["/bin/sh", "-c", "ulimit -n; ulimit -f; kill -9 $$"], "time": 5000, "mem": 2097152, "fsize": 10240, "nofile": 64}"#);
+    assert_eq!((out["stdout"].as_str(), out["exit_code"].as_i64(), out["signal"].as_i64()), (Some("64\n20480\n"), None, Some(9)), "{out}");
+
+    let id = post("/sessions", r#"{"env": {"MY_VAR": "hello"}}"#)["session_id"].as_str().unwrap().to_string();
+    post(&format!("/sessions/{id}/run"), r#"{"command": ["/bin/sh", "-c", "echo hello > /tmp/test.txt"]}"#);
+    let out = post(&format!("/sessions/{id}/run"), r#"{"command": ["/bin/cat", "/tmp/test.txt"]}"#);
+    assert_eq!(out["stdout"], "hello\n", "the file persists across runs");
+    assert_eq!(curl(&a, &["-X", "POST", &format!("http://localhost:8080/sessions/{id}/env"), "-H", "Content-Type: application/json", "-d", r#"{"env": {"GH_TOKEN": "abc"}}"#]).0, 200);
+    assert_eq!(curl(&a, &["-X", "POST", &format!("http://localhost:8080/sessions/{id}/cwd"), "-H", "Content-Type: application/json", "-d", r#"{"cwd": "/tmp"}"#]).0, 200);
+    let out = post(&format!("/sessions/{id}/run"), r#"{"command": ["/bin/sh", "-c", "echo $MY_VAR $GH_TOKEN; pwd"]}"#);
+    assert_eq!(out["stdout"], "hello abc\n/tmp\n");
+
+    let content = base64::engine::general_purpose::STANDARD.encode(b"print('hi')\n");
+    let w = post(&format!("/sessions/{id}/files/write"), &json!({"path": "/work/app.py", "content": content}).to_string());
+    assert_eq!(w, json!({"success": true}));
+    let r = curl_json(&a, &[&format!("http://localhost:8080/sessions/{id}/files/read?path=/work/app.py")]);
+    assert_eq!(r["content"], content.as_str());
+    let l = curl_json(&a, &[&format!("http://localhost:8080/sessions/{id}/files/list?path=/work")]);
+    assert_eq!(l, json!({"files": [{"name": "app.py", "path": "/work/app.py", "is_directory": false, "size": 12}]}));
+    let escape = curl(&a, &[&format!("http://localhost:8080/sessions/{id}/files/read?path=../../../../etc/hostname")]);
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    assert!(escape.0 == 404 || !escape.1.contains(&base64::engine::general_purpose::STANDARD.encode(hostname.as_bytes())), "the host's files stay out of reach: {escape:?}");
+
+    let info = curl_json(&a, &[&format!("http://localhost:8080/sessions/{id}")]);
+    assert_eq!((info["id"].as_str(), info["cwd"].as_str(), info["env"]["MY_VAR"].as_str()), (Some(id.as_str()), Some("/tmp"), Some("hello")));
+    assert!(curl_json(&a, &["http://localhost:8080/sessions"]).as_array().unwrap().iter().any(|s| s["id"] == id.as_str()));
+    assert_eq!(curl(&a, &["-X", "DELETE", &format!("http://localhost:8080/sessions/{id}")]).0, 204);
+    assert_eq!(curl(&a, &[&format!("http://localhost:8080/sessions/{id}")]).0, 404);
+    assert_eq!(curl(&a, &["-X", "POST", &format!("http://localhost:8080/sessions/{id}/run"), "-d", r#"{"command": ["true"]}"#]).0, 404);
+    assert!(env.get().is_empty(), "/run and the deleted session left nothing: {:?}", env.get());
+
+    // An idle session expires (3 s here) and takes its sandbox with it.
+    let idle = post("/sessions", "{}")["session_id"].as_str().unwrap().to_string();
+    assert_eq!(env.get().len(), 1);
+    env.wait_for("the idle session to expire", Duration::from_secs(20), || curl(&a, &[&format!("http://localhost:8080/sessions/{idle}")]).0 == 404 && env.get().is_empty());
+}
