@@ -66,8 +66,18 @@ fn http(socket: &Path, method: &str, path: &str, token: Option<&str>, body: &[u8
     s.write_all(head.as_bytes()).unwrap();
     // A server may answer (413) before it reads the whole body, and close.
     let _ = s.write_all(body);
+    // After an early answer the server closes with our body unread: the reset comes after
+    // its answer, which is what counts.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(e) => panic!("{method} {path}: {e} after {} bytes", raw.len()),
+        }
+    }
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&raw)));
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut rest = raw[split + 4..].to_vec();
@@ -183,6 +193,31 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     assert_eq!((status, problem["kind"].as_str()), (422, Some("spawn-failed")), "{problem}");
     assert_eq!(api.call("POST", "/v1/sandboxes/nope/exec", json!({"command": ["true"]}).to_string().as_bytes()).0, 404);
     assert_eq!(api.call("POST", "/v1/sandboxes/box/exec", b"{\"command\": \"not a list\"}").0, 400);
+
+    // Streamed: NDJSON lines (or server-sent events) as the command runs, the exit last.
+    let stream_exec = |accept: &str, body: Value| {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        let body = body.to_string();
+        write!(s, "POST /v1/sandboxes/box/exec HTTP/1.1\r\nHost: o\r\nAuthorization: Bearer {}\r\nAccept: {accept}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", api.token, body.len()).unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw
+    };
+    let raw = stream_exec("application/x-ndjson", json!({"command": ["sh", "-c", "echo a; sleep 0.2; echo b >&2; exit 4"]}));
+    assert!(raw.contains("content-type: application/x-ndjson"), "{raw}");
+    let lines: Vec<Value> = raw.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["started", "stdout", "stderr", "exited"], "{raw}");
+    assert_eq!((lines[1]["data"].as_str(), lines[2]["data"].as_str(), lines[3]["exitCode"].as_i64()), (Some("a\n"), Some("b\n"), Some(4)));
+    let raw = stream_exec("text/event-stream", json!({"command": ["cat"], "stdin": "piped"}));
+    assert!(raw.contains("event: started\n") && raw.contains("event: stdout\ndata: {\"data\":\"piped\",\"type\":\"stdout\"}") && raw.contains("event: exited"), "{raw}");
+    // The event log of the sandbox, and its (empty: no main process) log.
+    let (status, _, events) = http(&socket, "GET", "/v1/sandboxes/box/events", Some(&api.token), b"");
+    assert_eq!(status, 200);
+    let reasons: Vec<String> = String::from_utf8_lossy(&events).lines().map(|l| json_of(l.as_bytes())["reason"].as_str().unwrap().to_string()).collect();
+    assert!(reasons.contains(&"Started".to_string()), "{reasons:?}");
+    assert_eq!(http(&socket, "GET", "/v1/sandboxes/box/logs", Some(&api.token), b"").0, 200);
+    assert_eq!(http(&socket, "GET", "/v1/sandboxes/nope/events", Some(&api.token), b"").0, 404);
 
     // Files: binary-safe both ways, list, stat, remove; paths stay inside the sandbox.
     let bytes: Vec<u8> = (0..=255u8).collect();

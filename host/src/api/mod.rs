@@ -20,6 +20,7 @@ mod exec;
 pub mod hostpaths;
 pub mod problem;
 mod sandboxes;
+mod streams;
 
 use crate::config::Config;
 use axum::extract::DefaultBodyLimit;

@@ -7,6 +7,7 @@
 //! sandbox's own root: `../../etc/passwd` is the sandbox's `/etc/passwd`, never the host's.
 
 use super::exec;
+use super::streams::{self, Framing};
 use super::problem::{ApiResult, Problem};
 use super::{hostpaths, ApiState, API_SOURCE};
 use crate::error::Error;
@@ -17,7 +18,7 @@ use crate::view::ResourceView;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,6 +39,9 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v1/sandboxes/{name}/files", get(read_file).put(write_file).delete(remove_file))
         .route("/v1/sandboxes/{name}/files/list", get(list_dir))
         .route("/v1/sandboxes/{name}/files/stat", get(stat))
+        .route("/v1/sandboxes/{name}/logs", get(logs))
+        .route("/v1/sandboxes/{name}/events", get(sandbox_events))
+        .route("/v1/events", get(all_events))
 }
 
 /// Runs `f` on a blocking thread with the data directory open.
@@ -177,7 +181,9 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("the body is not the JSON this route takes: {e}")))
 }
 
-async fn exec_collected(State(state): St, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<ExecAnswer>> {
+/// A command: collected as JSON, or streamed as it runs when `Accept` asks for NDJSON or
+/// server-sent events.
+async fn exec_collected(State(state): St, Path(name): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = bytes(body)?;
     let req: ExecBody = json_body(&body)?;
     let stdin = match (req.stdin, req.stdin_base64) {
@@ -193,6 +199,21 @@ async fn exec_collected(State(state): St, Path(name): Path<String>, body: Result
     options.cwd = req.cwd;
     options.user = req.user;
     options.timeout = Some(exec::timeout(&state, req.timeout_ms));
+    if let Some(framing) = Framing::from_accept(&headers) {
+        if options.argv.first().is_none_or(|p| p.is_empty()) {
+            return Err(Problem::bad_request("the command is empty: give at least the program"));
+        }
+        let slot = state.exec_slot(&name)?;
+        options.stdin = stdin.is_some();
+        let handle = sandbox.exec_stream_with(options).await.map_err(Problem::from)?;
+        if let Some(data) = stdin {
+            if !data.is_empty() {
+                handle.write_stdin(data).await.map_err(Problem::from)?;
+            }
+            handle.close_stdin().map_err(Problem::from)?;
+        }
+        return Ok(streams::exec(handle, slot, framing));
+    }
     let out = exec::run(&state, &sandbox, options, stdin).await?;
     let ((stdout, stdout_encoding), (stderr, stderr_encoding)) = (encode(out.stdout), encode(out.stderr));
     Ok(Json(ExecAnswer {
@@ -204,7 +225,37 @@ async fn exec_collected(State(state): St, Path(name): Path<String>, body: Result
         stderr,
         stderr_encoding,
         truncated: out.truncated,
-    }))
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    #[serde(default)]
+    follow: bool,
+    /// Past events to send first.
+    #[serde(default = "default_history")]
+    history: usize,
+}
+
+fn default_history() -> usize {
+    100
+}
+
+/// The sandbox's log: plain bytes, or `log` events when `Accept` asks for a stream framing.
+async fn logs(State(state): St, Path(name): Path<String>, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
+    let q = query(q)?;
+    streams::logs(&state, &name, q.follow, Framing::from_accept(&headers)).await
+}
+
+async fn sandbox_events(State(state): St, Path(name): Path<String>, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
+    let q = query(q)?;
+    streams::events(&state, Some(&name), q.history, q.follow, Framing::from_accept(&headers).unwrap_or(Framing::Ndjson)).await
+}
+
+async fn all_events(State(state): St, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
+    let q = query(q)?;
+    streams::events(&state, None, q.history, q.follow, Framing::from_accept(&headers).unwrap_or(Framing::Ndjson)).await
 }
 
 #[derive(Debug, Deserialize)]
