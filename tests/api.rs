@@ -360,3 +360,41 @@ fn opensandbox_readme_calls_work_unchanged() {
     assert_eq!(env.get().len(), 1);
     env.wait_for("the idle session to expire", Duration::from_secs(20), || curl(&a, &[&format!("http://localhost:8080/sessions/{idle}")]).0 == 404 && env.get().is_empty());
 }
+
+/// The Python SDK (host/sdk/python), installed with pip from the checkout into a fresh
+/// virtual environment, runs its pytest suite against a real server: create, exec (and
+/// streamed), files, stop and start, typed errors, the asyncio client, remove.
+#[test]
+fn the_python_sdk_installs_from_the_checkout_and_drives_a_real_server() {
+    let env = Env::new();
+    let rootfs = rootfs();
+    let root = rootfs.parent().unwrap().to_str().unwrap().to_string();
+    let _server = Server::start(&env, &["--allow-host-paths", &root]);
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/python");
+    // Debian's python3 with its httpx and pytest (tests/setup.sh installs them); the venv
+    // sees them, pip installs only our package, offline.
+    let venv = env.dir.path().join("venv");
+    let st = Command::new("/usr/bin/python3").args(["-m", "venv", "--system-site-packages"]).arg(&venv).status().unwrap();
+    assert!(st.success(), "python3 -m venv (python3-venv is in tests/setup.sh's packages)");
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"])
+        .arg(&sdk)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pip install from the checkout: {}", String::from_utf8_lossy(&out.stderr));
+    let token = std::fs::read_to_string(env.data_dir().join("api.token")).unwrap();
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(sdk.join("tests"))
+        .current_dir(env.dir.path())
+        .env("ORCHESTRATOR_API_SOCKET", env.data_dir().join("api.sock"))
+        .env("ORCHESTRATOR_API_TOKEN", token.trim())
+        .env("ORCHESTRATOR_TEST_IMAGE", format!("dir:{}", rootfs.display()))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success() && text.contains("3 passed"), "the SDK's tests:\n{text}");
+    assert!(env.get().is_empty(), "the SDK's sandboxes are gone: {:?}", env.get());
+}

@@ -1,0 +1,116 @@
+"""The asyncio client, method for method the synchronous one (`orchestrator_sdk.client`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+import httpx
+
+from . import errors
+from ._common import ExecEvent, ExecResult, SandboxSpec, exec_body, resolve
+
+
+class AsyncClient:
+    def __init__(self, url: str | None = None, *, token: str | None = None, socket: str | None = None, timeout: float = 600.0):
+        base, uds, token = resolve(url, socket, token)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.AsyncHTTPTransport(uds=uds) if uds else None
+        self._http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        r = await self._http.request(method, path, **kw)
+        if r.status_code >= 400:
+            raise errors.from_response(r.status_code, r.content)
+        return r
+
+    async def sandboxes(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/sandboxes")).json()
+
+    async def create(self, name: str, image: str, **spec: Any) -> "AsyncSandbox":
+        manifest = SandboxSpec(image=image, **spec).manifest(name)
+        await self.request("POST", "/v1/sandboxes", content=json.dumps(manifest))
+        return AsyncSandbox(self, name)
+
+    async def get(self, name: str) -> "AsyncSandbox":
+        await self.request("GET", f"/v1/sandboxes/{name}")
+        return AsyncSandbox(self, name)
+
+
+class AsyncFiles:
+    def __init__(self, sandbox: "AsyncSandbox"):
+        self._s = sandbox
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/v1/sandboxes/{self._s.name}/files{suffix}"
+
+    async def read(self, path: str) -> bytes:
+        return (await self._s.client.request("GET", self._path(), params={"path": path})).content
+
+    async def write(self, path: str, data: bytes | str, mode: int | None = None) -> None:
+        params = {"path": path}
+        if mode is not None:
+            params["mode"] = format(mode, "o")
+        await self._s.client.request("PUT", self._path(), params=params, content=data.encode() if isinstance(data, str) else data)
+
+    async def list(self, path: str) -> list[dict[str, Any]]:
+        return (await self._s.client.request("GET", self._path("/list"), params={"path": path})).json()
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        return (await self._s.client.request("GET", self._path("/stat"), params={"path": path})).json()
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        await self._s.client.request("DELETE", self._path(), params={"path": path, "recursive": "true" if recursive else "false"})
+
+
+class AsyncSandbox:
+    def __init__(self, client: AsyncClient, name: str):
+        self.client = client
+        self.name = name
+        self.fs = AsyncFiles(self)
+
+    async def __aenter__(self) -> "AsyncSandbox":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.remove()
+
+    async def view(self) -> dict[str, Any]:
+        return (await self.client.request("GET", f"/v1/sandboxes/{self.name}")).json()
+
+    async def exec(self, command: str, *args: str, env: dict[str, str] | None = None, cwd: str | None = None, user: str | None = None, timeout: float | None = None, stdin: bytes | str | None = None) -> ExecResult:
+        body = exec_body([command, *args], env, cwd, user, timeout, stdin)
+        return ExecResult.from_json((await self.client.request("POST", f"/v1/sandboxes/{self.name}/exec", content=json.dumps(body))).json())
+
+    async def shell(self, script: str, **kw: Any) -> ExecResult:
+        return await self.exec("sh", "-c", script, **kw)
+
+    async def exec_stream(self, command: str, *args: str, env: dict[str, str] | None = None, cwd: str | None = None, user: str | None = None, timeout: float | None = None, stdin: bytes | str | None = None) -> AsyncIterator[ExecEvent]:
+        body = exec_body([command, *args], env, cwd, user, timeout, stdin)
+        async with self.client._http.stream("POST", f"/v1/sandboxes/{self.name}/exec", content=json.dumps(body), headers={"Accept": "application/x-ndjson"}) as r:
+            if r.status_code >= 400:
+                raise errors.from_response(r.status_code, await r.aread())
+            async for line in r.aiter_lines():
+                if line.strip():
+                    yield ExecEvent.from_json(json.loads(line))
+
+    async def stop(self) -> None:
+        await self.client.request("POST", f"/v1/sandboxes/{self.name}/stop")
+
+    async def start(self) -> None:
+        await self.client.request("POST", f"/v1/sandboxes/{self.name}/start")
+
+    async def remove(self) -> None:
+        try:
+            await self.client.request("DELETE", f"/v1/sandboxes/{self.name}")
+        except errors.NotFound:
+            pass

@@ -1,0 +1,150 @@
+"""The synchronous client: `Client` for the server, `Sandbox` for one sandbox, `Files` for its
+filesystem. Mirrors the Rust library: create, get, exec, exec_stream, shell, fs, stop, start,
+remove; a sandbox used as a context manager is removed on exit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import httpx
+
+from . import errors
+from ._common import ExecEvent, ExecResult, SandboxSpec, exec_body, resolve
+
+
+class Client:
+    """The API of one server: over its Unix socket by default (DATA/api.sock), or a URL."""
+
+    def __init__(self, url: str | None = None, *, token: str | None = None, socket: str | None = None, timeout: float = 600.0):
+        base, uds, token = resolve(url, socket, token)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.HTTPTransport(uds=uds) if uds else None
+        self._http = httpx.Client(base_url=base, headers=headers, transport=transport, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        r = self._http.request(method, path, **kw)
+        if r.status_code >= 400:
+            raise errors.from_response(r.status_code, r.content)
+        return r
+
+    def health(self) -> bool:
+        return self._http.get("/health").text == "OK"
+
+    def sandboxes(self) -> list[dict[str, Any]]:
+        """Every sandbox, as `get -o json` shows it."""
+        return self.request("GET", "/v1/sandboxes").json()
+
+    def create(self, name: str, image: str, **spec: Any) -> "Sandbox":
+        """Creates and starts a sandbox (cpus, memory, env, isolation, command, workdir,
+        network, labels as keywords)."""
+        manifest = SandboxSpec(image=image, **spec).manifest(name)
+        self.request("POST", "/v1/sandboxes", content=json.dumps(manifest))
+        return Sandbox(self, name)
+
+    def get(self, name: str) -> "Sandbox":
+        """A handle on an existing sandbox (NotFound when there is none)."""
+        self.request("GET", f"/v1/sandboxes/{name}")
+        return Sandbox(self, name)
+
+
+class Files:
+    """A sandbox's filesystem, paths absolute inside it."""
+
+    def __init__(self, sandbox: "Sandbox"):
+        self._s = sandbox
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/v1/sandboxes/{self._s.name}/files{suffix}"
+
+    def read(self, path: str) -> bytes:
+        return self._s.client.request("GET", self._path(), params={"path": path}).content
+
+    def read_text(self, path: str) -> str:
+        return self.read(path).decode()
+
+    def write(self, path: str, data: bytes | str, mode: int | None = None) -> None:
+        params = {"path": path}
+        if mode is not None:
+            params["mode"] = format(mode, "o")
+        self._s.client.request("PUT", self._path(), params=params, content=data.encode() if isinstance(data, str) else data)
+
+    def list(self, path: str) -> list[dict[str, Any]]:
+        return self._s.client.request("GET", self._path("/list"), params={"path": path}).json()
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return self._s.client.request("GET", self._path("/stat"), params={"path": path}).json()
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except errors.NotFound:
+            return False
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        self._s.client.request("DELETE", self._path(), params={"path": path, "recursive": "true" if recursive else "false"})
+
+
+class Sandbox:
+    """One sandbox."""
+
+    def __init__(self, client: Client, name: str):
+        self.client = client
+        self.name = name
+        self.fs = Files(self)
+
+    def __repr__(self) -> str:
+        return f"Sandbox({self.name!r})"
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def view(self) -> dict[str, Any]:
+        return self.client.request("GET", f"/v1/sandboxes/{self.name}").json()
+
+    def exec(self, command: str, *args: str, env: dict[str, str] | None = None, cwd: str | None = None, user: str | None = None, timeout: float | None = None, stdin: bytes | str | None = None) -> ExecResult:
+        """Runs `command` with `args` (no shell) and returns its output and status."""
+        body = exec_body([command, *args], env, cwd, user, timeout, stdin)
+        return ExecResult.from_json(self.client.request("POST", f"/v1/sandboxes/{self.name}/exec", content=json.dumps(body)).json())
+
+    def shell(self, script: str, **kw: Any) -> ExecResult:
+        """Runs a `sh -c` script."""
+        return self.exec("sh", "-c", script, **kw)
+
+    def exec_stream(self, command: str, *args: str, env: dict[str, str] | None = None, cwd: str | None = None, user: str | None = None, timeout: float | None = None, stdin: bytes | str | None = None) -> Iterator[ExecEvent]:
+        """The command's events as it runs: started, stdout/stderr chunks, exited (last)."""
+        body = exec_body([command, *args], env, cwd, user, timeout, stdin)
+        with self.client._http.stream("POST", f"/v1/sandboxes/{self.name}/exec", content=json.dumps(body), headers={"Accept": "application/x-ndjson"}) as r:
+            if r.status_code >= 400:
+                raise errors.from_response(r.status_code, r.read())
+            for line in r.iter_lines():
+                if line.strip():
+                    yield ExecEvent.from_json(json.loads(line))
+
+    def logs(self) -> bytes:
+        return self.client.request("GET", f"/v1/sandboxes/{self.name}/logs").content
+
+    def stop(self) -> None:
+        self.client.request("POST", f"/v1/sandboxes/{self.name}/stop")
+
+    def start(self) -> None:
+        self.client.request("POST", f"/v1/sandboxes/{self.name}/start")
+
+    def remove(self) -> None:
+        try:
+            self.client.request("DELETE", f"/v1/sandboxes/{self.name}")
+        except errors.NotFound:
+            pass
