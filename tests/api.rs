@@ -266,6 +266,22 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     assert_eq!(status, 409, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("declared by"), "{problem}");
 
+    // A whole manifest, as its own source: applied again, it prunes what it no longer declares.
+    let two = format!("{}---\n{}", sandbox_yaml("team-a", ""), sandbox_yaml("team-b", ""));
+    let (status, plan) = api.call("POST", "/v1/apply?source=team&dryRun=true", two.as_bytes());
+    assert_eq!((status, plan["items"].as_array().map(|i| i.len())), (200, Some(2)), "{plan}");
+    assert!(env.get().iter().all(|v| v["name"] != "team-a"), "a dry run changes nothing");
+    let (status, report) = api.call("POST", "/v1/apply?source=team", two.as_bytes());
+    assert_eq!(status, 200, "{report}");
+    let results = |r: &Value| r["actions"].as_array().unwrap().iter().map(|a| (a["name"].as_str().unwrap().to_string(), a["result"].as_str().unwrap().to_string())).collect::<Vec<_>>();
+    assert_eq!(results(&report), [("team-a".to_string(), "created".to_string()), ("team-b".into(), "created".into())], "{report}");
+    let (_, report) = api.call("POST", "/v1/apply?source=team", sandbox_yaml("team-a", "").as_bytes());
+    assert!(results(&report).contains(&("team-b".to_string(), "removed".to_string())), "{report}");
+    assert_eq!(api.call("GET", "/v1/sandboxes/team-b", b"").0, 404);
+    assert_eq!(api.call("POST", "/v1/apply?source=other", sandbox_yaml("team-a", "").as_bytes()).0, 409, "another source's sandbox");
+    assert_eq!(api.call("POST", "/v1/apply?source=Bad/Name", b"").0, 400);
+    assert_eq!(api.call("DELETE", "/v1/sandboxes/team-a", b"").0, 204);
+
     assert_eq!(api.call("DELETE", "/v1/sandboxes/box", b"").0, 204);
     let (status, problem) = api.call("GET", "/v1/sandboxes/box", b"");
     assert_eq!((status, problem["kind"].as_str()), (404, Some("not-found")));

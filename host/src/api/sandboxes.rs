@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v1/sandboxes/{name}/logs", get(logs))
         .route("/v1/sandboxes/{name}/events", get(sandbox_events))
         .route("/v1/events", get(all_events))
+        .route("/v1/apply", post(apply))
 }
 
 /// Runs `f` on a blocking thread with the data directory open.
@@ -85,6 +86,44 @@ pub fn parse_one(state: &ApiState, body: &[u8], kind: Kind) -> ApiResult<crate::
     Ok(manifest.resource)
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyQuery {
+    /// The name of this manifest's source: applying it again under the same name prunes what
+    /// it no longer declares.
+    #[serde(default = "default_source")]
+    source: String,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn default_source() -> String {
+    "apply".into()
+}
+
+/// `POST /v1/apply?source=NAME`: a whole manifest (YAML or JSON, any number of documents)
+/// applied as the source `api:NAME`, with the report `apply` prints.
+async fn apply(State(state): St, q: Result<Query<ApplyQuery>, QueryRejection>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let (q, body) = (query(q)?, bytes(body)?);
+    if q.source.is_empty() || q.source.len() > 63 || !q.source.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return Err(Problem::bad_request(format!("source {:?}: lower-case letters, digits and '-', at most 63", q.source)));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?.to_string();
+    hostpaths::screen(&text, state.allow_host_paths.as_deref())?;
+    let base = state.allow_host_paths.clone().unwrap_or_else(|| std::path::PathBuf::from("/nonexistent"));
+    let manifests = crate::spec::parse_str(&base.join("request"), &text).map_err(|errors| Problem::from(Error::InvalidSpec(errors)))?;
+    for m in &manifests {
+        hostpaths::check_resolved(&m.resource, state.allow_host_paths.as_deref())?;
+    }
+    let source = format!("{API_SOURCE}:{}", q.source);
+    if q.dry_run {
+        let plan = with_orchestrator(&state, move |o| Ok(o.plan(&source, &manifests, false)?)).await?;
+        return Ok(Json(plan).into_response());
+    }
+    let report = with_orchestrator(&state, move |o| Ok(o.apply(&source, &manifests, false)?)).await?;
+    Ok(Json(report).into_response())
+}
+
 async fn create(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = bytes(body)?;
     let resource = parse_one(&state, &body, Kind::Sandbox)?;
@@ -105,7 +144,7 @@ async fn owned(state: &ApiState, name: &str) -> ApiResult<Sandbox> {
         Ok(row.source)
     })
     .await?;
-    if source != API_SOURCE {
+    if source != API_SOURCE && !source.starts_with(&format!("{API_SOURCE}:")) {
         return Err(Problem::conflict(format!("sandbox {name:?} is declared by {source}; change it there (the API changes only the sandboxes it made)")));
     }
     Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)
