@@ -414,3 +414,35 @@ fn the_python_sdk_installs_from_the_checkout_and_drives_a_real_server() {
     assert!(out.status.success() && text.contains("3 passed"), "the SDK's tests:\n{text}");
     assert!(env.get().is_empty(), "the SDK's sandboxes are gone: {:?}", env.get());
 }
+
+/// The MCP server, driven by the official Python MCP client (tests/mcp/client.py) as an agent
+/// would, both ways it is offered: `orchestrator mcp` on stdio, and `/mcp` on the API
+/// (streamable HTTP, behind the token). Tools list, create, run a command and code, files,
+/// refusals (a host path, a relative path, an unknown sandbox), delete.
+#[test]
+fn an_mcp_client_drives_sandboxes_over_stdio_and_http() {
+    let env = Env::new();
+    let python = PathBuf::from("/var/cache/orchestrator-dev/mcp-client/bin/python");
+    assert!(python.exists(), "the MCP client is missing: run `bash tests/mcp/venv.sh /var/cache/orchestrator-dev` (tests/setup.sh test does)");
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/mcp/client.py");
+    let image = format!("dir:{}", rootfs().display());
+    let root = rootfs().parent().unwrap().to_str().unwrap().to_string();
+
+    let out = Command::new(&python)
+        .arg(&client)
+        .args(["stdio", BIN, "mcp", "--default-image", &image, "--allow-host-paths", &root])
+        .env("ORCHESTRATOR_DATA_DIR", env.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stdio: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let server = Server::start(&env, &["--listen", "127.0.0.1:0", "--default-image", &image, "--allow-host-paths", &root]);
+    let token = std::fs::read_to_string(env.data_dir().join("api.token")).unwrap();
+    let url = format!("http://{}/mcp", server.tcp());
+    let out = Command::new(&python).arg(&client).args(["http", &url, token.trim()]).output().unwrap();
+    assert!(out.status.success(), "http: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The token guards /mcp like every other route.
+    let (status, body) = curl(&server.tcp(), &["-X", "POST", &url, "-H", "Content-Type: application/json", "-d", "{}"]);
+    assert_eq!(status, 401, "{body}");
+    assert!(env.get().is_empty(), "the agent's sandboxes are gone: {:?}", env.get());
+}

@@ -52,6 +52,8 @@ case "$what" in
   bench|test)
     # Debian 12 + python3 (debootstrap, ~90 s once; cached).
     bash tests/images/debian-python.sh "$cache"
+    # The MCP client the API tests drive our MCP server with (PyPI's `mcp`, pinned; cached).
+    bash tests/mcp/venv.sh "$cache"
     # Plugin toolchains (C, Python, JavaScript; cached) and the plugin components.
     bash tests/plugins/toolchains.sh
     bash plugins/build.sh target/plugins ;;

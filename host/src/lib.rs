@@ -34,6 +34,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod hooks;
+pub mod mcp;
 pub mod ids;
 pub mod image;
 pub mod microvm;

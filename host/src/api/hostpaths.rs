@@ -70,6 +70,24 @@ fn image_path(image: &str) -> Option<PathBuf> {
     Some(PathBuf::from(rest.rsplit_once(':').map_or(rest, |(p, _)| p)))
 }
 
+/// For resources built in code from a client's words (the MCP tools): no host path without a
+/// root; with one, inside it.
+pub fn check_built(resource: &crate::spec::Resource, root: Option<&Path>) -> Result<(), Problem> {
+    use crate::spec::ResourceSpec;
+    if root.is_none() {
+        let names_one = match &resource.spec {
+            ResourceSpec::Sandbox(s) => image_path(&s.image).is_some() || s.kernel.as_deref().is_some_and(|k| k.contains('/')),
+            ResourceSpec::Plugin(_) => true,
+            _ => false,
+        };
+        if names_one {
+            return Err(Problem::forbidden("the image or kernel names a path on the server's host, which clients may not do; use a registry image"));
+        }
+        return Ok(());
+    }
+    check_resolved(resource, root)
+}
+
 /// With a root, every host path a parsed resource names must resolve inside it.
 pub fn check_resolved(resource: &crate::spec::Resource, root: Option<&Path>) -> Result<(), Problem> {
     use crate::spec::ResourceSpec;

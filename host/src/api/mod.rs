@@ -93,6 +93,8 @@ pub struct ApiState {
     pub allow_host_paths: Option<PathBuf>,
     pub default_image: String,
     pub limits: Limits,
+    /// The host part of `--listen`, which MCP clients over TCP send as `Host`.
+    pub listen_host: Option<String>,
     exec_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     sessions: compat::Sessions,
 }
@@ -110,11 +112,34 @@ impl ApiState {
     }
 }
 
+/// The MCP tools at `/mcp` (streamable HTTP, one JSON answer per request, no sessions to
+/// keep), behind the same token as every other route.
+fn mcp_service(state: &ApiState) -> rmcp::transport::streamable_http_server::StreamableHttpService<crate::mcp::Tools, rmcp::transport::streamable_http_server::session::local::LocalSessionManager> {
+    use rmcp::transport::streamable_http_server::{session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService};
+    let tools = crate::mcp::Tools::new(
+        state.config.clone(),
+        crate::mcp::McpOptions {
+            default_image: state.default_image.clone(),
+            allow_host_paths: state.allow_host_paths.clone(),
+            default_timeout: state.limits.default_exec_timeout,
+            max_timeout: state.limits.max_exec_timeout,
+        },
+    );
+    let mut config = StreamableHttpServerConfig::default();
+    config.stateful_mode = false;
+    config.json_response = true;
+    // The Unix socket's clients name no host; TCP clients name the address they reached.
+    config.allowed_hosts.push("orchestrator".into());
+    config.allowed_hosts.extend(state.listen_host.clone());
+    StreamableHttpService::new(move || Ok(tools.clone()), Arc::new(LocalSessionManager::default()), config)
+}
+
 /// The API's routes over `state`.
 pub fn router(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
         .merge(sandboxes::routes())
         .merge(compat::routes())
+        .nest_service("/mcp", mcp_service(&state))
         .fallback(|| async { problem::Problem::not_found("no such route; the API's routes are under /v1 (and OpenSandbox's at the root)") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(DefaultBodyLimit::max(state.limits.max_body))
@@ -193,6 +218,7 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         allow_host_paths: options.allow_host_paths.clone(),
         default_image: options.default_image.clone(),
         limits: options.limits.clone(),
+        listen_host: tcp_addr.map(|a| a.ip().to_string()),
         exec_slots: Mutex::new(HashMap::new()),
         sessions: compat::Sessions::new(options.session_idle),
     });

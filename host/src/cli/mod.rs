@@ -214,6 +214,16 @@ pub enum Command {
         #[command(subcommand)]
         command: microvm::KernelCommand,
     },
+    /// An MCP server on standard input and output: tools for AI agents to create sandboxes,
+    /// run commands and code, and read, write and list files.
+    Mcp {
+        /// The image of sandboxes a tool call names none for.
+        #[arg(long, default_value = "127.0.0.1:5000/demo/busybox:1")]
+        default_image: String,
+        /// A host directory the agent may name paths in (dir: images); none without it.
+        #[arg(long)]
+        allow_host_paths: Option<PathBuf>,
+    },
     /// Serve the HTTP API (on DATA/api.sock; `--listen` adds TCP) and, with `--config DIR`,
     /// keep sandboxes in line with that directory (GitOps).
     Serve {
@@ -361,6 +371,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Plugin { command } => plugins::run(&open()?, command),
         Command::Doctor => microvm::doctor(&config),
         Command::Kernel { command } => microvm::kernel(&config, command),
+        Command::Mcp { default_image, allow_host_paths } => {
+            let allow_host_paths = match allow_host_paths {
+                Some(p) => Some(std::fs::canonicalize(&p).with_context(|| format!("--allow-host-paths {}", p.display()))?),
+                None => None,
+            };
+            let limits = crate::api::Limits::default();
+            let options = crate::mcp::McpOptions { default_image, allow_host_paths, default_timeout: limits.default_exec_timeout, max_timeout: limits.max_exec_timeout };
+            crate::mcp::serve_stdio(config.clone(), options)?;
+            Ok(0)
+        }
         Command::Serve { config: dir, resync, prune_empty, api } => serve::serve(&mut open()?, dir.as_deref(), resync, prune_empty, api),
     }
 }
