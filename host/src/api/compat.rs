@@ -132,12 +132,23 @@ async fn fresh(state: &ApiState, prefix: &str, source: &'static str, memory: Opt
 
 async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RunResult>> {
     let body: RunBody = json_body(&bytes(body)?)?;
-    let sandbox = fresh(&state, "run", RUN_SOURCE, Some(body.mem.saturating_mul(1024))).await?;
+    let memory = body.mem.saturating_mul(1024);
+    // A warm sandbox when the pool of the default image has one that fits.
+    let pooled = match state.pools.iter().find(|p| p.image == state.default_image) {
+        Some(p) if memory == super::pool::POOL_MEMORY => p.take(),
+        Some(p) => {
+            p.miss();
+            None
+        }
+        None => None,
+    };
+    let sandbox = match pooled {
+        Some(name) => Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)?,
+        None => fresh(&state, "run", RUN_SOURCE, Some(memory)).await?,
+    };
     let cwd = body.cwd.clone();
     let result = execute(&state, &sandbox, body.options(&BTreeMap::new(), cwd.as_deref(), &state)).await;
-    if let Err(e) = sandbox.remove().await {
-        tracing::warn!("removing /run's sandbox {}: {e}", sandbox.name());
-    }
+    super::pool::discard(&state, sandbox).await;
     result
 }
 
@@ -429,7 +440,7 @@ pub fn start_background(state: Arc<ApiState>) {
         let names = tokio::task::spawn_blocking(move || -> crate::Result<Vec<String>> {
             let orch = Orchestrator::open(config)?;
             let rows = orch.store.resources(Some(crate::spec::Kind::Sandbox))?;
-            Ok(rows.into_iter().filter(|r| r.source == RUN_SOURCE || r.source == SESSION_SOURCE).map(|r| r.resource.name).collect())
+            Ok(rows.into_iter().filter(|r| [RUN_SOURCE, SESSION_SOURCE, super::pool::POOL_SOURCE].contains(&r.source.as_str())).map(|r| r.resource.name).collect())
         })
         .await;
         if let Ok(Ok(names)) = names {

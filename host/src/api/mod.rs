@@ -17,6 +17,7 @@
 pub mod auth;
 mod compat;
 mod exec;
+pub mod pool;
 pub mod hostpaths;
 pub mod problem;
 mod sandboxes;
@@ -83,6 +84,8 @@ pub struct ApiOptions {
     pub default_image: String,
     /// A session idle this long is removed.
     pub session_idle: Duration,
+    /// Warm pools: (image, how many sandboxes to keep ready).
+    pub warm_pools: Vec<(String, usize)>,
     pub limits: Limits,
 }
 
@@ -97,6 +100,10 @@ pub struct ApiState {
     pub listen_host: Option<String>,
     exec_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     sessions: compat::Sessions,
+    pub pools: Vec<Arc<pool::WarmPool>>,
+    /// Removals of used sandboxes running in the background, bounded: beyond it a request
+    /// waits for one to finish (the host never piles up used sandboxes).
+    discards: Arc<Semaphore>,
 }
 
 impl ApiState {
@@ -221,6 +228,8 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         listen_host: tcp_addr.map(|a| a.ip().to_string()),
         exec_slots: Mutex::new(HashMap::new()),
         sessions: compat::Sessions::new(options.session_idle),
+        pools: options.warm_pools.iter().map(|(image, n)| pool::WarmPool::new(image.clone(), *n)).collect(),
+        discards: Arc::new(Semaphore::new(8)),
     });
     if options.insecure_no_auth {
         log("warning: the API runs without authentication (--insecure-no-auth): anyone who reaches its socket or loopback port controls every sandbox");
@@ -231,6 +240,9 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         .spawn(move || {
             runtime.block_on(async move {
                 compat::start_background(state.clone());
+                for p in &state.pools {
+                    pool::keep_filled(state.clone(), p.clone());
+                }
                 let unix_server = axum::serve(unix, app.clone());
                 match tcp {
                     Some(tcp) => {

@@ -43,6 +43,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v1/sandboxes/{name}/events", get(sandbox_events))
         .route("/v1/events", get(all_events))
         .route("/v1/apply", post(apply))
+        .route("/v1/pools", get(pools))
 }
 
 /// Runs `f` on a blocking thread with the data directory open.
@@ -122,6 +123,11 @@ async fn apply(State(state): St, q: Result<Query<ApplyQuery>, QueryRejection>, b
     }
     let report = with_orchestrator(&state, move |o| Ok(o.apply(&source, &manifests, false)?)).await?;
     Ok(Json(report).into_response())
+}
+
+/// The warm pools' figures: size, ready, hits, misses.
+async fn pools(State(state): St) -> Json<Vec<super::pool::PoolView>> {
+    Json(state.pools.iter().map(|p| p.view()).collect())
 }
 
 async fn create(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {

@@ -43,6 +43,9 @@ pub struct ApiFlags {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = Limits::default().max_body)]
     max_body: usize,
+    /// Keep N sandboxes of IMAGE ready for `/run` (repeatable), e.g. --warm-pool alpine:3.20=4.
+    #[arg(long = "warm-pool", value_name = "IMAGE=N")]
+    warm_pool: Vec<String>,
     /// Do not serve the API (the controller only).
     #[arg(long)]
     no_api: bool,
@@ -56,7 +59,14 @@ pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prun
             Some(p) => Some(std::fs::canonicalize(&p).with_context(|| format!("--allow-host-paths {}", p.display()))?),
             None => None,
         };
+        let mut warm_pools = Vec::new();
+        for p in &flags.warm_pool {
+            let (image, n) = p.rsplit_once('=').with_context(|| format!("--warm-pool {p}: IMAGE=N, e.g. alpine:3.20=4"))?;
+            let n: usize = n.parse().ok().filter(|n| (1..=64).contains(n)).with_context(|| format!("--warm-pool {p}: N is 1 to 64"))?;
+            warm_pools.push((image.to_string(), n));
+        }
         let options = ApiOptions {
+            warm_pools,
             socket: flags.socket,
             listen: flags.listen,
             token_file: flags.token_file,

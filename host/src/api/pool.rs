@@ -1,0 +1,145 @@
+//! Warm pools (`serve --warm-pool IMAGE=N`): sandboxes of an image made ahead of the requests
+//! that need one, so that `/run` pays for a command, not for building a sandbox. A pooled
+//! sandbox serves one request and is removed after it (in the background: the answer does not
+//! wait); the pool refills behind it. Hits and misses are counted and logged.
+//!
+//! Invariants:
+//! - A sandbox is handed out once: it leaves the ready list under the pool's lock.
+//! - A pooled sandbox is exactly what `/run` would make: the image, the memory bound
+//!   OpenSandbox's default `mem` asks for, no main process; a request that asks for other
+//!   memory gets a fresh sandbox (a miss) rather than a looser bound.
+//! - Pooled sandboxes have their own source (`api-pool`): a new `serve` removes any an earlier
+//!   one left, and no file source prunes them.
+
+use super::problem::{ApiResult, Problem};
+use super::ApiState;
+use crate::sandbox::Sandbox;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The source of pooled sandboxes.
+pub const POOL_SOURCE: &str = "api-pool";
+/// The memory bound of pooled sandboxes: OpenSandbox's default `mem` (2 GiB).
+pub const POOL_MEMORY: u64 = 2 << 30;
+
+/// One image's pool.
+pub struct WarmPool {
+    pub image: String,
+    pub size: usize,
+    ready: Mutex<VecDeque<String>>,
+    making: AtomicUsize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    wake: Notify,
+}
+
+/// A pool's figures (`GET /v1/pools`).
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    pub image: String,
+    pub size: usize,
+    pub ready: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl WarmPool {
+    pub fn new(image: String, size: usize) -> Arc<WarmPool> {
+        Arc::new(WarmPool { image, size, ready: Mutex::new(VecDeque::new()), making: AtomicUsize::new(0), hits: AtomicU64::new(0), misses: AtomicU64::new(0), wake: Notify::new() })
+    }
+
+    /// A ready sandbox's name, if there is one; either way the pool refills.
+    pub fn take(&self) -> Option<String> {
+        let got = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        match got {
+            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+            None => self.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        self.wake.notify_one();
+        got
+    }
+
+    /// Counts a request the pool could not serve (it asked for what pooled sandboxes are not).
+    pub fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn view(&self) -> PoolView {
+        PoolView {
+            image: self.image.clone(),
+            size: self.size,
+            ready: self.ready.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Makes one sandbox of `image` for a pool (or a miss): no main process, the pool's memory.
+pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static str, memory: u64) -> ApiResult<Sandbox> {
+    let name = format!("{prefix}-{}", crate::ids::random_hex(6));
+    let resource = Sandbox::builder(&name).config(state.config.clone()).image(image.to_string()).memory(memory >> 20).resource().map_err(Problem::from)?;
+    crate::sandbox::create_resource(state.config.clone(), resource, source, "warm pool".into()).await.map_err(Problem::from)
+}
+
+/// Keeps `pool` full for as long as the server runs. A failure to make one (a missing image,
+/// a host that cannot run it) is logged and retried with back-off, never in a tight loop.
+pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let have = pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() + pool.making.load(Ordering::Relaxed);
+            if have >= pool.size {
+                pool.wake.notified().await;
+                continue;
+            }
+            pool.making.fetch_add(1, Ordering::Relaxed);
+            let made = make(&state, &pool.image, "pool", POOL_SOURCE, POOL_MEMORY).await;
+            pool.making.fetch_sub(1, Ordering::Relaxed);
+            match made {
+                Ok(sandbox) => {
+                    backoff = Duration::from_secs(1);
+                    pool.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(sandbox.name().to_string());
+                }
+                Err(p) => {
+                    tracing::warn!("warm pool {}: making a sandbox failed: {}; retrying in {}s", pool.image, p.detail, backoff.as_secs());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    });
+}
+
+/// Removes a used sandbox without making its request wait (unless as many removals as the
+/// server allows are running: then it waits for one).
+pub async fn discard(state: &ApiState, sandbox: Sandbox) {
+    let Ok(permit) = state.discards.clone().acquire_owned().await else { return };
+    tokio::spawn(async move {
+        if let Err(e) = sandbox.remove().await {
+            tracing::warn!("removing the used sandbox {}: {e}", sandbox.name());
+        }
+        drop(permit);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_is_handed_out_once_and_hits_and_misses_are_counted() {
+        let pool = WarmPool::new("img".into(), 2);
+        pool.ready.lock().unwrap().extend(["a".to_string(), "b".to_string()]);
+        assert_eq!(pool.take().as_deref(), Some("a"));
+        assert_eq!(pool.take().as_deref(), Some("b"));
+        assert_eq!(pool.take(), None);
+        pool.miss();
+        let v = pool.view();
+        assert_eq!((v.ready, v.hits, v.misses), (0, 2, 2));
+    }
+}
