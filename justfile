@@ -46,6 +46,11 @@ fuzz-minimise target="all":
 bench-commands *baseline: rootfs build
     bash tests/bench/commands.sh {{bin}} {{cache}}/rootfs/busybox {{baseline}}
 
+# Only the HTTP API benchmark: ours (with and without a warm pool) vs OpenSandbox's server
+# (optionally its source path; default ../shared/peers/opensandbox-process-level).
+bench-api *src: rootfs build
+    bash tests/bench/api.sh {{bin}} {{cache}}/rootfs/busybox {{src}}
+
 # Only the network benchmark (ours vs pasta and slirp4netns; then a microVM vs a namespace
 # sandbox, in the nested harness where needed).
 bench-net: rootfs build plugins
@@ -73,6 +78,7 @@ bench: rootfs build plugins
     bash tests/bench/commands.sh {{bin}} {{cache}}/rootfs/busybox
     bash tests/bench/network.sh {{bin}} {{cache}}/rootfs/busybox target/plugins/egress-guard-c.wasm
     bash tests/bench/images.sh {{bin}} {{cache}}
+    bash tests/bench/api.sh {{bin}} {{cache}}/rootfs/busybox
     cargo bench -p orchestrator --bench plugins
     bash tests/vm/bench.sh
     bash tests/vm/netbench.sh

@@ -143,7 +143,7 @@ async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiR
         None => None,
     };
     let sandbox = match pooled {
-        Some(name) => Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)?,
+        Some(sandbox) => sandbox,
         None => fresh(&state, "run", RUN_SOURCE, Some(memory)).await?,
     };
     let cwd = body.cwd.clone();
@@ -152,9 +152,10 @@ async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiR
     result
 }
 
-/// A session: a sandbox, and what its runs inherit.
+/// A session: a sandbox (its handle, whose connection to the shim is kept between runs), and
+/// what its runs inherit.
 struct Session {
-    sandbox: String,
+    sandbox: Sandbox,
     env: BTreeMap<String, String>,
     cwd: String,
     created: Instant,
@@ -177,7 +178,7 @@ impl Sessions {
     }
 
     /// The session's sandbox, env and cwd, marking it used.
-    fn touch(&self, id: &str) -> ApiResult<(String, BTreeMap<String, String>, String)> {
+    fn touch(&self, id: &str) -> ApiResult<(Sandbox, BTreeMap<String, String>, String)> {
         let mut sessions = self.lock();
         let s = sessions.get_mut(id).ok_or_else(|| Problem::not_found(format!("no session {id:?} (it may have expired)")))?;
         s.last_used = Instant::now();
@@ -229,7 +230,7 @@ async fn create_session(State(state): St, body: Result<Bytes, BytesRejection>) -
     let sandbox = fresh(&state, "session", SESSION_SOURCE, None).await?;
     let id = uuid_v4();
     let now = Instant::now();
-    state.sessions.lock().insert(id.clone(), Session { sandbox: sandbox.name().to_string(), env: env.env, cwd: "/".into(), created: now, last_used: now });
+    state.sessions.lock().insert(id.clone(), Session { sandbox, env: env.env, cwd: "/".into(), created: now, last_used: now });
     Ok(Json(Created { session_id: id, preview_url: None }))
 }
 
@@ -245,7 +246,7 @@ async fn show_session(State(state): St, Path(id): Path<String>) -> ApiResult<Jso
 
 async fn delete_session(State(state): St, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let session = state.sessions.lock().remove(&id).ok_or_else(|| Problem::not_found(format!("no session {id:?}")))?;
-    remove_sandbox(&state, &session.sandbox).await?;
+    remove_sandbox(&state, session.sandbox.name()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -259,10 +260,9 @@ async fn remove_sandbox(state: &ApiState, name: &str) -> ApiResult<()> {
 
 async fn run_in_session(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RunResult>> {
     let body: RunBody = json_body(&bytes(body)?)?;
-    let (name, env, cwd) = state.sessions.touch(&id)?;
+    let (sandbox, env, cwd) = state.sessions.touch(&id)?;
     // OpenSandbox's rule: a run's cwd counts only when it is not "/" (clients send "/" for none).
     let cwd = body.cwd.clone().filter(|c| c != "/").unwrap_or(cwd);
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
     execute(&state, &sandbox, body.options(&env, Some(&cwd), &state)).await
 }
 
@@ -324,9 +324,8 @@ fn decode(content: &str, what: &str) -> ApiResult<Vec<u8>> {
 
 async fn write_file(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Success>> {
     let body: WriteBody = json_body(&bytes(body)?)?;
-    let (name, _, _) = state.sessions.touch(&id)?;
+    let (sandbox, _, _) = state.sessions.touch(&id)?;
     let (path, data) = (inside(&body.path)?, decode(&body.content, "")?);
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
     write_one(&sandbox, &path, data).await.map_err(Problem::from)?;
     Ok(Json(Success { success: true }))
 }
@@ -350,13 +349,12 @@ struct BulkResult {
 
 async fn write_bulk(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<BulkResult>> {
     let body: BulkBody = json_body(&bytes(body)?)?;
-    let (name, _, _) = state.sessions.touch(&id)?;
+    let (sandbox, _, _) = state.sessions.touch(&id)?;
     // Every entry decodes before anything is written.
     let mut files = Vec::new();
     for f in body.files {
         files.push((inside(&f.path)?, decode(&f.content, &format!(" for {}", f.path))?, f.path));
     }
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
     let mut errors = Vec::new();
     for (path, data, given) in files {
         if let Err(e) = write_one(&sandbox, &path, data).await {
@@ -378,9 +376,8 @@ struct Content {
 
 async fn read_file(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Content>> {
     let q = query(q)?;
-    let (name, _, _) = state.sessions.touch(&id)?;
+    let (sandbox, _, _) = state.sessions.touch(&id)?;
     let path = inside(&q.path)?;
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
     let fs = sandbox.fs();
     let st = fs.stat(path.clone()).await.map_err(Problem::from)?;
     if st.size > state.limits.max_body as u64 {
@@ -405,9 +402,8 @@ struct Listing {
 
 async fn list_files(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Listing>> {
     let q = query(q)?;
-    let (name, _, _) = state.sessions.touch(&id)?;
+    let (sandbox, _, _) = state.sessions.touch(&id)?;
     let dir = inside(&q.path)?;
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
     let fs = sandbox.fs();
     let mut entries = fs.list(dir.clone()).await.map_err(Problem::from)?;
     entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
@@ -458,7 +454,7 @@ pub fn start_background(state: Arc<ApiState>) {
             let expired: Vec<(String, String)> = {
                 let mut sessions = state.sessions.lock();
                 let ids: Vec<String> = sessions.iter().filter(|(_, s)| s.last_used.elapsed() >= state.sessions.idle).map(|(id, _)| id.clone()).collect();
-                ids.into_iter().filter_map(|id| sessions.remove(&id).map(|s| (id, s.sandbox))).collect()
+                ids.into_iter().filter_map(|id| sessions.remove(&id).map(|s| (id, s.sandbox.name().to_string()))).collect()
             };
             for (id, sandbox) in expired {
                 tracing::info!("session {id} expired (idle {}s)", state.sessions.idle.as_secs());

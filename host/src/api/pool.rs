@@ -30,7 +30,7 @@ pub const POOL_MEMORY: u64 = 2 << 30;
 pub struct WarmPool {
     pub image: String,
     pub size: usize,
-    ready: Mutex<VecDeque<String>>,
+    ready: Mutex<VecDeque<Sandbox>>,
     making: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -52,8 +52,8 @@ impl WarmPool {
         Arc::new(WarmPool { image, size, ready: Mutex::new(VecDeque::new()), making: AtomicUsize::new(0), hits: AtomicU64::new(0), misses: AtomicU64::new(0), wake: Notify::new() })
     }
 
-    /// A ready sandbox's name, if there is one; either way the pool refills.
-    pub fn take(&self) -> Option<String> {
+    /// A ready sandbox (its handle, connected), if there is one; either way the pool refills.
+    pub fn take(&self) -> Option<Sandbox> {
         let got = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         match got {
             Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
@@ -103,7 +103,7 @@ pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
             match made {
                 Ok(sandbox) => {
                     backoff = Duration::from_secs(1);
-                    pool.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(sandbox.name().to_string());
+                    pool.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(sandbox);
                 }
                 Err(p) => {
                     tracing::warn!("warm pool {}: making a sandbox failed: {}; retrying in {}s", pool.image, p.detail, backoff.as_secs());
@@ -134,10 +134,11 @@ mod tests {
     #[test]
     fn a_sandbox_is_handed_out_once_and_hits_and_misses_are_counted() {
         let pool = WarmPool::new("img".into(), 2);
-        pool.ready.lock().unwrap().extend(["a".to_string(), "b".to_string()]);
-        assert_eq!(pool.take().as_deref(), Some("a"));
-        assert_eq!(pool.take().as_deref(), Some("b"));
-        assert_eq!(pool.take(), None);
+        let config = std::sync::Arc::new(crate::Config::new("/nonexistent"));
+        pool.ready.lock().unwrap().extend(["a", "b"].map(|n| Sandbox::handle(n.to_string(), config.clone())));
+        assert_eq!(pool.take().map(|s| s.name().to_string()).as_deref(), Some("a"));
+        assert_eq!(pool.take().map(|s| s.name().to_string()).as_deref(), Some("b"));
+        assert!(pool.take().is_none());
         pool.miss();
         let v = pool.view();
         assert_eq!((v.ready, v.hits, v.misses), (0, 2, 2));

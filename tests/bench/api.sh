@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The HTTP API against OpenSandbox's own server, side by side in one run on this machine, with
+# one client (tests/bench/api_client.py): `/run` of /bin/true p50/p95, session exec p50, a
+# 1 KiB file write and read p50, and correct answers/s with 8 concurrent clients.
+#   tests/bench/api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]
+# Ours: `serve --listen 127.0.0.1:PORT --insecure-no-auth` with the busybox rootfs as the
+# default image, once with a warm pool and once without. The peer runs as its README says it
+# must be run here (../shared/peers/README.md): as root in a network and mount namespace of
+# its own (created here, removed after), in a chroot whose /usr and /etc are read-only binds
+# of the host's; the client reaches it inside that namespace. Without its source, the peer's
+# rows are skipped and the script says so.
+set -euo pipefail
+o=$(realpath "${1:?usage: api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]}")
+rootfs=$(realpath "${2:?usage: api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]}")
+src=${3:-$(dirname "$0")/../../../shared/peers/opensandbox-process-level}
+cache=${ORCHESTRATOR_CACHE:-/var/cache/orchestrator-dev}
+client=$(realpath "$(dirname "$0")/api_client.py")
+runs=${BENCH_RUNS:-50}
+seconds=${BENCH_SECONDS:-10}
+work=$(mktemp -d /tmp/orch-bench-api.XXXXXX)
+netns=osb-bench-$$
+serve_pid=
+cleanup() {
+  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  ip netns pids "$netns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns del "$netns" 2>/dev/null || true
+  sleep 0.5
+  local names
+  names=$(ORCHESTRATOR_DATA_DIR=$work/data "$o" get -o json 2>/dev/null | python3 -c 'import json,sys; print(" ".join(o["name"] for o in json.load(sys.stdin)))' 2>/dev/null || true)
+  for n in $names; do
+    ORCHESTRATOR_DATA_DIR=$work/data "$o" rm --force "$n" >/dev/null 2>&1 || true
+  done
+  umount -R "$work/peer-root" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ours() {  # LABEL [SERVE ARGS...]
+  local label=$1
+  shift
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  ORCHESTRATOR_DATA_DIR=$work/data "$o" serve --listen "127.0.0.1:$port" --insecure-no-auth --default-image "dir:$rootfs" "$@" 2>"$work/serve.log" &
+  serve_pid=$!
+  for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
+  if [ "$#" -gt 0 ]; then
+    for _ in $(seq 300); do
+      [ "$(curl -s "http://127.0.0.1:$port/v1/pools" | python3 -c 'import json,sys; p=json.load(sys.stdin); print(all(x["ready"] == x["size"] for x in p))')" = True ] && break
+      sleep 0.1
+    done
+  fi
+  python3 "$client" "http://127.0.0.1:$port" --runs "$runs" --seconds "$seconds" > "$work/$label.json"
+  [ "$#" -gt 0 ] && curl -s "http://127.0.0.1:$port/v1/pools" > "$work/$label.pools.json"
+  kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=
+}
+
+peer() {
+  local bin
+  bin=$(bash "$(dirname "$0")/opensandbox-peer.sh" "$src" "$cache")
+  ip netns add "$netns"
+  ip netns exec "$netns" ip link set lo up
+  local root=$work/peer-root
+  mkdir -p "$root"/{usr,etc,tmp,proc,dev,peer}
+  for l in bin lib lib64 sbin; do ln -s "usr/$l" "$root/$l"; done
+  cp "$bin" "$root/peer/isolate"
+  ip netns exec "$netns" unshare --mount --propagation private --fork -- bash -c "
+    set -e
+    for d in usr etc; do mount --bind /\$d $root/\$d; mount -o remount,bind,ro $root/\$d; done
+    mount -t tmpfs tmpfs $root/tmp
+    mount -t proc proc $root/proc
+    mount --rbind /dev $root/dev
+    exec chroot $root /peer/isolate serve --port 8080 --grpc-port 50051
+  " >"$work/peer.log" 2>&1 &
+  for _ in $(seq 100); do ip netns exec "$netns" curl -s http://127.0.0.1:8080/health >/dev/null 2>&1 && break; sleep 0.1; done
+  ip netns exec "$netns" python3 "$client" http://127.0.0.1:8080 --runs "$runs" --seconds "$seconds" > "$work/opensandbox.json"
+}
+
+ours "orchestrator-pool" --warm-pool "dir:$rootfs=8"
+ours "orchestrator"
+if [ -d "$src" ]; then
+  peer
+else
+  echo "bench: no OpenSandbox source at $src: its rows are skipped (give its path as the third argument)" >&2
+fi
+
+python3 - "$work" <<'PY'
+import json, os, sys
+work = sys.argv[1]
+rows = [("OpenSandbox (mount+pid namespaces, root, no cgroups)", "opensandbox"),
+        ("orchestrator, warm pool of 8 (full isolation)", "orchestrator-pool"),
+        ("orchestrator, no pool (full isolation)", "orchestrator")]
+print("| server | /run true p50 ms | /run p95 ms | session exec p50 ms | file write 1 KiB p50 ms | file read p50 ms | 8 clients: answers/s | correct/s | wrong |")
+print("|---|---|---|---|---|---|---|---|---|")
+for label, key in rows:
+    p = os.path.join(work, key + ".json")
+    if not os.path.exists(p):
+        continue
+    r = json.load(open(p))
+    c = r["concurrent"]
+    print(f"| {label} | {r['run_true']['p50']} | {r['run_true']['p95']} | {r['session_exec']['p50']} | {r['file_write_1k']['p50']} | {r['file_read_1k']['p50']} | {c['answers_per_s']} | {c['correct_per_s']} | {c['wrong']} |")
+pools = os.path.join(work, "orchestrator-pool.pools.json")
+if os.path.exists(pools):
+    for p in json.load(open(pools)):
+        print(f"\npool {p['image']}: {p['hits']} hits, {p['misses']} misses")
+PY
