@@ -179,6 +179,17 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     // Host paths outside the allowed root.
     let (status, problem) = api.call("POST", "/v1/sandboxes", &manifest("root", "dir:/"));
     assert_eq!((status, problem["kind"].as_str()), (403, Some("host-path-forbidden")), "{problem}");
+    // Nor does a client's sandbox reach past the public internet, or bind host ports.
+    for (what, spec) in [
+        ("allow-all", json!({"image": image, "network": {"policy": "allow-all"}})),
+        ("a host allow rule", json!({"image": image, "network": {"rules": [{"action": "allow", "group": "host", "ports": [8080]}]}})),
+        ("a published port", json!({"image": image, "ports": [{"host": 18080, "guest": 80, "address": "127.0.0.1"}]})),
+    ] {
+        let body = json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": "wide"}, "spec": spec}).to_string();
+        let (status, problem) = api.call("POST", "/v1/sandboxes", body.as_bytes());
+        assert_eq!(status, 403, "{what}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("--allow-client-network"), "{what}: {problem}");
+    }
 
     // Commands: exit codes, both streams, stdin, bytes that are not UTF-8, a timeout.
     let out = api.exec("box", json!({"command": ["sh", "-c", "echo hi; echo err >&2; exit 3"]}));

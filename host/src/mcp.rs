@@ -31,6 +31,8 @@ pub struct McpOptions {
     pub default_image: String,
     /// The host directory clients may name paths in (None: none).
     pub allow_host_paths: Option<PathBuf>,
+    /// Agents' sandboxes may have the `allow-all` network.
+    pub allow_client_network: bool,
     /// A command's run time when the call sets none, and the most a call may ask for.
     pub default_timeout: Duration,
     pub max_timeout: Duration,
@@ -217,7 +219,7 @@ impl Tools {
             Ok(r) => r,
             Err(e) => return Ok(failed(e.to_string())),
         };
-        if let Err(p) = hostpaths::check_built(&resource, self.options.allow_host_paths.as_deref()) {
+        if let Err(p) = hostpaths::check_built(&resource, self.options.allow_host_paths.as_deref()).and_then(|()| crate::api::reach::check(&resource, self.options.allow_client_network)) {
             return Ok(failed(p.detail));
         }
         match crate::sandbox::create_resource(self.config.clone(), resource, MCP_SOURCE, "MCP".into()).await {

@@ -44,6 +44,8 @@ async def drive(session, tag):
     # What an agent must not get: a host path as its root, a relative path, another's sandbox.
     bad = await session.call_tool("create_sandbox", {"name": f"{name}-root", "image": "dir:/"})
     assert bad.isError and "host" in bad.content[0].text, bad
+    bad = await session.call_tool("create_sandbox", {"name": f"{name}-wide", "network": "allow-all"})
+    assert bad.isError and "allow-client-network" in bad.content[0].text, bad
     bad = await session.call_tool("read_file", {"sandbox": name, "path": "etc/passwd"})
     assert bad.isError, bad
     bad = await session.call_tool("run_command", {"sandbox": "no-such-sandbox", "command": ["true"]})

@@ -20,6 +20,7 @@ mod exec;
 pub mod pool;
 pub mod hostpaths;
 pub mod problem;
+pub mod reach;
 mod sandboxes;
 mod streams;
 
@@ -80,6 +81,9 @@ pub struct ApiOptions {
     pub insecure_no_auth: bool,
     /// The host directory API clients may name paths in (None: no host paths at all).
     pub allow_host_paths: Option<PathBuf>,
+    /// Clients' sandboxes may widen their network beyond the public internet and publish
+    /// host ports.
+    pub allow_client_network: bool,
     /// The image of `/run`'s and the sessions' sandboxes.
     pub default_image: String,
     /// A session idle this long is removed.
@@ -94,6 +98,7 @@ pub struct ApiState {
     pub config: Config,
     pub token: Option<auth::Token>,
     pub allow_host_paths: Option<PathBuf>,
+    pub allow_client_network: bool,
     pub default_image: String,
     pub limits: Limits,
     /// The host part of `--listen`, which MCP clients over TCP send as `Host`.
@@ -128,6 +133,7 @@ fn mcp_service(state: &ApiState) -> rmcp::transport::streamable_http_server::Str
         crate::mcp::McpOptions {
             default_image: state.default_image.clone(),
             allow_host_paths: state.allow_host_paths.clone(),
+            allow_client_network: state.allow_client_network,
             default_timeout: state.limits.default_exec_timeout,
             max_timeout: state.limits.max_exec_timeout,
         },
@@ -223,6 +229,7 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         config,
         token,
         allow_host_paths: options.allow_host_paths.clone(),
+        allow_client_network: options.allow_client_network,
         default_image: options.default_image.clone(),
         limits: options.limits.clone(),
         listen_host: tcp_addr.map(|a| a.ip().to_string()),

@@ -84,6 +84,7 @@ pub fn parse_one(state: &ApiState, body: &[u8], kind: Kind) -> ApiResult<crate::
         return Err(Problem::invalid(format!("the body is a {}; this route takes a {kind}", manifest.resource.kind())));
     }
     hostpaths::check_resolved(&manifest.resource, state.allow_host_paths.as_deref())?;
+    super::reach::check(&manifest.resource, state.allow_client_network)?;
     Ok(manifest.resource)
 }
 
@@ -115,6 +116,7 @@ async fn apply(State(state): St, q: Result<Query<ApplyQuery>, QueryRejection>, b
     let manifests = crate::spec::parse_str(&base.join("request"), &text).map_err(|errors| Problem::from(Error::InvalidSpec(errors)))?;
     for m in &manifests {
         hostpaths::check_resolved(&m.resource, state.allow_host_paths.as_deref())?;
+        super::reach::check(&m.resource, state.allow_client_network)?;
     }
     let source = format!("{API_SOURCE}:{}", q.source);
     if q.dry_run {

@@ -223,6 +223,9 @@ pub enum Command {
         /// A host directory the agent may name paths in (dir: images); none without it.
         #[arg(long)]
         allow_host_paths: Option<PathBuf>,
+        /// Let the agent's sandboxes have the allow-all network.
+        #[arg(long)]
+        allow_client_network: bool,
     },
     /// Serve the HTTP API (on DATA/api.sock; `--listen` adds TCP) and, with `--config DIR`,
     /// keep sandboxes in line with that directory (GitOps).
@@ -371,13 +374,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Plugin { command } => plugins::run(&open()?, command),
         Command::Doctor => microvm::doctor(&config),
         Command::Kernel { command } => microvm::kernel(&config, command),
-        Command::Mcp { default_image, allow_host_paths } => {
+        Command::Mcp { default_image, allow_host_paths, allow_client_network } => {
             let allow_host_paths = match allow_host_paths {
                 Some(p) => Some(std::fs::canonicalize(&p).with_context(|| format!("--allow-host-paths {}", p.display()))?),
                 None => None,
             };
             let limits = crate::api::Limits::default();
-            let options = crate::mcp::McpOptions { default_image, allow_host_paths, default_timeout: limits.default_exec_timeout, max_timeout: limits.max_exec_timeout };
+            let options = crate::mcp::McpOptions { default_image, allow_host_paths, allow_client_network, default_timeout: limits.default_exec_timeout, max_timeout: limits.max_exec_timeout };
             crate::mcp::serve_stdio(config.clone(), options)?;
             Ok(0)
         }

@@ -34,6 +34,10 @@ pub struct ApiFlags {
     /// without it.
     #[arg(long)]
     allow_host_paths: Option<PathBuf>,
+    /// Let clients' sandboxes reach beyond the public internet (allow-all, allow rules for
+    /// ranges or the host) and publish host ports.
+    #[arg(long)]
+    allow_client_network: bool,
     /// The image of `/run`'s and the sessions' sandboxes.
     #[arg(long, default_value = "127.0.0.1:5000/demo/busybox:1")]
     default_image: String,
@@ -73,6 +77,7 @@ pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prun
             token_env: std::env::var("ORCHESTRATOR_API_TOKEN").ok(),
             insecure_no_auth: flags.insecure_no_auth,
             allow_host_paths,
+            allow_client_network: flags.allow_client_network,
             default_image: flags.default_image,
             session_idle: Duration::from_secs(flags.session_idle.max(1)),
             limits: Limits { max_body: flags.max_body, ..Limits::default() },
