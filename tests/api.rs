@@ -485,7 +485,13 @@ fn a_warm_pool_serves_run_and_refills() {
     assert!(v[0]["hits"].as_u64().unwrap() >= 2 && v[0]["misses"].as_u64().unwrap() >= 1, "{v}");
     env.wait_for("used sandboxes to go", Duration::from_secs(20), || env.get().len() == 2);
     assert!(env.get().iter().all(|s| s["source"] == "api-pool"), "{:?}", env.get());
+    let old: Vec<String> = env.get().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
     drop(server);
-    let _again = Server::start(&env, &["--insecure-no-auth"]);
-    env.wait_for("the earlier pool's sandboxes to be removed", Duration::from_secs(20), || env.get().is_empty());
+    // A new server removes what the old pool left, and only that: its own pool fills beside.
+    let _again = Server::start(&env, &["--insecure-no-auth", "--default-image", &image, "--warm-pool", &format!("{image}=2")]);
+    env.wait_for("the old pool's sandboxes to go and the new pool to fill", Duration::from_secs(30), || {
+        let names: Vec<String> = env.get().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+        names.len() == 2 && names.iter().all(|n| !old.contains(n)) && pools()[0]["ready"] == 2
+    });
+    assert_eq!(run(r#"{"command": ["/bin/echo", "again"]}"#)["stdout"], "again\n");
 }

@@ -142,12 +142,19 @@ async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiR
         }
         None => None,
     };
-    let sandbox = match pooled {
-        Some(sandbox) => sandbox,
-        None => fresh(&state, "run", RUN_SOURCE, Some(memory)).await?,
-    };
     let cwd = body.cwd.clone();
-    let result = execute(&state, &sandbox, body.options(&BTreeMap::new(), cwd.as_deref(), &state)).await;
+    let options = body.options(&BTreeMap::new(), cwd.as_deref(), &state);
+    if let Some(sandbox) = pooled {
+        let result = execute(&state, &sandbox, options.clone()).await;
+        super::pool::discard(&state, sandbox).await;
+        // A pooled sandbox that died while it waited is the pool's loss, not the request's.
+        match &result {
+            Err(p) if p.kind == "not-running" || p.kind == "not-found" => tracing::warn!("a pooled sandbox was gone: {}", p.detail),
+            _ => return result,
+        }
+    }
+    let sandbox = fresh(&state, "run", RUN_SOURCE, Some(memory)).await?;
+    let result = execute(&state, &sandbox, options).await;
     super::pool::discard(&state, sandbox).await;
     result
 }
@@ -427,23 +434,21 @@ fn uuid_v4() -> String {
     format!("{}-{}-{}-{}-{}", &s[0..8], &s[8..12], &s[12..16], &s[16..20], &s[20..32])
 }
 
-/// Removes what an earlier server left (its `/run` sandboxes and sessions: their state was in
-/// its memory), then expires idle sessions every few seconds.
-pub fn start_background(state: Arc<ApiState>) {
-    let leftovers = state.clone();
+/// What an earlier server left: its `/run`, session and pool sandboxes (their state was in its
+/// memory). Listed before this server makes any, so that none of its own is taken for one.
+pub fn leftovers(config: &crate::Config) -> crate::Result<Vec<String>> {
+    let orch = Orchestrator::open(config.clone())?;
+    let rows = orch.store.resources(Some(crate::spec::Kind::Sandbox))?;
+    Ok(rows.into_iter().filter(|r| [RUN_SOURCE, SESSION_SOURCE, super::pool::POOL_SOURCE].contains(&r.source.as_str())).map(|r| r.resource.name).collect())
+}
+
+/// Removes `leftovers` (as listed at start), then expires idle sessions every few seconds.
+pub fn start_background(state: Arc<ApiState>, leftovers: Vec<String>) {
+    let remover = state.clone();
     tokio::spawn(async move {
-        let config = leftovers.config.clone();
-        let names = tokio::task::spawn_blocking(move || -> crate::Result<Vec<String>> {
-            let orch = Orchestrator::open(config)?;
-            let rows = orch.store.resources(Some(crate::spec::Kind::Sandbox))?;
-            Ok(rows.into_iter().filter(|r| [RUN_SOURCE, SESSION_SOURCE, super::pool::POOL_SOURCE].contains(&r.source.as_str())).map(|r| r.resource.name).collect())
-        })
-        .await;
-        if let Ok(Ok(names)) = names {
-            for name in names {
-                if let Err(e) = remove_sandbox(&leftovers, &name).await {
-                    tracing::warn!("removing the API's leftover sandbox {name}: {}", e.detail);
-                }
+        for name in leftovers {
+            if let Err(e) = remove_sandbox(&remover, &name).await {
+                tracing::warn!("removing the API's leftover sandbox {name}: {}", e.detail);
             }
         }
     });

@@ -241,12 +241,13 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
     if options.insecure_no_auth {
         log("warning: the API runs without authentication (--insecure-no-auth): anyone who reaches its socket or loopback port controls every sandbox");
     }
+    let leftovers = compat::leftovers(&state.config).map_err(|e| ApiError::Config(format!("listing what an earlier server left: {e}")))?;
     let app = router(state.clone());
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
             runtime.block_on(async move {
-                compat::start_background(state.clone());
+                compat::start_background(state.clone(), leftovers);
                 for p in &state.pools {
                     pool::keep_filled(state.clone(), p.clone());
                 }
