@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on examples/: apply two sandboxes, show them, exec into them, apply again
 # (nothing restarts), ask a network policy written in C and in Python (Wasm plugins), patch a
-# sandbox's root filesystem, then let `serve` reconcile the GitOps directory through a change.
+# sandbox's root filesystem, then let `serve` reconcile the GitOps directory through a change
+# and answer its HTTP API.
 # Leaves nothing running. Usage: examples/demo.sh PATH/TO/orchestrator
 set -euo pipefail
 o=$(realpath "${1:?usage: demo.sh ORCHESTRATOR_BINARY}")
@@ -78,5 +79,13 @@ rm gitops/jobs/extra.yaml
 sleep 1
 "$o" describe gitops-ticker | sed -n '1,12p'
 "$o" logs gitops-ticker --tail 1
+
+step "the HTTP API of the same serve: its Unix socket, its token (docs/api.md)"
+data=${ORCHESTRATOR_DATA_DIR:-/var/lib/orchestrator}
+api() { curl -s --unix-socket "$data/api.sock" -H "Authorization: Bearer $(cat "$data/api.token")" "$@"; }
+api http://orchestrator/v1/sandboxes | python3 -c 'import json, sys; print("sandboxes:", ", ".join(s["name"] + " (" + s["status"] + ")" for s in json.load(sys.stdin)))'
+api -X POST http://orchestrator/v1/sandboxes/web/exec -d '{"command": ["sh", "-c", "echo hello over the API from $(hostname)"]}'
+echo
+printf 'without the token: HTTP '; curl -s -o /dev/null -w '%{http_code}\n' --unix-socket "$data/api.sock" http://orchestrator/v1/sandboxes
 
 step "done: cleaning up"
