@@ -24,7 +24,8 @@
 //! }
 //! ```
 //!
-//! The binary in main.rs is the command line, a renderer over this library.
+//! The binary in main.rs is the command line, a renderer over this library; [`api`] is the
+//! HTTP API `serve` offers over the same library, and [`mcp`] the MCP server.
 
 pub mod api;
 pub mod cgroup;
