@@ -9,7 +9,7 @@
 
 use crate::api::hostpaths;
 use crate::config::Config;
-use crate::sandbox::{ExecEvent, ExecOptions, Sandbox};
+use crate::sandbox::{ExecOptions, Sandbox};
 use crate::spec::{Isolation, Kind, NetworkPreset};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Content, Implementation, ServerCapabilities, ServerInfo};
@@ -151,39 +151,22 @@ impl Tools {
 
     async fn run(&self, sandbox: &Sandbox, mut options: ExecOptions, stdin: Option<String>, timeout_secs: Option<u64>) -> ToolResult {
         options.timeout = Some(timeout_secs.map(Duration::from_secs).unwrap_or(self.options.default_timeout).min(self.options.max_timeout));
-        options.stdin = stdin.is_some();
-        let mut handle = match sandbox.exec_stream_with(options).await {
-            Ok(h) => h,
-            Err(e) => return Ok(failed(e.to_string())),
+        let started = crate::api::exec::start(sandbox, options, stdin.map(String::into_bytes)).await;
+        let out = match started {
+            Ok(handle) => crate::api::exec::collect(handle, MAX_OUTPUT).await,
+            Err(p) => Err(p),
         };
-        if let Some(input) = stdin {
-            if let Err(e) = handle.write_stdin(input.into_bytes()).await.and_then(|()| handle.close_stdin()) {
-                return Ok(failed(e.to_string()));
-            }
-        }
-        let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
-        let mut keep = |buf: &mut Vec<u8>, d: Vec<u8>| {
-            let room = MAX_OUTPUT.saturating_sub(buf.len());
-            truncated |= d.len() > room;
-            buf.extend_from_slice(&d[..d.len().min(room)]);
+        let out = match out {
+            Ok(out) => out,
+            Err(p) => return Ok(failed(p.detail)),
         };
-        let mut status = None;
-        while let Some(event) = handle.recv().await {
-            match event {
-                ExecEvent::Stdout(d) => keep(&mut out, d),
-                ExecEvent::Stderr(d) => keep(&mut err, d),
-                ExecEvent::Exited(s) => status = Some(s),
-                ExecEvent::Started { .. } => {}
-            }
-        }
-        let Some(status) = status else { return Ok(failed("the sandbox went away while the command ran")) };
         Ok(json(serde_json::json!({
-            "exit_code": status.code,
-            "signal": status.signal,
-            "timed_out": status.timed_out,
-            "stdout": String::from_utf8_lossy(&out),
-            "stderr": String::from_utf8_lossy(&err),
-            "truncated": truncated,
+            "exit_code": out.status.code,
+            "signal": out.status.signal,
+            "timed_out": out.status.timed_out,
+            "stdout": String::from_utf8_lossy(&out.stdout),
+            "stderr": String::from_utf8_lossy(&out.stderr),
+            "truncated": out.truncated,
         })))
     }
 }

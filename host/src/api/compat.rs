@@ -87,9 +87,6 @@ struct RunResult {
     signal: Option<i32>,
 }
 
-/// The smallest memory bound a sandbox gets, whatever `mem` asks (its agent needs some).
-const MIN_MEMORY: u64 = 32 << 20;
-
 impl RunBody {
     fn options(&self, env: &BTreeMap<String, String>, cwd: Option<&str>, state: &ApiState) -> ExecOptions {
         let mut argv = self.command.iter().cloned();
@@ -119,17 +116,6 @@ async fn execute(state: &ApiState, sandbox: &Sandbox, options: ExecOptions) -> A
     }))
 }
 
-/// A fresh sandbox of the default image: the API's own source, no main process.
-async fn fresh(state: &ApiState, prefix: &str, source: &'static str, memory: Option<u64>) -> ApiResult<Sandbox> {
-    let name = format!("{prefix}-{}", crate::ids::random_hex(6));
-    let mut builder = Sandbox::builder(&name).config(state.config.clone()).image(state.default_image.clone());
-    if let Some(bytes) = memory {
-        builder = builder.memory(bytes.max(MIN_MEMORY) >> 20);
-    }
-    let resource = builder.resource().map_err(Problem::from)?;
-    crate::sandbox::create_resource(state.config.clone(), resource, source, "OpenSandbox API".into()).await.map_err(Problem::from)
-}
-
 async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RunResult>> {
     let body: RunBody = json_body(&bytes(body)?)?;
     let memory = body.mem.saturating_mul(1024);
@@ -153,7 +139,7 @@ async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiR
             _ => return result,
         }
     }
-    let sandbox = fresh(&state, "run", RUN_SOURCE, Some(memory)).await?;
+    let sandbox = super::pool::make(&state, &state.default_image, "run", RUN_SOURCE, Some(memory)).await?;
     let result = execute(&state, &sandbox, options).await;
     super::pool::discard(&state, sandbox).await;
     result
@@ -234,7 +220,7 @@ struct Created {
 async fn create_session(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Created>> {
     let body = bytes(body)?;
     let env: EnvBody = if body.iter().all(u8::is_ascii_whitespace) { EnvBody { env: BTreeMap::new() } } else { json_body(&body)? };
-    let sandbox = fresh(&state, "session", SESSION_SOURCE, None).await?;
+    let sandbox = super::pool::make(&state, &state.default_image, "session", SESSION_SOURCE, None).await?;
     let id = uuid_v4();
     let now = Instant::now();
     state.sessions.lock().insert(id.clone(), Session { sandbox, env: env.env, cwd: "/".into(), created: now, last_used: now });

@@ -4,7 +4,7 @@
 
 use super::problem::{ApiResult, Problem};
 use super::ApiState;
-use crate::sandbox::{ExecEvent, ExecOptions, Sandbox};
+use crate::sandbox::{ExecEvent, ExecHandle, ExecOptions, Sandbox};
 use guest_agent::protocol::ExitStatus;
 use std::time::Duration;
 
@@ -22,21 +22,24 @@ pub fn timeout(state: &ApiState, asked_ms: Option<u64>) -> Duration {
     asked_ms.map(Duration::from_millis).unwrap_or(state.limits.default_exec_timeout).min(state.limits.max_exec_timeout)
 }
 
-/// Runs `options` in `sandbox` with `stdin` (None: none) and collects its output.
-pub async fn run(state: &ApiState, sandbox: &Sandbox, mut options: ExecOptions, stdin: Option<Vec<u8>>) -> ApiResult<Collected> {
+/// Starts `options` in `sandbox`, hands it `stdin` whole and closes it (None: no stdin).
+pub async fn start(sandbox: &Sandbox, mut options: ExecOptions, stdin: Option<Vec<u8>>) -> ApiResult<ExecHandle> {
     if options.argv.first().is_none_or(|p| p.is_empty()) {
         return Err(Problem::bad_request("the command is empty: give at least the program, e.g. [\"/bin/echo\", \"hi\"]"));
     }
-    let _slot = state.exec_slot(sandbox.name())?;
     options.stdin = stdin.is_some();
-    let mut handle = sandbox.exec_stream_with(options).await.map_err(Problem::from)?;
+    let handle = sandbox.exec_stream_with(options).await.map_err(Problem::from)?;
     if let Some(data) = stdin {
         if !data.is_empty() {
             handle.write_stdin(data).await.map_err(Problem::from)?;
         }
         handle.close_stdin().map_err(Problem::from)?;
     }
-    let max = state.limits.max_output;
+    Ok(handle)
+}
+
+/// Reads a started command to its end, keeping `max` bytes of each of stdout and stderr.
+pub async fn collect(mut handle: ExecHandle, max: usize) -> ApiResult<Collected> {
     let (mut stdout, mut stderr, mut truncated) = (Vec::new(), Vec::new(), false);
     let mut keep = |buf: &mut Vec<u8>, data: Vec<u8>| {
         let room = max.saturating_sub(buf.len());
@@ -56,4 +59,10 @@ pub async fn run(state: &ApiState, sandbox: &Sandbox, mut options: ExecOptions, 
     // The stream ended without an exit: the sandbox went away under the command.
     let status = handle.wait().await.map_err(Problem::from)?;
     Ok(Collected { status, stdout, stderr, truncated })
+}
+
+/// Runs `options` in `sandbox` with `stdin`, in one of its exec slots, and collects its output.
+pub async fn run(state: &ApiState, sandbox: &Sandbox, options: ExecOptions, stdin: Option<Vec<u8>>) -> ApiResult<Collected> {
+    let _slot = state.exec_slot(sandbox.name())?;
+    collect(start(sandbox, options, stdin).await?, state.limits.max_output).await
 }

@@ -16,7 +16,7 @@
 
 pub mod auth;
 mod compat;
-mod exec;
+pub(crate) mod exec;
 pub mod pool;
 pub mod hostpaths;
 pub mod problem;

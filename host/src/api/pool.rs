@@ -79,11 +79,19 @@ impl WarmPool {
     }
 }
 
-/// Makes one sandbox of `image` for a pool (or a miss): no main process, the pool's memory.
-pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static str, memory: u64) -> ApiResult<Sandbox> {
+/// The smallest memory bound a sandbox the API makes for itself gets (its agent needs some).
+const MIN_MEMORY: u64 = 32 << 20;
+
+/// Makes a sandbox of `image` for the API's own use (a pool, `/run`, a session): a random name
+/// under `prefix`, no main process, `memory` bytes (None: unbounded), the source given.
+pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static str, memory: Option<u64>) -> ApiResult<Sandbox> {
     let name = format!("{prefix}-{}", crate::ids::random_hex(6));
-    let resource = Sandbox::builder(&name).config(state.config.clone()).image(image.to_string()).memory(memory >> 20).resource().map_err(Problem::from)?;
-    crate::sandbox::create_resource(state.config.clone(), resource, source, "warm pool".into()).await.map_err(Problem::from)
+    let mut builder = Sandbox::builder(&name).config(state.config.clone()).image(image.to_string());
+    if let Some(bytes) = memory {
+        builder = builder.memory(bytes.max(MIN_MEMORY) >> 20);
+    }
+    let resource = builder.resource().map_err(Problem::from)?;
+    crate::sandbox::create_resource(state.config.clone(), resource, source, format!("HTTP API ({source})")).await.map_err(Problem::from)
 }
 
 /// Keeps `pool` full for as long as the server runs. A failure to make one (a missing image,
@@ -98,7 +106,7 @@ pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
                 continue;
             }
             pool.making.fetch_add(1, Ordering::Relaxed);
-            let made = make(&state, &pool.image, "pool", POOL_SOURCE, POOL_MEMORY).await;
+            let made = make(&state, &pool.image, "pool", POOL_SOURCE, Some(POOL_MEMORY)).await;
             pool.making.fetch_sub(1, Ordering::Relaxed);
             match made {
                 Ok(sandbox) => {

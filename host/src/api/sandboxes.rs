@@ -247,18 +247,8 @@ async fn exec_collected(State(state): St, Path(name): Path<String>, headers: Hea
     options.user = req.user;
     options.timeout = Some(exec::timeout(&state, req.timeout_ms));
     if let Some(framing) = Framing::from_accept(&headers) {
-        if options.argv.first().is_none_or(|p| p.is_empty()) {
-            return Err(Problem::bad_request("the command is empty: give at least the program"));
-        }
         let slot = state.exec_slot(&name)?;
-        options.stdin = stdin.is_some();
-        let handle = sandbox.exec_stream_with(options).await.map_err(Problem::from)?;
-        if let Some(data) = stdin {
-            if !data.is_empty() {
-                handle.write_stdin(data).await.map_err(Problem::from)?;
-            }
-            handle.close_stdin().map_err(Problem::from)?;
-        }
+        let handle = exec::start(&sandbox, options, stdin).await?;
         return Ok(streams::exec(handle, slot, framing));
     }
     let out = exec::run(&state, &sandbox, options, stdin).await?;

@@ -116,6 +116,25 @@ fn copy_in(c: &mut ShimClient, from: &Path, meta: &std::fs::Metadata, target: &s
     Ok(done)
 }
 
+/// The entries of the sandbox directory `path` a copy may take, by name, each with its sandbox
+/// path and stat. An entry whose name is not one path component is left out and reported in
+/// `done.skipped`.
+pub fn children(c: &mut ShimClient, path: &str, done: &mut Copied) -> Result<Vec<(String, String, FileStat)>> {
+    let mut entries = c.list_dir(path)?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Some(n) = safe_component(&e.name) else {
+            done.skipped.push(format!("{path}: an entry named {:?} is not a file name", e.name));
+            continue;
+        };
+        let child = join(path, n);
+        let st = c.stat(&child)?;
+        out.push((n.to_string(), child, st));
+    }
+    Ok(out)
+}
+
 /// Copies the sandbox's file or tree `path` to the host path `to` (into it under its own name
 /// when `to` is a directory). A file over an existing host file replaces it (a link there is
 /// replaced, never followed); any other existing target is refused. Returns the path written.
@@ -145,15 +164,7 @@ fn copy_out(c: &mut ShimClient, path: &str, s: &FileStat, target: &Path, links: 
                 target.display()
             )))?;
             done.dirs += 1;
-            let mut entries = c.list_dir(path)?;
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            for e in entries {
-                let Some(n) = safe_component(&e.name) else {
-                    done.skipped.push(format!("{path}: an entry named {:?} is not a file name", e.name));
-                    continue;
-                };
-                let child = join(path, n);
-                let st = c.stat(&child)?;
+            for (n, child, st) in children(c, path, &mut done)? {
                 done += copy_out(c, &child, &st, &target.join(n), links, depth + 1)?;
             }
             std::fs::set_permissions(target, std::fs::Permissions::from_mode(host_mode(s.mode))).map_err(io(target.display().to_string()))?;

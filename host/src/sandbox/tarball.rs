@@ -11,7 +11,7 @@
 //! before it writes that entry; links, devices and fifos are skipped with a warning (the file
 //! API makes none); parents are made as needed.
 
-use super::copy::{basename, host_mode, join, safe_component, Copied, MAX_DEPTH};
+use super::copy::{basename, children, host_mode, join, Copied, MAX_DEPTH};
 use crate::client::ShimClient;
 use crate::error::{Error, Result};
 use guest_agent::protocol::{FileKind, FileStat};
@@ -56,15 +56,7 @@ fn export_entry(c: &mut ShimClient, tar: &mut tar::Builder<&mut dyn Write>, path
             let mut h = header(tar::EntryType::Directory, stat, 0);
             tar.append_data(&mut h, format!("{name}/"), std::io::empty()).map_err(write_error)?;
             done.dirs += 1;
-            let mut entries = c.list_dir(path)?;
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            for e in entries {
-                let Some(n) = safe_component(&e.name) else {
-                    done.skipped.push(format!("{path}: an entry named {:?} is not a file name", e.name));
-                    continue;
-                };
-                let child = join(path, n);
-                let st = c.stat(&child)?;
+            for (n, child, st) in children(c, path, done)? {
                 export_entry(c, tar, &child, &st, &format!("{name}/{n}"), depth + 1, done)?;
             }
         }
