@@ -33,6 +33,10 @@ test: rootfs
     ORCHESTRATOR_TEST_KERNEL_DIR="$(bash tests/vm/kernels.sh {{cache}} | sed -n 's/^guest=//p')" cargo test --workspace --no-fail-fast
     bash tests/vm/run-tests.sh
 
+# Regenerate docs/openapi.json from the API's routes and types (a unit test fails until it is).
+openapi:
+    UPDATE_OPENAPI=1 cargo test -q -p orchestrator --lib api::openapi
+
 # Fuzz the parsers that read hostile input (tests/fuzz): one TARGET or all, SECONDS each.
 fuzz target="all" seconds="60":
     bash tests/fuzz/run.sh {{target}} {{seconds}}

@@ -3,6 +3,8 @@
 //! clients, curl on a loopback port with the exact calls of OpenSandbox's README.
 
 mod common;
+#[path = "common/registry.rs"]
+mod registry;
 
 use base64::Engine;
 use common::*;
@@ -46,8 +48,8 @@ impl Server {
     /// The TCP address the log announced.
     fn tcp(&self) -> String {
         let text = self.log_text();
-        let line = text.lines().find(|l| l.contains("API on http://")).unwrap_or_else(|| panic!("no TCP address in the log:\n{text}"));
-        line.rsplit("http://").next().unwrap().trim().to_string()
+        let line = text.lines().find(|l| l.contains("API on http://") || l.contains("API on https://")).unwrap_or_else(|| panic!("no TCP address in the log:\n{text}"));
+        line.rsplit("://").next().unwrap().trim().to_string()
     }
 }
 
@@ -141,7 +143,7 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     let env = Env::new();
     let rootfs = rootfs();
     let root = rootfs.parent().unwrap().to_str().unwrap().to_string();
-    let server = Server::start(&env, &["--allow-host-paths", &root, "--max-body", "1048576"]);
+    let server = Server::start(&env, &["--allow-host-paths", &root, "--max-body", "1048576", "--max-file-body", "4194304"]);
     let socket = env.data_dir().join("api.sock");
     let token_file = env.data_dir().join("api.token");
     assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
@@ -250,11 +252,29 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     assert_eq!(api.call("DELETE", "/v1/sandboxes/box/files?path=/tmp/all.bin", b"").0, 204);
     assert_eq!(api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/all.bin", b"").0, 404);
 
-    // Bounds: a body over --max-body, many requests at once.
-    let big = vec![b'x'; 2 << 20];
-    let (status, kind, _) = http(&socket, "PUT", "/v1/sandboxes/box/files?path=/tmp/big", Some(&api.token), &big);
+    // Files stream both ways: above --max-body (1 MiB here) up to --max-file-body (4 MiB).
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    assert_eq!(api.call("PUT", "/v1/sandboxes/box/files?path=/tmp/big", &big).0, 204);
+    let (status, _, back) = http(&socket, "GET", "/v1/sandboxes/box/files?path=/tmp/big", Some(&api.token), b"");
+    assert!(status == 200 && back == big, "3 MiB back byte for byte ({status}, {} bytes)", back.len());
+    let too_big = vec![b'x'; 5 << 20];
+    let (status, kind, _) = http(&socket, "PUT", "/v1/sandboxes/box/files?path=/tmp/too-big", Some(&api.token), &too_big);
     assert_eq!((status, kind.as_str()), (413, "application/problem+json"));
-    let threads: Vec<_> = (0..200)
+    assert_eq!(api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/too-big", b"").0, 404, "a refused body leaves no partial file");
+    assert_eq!(api.call("GET", "/v1/sandboxes/box/files?path=/tmp", b"").0, 400, "a directory is listed, not read");
+    // Bodies read whole stay under --max-body.
+    let (status, kind, _) = http(&socket, "POST", "/v1/sandboxes/box/exec", Some(&api.token), &big);
+    assert_eq!((status, kind.as_str()), (413, "application/problem+json"));
+
+    // The OpenAPI document: what docs/openapi.json holds, behind the token like every route.
+    let (status, kind, doc) = http(&socket, "GET", "/openapi.json", Some(&api.token), b"");
+    assert_eq!((status, kind.as_str()), (200, "application/json"));
+    let committed = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json")).unwrap();
+    assert!(doc == committed, "/openapi.json is the committed document");
+    assert_eq!(http(&socket, "GET", "/openapi.json", None, b"").0, 401);
+
+    // Many requests at once: every one answered.
+    let threads: Vec<_> = (0..1000)
         .map(|i| {
             let (socket, token) = (socket.clone(), api.token.clone());
             std::thread::spawn(move || {
@@ -264,7 +284,7 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
         })
         .collect();
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(statuses.iter().all(|s| *s == 200), "200 concurrent requests all answered: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200), "1000 concurrent requests all answered: {statuses:?}");
 
     // Stop, start, and a sandbox the API did not make.
     assert_eq!(api.call("POST", "/v1/sandboxes/box/stop", b"").0, 204);
@@ -494,4 +514,313 @@ fn a_warm_pool_serves_run_and_refills() {
         names.len() == 2 && names.iter().all(|n| !old.contains(n)) && pools()[0]["ready"] == 2
     });
     assert_eq!(run(r#"{"command": ["/bin/echo", "again"]}"#)["stdout"], "again\n");
+}
+
+impl Client {
+    /// The client of a server started with its generated token.
+    fn of(env: &Env) -> Client {
+        let token = std::fs::read_to_string(env.data_dir().join("api.token")).unwrap().trim().to_string();
+        Client { socket: env.data_dir().join("api.sock"), token }
+    }
+}
+
+/// A WebSocket conversation with `GET /v1/sandboxes/{name}/exec/ws` over the Unix socket.
+mod ws {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use std::path::Path;
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    pub type Socket = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+
+    /// The upgrade, or the HTTP status that refused it.
+    pub async fn connect(socket: &Path, token: &str, sandbox: &str) -> Result<Socket, u16> {
+        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let mut req = format!("ws://orchestrator/v1/sandboxes/{sandbox}/exec/ws").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match tokio_tungstenite::client_async(req, stream).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+            Err(e) => panic!("upgrade: {e}"),
+        }
+    }
+
+    pub async fn start(socket: &Path, token: &str, sandbox: &str, command: Value) -> Socket {
+        let mut ws = connect(socket, token, sandbox).await.expect("upgrade");
+        ws.send(Message::Text(command.to_string().into())).await.unwrap();
+        let started = next_json(&mut ws).await;
+        assert_eq!(started["type"], "started", "{started}");
+        ws
+    }
+
+    pub async fn send_json(ws: &mut Socket, v: Value) {
+        ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_bytes(ws: &mut Socket, data: &[u8]) {
+        ws.send(Message::Binary(data.to_vec().into())).await.unwrap();
+    }
+
+    /// What the conversation gave until the server closed: (stdout, stderr, JSON messages,
+    /// the close code).
+    pub struct Transcript {
+        pub stdout: Vec<u8>,
+        pub stderr: Vec<u8>,
+        pub messages: Vec<Value>,
+        pub close: Option<u16>,
+    }
+
+    impl Transcript {
+        pub fn exited(&self) -> &Value {
+            self.messages.iter().find(|m| m["type"] == "exited").unwrap_or_else(|| panic!("no exit in {:?}", self.messages))
+        }
+    }
+
+    /// Reads until the server closes (or `until` says the output so far is enough).
+    pub async fn read(ws: &mut Socket, until: impl Fn(&[u8]) -> bool) -> Transcript {
+        let mut t = Transcript { stdout: Vec::new(), stderr: Vec::new(), messages: Vec::new(), close: None };
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(60), ws.next()).await.expect("a message within 60 s");
+            match msg {
+                Some(Ok(Message::Binary(b))) => match b.first() {
+                    Some(1) => t.stdout.extend_from_slice(&b[1..]),
+                    Some(2) => t.stderr.extend_from_slice(&b[1..]),
+                    other => panic!("output on stream {other:?}"),
+                },
+                Some(Ok(Message::Text(s))) => t.messages.push(serde_json::from_str(s.as_str()).unwrap()),
+                Some(Ok(Message::Close(frame))) => {
+                    t.close = frame.map(|f| u16::from(f.code));
+                    return t;
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return t,
+            }
+            if until(&t.stdout) {
+                return t;
+            }
+        }
+    }
+
+    pub async fn next_json(ws: &mut Socket) -> Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("a message within 30 s") {
+                Some(Ok(Message::Text(s))) => return serde_json::from_str(s.as_str()).unwrap(),
+                Some(Ok(Message::Close(f))) => return json!({"type": "closed", "code": f.map(|f| u16::from(f.code))}),
+                Some(Ok(_)) => {}
+                other => panic!("expected a JSON message, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Interactive commands over a WebSocket, as a browser terminal or an agent's shell tool
+/// drives them: stdin as typed, binary output per stream, a terminal that resizes, signals,
+/// end of input, the exit; megabytes both ways without a stall; a client that leaves kills
+/// its command; bad first messages and controls get clear errors.
+#[test]
+fn interactive_commands_run_over_a_websocket() {
+    let env = Env::new();
+    let rootfs = rootfs();
+    let root = rootfs.parent().unwrap().to_str().unwrap().to_string();
+    let _server = Server::start(&env, &["--allow-host-paths", &root]);
+    let api = Client::of(&env);
+    let image = format!("dir:{}", rootfs.display());
+    assert_eq!(api.call("POST", "/v1/sandboxes", &manifest("term", &image)).0, 201);
+    let (socket, token) = (api.socket.clone(), api.token.clone());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // stdin as binary and as text, end of input, the exit and a normal close.
+        let mut w = ws::start(&socket, &token, "term", json!({"command": ["cat"]})).await;
+        ws::send_bytes(&mut w, b"hello\n").await;
+        let t = ws::read(&mut w, |out| out.ends_with(b"hello\n")).await;
+        assert_eq!(t.stdout, b"hello\n");
+        ws::send_json(&mut w, json!({"type": "bogus"})).await;
+        let problem = ws::next_json(&mut w).await;
+        assert_eq!((problem["type"].as_str(), problem["kind"].as_str()), (Some("error"), Some("bad-request")), "a bad control is answered, the session goes on: {problem}");
+        ws::send_json(&mut w, json!({"type": "stdin", "data": "two\n"})).await;
+        ws::send_json(&mut w, json!({"type": "eof"})).await;
+        let t = ws::read(&mut w, |_| false).await;
+        assert_eq!((t.stdout.as_slice(), t.exited()["exitCode"].as_i64(), t.close), (&b"two\n"[..], Some(0), Some(1000)));
+
+        // A terminal: its size from the start message, then resized; stderr is the terminal.
+        let mut w = ws::start(&socket, &token, "term", json!({"command": ["sh"], "tty": true, "rows": 33, "cols": 101, "env": {"PS1": "$ "}})).await;
+        ws::send_bytes(&mut w, b"stty size\n").await;
+        ws::read(&mut w, |out| String::from_utf8_lossy(out).contains("33 101")).await;
+        ws::send_json(&mut w, json!({"type": "resize", "rows": 40, "cols": 120})).await;
+        ws::send_bytes(&mut w, b"stty size; echo oops >&2; exit 7\n").await;
+        let t = ws::read(&mut w, |_| false).await;
+        let shown = String::from_utf8_lossy(&t.stdout);
+        assert!(shown.contains("40 120") && shown.contains("oops") && t.stderr.is_empty(), "{shown:?}");
+        assert_eq!(t.exited()["exitCode"], 7);
+
+        // Signals, by name.
+        let mut w = ws::start(&socket, &token, "term", json!({"command": ["sleep", "30"]})).await;
+        ws::send_json(&mut w, json!({"type": "signal", "signal": "TERM"})).await;
+        let t = ws::read(&mut w, |_| false).await;
+        assert_eq!(t.exited()["signal"], 15, "{:?}", t.messages);
+
+        // Megabytes both ways: 4 MiB in (64 KiB messages) while output flows, 3 MB out.
+        let mut w = ws::start(&socket, &token, "term", json!({"command": ["wc", "-c"]})).await;
+        let chunk = vec![b'z'; 64 << 10];
+        for _ in 0..64 {
+            ws::send_bytes(&mut w, &chunk).await;
+        }
+        ws::send_json(&mut w, json!({"type": "eof"})).await;
+        let t = ws::read(&mut w, |_| false).await;
+        assert_eq!(String::from_utf8_lossy(&t.stdout).trim(), "4194304");
+        let mut w = ws::start(&socket, &token, "term", json!({"command": ["sh", "-c", "head -c 3000000 /dev/zero; echo done >&2"]})).await;
+        let t = ws::read(&mut w, |_| false).await;
+        assert_eq!((t.stdout.len(), t.stderr.as_slice()), (3_000_000, &b"done\n"[..]));
+
+        // A client that leaves kills its command.
+        let w = ws::start(&socket, &token, "term", json!({"command": ["sh", "-c", "echo $$ > /tmp/ws.pid; exec sleep 300"]})).await;
+        let alive = |want: &str| api.exec("term", json!({"command": ["sh", "-c", "test -s /tmp/ws.pid && kill -0 $(cat /tmp/ws.pid) 2>/dev/null && echo alive || echo gone"]}))["stdout"] == want;
+        for _ in 0..50 {
+            if alive("alive\n") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(alive("alive\n"), "the command runs while its client is connected");
+        drop(w);
+        let mut gone = false;
+        for _ in 0..50 {
+            if alive("gone\n") {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "the command of a client that left was killed");
+
+        // Refusals: before the upgrade (no sandbox, no token), and a bad first message.
+        assert_eq!(ws::connect(&socket, &token, "nope").await.err(), Some(404));
+        assert_eq!(ws::connect(&socket, "wrong-token-0123456789abcdef", "term").await.err(), Some(401));
+        let mut w = ws::connect(&socket, &token, "term").await.unwrap();
+        ws::send_json(&mut w, json!({"command": []})).await;
+        let problem = ws::next_json(&mut w).await;
+        assert!(problem["type"] == "error" && problem["detail"].as_str().unwrap().contains("empty"), "{problem}");
+        assert_eq!(ws::next_json(&mut w).await["code"], 1008);
+        let mut w = ws::connect(&socket, &token, "term").await.unwrap();
+        ws::send_json(&mut w, json!({"command": ["/no/such/program"]})).await;
+        assert_eq!(ws::next_json(&mut w).await["kind"], "spawn-failed");
+    });
+    assert_eq!(http(&socket, "GET", "/v1/sandboxes/term/exec/ws", Some(&api.token), b"").0, 400, "a plain GET is told to upgrade");
+    assert_eq!(api.call("DELETE", "/v1/sandboxes/term", b"").0, 204);
+}
+
+/// Where `just plugins` put the test components.
+fn component(name: &str) -> PathBuf {
+    let dir = std::env::var_os("ORCHESTRATOR_TEST_PLUGINS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: build the test plugins with `just plugins` (tests/setup.sh test does)", path.display());
+    path
+}
+
+/// Images through the API: a pull from a real registry with its progress streamed, the list,
+/// a sandbox from the pulled image; host paths and unknown images refused clearly. Plugins:
+/// the list, and a network policy's decisions (allow, deny with its reason, DNS), as `plugin
+/// eval` gives them; the server resolves no names for clients.
+#[test]
+fn images_pull_with_progress_and_plugins_decide_through_the_api() {
+    let mut env = Env::new();
+    let reg = registry::Registry::start();
+    let reference = reg.push("busybox", "api/busybox:1", false);
+    env.extra_env.push(("ORCHESTRATOR_INSECURE_REGISTRIES".into(), reg.host()));
+    let guard = env.file(
+        "guard.yaml",
+        &format!("apiVersion: orchestrator/v1\nkind: Plugin\nmetadata: {{ name: guard }}\nspec:\n  component: {}\n  config: {{ ports: '443', allow-domains: example.com }}\n", component("egress-guard-c").display()),
+    );
+    env.ok(&["apply", "-f", guard.to_str().unwrap()]);
+    let _server = Server::start(&env, &[]);
+    let api = Client::of(&env);
+
+    // A pull with its progress as NDJSON: per-layer progress, then the image.
+    let body = json!({"reference": reference}).to_string();
+    let mut s = UnixStream::connect(&api.socket).unwrap();
+    write!(s, "POST /v1/images/pull HTTP/1.1\r\nHost: o\r\nAuthorization: Bearer {}\r\nAccept: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", api.token, body.len()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let events: Vec<Value> = raw.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last = events.last().unwrap_or_else(|| panic!("no events: {raw}"));
+    assert_eq!((last["type"].as_str(), last["image"]["reference"].as_str()), (Some("pulled"), Some(reference.as_str())), "{raw}");
+    let progress: Vec<&Value> = events.iter().filter(|e| e["type"] == "progress").collect();
+    assert!(!progress.is_empty() && progress.iter().all(|p| p["layer"].as_str().unwrap().starts_with("sha256:")), "{raw}");
+    assert!(progress.iter().any(|p| p["done"] == p["total"]), "each layer's progress ends complete: {raw}");
+    let (_, images) = api.call("GET", "/v1/images", b"");
+    assert!(images.as_array().unwrap().iter().any(|i| i["reference"] == reference.as_str() && i["layers"].as_u64() >= Some(1)), "{images}");
+    // Pulled again, collected: the image itself.
+    let (status, view) = api.call("POST", "/v1/images/pull", body.as_bytes());
+    assert_eq!((status, view["digest"].as_str()), (200, last["image"]["digest"].as_str()), "{view}");
+    // A sandbox from it.
+    assert_eq!(api.call("POST", "/v1/sandboxes", &manifest("pulled", &reference)).0, 201);
+    assert_eq!(api.exec("pulled", json!({"command": ["echo", "from the registry"]}))["stdout"], "from the registry\n");
+    assert_eq!(api.call("DELETE", "/v1/sandboxes/pulled", b"").0, 204);
+    // Refusals: host paths (no root allowed), an image that does not exist, an empty reference.
+    let layouts = format!("oci-layout:{}:busybox", layouts().display());
+    for r in [layouts.as_str(), "oci-archive:/etc/passwd", "./here"] {
+        let (status, problem) = api.call("POST", "/v1/images/pull", json!({"reference": r}).to_string().as_bytes());
+        assert_eq!((status, problem["kind"].as_str()), (403, Some("host-path-forbidden")), "{r}: {problem}");
+    }
+    let (status, problem) = api.call("POST", "/v1/images/pull", json!({"reference": format!("{}/api/busybox:no-such-tag", reg.host())}).to_string().as_bytes());
+    assert_eq!((status, problem["kind"].as_str()), (422, Some("image-unavailable")), "{problem}");
+    assert_eq!(api.call("POST", "/v1/images/pull", br#"{"reference": ""}"#).0, 400);
+
+    // Plugins: the list, and decisions as `plugin eval` makes them.
+    let (_, plugins) = api.call("GET", "/v1/plugins", b"");
+    assert_eq!((plugins[0]["name"].as_str(), plugins[0]["implements"].clone()), (Some("guard"), json!(["network-policy"])), "{plugins}");
+    let eval = |q: Value| api.call("POST", "/v1/plugins/guard/eval", q.to_string().as_bytes());
+    let (status, v) = eval(json!({"connect": "93.184.216.34:443", "domain": "example.com"}));
+    assert_eq!((status, v["allowed"].as_bool(), v["action"].as_str()), (200, Some(true), Some("allow")), "{v}");
+    let (_, v) = eval(json!({"connect": "10.0.0.1:443"}));
+    assert!(v["allowed"] == false && v["reason"].as_str().unwrap().contains("private address"), "{v}");
+    let (_, v) = eval(json!({"dns": "evil.test"}));
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(eval(json!({"connect": "example.com:443"})).0, 400, "no name resolution for clients");
+    assert_eq!(api.call("POST", "/v1/plugins/nope/eval", br#"{"dns": "x.test"}"#).0, 404);
+}
+
+/// `--listen` with `--tls-cert/--tls-key`: HTTPS that a client verifies with the operator's
+/// certificate; plain HTTP and unverified clients fail while the server keeps serving; bad key
+/// files stop `serve` with the file and the reason.
+#[test]
+fn https_on_listen_is_verified_with_the_operators_certificate() {
+    let env = Env::new();
+    let (cert, key) = (env.dir.path().join("cert.pem"), env.dir.path().join("key.pem"));
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=orchestrator-test", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (Debian's openssl, which ca-certificates depends on)");
+    assert!(st.success());
+    let server = Server::start(&env, &["--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert!(server.log_text().contains("API on https://127.0.0.1:"), "{}", server.log_text());
+    let addr = server.tcp();
+    let token = Client::of(&env).token;
+    let curl_code = |args: &[&str]| {
+        let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let cacert = cert.to_str().unwrap();
+    let auth = format!("Authorization: Bearer {token}");
+    assert_eq!(curl_code(&["--cacert", cacert, "-H", &auth, &format!("https://{addr}/v1/sandboxes")]), (Some(0), "200".into()));
+    assert_eq!(curl_code(&["--cacert", cacert, &format!("https://{addr}/v1/sandboxes")]), (Some(0), "401".into()));
+    assert_eq!(curl_code(&[&format!("https://{addr}/health")]).0, Some(60), "an unverified certificate is refused by the client");
+    assert_ne!(curl_code(&[&format!("http://{addr}/health")]), (Some(0), "200".into()), "no plain HTTP on the TLS port");
+    // A client that connects and says nothing does not hold the listener.
+    let _silent = std::net::TcpStream::connect(&addr).unwrap();
+    assert_eq!(curl_code(&["--cacert", cacert, &format!("https://{addr}/health")]), (Some(0), "200".into()), "still serving");
+
+    let other = env.dir.path().join("other.sock");
+    let out = env.run(&["serve", "--socket", other.to_str().unwrap(), "--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key", cert.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--tls-key") && err.contains("cert.pem"), "{err}");
+    let out = env.run(&["serve", "--socket", other.to_str().unwrap(), "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--listen"), "TLS without --listen: {out:?}");
 }

@@ -152,6 +152,7 @@ impl ExitStatus {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum FileKind {
     File,
     Dir,
@@ -160,12 +161,14 @@ pub enum FileKind {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct DirEntry {
     pub name: String,
     pub kind: FileKind,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct FileStat {
     pub kind: FileKind,
     pub size: u64,

@@ -6,7 +6,7 @@ use crate::paths::InstanceDir;
 use serde::{Deserialize, Serialize};
 
 /// From the sandbox's side: `rx` is what it received, `tx` what it sent; since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkCounters {
     pub rx_bytes: u64,

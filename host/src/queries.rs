@@ -7,7 +7,7 @@ use crate::net_counters::NetworkCounters;
 use crate::reconcile::Orchestrator;
 use crate::spec::Kind;
 use crate::store::{Event, SandboxRow, Status, StoredResource};
-use crate::view::ResourceView;
+use crate::view::{PluginView, ResourceView};
 use serde::Serialize;
 
 /// One sandbox in detail: its view and its newest events, oldest first.
@@ -51,6 +51,21 @@ impl Orchestrator {
         let rows = self.sandbox_rows()?;
         let resources = self.store.resources(kind)?;
         Ok(resources.iter().map(|r| self.view_of(r, &rows)).collect())
+    }
+
+    /// Every applied plugin, loaded (compiled once, then from the cache) to tell what it
+    /// implements; one that cannot load says why instead.
+    pub fn plugin_views(&self) -> Result<Vec<PluginView>> {
+        let mut out = Vec::new();
+        for stored in self.store.resources(Some(Kind::Plugin))? {
+            let crate::spec::ResourceSpec::Plugin(spec) = &stored.resource.spec else { continue };
+            let (implements, error) = match self.plugins.get(&stored.resource.name, spec) {
+                Ok(p) => (p.kinds().iter().map(|k| k.as_str().to_string()).collect(), None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            out.push(PluginView { name: stored.resource.name.clone(), implements, component: spec.component.clone(), source: stored.source.clone(), error });
+        }
+        Ok(out)
     }
 
     /// Every sandbox, whatever its status.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A declared resource and, for a sandbox with an instance, how that instance is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceView {
     pub name: String,
@@ -31,11 +31,14 @@ pub struct ResourceView {
 }
 
 /// A sandbox's current instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceView {
-    /// The instance id (a new one each time the sandbox is re-created).
+    /// The instance id (a new one each time the sandbox is re-created); absent, with every
+    /// field below, while the sandbox has no instance.
+    #[schema(required = false)]
     pub instance: String,
+    #[schema(required = false)]
     pub restarts: i64,
     /// The main process's last exit code, shell style (128 + signal for a kill).
     pub exit_code: Option<i64>,
@@ -83,7 +86,7 @@ impl ResourceView {
 }
 
 /// A local image, as `image ls -o json` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageView {
     /// The normalised reference (`docker.io/library/alpine:3.20`).
@@ -102,8 +105,24 @@ impl From<&crate::image::store::ImageRecord> for ImageView {
     }
 }
 
+/// An applied plugin, as `plugin ls` and `GET /v1/plugins` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginView {
+    pub name: String,
+    /// The hook kinds it implements (`network-policy`, `rootfs-patch`, `secret-provider`,
+    /// `metrics-sink`).
+    pub implements: Vec<String>,
+    /// The component file, as its Plugin resource names it.
+    pub component: String,
+    pub source: String,
+    /// Why it cannot be loaded, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What a plan does to one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum Change {
     Create,
     Update,
@@ -112,7 +131,7 @@ pub enum Change {
 }
 
 /// One object of a plan: what changes, and where it was declared.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PlanItem {
     pub kind: Kind,
     pub name: String,
@@ -121,7 +140,7 @@ pub struct PlanItem {
 }
 
 /// What `apply` would do (`diff`, `apply --dry-run`), and what stops it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Plan {
     pub items: Vec<PlanItem>,
     pub conflicts: Vec<String>,
@@ -136,7 +155,7 @@ impl Plan {
 }
 
 /// What `apply` did: the plan it committed, then what happened to each object it touched.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyReport {
     pub plan: Plan,
@@ -151,7 +170,7 @@ impl ApplyReport {
 }
 
 /// One object `apply` acted on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Action {
     pub kind: Kind,
@@ -160,7 +179,7 @@ pub struct Action {
     pub result: ActionResult,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", tag = "result")]
 pub enum ActionResult {
     /// A sandbox already as declared.

@@ -19,8 +19,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use base64::Engine;
 use guest_agent::protocol::{FileKind, Rlimits};
 use serde::{Deserialize, Serialize};
@@ -30,23 +30,29 @@ use std::time::{Duration, Instant};
 
 type St = State<Arc<ApiState>>;
 
-pub fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/health", get(|| async { "OK" }))
-        .route("/run", post(run_once))
-        .route("/sessions", post(create_session).get(list_sessions))
-        .route("/sessions/{id}", get(show_session).delete(delete_session))
-        .route("/sessions/{id}/run", post(run_in_session))
-        .route("/sessions/{id}/env", post(set_env))
-        .route("/sessions/{id}/cwd", post(set_cwd))
-        .route("/sessions/{id}/files/write", post(write_file))
-        .route("/sessions/{id}/files/write-bulk", post(write_bulk))
-        .route("/sessions/{id}/files/read", get(read_file))
-        .route("/sessions/{id}/files/list", get(list_files))
+pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(run_once))
+        .routes(routes!(create_session, list_sessions))
+        .routes(routes!(show_session, delete_session))
+        .routes(routes!(run_in_session))
+        .routes(routes!(set_env))
+        .routes(routes!(set_cwd))
+        .routes(routes!(write_file))
+        .routes(routes!(write_bulk))
+        .routes(routes!(read_file))
+        .routes(routes!(list_files))
+}
+
+/// The one route without a token: `OK` while the server serves.
+#[utoipa::path(get, path = "/health", tag = "opensandbox", responses((status = 200, description = "OK", content_type = "text/plain", body = String)))]
+async fn health() -> &'static str {
+    "OK"
 }
 
 /// A command as OpenSandbox takes it, with its defaults (those its server applies).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct RunBody {
     command: Vec<String>,
     /// CPU time, milliseconds.
@@ -79,7 +85,7 @@ fn default_nofile() -> u64 {
 }
 
 /// OpenSandbox's answer to a command.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RunResult {
     stdout: String,
     stderr: String,
@@ -116,6 +122,7 @@ async fn execute(state: &ApiState, sandbox: &Sandbox, options: ExecOptions) -> A
     }))
 }
 
+#[utoipa::path(post, path = "/run", tag = "opensandbox", request_body = RunBody, responses((status = 200, description = "The command ran in a fresh sandbox, removed afterwards", body = RunResult), (status = 400, description = "Not the body this route takes", body = Problem, content_type = "application/problem+json")))]
 async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RunResult>> {
     let body: RunBody = json_body(&bytes(body)?)?;
     let memory = body.mem.saturating_mul(1024);
@@ -180,7 +187,7 @@ impl Sessions {
 }
 
 /// OpenSandbox's view of a session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SessionInfo {
     id: String,
     env: BTreeMap<String, String>,
@@ -205,18 +212,19 @@ fn info(id: &str, s: &Session) -> SessionInfo {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct EnvBody {
     #[serde(default)]
     env: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Created {
     session_id: String,
     preview_url: Option<String>,
 }
 
+#[utoipa::path(post, path = "/sessions", tag = "opensandbox", request_body(content = Option<EnvBody>), responses((status = 200, body = Created)))]
 async fn create_session(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Created>> {
     let body = bytes(body)?;
     let env: EnvBody = if body.iter().all(u8::is_ascii_whitespace) { EnvBody { env: BTreeMap::new() } } else { json_body(&body)? };
@@ -227,16 +235,19 @@ async fn create_session(State(state): St, body: Result<Bytes, BytesRejection>) -
     Ok(Json(Created { session_id: id, preview_url: None }))
 }
 
+#[utoipa::path(get, path = "/sessions", tag = "opensandbox", responses((status = 200, body = Vec<SessionInfo>)))]
 async fn list_sessions(State(state): St) -> Json<Vec<SessionInfo>> {
     Json(state.sessions.lock().iter().map(|(id, s)| info(id, s)).collect())
 }
 
+#[utoipa::path(get, path = "/sessions/{id}", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), responses((status = 200, body = SessionInfo), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
 async fn show_session(State(state): St, Path(id): Path<String>) -> ApiResult<Json<SessionInfo>> {
     let sessions = state.sessions.lock();
     let s = sessions.get(&id).ok_or_else(|| Problem::not_found(format!("no session {id:?}")))?;
     Ok(Json(info(&id, s)))
 }
 
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), responses((status = 204, description = "Removed with its sandbox"), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
 async fn delete_session(State(state): St, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let session = state.sessions.lock().remove(&id).ok_or_else(|| Problem::not_found(format!("no session {id:?}")))?;
     remove_sandbox(&state, session.sandbox.name()).await?;
@@ -251,6 +262,7 @@ async fn remove_sandbox(state: &ApiState, name: &str) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(post, path = "/sessions/{id}/run", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), request_body = RunBody, responses((status = 200, body = RunResult), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
 async fn run_in_session(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RunResult>> {
     let body: RunBody = json_body(&bytes(body)?)?;
     let (sandbox, env, cwd) = state.sessions.touch(&id)?;
@@ -259,6 +271,7 @@ async fn run_in_session(State(state): St, Path(id): Path<String>, body: Result<B
     execute(&state, &sandbox, body.options(&env, Some(&cwd), &state)).await
 }
 
+#[utoipa::path(post, path = "/sessions/{id}/env", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), request_body = EnvBody, responses((status = 200, description = "Merged into the session's environment"), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
 async fn set_env(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
     let body: EnvBody = json_body(&bytes(body)?)?;
     state.sessions.touch(&id)?;
@@ -268,11 +281,12 @@ async fn set_env(State(state): St, Path(id): Path<String>, body: Result<Bytes, B
     Ok(StatusCode::OK)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct CwdBody {
     cwd: String,
 }
 
+#[utoipa::path(post, path = "/sessions/{id}/cwd", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), request_body = CwdBody, responses((status = 200, description = "The session's working directory"), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
 async fn set_cwd(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
     let body: CwdBody = json_body(&bytes(body)?)?;
     let cwd = inside(&body.cwd)?;
@@ -292,13 +306,13 @@ fn inside(path: &str) -> ApiResult<String> {
     Ok(format!("/{}", path.trim_start_matches('/')))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct WriteBody {
     path: String,
     content: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Success {
     success: bool,
 }
@@ -315,6 +329,7 @@ fn decode(content: &str, what: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(content).map_err(|e| Problem::bad_request(format!("Invalid base64{what}: {e}")))
 }
 
+#[utoipa::path(post, path = "/sessions/{id}/files/write", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), request_body = WriteBody, responses((status = 200, body = Success), (status = 400, description = "Invalid base64", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
 async fn write_file(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Success>> {
     let body: WriteBody = json_body(&bytes(body)?)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;
@@ -323,23 +338,24 @@ async fn write_file(State(state): St, Path(id): Path<String>, body: Result<Bytes
     Ok(Json(Success { success: true }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct BulkBody {
     files: Vec<WriteBody>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BulkError {
     path: String,
     error: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BulkResult {
     success: bool,
     errors: Vec<BulkError>,
 }
 
+#[utoipa::path(post, path = "/sessions/{id}/files/write-bulk", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), request_body = BulkBody, responses((status = 200, body = BulkResult), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
 async fn write_bulk(State(state): St, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<BulkResult>> {
     let body: BulkBody = json_body(&bytes(body)?)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;
@@ -357,16 +373,18 @@ async fn write_bulk(State(state): St, Path(id): Path<String>, body: Result<Bytes
     Ok(Json(BulkResult { success: errors.is_empty(), errors }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PathQuery {
     path: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Content {
     content: String,
 }
 
+#[utoipa::path(get, path = "/sessions/{id}/files/read", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), params(PathQuery), responses((status = 200, body = Content), (status = 404, description = "No such session or file", body = Problem, content_type = "application/problem+json")))]
 async fn read_file(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Content>> {
     let q = query(q)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;
@@ -380,7 +398,7 @@ async fn read_file(State(state): St, Path(id): Path<String>, q: Result<Query<Pat
     Ok(Json(Content { content: base64::engine::general_purpose::STANDARD.encode(data) }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct FileEntry {
     name: String,
     path: String,
@@ -388,11 +406,12 @@ struct FileEntry {
     size: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Listing {
     files: Vec<FileEntry>,
 }
 
+#[utoipa::path(get, path = "/sessions/{id}/files/list", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), params(PathQuery), responses((status = 200, body = Listing), (status = 404, description = "No such session or directory", body = Problem, content_type = "application/problem+json")))]
 async fn list_files(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Listing>> {
     let q = query(q)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;

@@ -82,6 +82,16 @@ fn image_path(image: &str) -> Option<PathBuf> {
     Some(PathBuf::from(rest.rsplit_once(':').map_or(rest, |(p, _)| p)))
 }
 
+/// A normalised image reference a client names: a host path only with a root, and inside it.
+pub fn check_image(image: &str, root: Option<&Path>) -> Result<(), Problem> {
+    let Some(path) = image_path(image) else { return Ok(()) };
+    match root {
+        Some(root) if inside(&path, root) => Ok(()),
+        Some(root) => Err(Problem::forbidden(format!("{} is outside the host paths this server allows ({})", path.display(), root.display()))),
+        None => Err(Problem::forbidden("the image names a path on the server's host, which clients may not do; use a registry image")),
+    }
+}
+
 /// For resources built in code from a client's words (the MCP tools): no host path without a
 /// root; with one, inside it.
 pub fn check_built(resource: &crate::spec::Resource, root: Option<&Path>) -> Result<(), Problem> {

@@ -15,14 +15,19 @@
 //!   no file source prunes them, and the server removes leftovers of its own on start.
 
 pub mod auth;
+mod catalog;
 mod compat;
 pub(crate) mod exec;
-pub mod pool;
+mod files;
 pub mod hostpaths;
+mod interactive;
+pub mod openapi;
+pub mod pool;
 pub mod problem;
 pub mod reach;
 mod sandboxes;
 mod streams;
+pub mod tls;
 
 use crate::config::Config;
 use axum::extract::DefaultBodyLimit;
@@ -43,8 +48,10 @@ pub const SESSION_SOURCE: &str = "api-session";
 /// Bounds on what one request may take.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Request bodies (a spec, a file, stdin).
+    /// Request bodies read whole (a spec, stdin, an OpenSandbox file).
     pub max_body: usize,
+    /// A file written through `PUT /v1/sandboxes/{name}/files`, streamed (never held whole).
+    pub max_file: u64,
     /// Each of a command's stdout and stderr, collected; beyond it the output is cut and the
     /// answer says `truncated`.
     pub max_output: usize,
@@ -60,6 +67,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_body: 32 << 20,
+            max_file: 16 << 30,
             max_output: 16 << 20,
             execs_per_sandbox: 16,
             default_exec_timeout: Duration::from_secs(300),
@@ -75,6 +83,8 @@ pub struct ApiOptions {
     pub socket: Option<PathBuf>,
     /// A TCP address too (loopback unless the operator means otherwise).
     pub listen: Option<SocketAddr>,
+    /// HTTPS on `listen`: the PEM certificate chain and private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub token_file: Option<PathBuf>,
     /// `ORCHESTRATOR_API_TOKEN`, as the CLI read it.
     pub token_env: Option<String>,
@@ -109,6 +119,8 @@ pub struct ApiState {
     /// Removals of used sandboxes running in the background, bounded: beyond it a request
     /// waits for one to finish (the host never piles up used sandboxes).
     discards: Arc<Semaphore>,
+    /// Image pulls running at once ([`catalog::PULLS_AT_ONCE`]).
+    pulls: Arc<Semaphore>,
 }
 
 impl ApiState {
@@ -147,13 +159,12 @@ fn mcp_service(state: &ApiState) -> rmcp::transport::streamable_http_server::Str
     StreamableHttpService::new(move || Ok(tools.clone()), Arc::new(LocalSessionManager::default()), config)
 }
 
-/// The API's routes over `state`.
+/// The API's routes over `state` (the same router the OpenAPI document describes).
 pub fn router(state: Arc<ApiState>) -> axum::Router {
-    axum::Router::new()
-        .merge(sandboxes::routes())
-        .merge(compat::routes())
+    let (routes, _) = openapi::router().split_for_parts();
+    routes
         .nest_service("/mcp", mcp_service(&state))
-        .fallback(|| async { problem::Problem::not_found("no such route; the API's routes are under /v1 (and OpenSandbox's at the root)") })
+        .fallback(|| async { problem::Problem::not_found("no such route; the API's routes are under /v1 (and OpenSandbox's at the root); GET /openapi.json lists them") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(DefaultBodyLimit::max(state.limits.max_body))
         .with_state(state)
@@ -177,6 +188,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ApiError {
 pub struct RunningApi {
     pub socket: PathBuf,
     pub tcp: Option<SocketAddr>,
+    /// The TCP address speaks HTTPS.
+    pub tls: bool,
     pub token_from: Option<String>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -225,6 +238,11 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         None => None,
     };
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let tls = match (&options.tls, &tcp) {
+        (Some((cert, key)), Some(_)) => Some(tls::config(cert, key)?),
+        (Some(_), None) => return Err(ApiError::Config("--tls-cert and --tls-key secure --listen: give --listen ADDR:PORT too (the Unix socket is private already)".into())),
+        (None, _) => None,
+    };
     let state = Arc::new(ApiState {
         config,
         token,
@@ -237,6 +255,7 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         sessions: compat::Sessions::new(options.session_idle),
         pools: options.warm_pools.iter().map(|(image, n)| pool::WarmPool::new(image.clone(), *n)).collect(),
         discards: Arc::new(Semaphore::new(8)),
+        pulls: Arc::new(Semaphore::new(catalog::PULLS_AT_ONCE)),
     });
     if options.insecure_no_auth {
         log("warning: the API runs without authentication (--insecure-no-auth): anyone who reaches its socket or loopback port controls every sandbox");
@@ -252,26 +271,28 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
                     pool::keep_filled(state.clone(), p.clone());
                 }
                 let unix_server = axum::serve(unix, app.clone());
-                match tcp {
-                    Some(tcp) => {
-                        let tcp_server = axum::serve(tcp, app);
-                        let (a, b) = tokio::join!(unix_server, tcp_server);
-                        for r in [a, b] {
-                            if let Err(e) = r {
-                                log(&format!("error: the API stopped: {e}"));
-                            }
-                        }
+                let tcp_server = async {
+                    match (tcp, tls) {
+                        (Some(tcp), Some(tls)) => match tls::TlsListener::new(tcp, tls) {
+                            Ok(listener) => axum::serve(listener, app).await,
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
+                        },
+                        (Some(tcp), None) => axum::serve(tcp, app).await,
+                        (None, _) => std::future::pending().await,
                     }
-                    None => {
-                        if let Err(e) = unix_server.await {
-                            log(&format!("error: the API stopped: {e}"));
-                        }
-                    }
+                };
+                // Neither ends while the process serves; whichever fails first is told.
+                let ended = tokio::select! {
+                    r = async { unix_server.await } => r,
+                    r = tcp_server => r,
+                };
+                if let Err(e) = ended {
+                    log(&format!("error: the API stopped: {e}"));
                 }
             })
         })
         .map_err(io("starting the API's thread"))?;
-    Ok(RunningApi { socket, tcp: tcp_addr, token_from, thread })
+    Ok(RunningApi { socket, tcp: tcp_addr, tls: options.tls.is_some(), token_from, thread })
 }
 
 /// The Unix socket, 0600; a stale one (nobody answers on it) is replaced, a live one refused.

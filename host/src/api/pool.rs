@@ -38,7 +38,7 @@ pub struct WarmPool {
 }
 
 /// A pool's figures (`GET /v1/pools`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PoolView {
     pub image: String,
     pub size: usize,

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// One located problem of a spec (file:line:column, field, message, hint).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Diagnostic {
     pub line: usize,
     pub column: usize,
@@ -20,7 +20,7 @@ pub struct Diagnostic {
 }
 
 /// A problem response.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_uri: String,

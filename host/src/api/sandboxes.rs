@@ -1,10 +1,8 @@
 //! The native routes, `/v1`: sandboxes (list, create from a manifest, get, delete, stop,
-//! start), a command collected (`exec`), and files (read, write, remove, list, stat). Each
+//! start, apply), a command collected or streamed (`exec`), logs and events (files are
+//! [`super::files`]'s, interactive commands [`super::interactive`]'s). Each
 //! renders the library's types: the view `get -o json` prints, the library's errors as
 //! problems.
-//!
-//! A sandbox's files are reached through its agent, which resolves every path inside the
-//! sandbox's own root: `../../etc/passwd` is the sandbox's `/etc/passwd`, never the host's.
 
 use super::exec;
 use super::streams::{self, Framing};
@@ -14,14 +12,15 @@ use crate::error::Error;
 use crate::reconcile::Orchestrator;
 use crate::sandbox::{ExecOptions, Sandbox};
 use crate::spec::{Kind, ResourceSpec};
-use crate::view::ResourceView;
+use crate::view::{ApplyReport, ResourceView};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use super::problem::Problem as ProblemSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,21 +28,18 @@ use std::sync::Arc;
 
 type St = State<Arc<ApiState>>;
 
-pub fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/v1/sandboxes", get(list).post(create))
-        .route("/v1/sandboxes/{name}", get(show).delete(remove))
-        .route("/v1/sandboxes/{name}/stop", post(stop))
-        .route("/v1/sandboxes/{name}/start", post(start))
-        .route("/v1/sandboxes/{name}/exec", post(exec_collected))
-        .route("/v1/sandboxes/{name}/files", get(read_file).put(write_file).delete(remove_file))
-        .route("/v1/sandboxes/{name}/files/list", get(list_dir))
-        .route("/v1/sandboxes/{name}/files/stat", get(stat))
-        .route("/v1/sandboxes/{name}/logs", get(logs))
-        .route("/v1/sandboxes/{name}/events", get(sandbox_events))
-        .route("/v1/events", get(all_events))
-        .route("/v1/apply", post(apply))
-        .route("/v1/pools", get(pools))
+pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, remove))
+        .routes(routes!(stop))
+        .routes(routes!(start))
+        .routes(routes!(exec_collected))
+        .routes(routes!(logs))
+        .routes(routes!(sandbox_events))
+        .routes(routes!(all_events))
+        .routes(routes!(apply))
+        .routes(routes!(pools))
 }
 
 /// Runs `f` on a blocking thread with the data directory open.
@@ -58,11 +54,13 @@ async fn with_orchestrator<T: Send + 'static>(state: &ApiState, f: impl FnOnce(&
     .map_err(Problem::from)
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", responses((status = 200, description = "Every sandbox, whatever made it", body = Vec<ResourceView>)))]
 async fn list(State(state): St) -> ApiResult<Json<Vec<ResourceView>>> {
     let views = with_orchestrator(&state, |o| o.list()).await?;
     Ok(Json(views.into_iter().filter(|v| v.kind == "Sandbox").collect()))
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 200, body = ResourceView), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn show(State(state): St, Path(name): Path<String>) -> ApiResult<Json<ResourceView>> {
     let view = with_orchestrator(&state, move |o| o.get(&name)).await?;
     if view.kind != "Sandbox" {
@@ -88,8 +86,9 @@ pub fn parse_one(state: &ApiState, body: &[u8], kind: Kind) -> ApiResult<crate::
     Ok(manifest.resource)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ApplyQuery {
     /// The name of this manifest's source: applying it again under the same name prunes what
     /// it no longer declares.
@@ -105,6 +104,7 @@ fn default_source() -> String {
 
 /// `POST /v1/apply?source=NAME`: a whole manifest (YAML or JSON, any number of documents)
 /// applied as the source `api:NAME`, with the report `apply` prints.
+#[utoipa::path(post, path = "/v1/apply", tag = "sandboxes", params(ApplyQuery), request_body(content = String, description = "A whole manifest: any number of resources, YAML (--- separated) or JSON", content_type = "application/yaml"), responses((status = 200, description = "The report (or, for a dry run, the plan)", body = ApplyReport), (status = 409, description = "Another source declares one of its objects", body = ProblemSchema, content_type = "application/problem+json"), (status = 422, description = "Invalid manifest: every problem, located", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn apply(State(state): St, q: Result<Query<ApplyQuery>, QueryRejection>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let (q, body) = (query(q)?, bytes(body)?);
     if q.source.is_empty() || q.source.len() > 63 || !q.source.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
@@ -128,10 +128,12 @@ async fn apply(State(state): St, q: Result<Query<ApplyQuery>, QueryRejection>, b
 }
 
 /// The warm pools' figures: size, ready, hits, misses.
+#[utoipa::path(get, path = "/v1/pools", tag = "observe", responses((status = 200, body = Vec<super::pool::PoolView>)))]
 async fn pools(State(state): St) -> Json<Vec<super::pool::PoolView>> {
     Json(state.pools.iter().map(|p| p.view()).collect())
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = crate::api::openapi::Manifest, description = "One Sandbox manifest, JSON or YAML"), responses((status = 201, description = "Created and running", body = ResourceView), (status = 403, description = "A host path (or a wider network) the server does not allow clients", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "The name is taken", body = ProblemSchema, content_type = "application/problem+json"), (status = 422, description = "Invalid spec: every problem, located in the body", body = ProblemSchema, content_type = "application/problem+json"), (status = 503, description = "The isolation asked for is not available on this host", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn create(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = bytes(body)?;
     let resource = parse_one(&state, &body, Kind::Sandbox)?;
@@ -158,25 +160,28 @@ async fn owned(state: &ApiState, name: &str) -> ApiResult<Sandbox> {
     Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)
 }
 
+#[utoipa::path(delete, path = "/v1/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Removed: no process, mount or directory left"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn remove(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
     owned(&state, &name).await?.remove().await.map_err(Problem::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes/{name}/stop", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Stopped (SIGTERM, SIGKILL after 5 s)"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn stop(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
     owned(&state, &name).await?.stop_and_wait().await.map_err(Problem::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes/{name}/start", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Running again, its writable layer kept"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn start(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
     owned(&state, &name).await?.start().await.map_err(Problem::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/sandboxes/{name}/exec`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ExecBody {
+pub struct ExecBody {
     /// The program and its arguments (no shell: `["sh", "-c", "..."]` for one).
     command: Vec<String>,
     #[serde(default)]
@@ -191,7 +196,7 @@ struct ExecBody {
 }
 
 /// A collected command, as JSON: text when it is UTF-8, base64 (and said so) when not.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecAnswer {
     pub exit_code: Option<i32>,
@@ -230,6 +235,7 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 
 /// A command: collected as JSON, or streamed as it runs when `Accept` asks for NDJSON or
 /// server-sent events.
+#[utoipa::path(post, path = "/v1/sandboxes/{name}/exec", tag = "exec", params(("name" = String, Path, description = "The sandbox")), request_body = ExecBody, responses((status = 200, description = "The command's exit and output; with Accept: application/x-ndjson or text/event-stream, its events as they happen (started, stdout, stderr, exited)", body = ExecAnswer), (status = 400, description = "An empty command or a bad body", body = ProblemSchema, content_type = "application/problem+json"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "The sandbox is not running", body = ProblemSchema, content_type = "application/problem+json"), (status = 422, description = "The command could not start (kind spawn-failed)", body = ProblemSchema, content_type = "application/problem+json"), (status = 429, description = "The sandbox runs as many API commands as it may", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn exec_collected(State(state): St, Path(name): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = bytes(body)?;
     let req: ExecBody = json_body(&body)?;
@@ -266,7 +272,8 @@ async fn exec_collected(State(state): St, Path(name): Path<String>, headers: Hea
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
     #[serde(default)]
     follow: bool,
@@ -280,88 +287,20 @@ fn default_history() -> usize {
 }
 
 /// The sandbox's log: plain bytes, or `log` events when `Accept` asks for a stream framing.
+#[utoipa::path(get, path = "/v1/sandboxes/{name}/logs", tag = "observe", params(("name" = String, Path, description = "The sandbox"), StreamQuery), responses((status = 200, description = "The main process's output: bytes, or log events with Accept: application/x-ndjson or text/event-stream", content_type = "application/octet-stream", body = Vec<u8>), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn logs(State(state): St, Path(name): Path<String>, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
     let q = query(q)?;
     streams::logs(&state, &name, q.follow, Framing::from_accept(&headers)).await
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{name}/events", tag = "observe", params(("name" = String, Path, description = "The sandbox"), StreamQuery), responses((status = 200, description = "Events as NDJSON (or SSE with Accept: text/event-stream): type, at, object, reason, message", content_type = "application/x-ndjson", body = String), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json")))]
 async fn sandbox_events(State(state): St, Path(name): Path<String>, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
     let q = query(q)?;
     streams::events(&state, Some(&name), q.history, q.follow, Framing::from_accept(&headers).unwrap_or(Framing::Ndjson)).await
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "observe", params(StreamQuery), responses((status = 200, description = "Every object's events, as NDJSON (or SSE)", content_type = "application/x-ndjson", body = String)))]
 async fn all_events(State(state): St, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
     let q = query(q)?;
     streams::events(&state, None, q.history, q.follow, Framing::from_accept(&headers).unwrap_or(Framing::Ndjson)).await
-}
-
-#[derive(Debug, Deserialize)]
-struct PathQuery {
-    path: String,
-    /// Octal permission bits for a written file (default 644).
-    mode: Option<String>,
-    #[serde(default)]
-    recursive: bool,
-}
-
-/// A path in the sandbox, absolute (the agent resolves it inside the sandbox's root).
-fn sandbox_path(path: &str) -> ApiResult<String> {
-    if !path.starts_with('/') || path.contains('\0') {
-        return Err(Problem::bad_request(format!("path {path:?} must be absolute inside the sandbox, e.g. /tmp/data.txt")));
-    }
-    Ok(path.to_string())
-}
-
-async fn read_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Response> {
-    let q = query(q)?;
-    let path = sandbox_path(&q.path)?;
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
-    let fs = sandbox.fs();
-    let st = fs.stat(path.clone()).await.map_err(Problem::from)?;
-    if st.size > state.limits.max_body as u64 {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            format!("{path} is {} bytes, more than this route returns at once ({}); copy it with `orchestrator cp NAME:{path} -`", st.size, state.limits.max_body),
-        ));
-    }
-    let data = fs.read(path).await.map_err(Problem::from)?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
-}
-
-async fn write_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
-    let (q, body) = (query(q)?, bytes(body)?);
-    let path = sandbox_path(&q.path)?;
-    let mode = match q.mode.as_deref() {
-        None => None,
-        Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| Problem::bad_request(format!("mode {m:?} is not octal permission bits, e.g. 644")))?),
-    };
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
-    sandbox.fs().write_with_mode(path, body.to_vec(), mode).await.map_err(Problem::from)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn remove_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<StatusCode> {
-    let q = query(q)?;
-    let path = sandbox_path(&q.path)?;
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
-    let fs = sandbox.fs();
-    if q.recursive { fs.remove_all(path).await } else { fs.remove(path).await }.map_err(Problem::from)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn list_dir(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Vec<guest_agent::protocol::DirEntry>>> {
-    let q = query(q)?;
-    let path = sandbox_path(&q.path)?;
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
-    let mut entries = sandbox.fs().list(path).await.map_err(Problem::from)?;
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(entries))
-}
-
-async fn stat(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<guest_agent::protocol::FileStat>> {
-    let q = query(q)?;
-    let path = sandbox_path(&q.path)?;
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
-    Ok(Json(sandbox.fs().stat(path).await.map_err(Problem::from)?))
 }

@@ -43,14 +43,14 @@ impl Framing {
         }
     }
 
-    fn frame(self, value: &Value) -> Vec<u8> {
+    pub fn frame(self, value: &Value) -> Vec<u8> {
         match self {
             Framing::Ndjson => format!("{value}\n").into_bytes(),
             Framing::Sse => format!("event: {}\ndata: {value}\n\n", value["type"].as_str().unwrap_or("message")).into_bytes(),
         }
     }
 
-    fn response(self, body: Body) -> Response {
+    pub fn response(self, body: Body) -> Response {
         ([(header::CONTENT_TYPE, self.content_type()), (header::CACHE_CONTROL, "no-cache")], body).into_response()
     }
 }

@@ -1,10 +1,9 @@
 //! `orchestrator plugin check|eval|ls`: inspect a component, ask a network policy for a
 //! decision, list the applied plugins.
 
-use crate::plugin::policy::{self, DecisionCache};
-use crate::plugin::{inspect, FlowAction, Kind as PluginKind, Protocol, Registry, SandboxInfo};
+use crate::plugin::evaluate::{Evaluator, Question};
+use crate::plugin::{inspect, Kind as PluginKind, Protocol, Registry};
 use crate::reconcile::Orchestrator;
-use crate::spec::{Kind, ResourceSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use std::net::{IpAddr, ToSocketAddrs};
@@ -91,16 +90,6 @@ fn check(registry: &Registry, file: &std::path::Path) -> Result<i32> {
     Ok(0)
 }
 
-fn sandbox_identity(orch: &Orchestrator, name: Option<&str>) -> Result<SandboxInfo> {
-    let Some(name) = name else {
-        return Ok(SandboxInfo { name: "(none)".into(), labels: Default::default(), image: String::new(), isolation: String::new() });
-    };
-    let stored = orch.store.resource(Kind::Sandbox, name)?.ok_or_else(|| anyhow!("no sandbox named {name:?} is applied"))?;
-    let ResourceSpec::Sandbox(spec) = &stored.resource.spec else { bail!("{name} is not a sandbox") };
-    let isolation = orch.store.sandbox(name)?.map(|r| r.isolation).unwrap_or_else(|| spec.isolation.as_str().to_string());
-    Ok(crate::hooks::sandbox_info(&stored.resource, spec, &isolation))
-}
-
 #[allow(clippy::too_many_arguments)]
 fn eval(
     orch: &Orchestrator,
@@ -113,51 +102,34 @@ fn eval(
     sandbox: Option<&str>,
     repeat: u32,
 ) -> Result<i32> {
-    let spec = orch.plugin_spec(name).ok_or_else(|| anyhow!("no plugin named {name:?} is applied (see `orchestrator plugin ls`)"))?;
-    let plugin = orch.plugins.get(name, &spec)?;
-    let info = sandbox_identity(orch, sandbox)?;
-    let plugins = [plugin.clone()];
-    let mut timings = Vec::new();
-    let mut verdict_line = String::new();
-    let mut allowed = false;
-    for _ in 0..repeat.max(1) {
-        let cache = DecisionCache::default();
-        let started = Instant::now();
-        if let Some(query) = dns {
-            match policy::decide_dns(&plugins, &cache, &info, query, record_type) {
-                Ok(()) => {
-                    allowed = true;
-                    verdict_line = format!("allow dns {query} {record_type}");
-                }
-                Err((by, reason)) => {
-                    allowed = false;
-                    verdict_line = format!("deny dns {query} {record_type}: {reason} (by {by})");
-                }
-            }
-        } else if let Some(target) = connect {
+    let evaluator = Evaluator::new(orch, name, sandbox).map_err(|e| match e.kind() {
+        crate::ErrorKind::NotFound if orch.plugin_spec(name).is_none() => anyhow!("no plugin named {name:?} is applied (see `orchestrator plugin ls`)"),
+        crate::ErrorKind::NotFound => anyhow!("no sandbox named {:?} is applied", sandbox.unwrap_or_default()),
+        _ => anyhow!("{e}"),
+    })?;
+    let question = match (dns, connect) {
+        (Some(query), _) => Question::Dns { name: query.to_string(), record_type: record_type.to_string() },
+        (None, Some(target)) => {
             let (ip, port, resolved_domain) = parse_target(target)?;
-            let domain = domain.map(str::to_string).or(resolved_domain);
-            let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
-            let decision = policy::decide_flow(&plugins, &cache, &info, protocol, ip, port, domain.as_deref());
-            let shown = match &domain {
-                Some(d) => format!("{} {d} ({ip}) port {port}", if udp { "udp" } else { "tcp" }),
-                None => format!("{} {ip} port {port}", if udp { "udp" } else { "tcp" }),
-            };
-            (allowed, verdict_line) = match decision.action {
-                FlowAction::Allow => (true, format!("allow {shown}")),
-                FlowAction::InterceptTls => (true, format!("intercept-tls {shown}")),
-                FlowAction::Deny(reason) => (false, format!("deny {shown}: {reason}")),
-            };
+            Question::Flow { protocol: if udp { Protocol::Udp } else { Protocol::Tcp }, ip, port, domain: domain.map(str::to_string).or(resolved_domain) }
         }
+        (None, None) => bail!("give --connect HOST:PORT or --dns NAME"),
+    };
+    let mut timings = Vec::new();
+    let mut verdict = None;
+    for _ in 0..repeat.max(1) {
+        let started = Instant::now();
+        verdict = Some(evaluator.ask(&question));
         timings.push(started.elapsed());
     }
-    println!("{verdict_line}");
+    let verdict = verdict.ok_or_else(|| anyhow!("no decision"))?;
+    println!("{}", verdict.summary);
     if repeat > 1 {
         timings.sort();
         let pct = |p: f64| timings[((timings.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
         println!("{} decisions: p50 {:.1} us, p99 {:.1} us", timings.len(), pct(0.5), pct(0.99));
     }
-    Ok(if allowed { 0 } else { 1 })
+    Ok(if verdict.allowed { 0 } else { 1 })
 }
 
 /// `1.2.3.4:443`, `[::1]:53` or `name:443` (resolved here; the name becomes the domain).
@@ -177,13 +149,12 @@ fn parse_target(target: &str) -> Result<(IpAddr, u16, Option<String>)> {
 
 fn list(orch: &Orchestrator) -> Result<i32> {
     println!("{:<24} {:<40} COMPONENT", "NAME", "IMPLEMENTS");
-    for stored in orch.store.resources(Some(Kind::Plugin))? {
-        let ResourceSpec::Plugin(spec) = &stored.resource.spec else { continue };
-        let implements = match orch.plugins.get(&stored.resource.name, spec) {
-            Ok(p) => p.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","),
-            Err(e) => format!("error: {e}"),
+    for p in orch.plugin_views()? {
+        let implements = match &p.error {
+            Some(e) => format!("error: {e}"),
+            None => p.implements.join(","),
         };
-        println!("{:<24} {:<40} {}", stored.resource.name, implements, spec.component);
+        println!("{:<24} {:<40} {}", p.name, implements, p.component);
     }
     Ok(0)
 }

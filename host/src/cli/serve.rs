@@ -23,6 +23,12 @@ pub struct ApiFlags {
     /// Serve the API on this TCP address too, e.g. 127.0.0.1:8080.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// HTTPS on --listen: the server's certificate chain (PEM); with --tls-key.
+    #[arg(long, requires = "tls_key", requires = "listen")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Read the bearer token from this file (default: ORCHESTRATOR_API_TOKEN, else
     /// DATA/api.token, generated on first start).
     #[arg(long)]
@@ -47,6 +53,9 @@ pub struct ApiFlags {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = Limits::default().max_body)]
     max_body: usize,
+    /// Largest file written through the files route (streamed), in bytes.
+    #[arg(long, default_value_t = Limits::default().max_file)]
+    max_file_body: u64,
     /// Keep N sandboxes of IMAGE ready for `/run` (repeatable), e.g. --warm-pool alpine:3.20=4.
     #[arg(long = "warm-pool", value_name = "IMAGE=N")]
     warm_pool: Vec<String>,
@@ -73,6 +82,7 @@ pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prun
             warm_pools,
             socket: flags.socket,
             listen: flags.listen,
+            tls: flags.tls_cert.zip(flags.tls_key),
             token_file: flags.token_file,
             token_env: std::env::var("ORCHESTRATOR_API_TOKEN").ok(),
             insecure_no_auth: flags.insecure_no_auth,
@@ -80,13 +90,13 @@ pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prun
             allow_client_network: flags.allow_client_network,
             default_image: flags.default_image,
             session_idle: Duration::from_secs(flags.session_idle.max(1)),
-            limits: Limits { max_body: flags.max_body, ..Limits::default() },
+            limits: Limits { max_body: flags.max_body, max_file: flags.max_file_body, ..Limits::default() },
         };
         let running = crate::api::start((*orch.config).clone(), options, log)?;
         let auth = running.token_from.as_deref().map_or("no authentication".to_string(), |from| format!("token from {from}"));
         log(&format!("API on unix:{} ({auth})", running.socket.display()));
         if let Some(addr) = running.tcp {
-            log(&format!("API on http://{addr}"));
+            log(&format!("API on {}://{addr}", if running.tls { "https" } else { "http" }));
         }
         Some(running)
     };

@@ -17,6 +17,7 @@
 //!   loop of `serve`, and `plugin check`.
 
 mod engine;
+pub mod evaluate;
 pub mod http;
 pub mod inspect;
 mod kinds;

@@ -191,6 +191,49 @@ impl ExecHandle {
 
     /// Writes to the command's stdin (in frames of at most the protocol's chunk size).
     pub async fn write_stdin(&self, data: impl Into<Vec<u8>>) -> Result<()> {
+        self.control().write_stdin(data).await
+    }
+
+    /// Closes stdin: the command reads end of file.
+    pub fn close_stdin(&self) -> Result<()> {
+        self.control().close_stdin()
+    }
+
+    /// Resizes the command's terminal.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.control().resize(rows, cols)
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`) to the command.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        self.control().signal(signal)
+    }
+
+    /// The command's stdin, terminal and signals as a value of its own, for a task that feeds
+    /// the command while another reads its events ([`ExecHandle::recv`]).
+    pub fn control(&self) -> ExecControl {
+        ExecControl { input: self.input.clone() }
+    }
+
+    /// Waits for the command to exit, discarding output not yet received.
+    pub async fn wait(mut self) -> Result<ExitStatus> {
+        self.events.close();
+        while self.events.recv().await.is_some() {}
+        let done = self.done.take().ok_or_else(|| Error::Protocol("the command was already waited for".into()))?;
+        done.await.map_err(|e| Error::Protocol(format!("a worker thread failed: {e}")))?
+    }
+}
+
+/// A running command's input side: stdin, terminal size and signals. Cloneable; it outlives
+/// nothing: once the command has exited, every call fails with a closed connection.
+#[derive(Clone)]
+pub struct ExecControl {
+    input: Sender,
+}
+
+impl ExecControl {
+    /// Writes to the command's stdin (in frames of at most the protocol's chunk size).
+    pub async fn write_stdin(&self, data: impl Into<Vec<u8>>) -> Result<()> {
         let data = data.into();
         let input = self.input.clone();
         blocking(move || {
@@ -217,14 +260,6 @@ impl ExecHandle {
     /// Sends a signal (e.g. `libc::SIGTERM`) to the command.
     pub fn signal(&self, signal: i32) -> Result<()> {
         self.send(AgentRequest::Signal { signal })
-    }
-
-    /// Waits for the command to exit, discarding output not yet received.
-    pub async fn wait(mut self) -> Result<ExitStatus> {
-        self.events.close();
-        while self.events.recv().await.is_some() {}
-        let done = self.done.take().ok_or_else(|| Error::Protocol("the command was already waited for".into()))?;
-        done.await.map_err(|e| Error::Protocol(format!("a worker thread failed: {e}")))?
     }
 
     fn send(&self, request: AgentRequest) -> Result<()> {

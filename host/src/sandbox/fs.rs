@@ -58,6 +58,24 @@ impl SandboxFs {
         self.run(move |c| c.write_file(&path, &data, mode)).await
     }
 
+    /// Streams a file into `out` chunk by chunk as the agent sends it (nothing buffered past
+    /// one chunk); returns its size. A failing `out` ends the read (on a connection of its
+    /// own, so nothing is left half-read on the shared one).
+    pub async fn read_to(&self, path: impl Into<String>, mut out: impl std::io::Write + Send + 'static) -> Result<u64> {
+        let path = path.into();
+        let sandbox = self.sandbox.clone();
+        blocking(move || sandbox.with_copy(|c| Ok(c.read_file_to(&path, &mut out)?))).await
+    }
+
+    /// Creates or replaces a file from `input`, written chunk by chunk as it is read (the first
+    /// chunk truncates and sets `mode`); returns its size. A failing `input` ends the write
+    /// with the file cut where it stopped.
+    pub async fn write_from(&self, path: impl Into<String>, mut input: impl std::io::Read + Send + 'static, mode: Option<u32>) -> Result<u64> {
+        let path = path.into();
+        let sandbox = self.sandbox.clone();
+        blocking(move || sandbox.with_copy(|c| Ok(c.write_file_from(&path, &mut input, mode)?))).await
+    }
+
     /// A directory's entries (names as the sandbox gave them: print them escaped).
     pub async fn list(&self, path: impl Into<String>) -> Result<Vec<DirEntry>> {
         let path = path.into();

@@ -23,7 +23,7 @@ pub use builder::{PatchBuilder, SandboxBuilder};
 pub(crate) use builder::create_resource;
 pub use copy::Copied;
 pub use events::EventStream;
-pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput};
+pub use exec::{ExecControl, ExecEvent, ExecHandle, ExecOptions, ExecOutput};
 pub use fs::SandboxFs;
 pub use logs::LogStream;
 pub use guest_agent::protocol::{DirEntry, ExitStatus, FileKind, FileStat, Rlimits};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub const API_VERSION: &str = "orchestrator/v1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Kind {
     Sandbox,
     Volume,
