@@ -371,3 +371,39 @@ fn copying_out_plants_no_setuid_program_and_follows_no_link() {
     let copied: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(copied.len(), 4, "{copied:?}");
 }
+
+/// The API from inside one of its own clients' sandboxes: a root process there finds neither
+/// the server's Unix socket (outside its mount namespace) nor its TCP port (on the host's
+/// loopback, reached neither as its own loopback nor through its gateway), even when the
+/// server runs without a token. The denial is recorded with the rule that made it.
+#[test]
+fn an_api_clients_sandbox_reaches_neither_the_api_socket_nor_its_port() {
+    let env = Env::new();
+    let image = hostile_rootfs(&env);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(env.dir.path().join("serve.log")).unwrap();
+    let root = image.parent().unwrap().to_str().unwrap().to_string();
+    let mut serve = env
+        .cmd(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--insecure-no-auth", "--allow-host-paths", &root])
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = env.data_dir().join("api.sock");
+    env.wait_for("the API", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    let body = format!(r#"{{"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {{"name": "client"}}, "spec": {{"image": "dir:{}", "isolation": "namespace"}}}}"#, image.display());
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"]).arg(&socket).args(["-X", "POST", "-d", &body, "http://o/v1/sandboxes"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "the API made the sandbox");
+    let name = "client";
+    let (_, out, _) = env.sh(name, &format!("probe connect {port}; probe connect {port} 10.0.2.2; test -e {} && echo socket-visible; ls / | grep -c api.sock", socket.display()));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], "connect ECONNREFUSED", "the sandbox's loopback is its own: {out}");
+    assert!(lines[1].starts_with("connect E"), "the API's port through the gateway: {out}");
+    assert_eq!(lines[2], "0", "no API socket anywhere the sandbox can see: {out}");
+    let events = env.ok(&["events", name]);
+    assert!(events.contains("NetworkDenied") && events.contains(&format!(":{port}")), "the denial is recorded: {events}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    env.ok(&["delete", name]);
+}

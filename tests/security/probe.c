@@ -8,7 +8,7 @@
  *   probe exe-grab SECONDS    see exe_grab below (CVE-2019-5736)
  *   probe openmany N          opens /dev/null N times: "opened K ERRNO"
  *   probe memhog MIB          allocates and touches MIB MiB
- *   probe connect PORT        TCP connect to 127.0.0.1:PORT: "connect ok" or "connect ERRNO"
+ *   probe connect PORT [IP]   TCP connect to IP:PORT (default 127.0.0.1): "connect ok" or "connect ERRNO"
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -252,7 +252,7 @@ static int exe_grab(int seconds, const char *mine) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: probe syscalls|open PATH...|fds|exe-grab SECONDS|openmany N|memhog MIB|connect PORT\n");
+        fprintf(stderr, "usage: probe syscalls|open PATH...|fds|exe-grab SECONDS|openmany N|memhog MIB|connect PORT [IP]\n");
         return 2;
     }
     if (!strcmp(argv[1], "syscalls")) {
@@ -298,6 +298,10 @@ int main(int argc, char **argv) {
         a.sin_family = AF_INET;
         a.sin_port = htons((unsigned short)atoi(argv[2]));
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (argc > 3 && inet_pton(AF_INET, argv[3], &a.sin_addr) != 1) {
+            printf("connect EINVAL\n");
+            return 0;
+        }
         if (connect(s, (struct sockaddr *)&a, sizeof a) == 0)
             printf("connect ok\n");
         else

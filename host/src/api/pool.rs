@@ -43,6 +43,8 @@ pub struct PoolView {
     pub image: String,
     pub size: usize,
     pub ready: usize,
+    /// Being made now.
+    pub making: usize,
     pub hits: u64,
     pub misses: u64,
 }
@@ -73,6 +75,7 @@ impl WarmPool {
             image: self.image.clone(),
             size: self.size,
             ready: self.ready.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            making: self.making.load(Ordering::Relaxed),
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
@@ -94,30 +97,43 @@ pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static 
     crate::sandbox::create_resource(state.config.clone(), resource, source, format!("HTTP API ({source})")).await.map_err(Problem::from)
 }
 
-/// Keeps `pool` full for as long as the server runs. A failure to make one (a missing image,
-/// a host that cannot run it) is logged and retried with back-off, never in a tight loop.
+/// Sandboxes a pool makes at once. Making one is mostly waiting (on the kernel's RCU grace
+/// periods, on the agent's start), not CPU: one at a time, a pool refills slower than
+/// back-to-back requests drain it.
+pub const REFILLS_AT_ONCE: usize = 4;
+
+/// Keeps `pool` full for as long as the server runs, making up to [`REFILLS_AT_ONCE`] at a
+/// time. A failure to make one (a missing image, a host that cannot run it) is logged and
+/// retried with back-off, never in a tight loop.
 pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
+        let mut making = tokio::task::JoinSet::new();
         loop {
-            let have = pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() + pool.making.load(Ordering::Relaxed);
-            if have >= pool.size {
-                pool.wake.notified().await;
+            let have = pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() + making.len();
+            if have < pool.size && making.len() < REFILLS_AT_ONCE {
+                let (state, image) = (state.clone(), pool.image.clone());
+                making.spawn(async move { make(&state, &image, "pool", POOL_SOURCE, Some(POOL_MEMORY)).await });
+                pool.making.store(making.len(), Ordering::Relaxed);
                 continue;
             }
-            pool.making.fetch_add(1, Ordering::Relaxed);
-            let made = make(&state, &pool.image, "pool", POOL_SOURCE, Some(POOL_MEMORY)).await;
-            pool.making.fetch_sub(1, Ordering::Relaxed);
-            match made {
-                Ok(sandbox) => {
-                    backoff = Duration::from_secs(1);
-                    pool.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(sandbox);
+            tokio::select! {
+                Some(done) = making.join_next() => {
+                    pool.making.store(making.len(), Ordering::Relaxed);
+                    match done {
+                        Ok(Ok(sandbox)) => {
+                            backoff = Duration::from_secs(1);
+                            pool.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(sandbox);
+                        }
+                        Ok(Err(p)) => {
+                            tracing::warn!("warm pool {}: making a sandbox failed: {}; retrying in {}s", pool.image, p.detail, backoff.as_secs());
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                        }
+                        Err(e) => tracing::warn!("warm pool {}: a refill task failed: {e}", pool.image),
+                    }
                 }
-                Err(p) => {
-                    tracing::warn!("warm pool {}: making a sandbox failed: {}; retrying in {}s", pool.image, p.detail, backoff.as_secs());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                }
+                _ = pool.wake.notified() => {}
             }
         }
     });
