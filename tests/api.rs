@@ -261,6 +261,19 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     let (status, kind, _) = http(&socket, "PUT", "/v1/sandboxes/box/files?path=/tmp/too-big", Some(&api.token), &too_big);
     assert_eq!((status, kind.as_str()), (413, "application/problem+json"));
     assert_eq!(api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/too-big", b"").0, 404, "a refused body leaves no partial file");
+    // Chunked, with no length announced: cut off at the bound as it streams, nothing left.
+    let chunked = env.dir.path().join("chunked.bin");
+    std::fs::write(&chunked, &too_big).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+        .arg(&socket)
+        .args(["-X", "PUT", "-H", &format!("Authorization: Bearer {}", api.token), "-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .arg(format!("@{}", chunked.display()))
+        .arg("http://o/v1/sandboxes/box/files?path=/tmp/chunked")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+    assert_eq!(api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/chunked", b"").0, 404, "a body cut at the bound leaves no partial file");
     assert_eq!(api.call("GET", "/v1/sandboxes/box/files?path=/tmp", b"").0, 400, "a directory is listed, not read");
     // Bodies read whole stay under --max-body.
     let (status, kind, _) = http(&socket, "POST", "/v1/sandboxes/box/exec", Some(&api.token), &big);

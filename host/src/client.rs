@@ -184,7 +184,12 @@ impl ShimClient {
 
     /// Streams a file into `out` as its chunks arrive (no whole-file buffer); returns its size.
     pub fn read_file_to(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let id = self.start(AgentRequest::ReadFile { path: path.into(), offset: 0, len: None })?;
+        self.read_from_to(path, 0, out)
+    }
+
+    /// Streams a file from `offset` to its end into `out`; returns the bytes written.
+    pub fn read_from_to(&mut self, path: &str, offset: u64, out: &mut dyn Write) -> Result<u64> {
+        let id = self.start(AgentRequest::ReadFile { path: path.into(), offset, len: None })?;
         let mut total = 0u64;
         loop {
             match self.recv_for(id)? {
@@ -233,7 +238,12 @@ impl ShimClient {
     }
 
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {
-        let id = self.start(AgentRequest::ReadFile { path: path.into(), offset: 0, len: None })?;
+        self.read_range(path, 0, None)
+    }
+
+    /// At most `len` bytes (None: to the end) of a file from `offset`.
+    pub fn read_range(&mut self, path: &str, offset: u64, len: Option<u64>) -> Result<Vec<u8>> {
+        let id = self.start(AgentRequest::ReadFile { path: path.into(), offset, len })?;
         let mut out = Vec::new();
         loop {
             match self.recv_for(id)? {

@@ -317,9 +317,21 @@ struct Success {
     success: bool,
 }
 
+/// Files this small are written first and their parents made only when missing (one request
+/// in the common case); larger ones make their parents first rather than keep a copy.
+const WRITE_FIRST: usize = 64 << 10;
+
+/// Writes a file, making its parent directories as needed.
 async fn write_one(sandbox: &Sandbox, path: &str, data: Vec<u8>) -> crate::Result<()> {
     let fs = sandbox.fs();
-    if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+    let parent = path.rsplit_once('/').map(|(p, _)| p).filter(|p| !p.is_empty());
+    if data.len() <= WRITE_FIRST {
+        match fs.write_with_mode(path.to_string(), data.clone(), Some(0o644)).await {
+            Err(e) if e.kind() == crate::ErrorKind::NotFound && parent.is_some() => {}
+            other => return other,
+        }
+    }
+    if let Some(parent) = parent {
         fs.mkdir(parent.to_string()).await?;
     }
     fs.write_with_mode(path.to_string(), data, Some(0o644)).await
@@ -389,12 +401,12 @@ async fn read_file(State(state): St, Path(id): Path<String>, q: Result<Query<Pat
     let q = query(q)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;
     let path = inside(&q.path)?;
-    let fs = sandbox.fs();
-    let st = fs.stat(path.clone()).await.map_err(Problem::from)?;
-    if st.size > state.limits.max_body as u64 {
-        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("{path} is {} bytes, more than this route returns", st.size)));
+    // One request, bounded: a byte past the bound says the file is too large.
+    let max = state.limits.max_body;
+    let data = sandbox.fs().read_range(path.clone(), 0, max as u64 + 1).await.map_err(Problem::from)?;
+    if data.len() > max {
+        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("{path} is more than this route returns ({max} bytes)")));
     }
-    let data = fs.read(path).await.map_err(Problem::from)?;
     Ok(Json(Content { content: base64::engine::general_purpose::STANDARD.encode(data) }))
 }
 

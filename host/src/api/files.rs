@@ -19,7 +19,7 @@ use crate::sandbox::Sandbox;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
@@ -31,6 +31,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Chunks buffered between an HTTP body and the agent.
 pub const CHUNKS_IN_FLIGHT: usize = 8;
+/// Files up to this size go in one request on the sandbox's kept connection, whole (the
+/// common case, and the fast one); larger ones stream on a connection of their own.
+pub const WHOLE: usize = 1 << 20;
 
 type St = State<Arc<ApiState>>;
 
@@ -116,14 +119,26 @@ async fn read_file(State(state): St, Path(name): Path<String>, q: Result<Query<P
     let q = query(q)?;
     let path = sandbox_path(&q.path)?;
     let fs = sandbox(&state, &name).await?.fs();
-    // Errors the client can act on (no file, a directory) before the 200 is sent.
-    let st = fs.stat(path.clone()).await.map_err(Problem::from)?;
-    if st.kind == FileKind::Dir {
-        return Err(Problem::bad_request(format!("{path} is a directory: list it with GET .../files/list?path={path}")));
+    // One request on the sandbox's kept connection serves a small file whole; a larger one
+    // streams its rest on a connection of its own.
+    let first = match fs.read_range(path.clone(), 0, WHOLE as u64).await {
+        Ok(data) => data,
+        // Errors the client can act on (no file, a directory) before the 200 is sent.
+        Err(e) => {
+            let st = fs.stat(path.clone()).await.map_err(Problem::from)?;
+            if st.kind == FileKind::Dir {
+                return Err(Problem::bad_request(format!("{path} is a directory: list it with GET .../files/list?path={path}")));
+            }
+            return Err(Problem::from(e));
+        }
+    };
+    if first.len() < WHOLE {
+        return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], first).into_response());
     }
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    let _ = tx.send(Bytes::from(first)).await;
     tokio::spawn(async move {
-        if let Err(e) = fs.read_to(path.clone(), ChannelWriter(tx)).await {
+        if let Err(e) = fs.read_to(path.clone(), WHOLE as u64, ChannelWriter(tx)).await {
             // The status has gone; the body ends short, which the client sees as an error.
             tracing::debug!("streaming {path} out of a sandbox ended early: {e}");
         }
@@ -150,7 +165,7 @@ fn tokio_stream_of(rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item 
         (status = 413, description = "Larger than --max-file-body (the partial file is removed)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn write_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>, body: Body) -> ApiResult<StatusCode> {
+async fn write_file(State(state): St, Path(name): Path<String>, q: Result<Query<PathQuery>, QueryRejection>, headers: HeaderMap, body: Body) -> ApiResult<StatusCode> {
     let q = query(q)?;
     let path = sandbox_path(&q.path)?;
     let mode = match q.mode.as_deref() {
@@ -159,6 +174,15 @@ async fn write_file(State(state): St, Path(name): Path<String>, q: Result<Query<
     };
     let fs = sandbox(&state, &name).await?.fs();
     let max = state.limits.max_file;
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max) {
+        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("the file is larger than this server accepts ({max} bytes, --max-file-body)")));
+    }
+    if announced.is_some_and(|n| n <= WHOLE as u64) {
+        let data = axum::body::to_bytes(body, WHOLE).await.map_err(|e| Problem::bad_request(format!("reading the body: {e}")))?;
+        fs.write_with_mode(path, data.to_vec(), mode).await.map_err(Problem::from)?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
     let feeder = tokio::spawn(async move {
         let mut stream = body.into_data_stream();

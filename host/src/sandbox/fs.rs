@@ -42,6 +42,12 @@ impl SandboxFs {
         self.run(move |c| c.read_file(&path)).await
     }
 
+    /// At most `len` bytes of a file from `offset` (fewer at its end).
+    pub async fn read_range(&self, path: impl Into<String>, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let path = path.into();
+        self.run(move |c| c.read_range(&path, offset, Some(len))).await
+    }
+
     /// A whole file as text (invalid UTF-8 replaced).
     pub async fn read_to_string(&self, path: impl Into<String>) -> Result<String> {
         Ok(String::from_utf8_lossy(&self.read(path).await?).into_owned())
@@ -58,13 +64,13 @@ impl SandboxFs {
         self.run(move |c| c.write_file(&path, &data, mode)).await
     }
 
-    /// Streams a file into `out` chunk by chunk as the agent sends it (nothing buffered past
-    /// one chunk); returns its size. A failing `out` ends the read (on a connection of its
-    /// own, so nothing is left half-read on the shared one).
-    pub async fn read_to(&self, path: impl Into<String>, mut out: impl std::io::Write + Send + 'static) -> Result<u64> {
+    /// Streams a file from `offset` to its end into `out` chunk by chunk as the agent sends it
+    /// (nothing buffered past one chunk); returns the bytes written. A failing `out` ends the
+    /// read (on a connection of its own, so nothing is left half-read on the shared one).
+    pub async fn read_to(&self, path: impl Into<String>, offset: u64, mut out: impl std::io::Write + Send + 'static) -> Result<u64> {
         let path = path.into();
         let sandbox = self.sandbox.clone();
-        blocking(move || sandbox.with_copy(|c| Ok(c.read_file_to(&path, &mut out)?))).await
+        blocking(move || sandbox.with_copy(|c| Ok(c.read_from_to(&path, offset, &mut out)?))).await
     }
 
     /// Creates or replaces a file from `input`, written chunk by chunk as it is read (the first
