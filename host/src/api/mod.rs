@@ -103,6 +103,9 @@ pub struct ApiOptions {
     pub limits: Limits,
 }
 
+/// The sandboxes with exec slots beyond which idle slots are forgotten.
+const EXEC_SLOTS_PRUNED_AT: usize = 256;
+
 /// What every handler shares.
 pub struct ApiState {
     pub config: Config,
@@ -128,6 +131,13 @@ impl ApiState {
     fn exec_slot(&self, sandbox: &str) -> problem::ApiResult<tokio::sync::OwnedSemaphorePermit> {
         let sem = {
             let mut slots = self.exec_slots.lock().unwrap_or_else(|e| e.into_inner());
+            // Every `/run` names a new sandbox: idle entries go once there are many, so the
+            // map stays as small as the sandboxes running commands (an idle entry dropped for
+            // a live sandbox is only made again).
+            if slots.len() >= EXEC_SLOTS_PRUNED_AT {
+                let all = self.limits.execs_per_sandbox;
+                slots.retain(|_, s| s.available_permits() < all);
+            }
             slots.entry(sandbox.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.limits.execs_per_sandbox))).clone()
         };
         sem.try_acquire_owned().map_err(|_| {
@@ -307,4 +317,41 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ApiErro
     let listener = tokio::net::UnixListener::bind(path).map_err(io(format!("listening on {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(format!("making {} private", path.display())))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ApiState {
+        ApiState {
+            config: Config::new("/nonexistent"),
+            token: None,
+            allow_host_paths: None,
+            allow_client_network: false,
+            default_image: String::new(),
+            limits: Limits { execs_per_sandbox: 2, ..Limits::default() },
+            listen_host: None,
+            exec_slots: Mutex::new(HashMap::new()),
+            sessions: compat::Sessions::new(Duration::from_secs(1)),
+            pools: Vec::new(),
+            discards: Arc::new(Semaphore::new(1)),
+            pulls: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    #[test]
+    fn exec_slots_bound_each_sandbox_and_idle_ones_are_forgotten() {
+        let state = state();
+        let held = [state.exec_slot("busy").unwrap(), state.exec_slot("busy").unwrap()];
+        assert_eq!(state.exec_slot("busy").unwrap_err().status, 429, "a third command in a sandbox of two slots");
+        for i in 0..EXEC_SLOTS_PRUNED_AT * 3 {
+            drop(state.exec_slot(&format!("run-{i}")).unwrap());
+        }
+        let slots = state.exec_slots.lock().unwrap().len();
+        assert!(slots <= EXEC_SLOTS_PRUNED_AT + 1, "one-shot sandboxes leave no slot behind: {slots}");
+        assert_eq!(state.exec_slot("busy").unwrap_err().status, 429, "a busy sandbox's slots are kept");
+        drop(held);
+        assert!(state.exec_slot("busy").is_ok());
+    }
 }
