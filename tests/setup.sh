@@ -54,6 +54,8 @@ case "$what" in
     bash tests/images/debian-python.sh "$cache"
     # The MCP client the API tests drive our MCP server with (PyPI's `mcp`, pinned; cached).
     bash tests/mcp/venv.sh "$cache"
+    # Schemathesis, which the API tests point at the committed OpenAPI document (pinned; cached).
+    bash tests/api/schemathesis-venv.sh "$cache"
     # Plugin toolchains (C, Python, JavaScript; cached) and the plugin components.
     bash tests/plugins/toolchains.sh
     bash plugins/build.sh target/plugins ;;

@@ -15,6 +15,8 @@ pub fn io_error(path: &str, e: &io::Error) -> Response {
         io::ErrorKind::NotFound => ErrorCode::NotFound,
         io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
         io::ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
+        // The path names the wrong kind of thing, or is no path at all: the caller's to fix.
+        io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory | io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => ErrorCode::BadRequest,
         _ => ErrorCode::Io,
     };
     error(code, format!("{path}: {e}"))

@@ -45,6 +45,9 @@ pub enum ErrorKind {
     SpawnFailed,
     /// The sandbox refused a file operation.
     PermissionDenied,
+    /// A request the sandbox cannot act on as given: a directory read as a file, a file
+    /// listed as a directory, a malformed request.
+    InvalidArgument,
     Timeout,
     /// Reading or writing the host's files, or the state database.
     Io,
@@ -86,6 +89,8 @@ pub enum Error {
     SpawnFailed(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
     #[error("{what} did not finish within {after:?}")]
     Timeout { what: String, after: Duration },
     #[error("{context}: {source}")]
@@ -117,6 +122,7 @@ impl Error {
             Error::SandboxFailed { .. } => ErrorKind::SandboxFailed,
             Error::SpawnFailed(_) => ErrorKind::SpawnFailed,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Io { .. } | Error::State(_) => ErrorKind::Io,
             Error::Protocol(_) => ErrorKind::Protocol,
@@ -157,14 +163,7 @@ impl From<ClientError> for Error {
                 ErrorCode::AlreadyExists => Error::Conflict(message),
                 ErrorCode::PermissionDenied => Error::PermissionDenied(message),
                 ErrorCode::SpawnFailed => Error::SpawnFailed(message),
-                ErrorCode::BadRequest | ErrorCode::TooLarge | ErrorCode::Unsupported => Error::InvalidSpec(vec![SpecError {
-                    file: Default::default(),
-                    line: 0,
-                    col: 0,
-                    field: String::new(),
-                    message,
-                    hint: None,
-                }]),
+                ErrorCode::BadRequest | ErrorCode::TooLarge | ErrorCode::Unsupported => Error::InvalidArgument(message),
                 ErrorCode::Io => Error::Io { context: "inside the sandbox".into(), source: std::io::Error::other(message) },
                 ErrorCode::VersionMismatch | ErrorCode::Internal => Error::Protocol(message),
             },

@@ -396,7 +396,7 @@ struct Content {
     content: String,
 }
 
-#[utoipa::path(get, path = "/sessions/{id}/files/read", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), params(PathQuery), responses((status = 200, body = Content), (status = 404, description = "No such session or file", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/sessions/{id}/files/read", tag = "opensandbox", params(("id" = String, Path, description = "The session id"), PathQuery), responses((status = 200, body = Content), (status = 404, description = "No such session or file", body = Problem, content_type = "application/problem+json")))]
 async fn read_file(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Content>> {
     let q = query(q)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;
@@ -423,7 +423,7 @@ struct Listing {
     files: Vec<FileEntry>,
 }
 
-#[utoipa::path(get, path = "/sessions/{id}/files/list", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), params(PathQuery), responses((status = 200, body = Listing), (status = 404, description = "No such session or directory", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/sessions/{id}/files/list", tag = "opensandbox", params(("id" = String, Path, description = "The session id"), PathQuery), responses((status = 200, body = Listing), (status = 404, description = "No such session or directory", body = Problem, content_type = "application/problem+json")))]
 async fn list_files(State(state): St, Path(id): Path<String>, q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<Json<Listing>> {
     let q = query(q)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;

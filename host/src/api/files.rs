@@ -45,6 +45,7 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
 #[into_params(parameter_in = Query)]
 struct PathQuery {
     /// An absolute path inside the sandbox.
+    #[param(pattern = "^/")]
     path: String,
     /// Octal permission bits for a written file (default 644).
     mode: Option<String>,

@@ -147,6 +147,14 @@ mod tests {
             assert!(doc["paths"][route].is_object(), "{route} is described");
         }
         assert!(doc["paths"]["/health"]["get"]["security"].is_null(), "/health needs no token");
+        // Every operation declares the parameters its path template names.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let named: Vec<&str> = path.split('{').skip(1).filter_map(|s| s.split('}').next()).collect();
+            for (method, op) in item.as_object().unwrap() {
+                let declared: Vec<&str> = op["parameters"].as_array().map(|ps| ps.iter().filter(|p| p["in"] == "path").filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
+                assert_eq!(declared, named, "{method} {path}: the path parameters it declares");
+            }
+        }
         assert_eq!(doc["paths"]["/v1/sandboxes"]["get"]["security"][0]["bearer"], serde_json::json!([]));
     }
 }

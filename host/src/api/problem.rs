@@ -83,6 +83,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::InvalidSpec | ErrorKind::ImageUnavailable | ErrorKind::SpawnFailed => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::IsolationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Protocol => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

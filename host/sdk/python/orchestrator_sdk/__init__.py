@@ -15,6 +15,7 @@ from ._common import ExecEvent, ExecResult
 from .errors import (
     Conflict,
     HostPathForbidden,
+    InvalidArgument,
     InvalidSpec,
     NotFound,
     OrchestratorError,
@@ -34,6 +35,7 @@ __all__ = [
     "ExecResult",
     "Files",
     "HostPathForbidden",
+    "InvalidArgument",
     "InvalidSpec",
     "NotFound",
     "OrchestratorError",

@@ -29,6 +29,10 @@ class InvalidSpec(OrchestratorError):
     pass
 
 
+class InvalidArgument(OrchestratorError):
+    """A request the sandbox cannot act on as given (a directory read as a file, a bad path)."""
+
+
 class Unauthorized(OrchestratorError):
     pass
 
@@ -59,6 +63,8 @@ KINDS: dict[str, type[OrchestratorError]] = {
     "not-running": Conflict,
     "invalid-spec": InvalidSpec,
     "image-unavailable": InvalidSpec,
+    "invalid-argument": InvalidArgument,
+    "bad-request": InvalidArgument,
     "unauthorized": Unauthorized,
     "host-path-forbidden": HostPathForbidden,
     "too-many-requests": TooManyRequests,
