@@ -226,6 +226,20 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     assert_eq!((lines[1]["data"].as_str(), lines[2]["data"].as_str(), lines[3]["exitCode"].as_i64()), (Some("a\n"), Some("b\n"), Some(4)));
     let raw = stream_exec("text/event-stream", json!({"command": ["cat"], "stdin": "piped"}));
     assert!(raw.contains("event: started\n") && raw.contains("event: stdout\ndata: {\"data\":\"piped\",\"type\":\"stdout\"}") && raw.contains("event: exited"), "{raw}");
+    // A client that stops reading a stream holds its own command, nobody else's; when it goes,
+    // its command goes.
+    let mut stalled = UnixStream::connect(&socket).unwrap();
+    let body = json!({"command": ["yes", "stalled"]}).to_string();
+    write!(stalled, "POST /v1/sandboxes/box/exec HTTP/1.1\r\nHost: o\r\nAuthorization: Bearer {}\r\nAccept: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}", api.token, body.len()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(api.exec("box", json!({"command": ["echo", "others go on"]}))["stdout"], "others go on\n");
+    assert_eq!(api.call("GET", "/v1/sandboxes", b"").0, 200);
+    assert_eq!(api.exec("box", json!({"command": ["sh", "-c", "pidof yes >/dev/null && echo running"]}))["stdout"], "running\n");
+    drop(stalled);
+    env.wait_for("the stalled client's command to be killed", Duration::from_secs(10), || {
+        api.exec("box", json!({"command": ["sh", "-c", "pidof yes >/dev/null && echo running || echo gone"]}))["stdout"] == "gone\n"
+    });
+
     // The event log of the sandbox, and its (empty: no main process) log.
     let (status, _, events) = http(&socket, "GET", "/v1/sandboxes/box/events", Some(&api.token), b"");
     assert_eq!(status, 200);
@@ -461,7 +475,7 @@ fn the_python_sdk_installs_from_the_checkout_and_drives_a_real_server() {
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
-    assert!(out.status.success() && text.contains("3 passed"), "the SDK's tests:\n{text}");
+    assert!(out.status.success() && text.contains("4 passed"), "the SDK's tests:\n{text}");
     assert!(env.get().is_empty(), "the SDK's sandboxes are gone: {:?}", env.get());
 }
 

@@ -66,6 +66,16 @@ async fn sandbox(state: &ApiState, name: &str) -> ApiResult<Sandbox> {
     Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)
 }
 
+/// How feeding a request body to the agent ended, when it did not end well.
+enum Fed {
+    /// Past `--max-file-body`.
+    TooLarge,
+    /// The client's body failed (a reset, a malformed chunk).
+    BrokeOff(String),
+    /// The write stopped taking chunks (it failed: its own error says why).
+    WriterGone,
+}
+
 /// Bytes written to it go, chunk by chunk, to an async receiver; fails once the receiver is
 /// gone (the client left).
 struct ChannelWriter(mpsc::Sender<Bytes>);
@@ -189,33 +199,43 @@ async fn write_file(State(state): St, Path(name): Path<String>, q: Result<Query<
         let mut stream = body.into_data_stream();
         let mut total = 0u64;
         while let Some(chunk) = stream.next().await {
-            let item = match chunk {
+            match chunk {
                 Ok(c) => {
                     total += c.len() as u64;
                     if total > max {
                         let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "over the bound"))).await;
-                        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("the file is larger than this server accepts ({max} bytes, --max-file-body)")));
+                        return Err(Fed::TooLarge);
                     }
-                    Ok(c)
+                    tx.send(Ok(c)).await.map_err(|_| Fed::WriterGone)?;
                 }
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                return Err(Problem::bad_request("the request body broke off"));
+                Err(e) => {
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        why = format!("{why}: {s}");
+                        source = s.source();
+                    }
+                    let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
+                    return Err(Fed::BrokeOff(why));
+                }
             }
         }
         Ok(())
     });
     let written = fs.write_from(path.clone(), ChannelReader { rx, chunk: Bytes::new() }, mode).await;
-    let fed = feeder.await.unwrap_or_else(|e| Err(Problem::bad_request(format!("reading the body failed: {e}"))));
+    let fed = feeder.await.unwrap_or_else(|e| Err(Fed::BrokeOff(e.to_string())));
     match (fed, written) {
         (Ok(()), Ok(_)) => Ok(StatusCode::NO_CONTENT),
-        (Ok(()), Err(e)) => Err(Problem::from(e)),
-        (Err(p), _) => {
+        // The write failed first (the feeder then found nobody reading): its error is the answer.
+        (Ok(()), Err(e)) | (Err(Fed::WriterGone), Err(e)) => Err(Problem::from(e)),
+        (Err(fed), _) => {
             // Nothing half-written is left behind a refused body.
             let _ = fs.remove(path).await;
-            Err(p)
+            Err(match fed {
+                Fed::TooLarge => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("the file is larger than this server accepts ({max} bytes, --max-file-body)")),
+                Fed::BrokeOff(e) => Problem::bad_request(format!("the request body broke off: {e}")),
+                Fed::WriterGone => Problem::bad_request("the request body broke off"),
+            })
         }
     }
 }

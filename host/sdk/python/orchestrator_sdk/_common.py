@@ -4,10 +4,11 @@ answers as values."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 
 def default_data_dir() -> Path:
@@ -136,3 +137,31 @@ def exec_body(command: list[str], env: dict[str, str] | None, cwd: str | None, u
     elif stdin is not None:
         body["stdinBase64"] = base64.b64encode(stdin).decode()
     return body
+
+
+# Bytes per chunk a streamed upload reads from a file.
+UPLOAD_CHUNK = 256 * 1024
+
+
+def pull_events(lines: Iterable[str], progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """The image a pull's NDJSON events end with; progress events go to `progress`, an error
+    event is raised as the problem it carries."""
+    from . import errors
+
+    for line in lines:
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        kind = event.get("type")
+        if kind == "progress" and progress is not None:
+            progress(event)
+        elif kind == "pulled":
+            return event["image"]
+        elif kind == "error":
+            raise errors.from_problem(event)
+    raise errors.OrchestratorError(502, "protocol", "the pull's stream ended without a result")
+
+
+def eval_body(connect: str | None, domain: str | None, protocol: str | None, dns: str | None, record_type: str | None, sandbox: str | None) -> dict[str, Any]:
+    body = {"connect": connect, "domain": domain, "protocol": protocol, "dns": dns, "type": record_type, "sandbox": sandbox}
+    return {k: v for k, v in body.items() if v is not None}

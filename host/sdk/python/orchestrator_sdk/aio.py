@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator, BinaryIO, Callable
 
 import httpx
 
-from . import errors
-from ._common import ExecEvent, ExecResult, SandboxSpec, exec_body, resolve
+from . import _anyio_fix, errors
+from ._common import UPLOAD_CHUNK, ExecEvent, ExecResult, SandboxSpec, eval_body, exec_body, pull_events, resolve
 
 
 class AsyncClient:
     def __init__(self, url: str | None = None, *, token: str | None = None, socket: str | None = None, timeout: float = 600.0):
         base, uds, token = resolve(url, socket, token)
+        if uds:
+            _anyio_fix.install()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport = httpx.AsyncHTTPTransport(uds=uds) if uds else None
         self._http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport, timeout=timeout)
@@ -45,6 +47,23 @@ class AsyncClient:
         await self.request("GET", f"/v1/sandboxes/{name}")
         return AsyncSandbox(self, name)
 
+    async def images(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/images")).json()
+
+    async def pull(self, reference: str, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        body = json.dumps({"reference": reference})
+        async with self._http.stream("POST", "/v1/images/pull", content=body, headers={"Accept": "application/x-ndjson"}) as r:
+            if r.status_code >= 400:
+                raise errors.from_response(r.status_code, await r.aread())
+            return pull_events([line async for line in r.aiter_lines()], progress)
+
+    async def plugins(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/plugins")).json()
+
+    async def eval_plugin(self, name: str, *, connect: str | None = None, domain: str | None = None, protocol: str | None = None, dns: str | None = None, record_type: str | None = None, sandbox: str | None = None) -> dict[str, Any]:
+        body = eval_body(connect, domain, protocol, dns, record_type, sandbox)
+        return (await self.request("POST", f"/v1/plugins/{name}/eval", content=json.dumps(body))).json()
+
 
 class AsyncFiles:
     def __init__(self, sandbox: "AsyncSandbox"):
@@ -61,6 +80,31 @@ class AsyncFiles:
         if mode is not None:
             params["mode"] = format(mode, "o")
         await self._s.client.request("PUT", self._path(), params=params, content=data.encode() if isinstance(data, str) else data)
+
+    async def download(self, path: str, dest: BinaryIO) -> int:
+        async with self._s.client._http.stream("GET", self._path(), params={"path": path}) as r:
+            if r.status_code >= 400:
+                raise errors.from_response(r.status_code, await r.aread())
+            n = 0
+            async for chunk in r.aiter_bytes():
+                dest.write(chunk)
+                n += len(chunk)
+            return n
+
+    async def upload(self, path: str, source: BinaryIO | AsyncIterable[bytes], mode: int | None = None) -> None:
+        params = {"path": path}
+        if mode is not None:
+            params["mode"] = format(mode, "o")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if hasattr(source, "read"):
+                while chunk := source.read(UPLOAD_CHUNK):
+                    yield chunk
+            else:
+                async for chunk in source:
+                    yield chunk
+
+        await self._s.client.request("PUT", self._path(), params=params, content=chunks())
 
     async def list(self, path: str) -> list[dict[str, Any]]:
         return (await self._s.client.request("GET", self._path("/list"), params={"path": path})).json()

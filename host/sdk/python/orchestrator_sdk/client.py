@@ -1,16 +1,17 @@
 """The synchronous client: `Client` for the server, `Sandbox` for one sandbox, `Files` for its
-filesystem. Mirrors the Rust library: create, get, exec, exec_stream, shell, fs, stop, start,
-remove; a sandbox used as a context manager is removed on exit."""
+filesystem. Mirrors the Rust library: create, get, exec, exec_stream, shell, fs (with streamed
+upload and download), stop, start, remove; images and plugins; a sandbox used as a context
+manager is removed on exit."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import httpx
 
 from . import errors
-from ._common import ExecEvent, ExecResult, SandboxSpec, exec_body, resolve
+from ._common import UPLOAD_CHUNK, ExecEvent, ExecResult, SandboxSpec, eval_body, exec_body, pull_events, resolve
 
 
 class Client:
@@ -56,6 +57,29 @@ class Client:
         self.request("GET", f"/v1/sandboxes/{name}")
         return Sandbox(self, name)
 
+    def images(self) -> list[dict[str, Any]]:
+        """The local images: reference, digest, layers, size, pulledAt."""
+        return self.request("GET", "/v1/images").json()
+
+    def pull(self, reference: str, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Fetches an image into the server's store and returns it; `progress` receives each
+        layer's progress (`layer`, `done`, `total` bytes) as the server reports it."""
+        body = json.dumps({"reference": reference})
+        with self._http.stream("POST", "/v1/images/pull", content=body, headers={"Accept": "application/x-ndjson"}) as r:
+            if r.status_code >= 400:
+                raise errors.from_response(r.status_code, r.read())
+            return pull_events(r.iter_lines(), progress)
+
+    def plugins(self) -> list[dict[str, Any]]:
+        """The applied plugins and what each implements."""
+        return self.request("GET", "/v1/plugins").json()
+
+    def eval_plugin(self, name: str, *, connect: str | None = None, domain: str | None = None, protocol: str | None = None, dns: str | None = None, record_type: str | None = None, sandbox: str | None = None) -> dict[str, Any]:
+        """A network-policy plugin's decision about a flow to `connect` ("IP:PORT") or a DNS
+        query for `dns`: allowed, action, reason, decidedBy, summary."""
+        body = eval_body(connect, domain, protocol, dns, record_type, sandbox)
+        return self.request("POST", f"/v1/plugins/{name}/eval", content=json.dumps(body)).json()
+
 
 class Files:
     """A sandbox's filesystem, paths absolute inside it."""
@@ -77,6 +101,26 @@ class Files:
         if mode is not None:
             params["mode"] = format(mode, "o")
         self._s.client.request("PUT", self._path(), params=params, content=data.encode() if isinstance(data, str) else data)
+
+    def download(self, path: str, dest: BinaryIO) -> int:
+        """Streams the file at `path` into the open binary file `dest` (nothing is held whole);
+        returns the bytes written."""
+        with self._s.client._http.stream("GET", self._path(), params={"path": path}) as r:
+            if r.status_code >= 400:
+                raise errors.from_response(r.status_code, r.read())
+            n = 0
+            for chunk in r.iter_bytes():
+                dest.write(chunk)
+                n += len(chunk)
+            return n
+
+    def upload(self, path: str, source: BinaryIO | Iterable[bytes], mode: int | None = None) -> None:
+        """Streams an open binary file (or an iterable of byte chunks) into the file at `path`."""
+        params = {"path": path}
+        if mode is not None:
+            params["mode"] = format(mode, "o")
+        content = iter(lambda: source.read(UPLOAD_CHUNK), b"") if hasattr(source, "read") else source
+        self._s.client.request("PUT", self._path(), params=params, content=content)
 
     def list(self, path: str) -> list[dict[str, Any]]:
         return self._s.client.request("GET", self._path("/list"), params={"path": path}).json()

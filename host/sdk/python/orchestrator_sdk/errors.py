@@ -74,6 +74,12 @@ KINDS: dict[str, type[OrchestratorError]] = {
 }
 
 
+def from_problem(p: dict[str, Any]) -> OrchestratorError:
+    """The error a problem object (as streams carry them) stands for."""
+    kind = p.get("kind", "error")
+    return KINDS.get(kind, OrchestratorError)(int(p.get("status", 500)), kind, p.get("detail", ""), p.get("errors", []))
+
+
 def from_response(status: int, body: bytes) -> OrchestratorError:
     """The error a failed answer stands for."""
     import json

@@ -3,6 +3,7 @@ ORCHESTRATOR_API_SOCKET, ORCHESTRATOR_API_TOKEN and ORCHESTRATOR_TEST_IMAGE say 
 what."""
 
 import asyncio
+import io
 import os
 import uuid
 
@@ -74,6 +75,31 @@ def test_problems_become_typed_errors(client):
             wrong.sandboxes()
 
 
+def test_files_stream_both_ways_and_the_server_lists_images_and_plugins(client, tmp_path):
+    n = name("stream")
+    big = bytes(i % 251 for i in range(3 << 20))
+    with client.create(n, image=IMAGE, isolation="namespace") as sb:
+        src = tmp_path / "big.bin"
+        src.write_bytes(big)
+        with open(src, "rb") as f:
+            sb.fs.upload("/tmp/big.bin", f, mode=0o640)
+        sb.fs.upload("/tmp/chunks.txt", (part.encode() for part in ["one ", "two ", "three"]))
+        dest = tmp_path / "back.bin"
+        with open(dest, "wb") as f:
+            assert sb.fs.download("/tmp/big.bin", f) == len(big)
+        assert dest.read_bytes() == big
+        assert sb.fs.read_text("/tmp/chunks.txt") == "one two three"
+        assert sb.fs.stat("/tmp/big.bin")["mode"] & 0o777 == 0o640
+        with pytest.raises(o.InvalidArgument):
+            sb.fs.read("/tmp")
+    assert isinstance(client.images(), list)
+    assert client.plugins() == []
+    with pytest.raises(o.NotFound):
+        client.eval_plugin("no-such-plugin", connect="192.0.2.1:443")
+    with pytest.raises(o.HostPathForbidden):
+        client.pull("oci-layout:/etc")
+
+
 def test_the_async_client_does_the_same():
     async def main():
         async with o.AsyncClient() as client:
@@ -85,6 +111,16 @@ def test_the_async_client_does_the_same():
                 assert await sb.fs.read("/tmp/a.txt") == b"x"
                 types = [e.type async for e in sb.exec_stream("echo", "streamed")]
                 assert types[0] == "started" and types[-1] == "exited" and "stdout" in types
+
+                async def parts():
+                    for p in (b"a" * 700_000, b"b" * 700_000):
+                        yield p
+
+                await sb.fs.upload("/tmp/parts.bin", parts())
+                out = io.BytesIO()
+                assert await sb.fs.download("/tmp/parts.bin", out) == 1_400_000
+                assert out.getvalue() == b"a" * 700_000 + b"b" * 700_000
+                assert isinstance(await client.images(), list)
             assert n not in [s["name"] for s in await client.sandboxes()]
 
     asyncio.run(main())
