@@ -6,6 +6,7 @@ use super::problem::{ApiResult, Problem};
 use super::ApiState;
 use crate::sandbox::{ExecEvent, ExecHandle, ExecOptions, Sandbox};
 use guest_agent::protocol::ExitStatus;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What a collected command gave.
@@ -20,6 +21,20 @@ pub struct Collected {
 /// The timeout a request gets: what it asked for within the server's bound, else the default.
 pub fn timeout(state: &ApiState, asked_ms: Option<u64>) -> Duration {
     asked_ms.map(Duration::from_millis).unwrap_or(state.limits.default_exec_timeout).min(state.limits.max_exec_timeout)
+}
+
+/// A command as the API's routes take it (collected, streamed, interactive): the program
+/// and its arguments (an empty one is a 400), its environment, directory and user, and its
+/// run time within the server's bound.
+pub fn options(state: &ApiState, command: Vec<String>, env: BTreeMap<String, String>, cwd: Option<String>, user: Option<String>, timeout_ms: Option<u64>) -> ApiResult<ExecOptions> {
+    let mut argv = command.into_iter();
+    let program = argv.next().filter(|p| !p.is_empty()).ok_or_else(|| Problem::bad_request("the command is empty: give at least the program, e.g. [\"/bin/echo\", \"hi\"]"))?;
+    let mut options = ExecOptions::new(program).args(argv);
+    options.env = env;
+    options.cwd = cwd;
+    options.user = user;
+    options.timeout = Some(timeout(state, timeout_ms));
+    Ok(options)
 }
 
 /// Starts `options` in `sandbox`, hands it `stdin` whole and closes it (None: no stdin).

@@ -169,13 +169,7 @@ async fn read_start(rx: &mut (impl StreamExt<Item = Result<Message, axum::Error>
 }
 
 fn options(state: &ApiState, start: StartMessage) -> ApiResult<ExecOptions> {
-    let mut argv = start.command.into_iter();
-    let program = argv.next().filter(|p| !p.is_empty()).ok_or_else(|| Problem::bad_request("the command is empty: give at least the program, e.g. [\"/bin/sh\"]"))?;
-    let mut options = ExecOptions::new(program).args(argv);
-    options.env = start.env;
-    options.cwd = start.cwd;
-    options.user = start.user;
-    options.timeout = Some(exec::timeout(state, start.timeout_ms));
+    let mut options = exec::options(state, start.command, start.env, start.cwd, start.user, start.timeout_ms)?;
     options.stdin = true;
     if start.tty {
         options.tty = Some((start.rows.unwrap_or(24).max(1), start.cols.unwrap_or(80).max(1)));

@@ -10,7 +10,7 @@ use super::problem::{ApiResult, Problem};
 use super::{hostpaths, ApiState, API_SOURCE};
 use crate::error::Error;
 use crate::reconcile::Orchestrator;
-use crate::sandbox::{ExecOptions, Sandbox};
+use crate::sandbox::Sandbox;
 use crate::spec::{Kind, ResourceSpec};
 use crate::view::{ApplyReport, ResourceView};
 use axum::body::Bytes;
@@ -19,7 +19,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use super::problem::Problem as ProblemSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -60,7 +59,7 @@ async fn list(State(state): St) -> ApiResult<Json<Vec<ResourceView>>> {
     Ok(Json(views.into_iter().filter(|v| v.kind == "Sandbox").collect()))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 200, body = ResourceView), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 200, body = ResourceView), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json")))]
 async fn show(State(state): St, Path(name): Path<String>) -> ApiResult<Json<ResourceView>> {
     let view = with_orchestrator(&state, move |o| o.get(&name)).await?;
     if view.kind != "Sandbox" {
@@ -104,7 +103,7 @@ fn default_source() -> String {
 
 /// `POST /v1/apply?source=NAME`: a whole manifest (YAML or JSON, any number of documents)
 /// applied as the source `api:NAME`, with the report `apply` prints.
-#[utoipa::path(post, path = "/v1/apply", tag = "sandboxes", params(ApplyQuery), request_body(content = String, description = "A whole manifest: any number of resources, YAML (--- separated) or JSON", content_type = "application/yaml"), responses((status = 200, description = "The report (or, for a dry run, the plan)", body = ApplyReport), (status = 409, description = "Another source declares one of its objects", body = ProblemSchema, content_type = "application/problem+json"), (status = 422, description = "Invalid manifest: every problem, located", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/apply", tag = "sandboxes", params(ApplyQuery), request_body(content = String, description = "A whole manifest: any number of resources, YAML (--- separated) or JSON", content_type = "application/yaml"), responses((status = 200, description = "The report (or, for a dry run, the plan)", body = ApplyReport), (status = 409, description = "Another source declares one of its objects", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid manifest: every problem, located", body = Problem, content_type = "application/problem+json")))]
 async fn apply(State(state): St, q: Result<Query<ApplyQuery>, QueryRejection>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let (q, body) = (query(q)?, bytes(body)?);
     if q.source.is_empty() || q.source.len() > 63 || !q.source.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
@@ -133,7 +132,7 @@ async fn pools(State(state): St) -> Json<Vec<super::pool::PoolView>> {
     Json(state.pools.iter().map(|p| p.view()).collect())
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = crate::api::openapi::Manifest, description = "One Sandbox manifest, JSON or YAML"), responses((status = 201, description = "Created and running", body = ResourceView), (status = 403, description = "A host path (or a wider network) the server does not allow clients", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "The name is taken", body = ProblemSchema, content_type = "application/problem+json"), (status = 422, description = "Invalid spec: every problem, located in the body", body = ProblemSchema, content_type = "application/problem+json"), (status = 503, description = "The isolation asked for is not available on this host", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = crate::api::openapi::Manifest, description = "One Sandbox manifest, JSON or YAML"), responses((status = 201, description = "Created and running", body = ResourceView), (status = 403, description = "A host path (or a wider network) the server does not allow clients", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The name is taken", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid spec: every problem, located in the body", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The isolation asked for is not available on this host", body = Problem, content_type = "application/problem+json")))]
 async fn create(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = bytes(body)?;
     let resource = parse_one(&state, &body, Kind::Sandbox)?;
@@ -160,19 +159,19 @@ async fn owned(state: &ApiState, name: &str) -> ApiResult<Sandbox> {
     Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)
 }
 
-#[utoipa::path(delete, path = "/v1/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Removed: no process, mount or directory left"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Removed: no process, mount or directory left"), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = Problem, content_type = "application/problem+json")))]
 async fn remove(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
     owned(&state, &name).await?.remove().await.map_err(Problem::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{name}/stop", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Stopped (SIGTERM, SIGKILL after 5 s)"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/sandboxes/{name}/stop", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Stopped (SIGTERM, SIGKILL after 5 s)"), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = Problem, content_type = "application/problem+json")))]
 async fn stop(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
     owned(&state, &name).await?.stop_and_wait().await.map_err(Problem::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{name}/start", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Running again, its writable layer kept"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/sandboxes/{name}/start", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Running again, its writable layer kept"), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = Problem, content_type = "application/problem+json")))]
 async fn start(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
     owned(&state, &name).await?.start().await.map_err(Problem::from)?;
     Ok(StatusCode::NO_CONTENT)
@@ -235,7 +234,7 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 
 /// A command: collected as JSON, or streamed as it runs when `Accept` asks for NDJSON or
 /// server-sent events.
-#[utoipa::path(post, path = "/v1/sandboxes/{name}/exec", tag = "exec", params(("name" = String, Path, description = "The sandbox")), request_body = ExecBody, responses((status = 200, description = "The command's exit and output; with Accept: application/x-ndjson or text/event-stream, its events as they happen (started, stdout, stderr, exited)", body = ExecAnswer), (status = 400, description = "An empty command or a bad body", body = ProblemSchema, content_type = "application/problem+json"), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json"), (status = 409, description = "The sandbox is not running", body = ProblemSchema, content_type = "application/problem+json"), (status = 422, description = "The command could not start (kind spawn-failed)", body = ProblemSchema, content_type = "application/problem+json"), (status = 429, description = "The sandbox runs as many API commands as it may", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/sandboxes/{name}/exec", tag = "exec", params(("name" = String, Path, description = "The sandbox")), request_body = ExecBody, responses((status = 200, description = "The command's exit and output; with Accept: application/x-ndjson or text/event-stream, its events as they happen (started, stdout, stderr, exited)", body = ExecAnswer), (status = 400, description = "An empty command or a bad body", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The sandbox is not running", body = Problem, content_type = "application/problem+json"), (status = 422, description = "The command could not start (kind spawn-failed)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "The sandbox runs as many API commands as it may", body = Problem, content_type = "application/problem+json")))]
 async fn exec_collected(State(state): St, Path(name): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = bytes(body)?;
     let req: ExecBody = json_body(&body)?;
@@ -246,12 +245,7 @@ async fn exec_collected(State(state): St, Path(name): Path<String>, headers: Hea
         (None, None) => None,
     };
     let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
-    let mut argv = req.command.into_iter();
-    let mut options = ExecOptions::new(argv.next().unwrap_or_default()).args(argv);
-    options.env = req.env;
-    options.cwd = req.cwd;
-    options.user = req.user;
-    options.timeout = Some(exec::timeout(&state, req.timeout_ms));
+    let options = exec::options(&state, req.command, req.env, req.cwd, req.user, req.timeout_ms)?;
     if let Some(framing) = Framing::from_accept(&headers) {
         let slot = state.exec_slot(&name)?;
         let handle = exec::start(&sandbox, options, stdin).await?;
@@ -287,13 +281,13 @@ fn default_history() -> usize {
 }
 
 /// The sandbox's log: plain bytes, or `log` events when `Accept` asks for a stream framing.
-#[utoipa::path(get, path = "/v1/sandboxes/{name}/logs", tag = "observe", params(("name" = String, Path, description = "The sandbox"), StreamQuery), responses((status = 200, description = "The main process's output: bytes, or log events with Accept: application/x-ndjson or text/event-stream", content_type = "application/octet-stream", body = Vec<u8>), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/sandboxes/{name}/logs", tag = "observe", params(("name" = String, Path, description = "The sandbox"), StreamQuery), responses((status = 200, description = "The main process's output: bytes, or log events with Accept: application/x-ndjson or text/event-stream", content_type = "application/octet-stream", body = Vec<u8>), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json")))]
 async fn logs(State(state): St, Path(name): Path<String>, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
     let q = query(q)?;
     streams::logs(&state, &name, q.follow, Framing::from_accept(&headers)).await
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{name}/events", tag = "observe", params(("name" = String, Path, description = "The sandbox"), StreamQuery), responses((status = 200, description = "Events as NDJSON (or SSE with Accept: text/event-stream): type, at, object, reason, message", content_type = "application/x-ndjson", body = String), (status = 404, description = "No such sandbox", body = ProblemSchema, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/sandboxes/{name}/events", tag = "observe", params(("name" = String, Path, description = "The sandbox"), StreamQuery), responses((status = 200, description = "Events as NDJSON (or SSE with Accept: text/event-stream): type, at, object, reason, message", content_type = "application/x-ndjson", body = String), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json")))]
 async fn sandbox_events(State(state): St, Path(name): Path<String>, headers: HeaderMap, q: Result<Query<StreamQuery>, QueryRejection>) -> ApiResult<Response> {
     let q = query(q)?;
     streams::events(&state, Some(&name), q.history, q.follow, Framing::from_accept(&headers).unwrap_or(Framing::Ndjson)).await
