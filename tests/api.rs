@@ -512,7 +512,8 @@ fn an_mcp_client_drives_sandboxes_over_stdio_and_http() {
 }
 
 /// A warm pool (`--warm-pool IMAGE=N`) hands `/run` a ready sandbox, removes it after the
-/// answer and refills; a request the pool cannot serve (other memory) is a counted miss that
+/// answer and refills; `POST /v1/sandboxes` of the pool's spec gets a pooled sandbox under the
+/// name it asked for; a request the pool cannot serve (other memory) is a counted miss that
 /// still runs; a new server removes what an earlier one's pool left.
 #[test]
 fn a_warm_pool_serves_run_and_refills() {
@@ -520,7 +521,8 @@ fn a_warm_pool_serves_run_and_refills() {
     let image = format!("dir:{}", rootfs().display());
     let socket = env.data_dir().join("api.sock");
     let pools = || json_of(&http(&socket, "GET", "/v1/pools", None, b"").2);
-    let server = Server::start(&env, &["--insecure-no-auth", "--default-image", &image, "--warm-pool", &format!("{image}=2")]);
+    let root = rootfs().parent().unwrap().to_str().unwrap().to_string();
+    let server = Server::start(&env, &["--insecure-no-auth", "--default-image", &image, "--warm-pool", &format!("{image}=2"), "--allow-host-paths", &root]);
     env.wait_for("the pool to fill", Duration::from_secs(30), || pools()[0]["ready"] == 2);
     let run = |body: &str| {
         let (status, _, out) = http(&socket, "POST", "/run", None, body.as_bytes());
@@ -531,6 +533,37 @@ fn a_warm_pool_serves_run_and_refills() {
         let out = run(&format!(r#"{{"command": ["/bin/sh", "-c", "echo run {i}; ls /tmp | wc -l"]}}"#));
         assert_eq!(out["stdout"], format!("run {i}\n0\n"), "each run gets a clean sandbox: {out}");
     }
+    // POST /v1/sandboxes takes a pooled sandbox when its spec is the pool's (the image and
+    // 2 GiB): it becomes the sandbox asked for, under its name everywhere.
+    env.wait_for("the pool to refill", Duration::from_secs(30), || pools()[0]["ready"] == 2);
+    let hits = pools()[0]["hits"].as_u64().unwrap();
+    let manifest = |name: &str, memory: &str| json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": name, "labels": {"team": "a"}}, "spec": {"image": image, "memory": memory, "isolation": "namespace"}}).to_string();
+    let (status, _, out) = http(&socket, "POST", "/v1/sandboxes", None, manifest("fast", "2Gi").as_bytes());
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&out));
+    let view = json_of(&out);
+    assert_eq!((view["name"].as_str(), view["source"].as_str(), view["labels"]["team"].as_str(), view["status"].as_str()), (Some("fast"), Some("api"), Some("a"), Some("Running")), "{view}");
+    assert_eq!(pools()[0]["hits"].as_u64(), Some(hits + 1), "served from the pool");
+    let exec = |name: &str, script: &str| {
+        let (status, _, out) = http(&socket, "POST", &format!("/v1/sandboxes/{name}/exec"), None, json!({"command": ["sh", "-c", script]}).to_string().as_bytes());
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+        json_of(&out)["stdout"].as_str().unwrap().to_string()
+    };
+    assert_eq!(exec("fast", "hostname; echo $HOSTNAME; ls /tmp | wc -l"), "fast\nfast\n0\n", "its hostname, its commands' HOSTNAME, a clean /tmp");
+    assert_eq!(env.ok(&["exec", "fast", "--", "hostname"]), "fast\n", "the CLI finds it by its new name");
+    assert!(env.ok(&["events", "fast"]).contains("from the warm pool"));
+    let instance = env.sandbox("fast")["instance"].clone();
+    env.ok(&["get"]);
+    assert_eq!(env.sandbox("fast")["instance"], instance, "a reconcile leaves it as it is");
+    assert_eq!(http(&socket, "POST", "/v1/sandboxes", None, manifest("fast", "2Gi").as_bytes()).0, 409, "a name in use, before a pooled sandbox is spent");
+    // Another spec gets a fresh sandbox.
+    let (status, _, out) = http(&socket, "POST", "/v1/sandboxes", None, manifest("slow", "64Mi").as_bytes());
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(pools()[0]["hits"].as_u64(), Some(hits + 1), "not from the pool");
+    assert_eq!(exec("slow", "hostname"), "slow\n");
+    for name in ["fast", "slow"] {
+        assert_eq!(http(&socket, "DELETE", &format!("/v1/sandboxes/{name}"), None, b"").0, 204);
+    }
+
     let out = run(r#"{"command": ["/bin/echo", "small"], "mem": 65536}"#);
     assert_eq!(out["stdout"], "small\n");
     env.wait_for("the pool to refill", Duration::from_secs(30), || pools()[0]["ready"] == 2);

@@ -253,6 +253,20 @@ impl Store {
         Ok(())
     }
 
+    /// The running sandbox `old` becomes `resource` (a new name, labels, source and origin),
+    /// its instance kept: the resource and the instance row change together or not at all.
+    pub fn rename_sandbox(tx: &Transaction<'_>, old: &str, resource: &Resource, source: &str, origin: &str) -> Result<()> {
+        let json = resource.canonical_json();
+        let renamed = tx.execute(
+            "UPDATE resources SET name = ?2, source = ?3, origin = ?4, spec = ?5, updated_at = ?6 WHERE kind = 'Sandbox' AND name = ?1",
+            params![old, resource.name, source, origin, json, now()],
+        )? + tx.execute("UPDATE sandboxes SET name = ?2, spec = ?3 WHERE name = ?1", params![old, resource.name, json])?;
+        if renamed != 2 {
+            return Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows));
+        }
+        Ok(())
+    }
+
     pub fn delete_resource(tx: &Transaction<'_>, kind: Kind, name: &str) -> Result<()> {
         tx.execute("DELETE FROM resources WHERE kind = ?1 AND name = ?2", params![kind.as_str(), name])?;
         Ok(())

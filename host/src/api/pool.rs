@@ -17,7 +17,8 @@ use crate::sandbox::Sandbox;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::spec::{Isolation, Resource, ResourceSpec, SandboxSpec};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -35,6 +36,10 @@ pub struct WarmPool {
     hits: AtomicU64,
     misses: AtomicU64,
     wake: Notify,
+    /// The spec every pooled sandbox has (set when the pool starts filling).
+    template: OnceLock<SandboxSpec>,
+    /// The image has no Entrypoint or Cmd (known once the pool has the image).
+    idle_image: OnceLock<bool>,
 }
 
 /// A pool's figures (`GET /v1/pools`).
@@ -51,7 +56,7 @@ pub struct PoolView {
 
 impl WarmPool {
     pub fn new(image: String, size: usize) -> Arc<WarmPool> {
-        Arc::new(WarmPool { image, size, ready: Mutex::new(VecDeque::new()), making: AtomicUsize::new(0), hits: AtomicU64::new(0), misses: AtomicU64::new(0), wake: Notify::new() })
+        Arc::new(WarmPool { image, size, ready: Mutex::new(VecDeque::new()), making: AtomicUsize::new(0), hits: AtomicU64::new(0), misses: AtomicU64::new(0), wake: Notify::new(), template: OnceLock::new(), idle_image: OnceLock::new() })
     }
 
     /// A ready sandbox (its handle, connected), if there is one; either way the pool refills.
@@ -63,6 +68,24 @@ impl WarmPool {
         };
         self.wake.notify_one();
         got
+    }
+
+    /// Whether a sandbox of this pool is what `requested` asks for: the same spec, but for an
+    /// isolation of `auto` or `namespace` (a pooled sandbox can take a client's name only as a
+    /// namespace sandbox; a microVM one refuses, and the request gets a fresh sandbox).
+    pub fn serves(&self, requested: &SandboxSpec) -> bool {
+        let Some(template) = self.template.get() else { return false };
+        if !matches!(requested.isolation, Isolation::Auto | Isolation::Namespace) {
+            return false;
+        }
+        let mut r = requested.clone();
+        r.isolation = template.isolation;
+        // No command means the image's Entrypoint and Cmd; for an image with neither, that is
+        // the pooled sandboxes' "no main process".
+        if r.command.is_none() && self.idle_image.get() == Some(&true) {
+            r.command = template.command.clone();
+        }
+        r == *template
     }
 
     /// Counts a request the pool could not serve (it asked for what pooled sandboxes are not).
@@ -85,15 +108,20 @@ impl WarmPool {
 /// The smallest memory bound a sandbox the API makes for itself gets (its agent needs some).
 const MIN_MEMORY: u64 = 32 << 20;
 
-/// Makes a sandbox of `image` for the API's own use (a pool, `/run`, a session): a random name
-/// under `prefix`, no main process, `memory` bytes (None: unbounded), the source given.
-pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static str, memory: Option<u64>) -> ApiResult<Sandbox> {
-    let name = format!("{prefix}-{}", crate::ids::random_hex(6));
-    let mut builder = Sandbox::builder(&name).config(state.config.clone()).image(image.to_string());
+/// The resource of a sandbox of `image` the API makes for its own use: no main process,
+/// `memory` bytes (None: unbounded).
+fn own_resource(state: &ApiState, image: &str, name: &str, memory: Option<u64>) -> ApiResult<Resource> {
+    let mut builder = Sandbox::builder(name).config(state.config.clone()).image(image.to_string());
     if let Some(bytes) = memory {
         builder = builder.memory(bytes.max(MIN_MEMORY) >> 20);
     }
-    let resource = builder.resource().map_err(Problem::from)?;
+    builder.resource().map_err(Problem::from)
+}
+
+/// Makes a sandbox of `image` for the API's own use (a pool, `/run`, a session): a random name
+/// under `prefix`, no main process, `memory` bytes (None: unbounded), the source given.
+pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static str, memory: Option<u64>) -> ApiResult<Sandbox> {
+    let resource = own_resource(state, image, &format!("{prefix}-{}", crate::ids::random_hex(6)), memory)?;
     crate::sandbox::create_resource(state.config.clone(), resource, source, format!("HTTP API ({source})")).await.map_err(Problem::from)
 }
 
@@ -120,7 +148,19 @@ pub const REFILLS_AT_ONCE: usize = 4;
 /// time. A failure to make one (a missing image, a host that cannot run it) is logged and
 /// retried with back-off, never in a tight loop.
 pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
+    match own_resource(&state, &pool.image, "pool-template", Some(POOL_MEMORY)).map(|r| r.spec) {
+        Ok(ResourceSpec::Sandbox(spec)) => {
+            let _ = pool.template.set(spec);
+        }
+        Ok(_) => {}
+        Err(p) => tracing::warn!("warm pool {}: {}", pool.image, p.detail),
+    }
     tokio::spawn(async move {
+        let (config, image) = (state.config.clone(), pool.image.clone());
+        let resolved = tokio::task::spawn_blocking(move || crate::image::resolve(&config.data_dir, &config.registries, &image, crate::image::PullPolicy::IfNotPresent)).await;
+        if let Ok(Ok(r)) = resolved {
+            let _ = pool.idle_image.set(r.config.entrypoint.is_empty() && r.config.cmd.is_empty());
+        }
         let mut backoff = Duration::from_secs(1);
         let mut making = tokio::task::JoinSet::new();
         loop {
@@ -184,5 +224,35 @@ mod tests {
         pool.miss();
         let v = pool.view();
         assert_eq!((v.ready, v.hits, v.misses), (0, 2, 2));
+    }
+
+    #[test]
+    fn a_pool_serves_only_its_own_spec() {
+        let pool = WarmPool::new("img".into(), 1);
+        let config = crate::Config::new("/nonexistent");
+        let spec = |b: crate::SandboxBuilder| match b.config(config.clone()).resource().unwrap().spec {
+            ResourceSpec::Sandbox(s) => s,
+            _ => unreachable!(),
+        };
+        let template = spec(Sandbox::builder("t").image("alpine:3.20").memory(POOL_MEMORY >> 20));
+        assert!(!pool.serves(&template), "no template yet: nothing matches");
+        pool.template.set(template.clone()).unwrap();
+        assert!(pool.serves(&template));
+        let mut asked = template.clone();
+        asked.isolation = Isolation::Namespace;
+        assert!(pool.serves(&asked), "namespace is what a pooled sandbox can become");
+        asked.isolation = Isolation::Microvm;
+        assert!(!pool.serves(&asked));
+        let mut asked = template.clone();
+        asked.memory = Some(64 << 20);
+        assert!(!pool.serves(&asked), "other memory");
+        let mut asked = template.clone();
+        asked.env.insert("A".into(), "1".into());
+        assert!(!pool.serves(&asked), "another environment");
+        let mut asked = template.clone();
+        asked.command = None;
+        assert!(!pool.serves(&asked), "the image's Entrypoint may run: not an idle sandbox");
+        pool.idle_image.set(true).unwrap();
+        assert!(pool.serves(&asked), "an image with no Entrypoint or Cmd: idle either way");
     }
 }

@@ -132,16 +132,43 @@ async fn pools(State(state): St) -> Json<Vec<super::pool::PoolView>> {
     Json(state.pools.iter().map(|p| p.view()).collect())
 }
 
+/// Creates a sandbox from a manifest (from a warm pool, ready at once, when a pool's spec is
+/// the manifest's: its image and `memory: 2Gi`, nothing else, isolation auto or namespace).
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = crate::api::openapi::Manifest, description = "One Sandbox manifest, JSON or YAML"), responses((status = 201, description = "Created and running", body = ResourceView), (status = 403, description = "A host path (or a wider network) the server does not allow clients", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The name is taken", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid spec: every problem, located in the body", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The isolation asked for is not available on this host", body = Problem, content_type = "application/problem+json")))]
 async fn create(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = bytes(body)?;
     let resource = parse_one(&state, &body, Kind::Sandbox)?;
-    if !matches!(resource.spec, ResourceSpec::Sandbox(_)) {
+    let ResourceSpec::Sandbox(spec) = &resource.spec else {
         return Err(Problem::invalid("not a Sandbox"));
-    }
-    let sandbox = crate::sandbox::create_resource(state.config.clone(), resource, API_SOURCE, "HTTP API".into()).await.map_err(Problem::from)?;
+    };
+    let sandbox = match from_pool(&state, &resource, spec).await? {
+        Some(sandbox) => sandbox,
+        None => crate::sandbox::create_resource(state.config.clone(), resource, API_SOURCE, "HTTP API".into()).await.map_err(Problem::from)?,
+    };
     let view = sandbox.view().await.map_err(Problem::from)?;
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/sandboxes/{}", view.name))], Json(view)).into_response())
+}
+
+/// A warm pool's sandbox made `resource`, when a pool's spec is what it asks for and one is
+/// ready; None: make a fresh one (no pool matches, none is ready, or the one taken could not
+/// take the name: it is removed and the request does not notice).
+async fn from_pool(state: &ApiState, resource: &crate::spec::Resource, spec: &crate::spec::SandboxSpec) -> ApiResult<Option<Sandbox>> {
+    let Some(pool) = state.pools.iter().find(|p| p.serves(spec)) else { return Ok(None) };
+    // A name in use is the client's 409 before a pooled sandbox is spent on it.
+    match Sandbox::get_in(state.config.clone(), &resource.name).await {
+        Ok(_) => return Err(Problem::conflict(format!("a sandbox named {:?} already exists; remove it first", resource.name))),
+        Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let Some(pooled) = pool.take() else { return Ok(None) };
+    match pooled.clone().take_over(resource.clone(), API_SOURCE, "HTTP API (warm pool)".into()).await {
+        Ok(sandbox) => Ok(Some(sandbox)),
+        Err(e) => {
+            tracing::warn!("a pooled sandbox could not become {}: {e}; making a fresh one", resource.name);
+            super::pool::discard(state, pooled).await;
+            Ok(None)
+        }
+    }
 }
 
 /// The sandbox `name`, made by the API (a sandbox another source declares is that source's to

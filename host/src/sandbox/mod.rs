@@ -17,6 +17,7 @@ mod events;
 mod exec;
 mod fs;
 mod logs;
+mod pooled;
 pub mod tarball;
 
 pub use builder::{PatchBuilder, SandboxBuilder};

@@ -272,3 +272,20 @@ fn clone_agent(stream: UnixStream, exe: &OwnedFd, userns: bool, prepare: impl Fn
     }
     Ok(pid)
 }
+
+/// Sets the hostname of the sandbox whose init is `pid`, from a thread of the shim that joins
+/// the sandbox's UTS namespace for that and then ends (the shim's own threads keep the host's).
+/// The agent dropped `CAP_SYS_ADMIN` at lock-down, so the host side does it.
+pub fn set_hostname(pid: i32, name: &str) -> Result<(), String> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/uts")).map_err(|e| format!("opening the sandbox's UTS namespace: {e}"))?;
+    let name = name.to_string();
+    std::thread::Builder::new()
+        .name("set-hostname".into())
+        .spawn(move || -> Result<(), String> {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWUTS).map_err(|e| format!("joining the sandbox's UTS namespace: {e}"))?;
+            nix::unistd::sethostname(&name).map_err(|e| format!("setting the hostname: {e}"))
+        })
+        .map_err(|e| format!("starting a thread: {e}"))?
+        .join()
+        .map_err(|_| "the hostname thread panicked".to_string())?
+}

@@ -155,7 +155,8 @@ pub fn bind_published(cfg: &ShimConfig) -> Result<Vec<netstack::Published>, Stri
 }
 
 /// Starts the stack over `link` (the sandbox's end: a TUN fd).
-pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd, published: Vec<netstack::Published>) -> Result<Network, String> {
+/// `name` is the sandbox's name as it is now (a pooled sandbox can take another).
+pub fn start(cfg: &ShimConfig, name: std::sync::Arc<std::sync::Mutex<String>>, stack: StackConfig, link: OwnedFd, published: Vec<netstack::Published>) -> Result<Network, String> {
     raise_fd_limit(stack.max_connections);
     let policy = cfg.spec.network.to_policy()?;
     let plugins = plugins(cfg)?;
@@ -168,7 +169,7 @@ pub fn start(cfg: &ShimConfig, stack: StackConfig, link: OwnedFd, published: Vec
         .name("net-stats".into())
         .spawn(move || write_stats(stats, dir))
         .map_err(|e| format!("starting a thread: {e}"))?;
-    let object = format!("Sandbox/{}", cfg.name);
+    let object = name;
     let db = cfg.data_dir.as_ref().map(|d| d.join("state.db"));
     std::thread::Builder::new()
         .name("net-events".into())
@@ -211,9 +212,10 @@ pub fn describe(event: &NetEvent) -> (&'static str, String) {
     }
 }
 
-fn record_events(rx: mpsc::Receiver<NetEvent>, db: Option<std::path::PathBuf>, object: String) {
+fn record_events(rx: mpsc::Receiver<NetEvent>, db: Option<std::path::PathBuf>, name: std::sync::Arc<std::sync::Mutex<String>>) {
     let mut store = None;
     for event in rx {
+        let object = format!("Sandbox/{}", name.lock().unwrap_or_else(|e| e.into_inner()));
         let (reason, message) = describe(&event);
         tracing::info!("{message}");
         let Some(path) = &db else { continue };

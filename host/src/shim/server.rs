@@ -147,6 +147,9 @@ impl MainLog {
 
 struct Shared {
     cfg: ShimConfig,
+    /// The sandbox's name now: `cfg.name` until a `SetIdentity` (shared with the network's
+    /// event thread, which names the sandbox in every event).
+    name: Arc<Mutex<String>>,
     dir: InstanceDir,
     agent: Mutex<UnixStream>,
     next_id: AtomicU64,
@@ -176,6 +179,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
     let writer = agent.try_clone().unwrap_or_else(|e| super::fail_early(&format!("agent stream: {e}")));
     let log = MainLog::open(&dir.main_log());
     let shared = Arc::new(Shared {
+        name: Arc::new(Mutex::new(cfg.name.clone())),
         cfg,
         dir,
         agent: Mutex::new(writer),
@@ -195,7 +199,7 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
     }
     let link = lock(&shared.backend).take_link();
     if let Some((stack, fd)) = link {
-        match super::network::start(&shared.cfg, stack, fd, published) {
+        match super::network::start(&shared.cfg, shared.name.clone(), stack, fd, published) {
             Ok(n) => *lock(&shared.network) = Some(n),
             Err(e) => shared.finalize(SandboxState::Failed, format!("network: {e}"), true),
         }
@@ -302,7 +306,7 @@ impl Shared {
 
     fn base_env(&self) -> std::collections::BTreeMap<String, String> {
         let mut env = std::collections::BTreeMap::new();
-        env.insert("HOSTNAME".to_string(), self.cfg.name.clone());
+        env.insert("HOSTNAME".to_string(), lock(&self.name).clone());
         env.extend(self.cfg.spec.env.clone());
         env
     }
@@ -562,8 +566,35 @@ impl Shared {
                 };
                 client.send(cid, reply);
             }
+            ShimRequest::SetIdentity { name } => {
+                let reply = match self.set_identity(&name) {
+                    Ok(()) => Response::Done,
+                    Err(e) => error(ErrorCode::Unsupported, e),
+                };
+                client.send(cid, reply);
+            }
             ShimRequest::Agent(request) => self.for_agent(client, cid, request),
         }
+    }
+
+    /// Renames the running sandbox (see `ShimRequest::SetIdentity`). Only where nothing has
+    /// seen the old identity but the store: no network-policy plugins or metrics sinks (they
+    /// were told the name at start), and a namespace sandbox (the shim sets the hostname from
+    /// the host side; a microVM's agent can no longer).
+    fn set_identity(&self, name: &str) -> Result<(), String> {
+        if !crate::spec::is_valid_name(name) {
+            return Err(format!("{name:?} is not a sandbox name"));
+        }
+        if !self.cfg.network_plugins.is_empty() || !self.cfg.spec.hooks.metrics_sinks.is_empty() {
+            return Err("plugins know this sandbox by its name: it cannot take another".into());
+        }
+        if !matches!(self.cfg.backend, super::BackendConfig::Namespace { .. }) {
+            return Err("only a namespace sandbox can take another name while it runs".into());
+        }
+        let pid = lock(&self.backend).init_pid().ok_or("the sandbox has no init process")?;
+        super::namespace::set_hostname(pid, name)?;
+        *lock(&self.name) = name.to_string();
+        Ok(())
     }
 
     /// A client's request for the agent: exec, its process's stdin, resize and signals, and the
