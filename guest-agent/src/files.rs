@@ -16,7 +16,12 @@ pub fn io_error(path: &str, e: &io::Error) -> Response {
         io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
         io::ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
         // The path names the wrong kind of thing, or is no path at all: the caller's to fix.
-        io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory | io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => ErrorCode::BadRequest,
+        io::ErrorKind::IsADirectory
+        | io::ErrorKind::NotADirectory
+        | io::ErrorKind::DirectoryNotEmpty
+        | io::ErrorKind::InvalidInput
+        | io::ErrorKind::InvalidFilename
+        | io::ErrorKind::NotSeekable => ErrorCode::BadRequest,
         _ => ErrorCode::Io,
     };
     error(code, format!("{path}: {e}"))
@@ -43,6 +48,8 @@ pub fn read_file(path: &str, offset: u64, len: Option<u64>, send: &mut dyn FnMut
             return;
         }
     };
+    // Always, even to 0: pipes and terminals cannot seek, and refusing them here (a 400 for the
+    // caller) keeps a read from waiting forever for a writer that never comes.
     if let Err(e) = file.seek(SeekFrom::Start(offset)) {
         send(io_error(path, &e));
         return;
@@ -163,5 +170,42 @@ pub fn rename(from: &str, to: &str) -> Response {
     match fs::rename(from, to) {
         Ok(()) => Response::Done,
         Err(e) => io_error(&format!("{from} -> {to}"), &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(kind: io::ErrorKind) -> ErrorCode {
+        match io_error("/p", &io::Error::from(kind)) {
+            Response::Error { code, .. } => code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_wrong_kind_of_path_is_the_callers_mistake_not_an_io_failure() {
+        for kind in [io::ErrorKind::IsADirectory, io::ErrorKind::NotADirectory, io::ErrorKind::NotSeekable, io::ErrorKind::InvalidFilename] {
+            assert_eq!(code(kind), ErrorCode::BadRequest, "{kind:?}");
+        }
+        assert_eq!(code(io::ErrorKind::NotFound), ErrorCode::NotFound);
+        assert_eq!(code(io::ErrorKind::PermissionDenied), ErrorCode::PermissionDenied);
+        assert_eq!(code(io::ErrorKind::Other), ErrorCode::Io);
+    }
+
+    #[test]
+    fn a_pipe_is_refused_at_once_rather_than_read_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // A writer end keeps the open from blocking; nobody ever writes.
+        let _writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+        let mut answers = Vec::new();
+        read_file(fifo.to_str().unwrap(), 0, None, &mut |r| {
+            answers.push(r);
+            true
+        });
+        assert!(matches!(answers.as_slice(), [Response::Error { code: ErrorCode::BadRequest, .. }]), "{answers:?}");
     }
 }

@@ -177,6 +177,15 @@ impl Sessions {
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A request whose session was deleted (or expired) while it ran failed because of that:
+    /// a 404, not a failure of the server.
+    fn raced(&self, id: &str, p: Problem) -> Problem {
+        if p.status >= 500 && !self.lock().contains_key(id) {
+            return Problem::not_found(format!("session {id:?} was deleted while the request ran"));
+        }
+        p
+    }
+
     /// The session's sandbox, env and cwd, marking it used.
     fn touch(&self, id: &str) -> ApiResult<(Sandbox, BTreeMap<String, String>, String)> {
         let mut sessions = self.lock();
@@ -268,7 +277,7 @@ async fn run_in_session(State(state): St, Path(id): Path<String>, body: Result<B
     let (sandbox, env, cwd) = state.sessions.touch(&id)?;
     // OpenSandbox's rule: a run's cwd counts only when it is not "/" (clients send "/" for none).
     let cwd = body.cwd.clone().filter(|c| c != "/").unwrap_or(cwd);
-    execute(&state, &sandbox, body.options(&env, Some(&cwd), &state)).await
+    execute(&state, &sandbox, body.options(&env, Some(&cwd), &state)).await.map_err(|p| state.sessions.raced(&id, p))
 }
 
 #[utoipa::path(post, path = "/sessions/{id}/env", tag = "opensandbox", params(("id" = String, Path, description = "The session id")), request_body = EnvBody, responses((status = 200, description = "Merged into the session's environment"), (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json")))]
@@ -346,7 +355,7 @@ async fn write_file(State(state): St, Path(id): Path<String>, body: Result<Bytes
     let body: WriteBody = json_body(&bytes(body)?)?;
     let (sandbox, _, _) = state.sessions.touch(&id)?;
     let (path, data) = (inside(&body.path)?, decode(&body.content, "")?);
-    write_one(&sandbox, &path, data).await.map_err(Problem::from)?;
+    write_one(&sandbox, &path, data).await.map_err(|e| state.sessions.raced(&id, e.into()))?;
     Ok(Json(Success { success: true }))
 }
 
@@ -403,7 +412,7 @@ async fn read_file(State(state): St, Path(id): Path<String>, q: Result<Query<Pat
     let path = inside(&q.path)?;
     // One request, bounded: a byte past the bound says the file is too large.
     let max = state.limits.max_body;
-    let data = sandbox.fs().read_range(path.clone(), 0, max as u64 + 1).await.map_err(Problem::from)?;
+    let data = sandbox.fs().read_range(path.clone(), 0, max as u64 + 1).await.map_err(|e| state.sessions.raced(&id, e.into()))?;
     if data.len() > max {
         return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("{path} is more than this route returns ({max} bytes)")));
     }
@@ -429,7 +438,7 @@ async fn list_files(State(state): St, Path(id): Path<String>, q: Result<Query<Pa
     let (sandbox, _, _) = state.sessions.touch(&id)?;
     let dir = inside(&q.path)?;
     let fs = sandbox.fs();
-    let mut entries = fs.list(dir.clone()).await.map_err(Problem::from)?;
+    let mut entries = fs.list(dir.clone()).await.map_err(|e| state.sessions.raced(&id, e.into()))?;
     entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let base = dir.trim_end_matches('/');
     let mut files = Vec::with_capacity(entries.len());

@@ -174,8 +174,21 @@ impl Sandbox {
         if !crate::paths::shim_alive(&dir) {
             return Err(Error::NotRunning { name: self.name.clone(), status: orch.observe(&row).status.as_str().to_string() });
         }
-        let client = ShimClient::connect(&dir.socket()).map_err(|e| Error::sandbox(&self.name, e))?;
+        let client = ShimClient::connect(&dir.socket()).map_err(|e| self.lost(e))?;
         Ok(Connection { socket: dir.socket(), client })
+    }
+
+    /// The error for a shim that stopped answering: the sandbox was removed or stopped meanwhile
+    /// (a request racing a delete: the client's to know, not a failure), else it failed.
+    fn lost(&self, e: ClientError) -> Error {
+        let Ok(orch) = Orchestrator::open((*self.config).clone()) else { return Error::sandbox(&self.name, e) };
+        match orch.store.sandbox(&self.name) {
+            Ok(None) => Error::no_sandbox(&self.name),
+            Ok(Some(row)) if !crate::paths::shim_alive(&orch.instance_dir(&row)) => {
+                Error::NotRunning { name: self.name.clone(), status: orch.observe(&row).status.as_str().to_string() }
+            }
+            _ => Error::sandbox(&self.name, e),
+        }
     }
 
     /// Runs one request on a connection (blocking). A cached connection that turns out to be
@@ -212,7 +225,10 @@ impl Sandbox {
             }
             Err(e) => {
                 tracing::debug!("sandbox {}: dropping the connection to {}: {e}", self.name, conn.socket.display());
-                Err(Error::sandbox(&self.name, e))
+                Err(match e {
+                    ClientError::Connect { .. } | ClientError::Frame(_) => self.lost(e),
+                    other => Error::sandbox(&self.name, other),
+                })
             }
         }
     }
