@@ -1,23 +1,26 @@
-//! Warm pools (`serve --warm-pool IMAGE=N`): sandboxes of an image made ahead of the requests
-//! that need one, so that `/run` pays for a command, not for building a sandbox. A pooled
-//! sandbox serves one request and is removed after it (in the background: the answer does not
-//! wait); the pool refills behind it. Hits and misses are counted and logged.
+//! Warm pools (`serve --warm-pool IMAGE=N`): sandboxes of an image made (and warmed with two
+//! trivial commands) ahead of the requests that need one, so that `/run` pays for a command
+//! and `POST /v1/sandboxes` for a rename, not for building a sandbox. A pooled sandbox serves
+//! one `/run` and is removed after it (in the background: the answer does not wait), or
+//! becomes the sandbox a `/v1` client asked for; the pool refills behind it, several at once.
+//! Hits and misses are counted.
 //!
 //! Invariants:
 //! - A sandbox is handed out once: it leaves the ready list under the pool's lock.
 //! - A pooled sandbox is exactly what `/run` would make: the image, the memory bound
 //!   OpenSandbox's default `mem` asks for, no main process; a request that asks for other
-//!   memory gets a fresh sandbox (a miss) rather than a looser bound.
-//! - Pooled sandboxes have their own source (`api-pool`): a new `serve` removes any an earlier
-//!   one left, and no file source prunes them.
+//!   memory gets a fresh sandbox (a miss) rather than a looser bound. A `/v1` manifest gets one
+//!   only when its spec is that spec ([`WarmPool::serves`]).
+//! - Pooled sandboxes have their own source (`api-pool`) until one becomes a client's: a new
+//!   `serve` removes any an earlier one left, and no file source prunes them.
 
 use super::problem::{ApiResult, Problem};
 use super::ApiState;
 use crate::sandbox::Sandbox;
+use crate::spec::{Isolation, Resource, ResourceSpec, SandboxSpec};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use crate::spec::{Isolation, Resource, ResourceSpec, SandboxSpec};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
