@@ -284,6 +284,10 @@ fn a_rule_added_under_serve_blocks_the_next_connection_and_closes_open_ones_with
     let events = describe(&env, "live");
     assert!(events.contains("NetworkUpdated"), "{events}");
     assert!(events.contains(&format!("rule 1 (deny cidr {WEB}/32)")), "{events}");
+    // Applied once: the resyncs after it (every second here) find nothing to change.
+    std::thread::sleep(Duration::from_secs(3));
+    let events = env.ok(&["events", "live", "--limit", "100"]);
+    assert_eq!(events.matches("NetworkUpdated").count(), 1, "the change is recorded as applied:\n{events}");
 }
 
 /// Where `just plugins` put the components (tests/setup.sh test builds them).

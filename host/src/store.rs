@@ -316,13 +316,15 @@ impl Store {
         Ok(())
     }
 
+    /// Writes an instance's observed state, and its spec (a live network update changes it
+    /// without a new instance).
     pub fn update_sandbox(&mut self, row: &SandboxRow) -> Result<()> {
         self.conn.execute(
             "UPDATE sandboxes SET status = ?2, shim_pid = ?3, exit_code = ?4, restarts = ?5, message = ?6,
-               user_stopped = ?7, started_at = ?8, finished_at = ?9 WHERE name = ?1",
+               user_stopped = ?7, started_at = ?8, finished_at = ?9, spec = ?10 WHERE name = ?1",
             params![
                 row.name, row.status.as_str(), row.shim_pid, row.exit_code, row.restarts, row.message,
-                row.user_stopped as i64, row.started_at, row.finished_at
+                row.user_stopped as i64, row.started_at, row.finished_at, row.spec
             ],
         )?;
         Ok(())
