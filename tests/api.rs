@@ -774,7 +774,19 @@ fn interactive_commands_run_over_a_websocket() {
         assert_eq!(ws::next_json(&mut w).await["kind"], "spawn-failed");
     });
     assert_eq!(http(&socket, "GET", "/v1/sandboxes/term/exec/ws", Some(&api.token), b"").0, 400, "a plain GET is told to upgrade");
+
+    // A file streamed out of a sandbox that goes away mid-transfer ends as a failed transfer
+    // (no final chunk), never as a short body that looks whole.
+    let mut s = UnixStream::connect(&socket).unwrap();
+    write!(s, "GET /v1/sandboxes/term/files?path=/dev/zero HTTP/1.1\r\nHost: o\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", api.token).unwrap();
+    let mut raw = vec![0u8; 2 << 20];
+    s.read_exact(&mut raw).unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&raw[..64]));
     assert_eq!(api.call("DELETE", "/v1/sandboxes/term", b"").0, 204);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(!rest.ends_with(b"0\r\n\r\n"), "the body must not end as if complete ({} more bytes)", rest.len());
 }
 
 /// Where `just plugins` put the test components.

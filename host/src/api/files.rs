@@ -78,11 +78,11 @@ enum Fed {
 
 /// Bytes written to it go, chunk by chunk, to an async receiver; fails once the receiver is
 /// gone (the client left).
-struct ChannelWriter(mpsc::Sender<Bytes>);
+struct ChannelWriter(mpsc::Sender<std::io::Result<Bytes>>);
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.blocking_send(Bytes::copy_from_slice(buf)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client stopped reading"))?;
+        self.0.blocking_send(Ok(Bytes::copy_from_slice(buf))).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client stopped reading"))?;
         Ok(buf.len())
     }
 
@@ -146,20 +146,22 @@ async fn read_file(State(state): St, Path(name): Path<String>, q: Result<Query<P
     if first.len() < WHOLE {
         return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], first).into_response());
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
-    let _ = tx.send(Bytes::from(first)).await;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
+    let _ = tx.send(Ok(Bytes::from(first))).await;
     tokio::spawn(async move {
-        if let Err(e) = fs.read_to(path.clone(), WHOLE as u64, ChannelWriter(tx)).await {
-            // The status has gone; the body ends short, which the client sees as an error.
+        if let Err(e) = fs.read_to(path.clone(), WHOLE as u64, ChannelWriter(tx.clone())).await {
+            // The status has gone: the error aborts the body (no final chunk), so the client
+            // sees a failed transfer, never a short file that looks whole.
             tracing::debug!("streaming {path} out of a sandbox ended early: {e}");
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
         }
     });
-    let body = Body::from_stream(tokio_stream_of(rx));
+    let body = Body::from_stream(stream_of(rx));
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
-fn tokio_stream_of(rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) })
+fn stream_of(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 /// Creates or replaces a file from the request body, streamed.
