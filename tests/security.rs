@@ -107,6 +107,23 @@ fn escape_suite(userns: bool) {
     }
     let (_, out, _) = env.sh(name, "probe open /dev/null /dev/zero /dev/urandom /dev/tty /dev/ptmx");
     assert!(out.lines().take(3).all(|l| l.ends_with(" ok")), "the agent's own nodes still work: {out}");
+    // Those nodes are the host's own inodes, bound in: root inside uses them, but their owner,
+    // mode and times stay the host's (schemathesis once left the host's /dev/null 0644).
+    use std::os::unix::fs::MetadataExt;
+    let host_nodes = || ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"].map(|d| std::fs::metadata(d).map(|m| (m.mode(), m.uid(), m.gid(), m.ctime())).unwrap());
+    let before = host_nodes();
+    for (what, script) in [
+        ("chmod of the host's /dev/null", "chmod 600 /dev/null"),
+        ("chown of the host's /dev/zero", "chown 1000:1000 /dev/zero"),
+        ("new times on the host's /dev/full", "touch /dev/full"),
+        ("chmod of the host's /dev/urandom", "chmod 000 /dev/urandom"),
+    ] {
+        let (code, _, err) = env.sh(name, script);
+        refused(what, code != 0 && err.contains("Read-only"), &err);
+    }
+    assert_eq!(host_nodes(), before, "the host's device nodes are untouched");
+    let (code, out, _) = env.sh(name, "echo x > /dev/null && head -c 4 /dev/zero | wc -c");
+    assert_eq!((code, out.trim()), (0, "4"), "the nodes still work");
     if Path::new("/sys/fs/cgroup/devices/devices.list").exists() {
         let list = std::fs::read_to_string(format!("/sys/fs/cgroup/devices/orchestrator/{inst}/devices.list")).unwrap();
         refused("a device outside the allow list (cgroup v1 devices.list)", !list.contains("a *:* rwm") && list.contains("c 1:3 rw"), &list);
@@ -196,7 +213,6 @@ fn escape_suite(userns: bool) {
     assert_eq!(env.sh(name, "echo alive").1, "alive\n", "the agent survives the memory bomb");
     let (code, _, err) = env.sh(name, "dd if=/dev/zero of=/fill bs=1M count=200");
     refused("writing 200 MiB past a 64 MiB disk", code != 0 && err.contains("No space left"), &err);
-    use std::os::unix::fs::MetadataExt;
     let allocated = std::fs::metadata(env.instance_dir(name).join("disk.ext4")).unwrap().blocks() * 512;
     assert!(allocated <= 64 << 20, "the host holds at most the bound: {allocated} bytes");
     let (code, out, _) = env.sh(name, "rm /fill && echo ok > /after && cat /after");

@@ -48,6 +48,26 @@ const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", 
 /// CVE-2021-30465 class), so one is refused.
 const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys"];
 
+/// Remounts the bind mount at `target` read-only, keeping the flags it has (inside a user
+/// namespace the kernel refuses a remount that would clear a flag the host set), and adding
+/// nosuid and noexec. Never nodev: the mounts this serves are device nodes.
+fn remount_read_only(target: &Path) -> Result<(), InitError> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let have = step(statvfs(target).map_err(errno), || format!("reading the flags of {}", target.display()))?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    for (st, ms) in [
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if have.contains(st) {
+            flags |= ms;
+        }
+    }
+    mnt(None, target, None, flags, None)
+}
+
 /// How the new root replaces the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwitchRoot {
@@ -167,6 +187,10 @@ fn setup_dev(dev: &Path) -> Result<(), InitError> {
         step(fs::File::create(&target), || format!("creating {}", target.display()))?;
         let host = format!("/dev/{name}");
         mnt(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+        // Read-only: the node is the host's own inode, and root inside (without a user
+        // namespace, the host's uid 0) could otherwise chmod or chown the host's /dev/null.
+        // A read-only mount refuses metadata changes; reads and writes of a device go on.
+        remount_read_only(&target)?;
     }
     let pts = dev.join("pts");
     mkdir_p(&pts, 0o755)?;
