@@ -291,6 +291,12 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
     assert_eq!(api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/chunked", b"").0, 404, "a body cut at the bound leaves no partial file");
     assert_eq!(api.call("GET", "/v1/sandboxes/box/files?path=/tmp", b"").0, 400, "a directory is listed, not read");
+    // The device nodes bound in from the host are not the client's to chmod.
+    use std::os::unix::fs::MetadataExt;
+    let host_null = std::fs::metadata("/dev/null").unwrap().mode();
+    let (status, problem) = api.call("PUT", "/v1/sandboxes/box/files?path=/dev/null&mode=600", b"");
+    assert_eq!((status, problem["kind"].as_str()), (403, Some("permission-denied")), "{problem}");
+    assert_eq!(std::fs::metadata("/dev/null").unwrap().mode(), host_null, "the host's /dev/null is untouched");
     // Bodies read whole stay under --max-body.
     let (status, kind, _) = http(&socket, "POST", "/v1/sandboxes/box/exec", Some(&api.token), &big);
     assert_eq!((status, kind.as_str()), (413, "application/problem+json"));

@@ -13,7 +13,10 @@ const ENTRIES_PER_FRAME: usize = 1024;
 pub fn io_error(path: &str, e: &io::Error) -> Response {
     let code = match e.kind() {
         io::ErrorKind::NotFound => ErrorCode::NotFound,
-        io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+        // A read-only place (the image's bound nodes, /proc/sys) refuses like a permission.
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorCode::PermissionDenied,
+        // The sandbox's own bound (its disk, RLIMIT_FSIZE): the caller's to make room for.
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
         io::ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
         // The path names the wrong kind of thing, or is no path at all: the caller's to fix.
         io::ErrorKind::IsADirectory
@@ -191,6 +194,8 @@ mod tests {
         }
         assert_eq!(code(io::ErrorKind::NotFound), ErrorCode::NotFound);
         assert_eq!(code(io::ErrorKind::PermissionDenied), ErrorCode::PermissionDenied);
+        assert_eq!(code(io::ErrorKind::ReadOnlyFilesystem), ErrorCode::PermissionDenied);
+        assert_eq!(code(io::ErrorKind::StorageFull), ErrorCode::TooLarge);
         assert_eq!(code(io::ErrorKind::Other), ErrorCode::Io);
     }
 
