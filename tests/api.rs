@@ -398,7 +398,7 @@ fn curl_json(addr: &str, args: &[&str]) -> Value {
 fn opensandbox_readme_calls_work_unchanged() {
     let env = Env::new();
     let image = format!("dir:{}", rootfs().display());
-    let server = Server::start(&env, &["--listen", "127.0.0.1:0", "--insecure-no-auth", "--default-image", &image, "--session-idle", "3"]);
+    let server = Server::start(&env, &["--listen", "127.0.0.1:0", "--insecure-no-auth", "--default-image", &image, "--session-idle", "3", "--max-sessions", "1"]);
     assert!(server.log_text().contains("without authentication"), "{}", server.log_text());
     let a = server.tcp();
     let post = |path: &str, body: &str| curl_json(&a, &["-X", "POST", &format!("http://localhost:8080{path}"), "-H", "Content-Type: application/json", "-d", body]);
@@ -444,6 +444,10 @@ fn opensandbox_readme_calls_work_unchanged() {
     // An idle session expires (3 s here) and takes its sandbox with it.
     let idle = post("/sessions", "{}")["session_id"].as_str().unwrap().to_string();
     assert_eq!(env.get().len(), 1);
+    // Sessions are sandboxes: no more than --max-sessions (1 here) at once.
+    let (status, body) = curl(&a, &["-X", "POST", "http://localhost:8080/sessions", "-d", "{}"]);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(env.get().len(), 1, "the refused session made no sandbox");
     env.wait_for("the idle session to expire", Duration::from_secs(20), || curl(&a, &[&format!("http://localhost:8080/sessions/{idle}")]).0 == 404 && env.get().is_empty());
 }
 
@@ -939,7 +943,7 @@ fn generated_requests_from_the_openapi_document_get_no_server_error() {
         .arg(&doc)
         .args(["--url", "http://127.0.0.1:8080", "-H", &format!("Authorization: Bearer {}", api.token)])
         .args(["--checks", "not_a_server_error", "--exclude-path-regex", excluded])
-        .args(["--max-time", "60", "--seed", "1", "--request-timeout", "30", "--workers", "2", "--no-color"])
+        .args(["--max-time", "60", "--seed", "1", "--request-timeout", "30", "--workers", "1", "--no-color"])
         .current_dir(env.dir.path())
         .output()
         .unwrap();

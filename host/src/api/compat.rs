@@ -166,11 +166,34 @@ struct Session {
 pub struct Sessions {
     by_id: Mutex<HashMap<String, Session>>,
     idle: Duration,
+    /// Sessions at once (each is a sandbox): more are refused with 429.
+    max: usize,
+    /// Sessions being made (counted against `max` before they exist).
+    making: std::sync::atomic::AtomicUsize,
+}
+
+/// A place for one session being made; given back when dropped.
+struct Reservation<'a>(&'a Sessions);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.making.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Sessions {
-    pub fn new(idle: Duration) -> Sessions {
-        Sessions { by_id: Mutex::new(HashMap::new()), idle }
+    pub fn new(idle: Duration, max: usize) -> Sessions {
+        Sessions { by_id: Mutex::new(HashMap::new()), idle, max, making: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    /// A place for a new session, or 429 when as many exist (or are being made) as allowed.
+    fn reserve(&self) -> ApiResult<Reservation<'_>> {
+        let sessions = self.lock();
+        if sessions.len() + self.making.load(std::sync::atomic::Ordering::SeqCst) >= self.max {
+            return Err(Problem::too_many(format!("{} sessions exist, as many as this server keeps (--max-sessions); delete one, or let an idle one expire", self.max)));
+        }
+        self.making.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Reservation(self))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -233,10 +256,11 @@ struct Created {
     preview_url: Option<String>,
 }
 
-#[utoipa::path(post, path = "/sessions", tag = "opensandbox", request_body(content = Option<EnvBody>), responses((status = 200, body = Created)))]
+#[utoipa::path(post, path = "/sessions", tag = "opensandbox", request_body(content = Option<EnvBody>), responses((status = 200, body = Created), (status = 429, description = "As many sessions exist as the server keeps (--max-sessions)", body = Problem, content_type = "application/problem+json")))]
 async fn create_session(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Created>> {
     let body = bytes(body)?;
     let env: EnvBody = if body.iter().all(u8::is_ascii_whitespace) { EnvBody { env: BTreeMap::new() } } else { json_body(&body)? };
+    let _place = state.sessions.reserve()?;
     let sandbox = super::pool::make(&state, &state.default_image, "session", SESSION_SOURCE, None).await?;
     let id = uuid_v4();
     let now = Instant::now();

@@ -98,6 +98,8 @@ pub struct ApiOptions {
     pub default_image: String,
     /// A session idle this long is removed.
     pub session_idle: Duration,
+    /// Sessions at once (each is a sandbox).
+    pub max_sessions: usize,
     /// Warm pools: (image, how many sandboxes to keep ready).
     pub warm_pools: Vec<(String, usize)>,
     pub limits: Limits,
@@ -262,7 +264,7 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         limits: options.limits.clone(),
         listen_host: tcp_addr.map(|a| a.ip().to_string()),
         exec_slots: Mutex::new(HashMap::new()),
-        sessions: compat::Sessions::new(options.session_idle),
+        sessions: compat::Sessions::new(options.session_idle, options.max_sessions),
         pools: options.warm_pools.iter().map(|(image, n)| pool::WarmPool::new(image.clone(), *n)).collect(),
         discards: Arc::new(Semaphore::new(8)),
         pulls: Arc::new(Semaphore::new(catalog::PULLS_AT_ONCE)),
@@ -333,7 +335,7 @@ mod tests {
             limits: Limits { execs_per_sandbox: 2, ..Limits::default() },
             listen_host: None,
             exec_slots: Mutex::new(HashMap::new()),
-            sessions: compat::Sessions::new(Duration::from_secs(1)),
+            sessions: compat::Sessions::new(Duration::from_secs(1), 4),
             pools: Vec::new(),
             discards: Arc::new(Semaphore::new(1)),
             pulls: Arc::new(Semaphore::new(1)),

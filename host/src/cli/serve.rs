@@ -50,6 +50,9 @@ pub struct ApiFlags {
     /// Seconds a session may stay idle before it is removed.
     #[arg(long, default_value_t = 300)]
     session_idle: u64,
+    /// OpenSandbox-style sessions at once (each is a sandbox); more are refused with 429.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = Limits::default().max_body)]
     max_body: usize,
@@ -90,6 +93,7 @@ pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prun
             allow_client_network: flags.allow_client_network,
             default_image: flags.default_image,
             session_idle: Duration::from_secs(flags.session_idle.max(1)),
+            max_sessions: flags.max_sessions.max(1),
             limits: Limits { max_body: flags.max_body, max_file: flags.max_file_body, ..Limits::default() },
         };
         let running = crate::api::start((*orch.config).clone(), options, log)?;
