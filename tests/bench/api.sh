@@ -40,7 +40,7 @@ ours() {  # LABEL [SERVE ARGS...]
   shift
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  ORCHESTRATOR_DATA_DIR=$work/data "$o" serve --listen "127.0.0.1:$port" --insecure-no-auth --default-image "dir:$rootfs" "$@" 2>"$work/serve.log" &
+  ORCHESTRATOR_DATA_DIR=$work/data "$o" serve --listen "127.0.0.1:$port" --insecure-no-auth --default-image "dir:$rootfs" --allow-host-paths "$(dirname "$rootfs")" "$@" 2>"$work/serve.log" &
   serve_pid=$!
   for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
   if [ "$#" -gt 0 ]; then
@@ -50,7 +50,13 @@ ours() {  # LABEL [SERVE ARGS...]
     done
   fi
   python3 "$client" "http://127.0.0.1:$port" --runs "$runs" --seconds "$seconds" > "$work/$label.json"
-  [ "$#" -gt 0 ] && curl -s "http://127.0.0.1:$port/v1/pools" > "$work/$label.pools.json"
+  if [ "$#" -gt 0 ]; then
+    curl -s "http://127.0.0.1:$port/v1/pools" > "$work/$label.pools.json"
+    # POST /v1/sandboxes: the pool's spec (2 GiB) against another (a fresh sandbox each).
+    for mem in 2Gi 1Gi; do
+      python3 "$(dirname "$0")/api_create.py" "http://127.0.0.1:$port" 20 "$mem" "dir:$rootfs" >> "$work/$label.create.json"
+    done
+  fi
   kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=
 }
 
@@ -98,6 +104,13 @@ for label, key in rows:
     r = json.load(open(p))
     c = r["concurrent"]
     print(f"| {label} | {r['run_true']['p50']} | {r['run_true']['p95']} | {r['session_exec']['p50']} | {r['file_write_1k']['p50']} | {r['file_read_1k']['p50']} | {c['answers_per_s']} | {c['correct_per_s']} | {c['wrong']} |")
+creates = os.path.join(work, "orchestrator-pool.create.json")
+if os.path.exists(creates):
+    print("\n| POST /v1/sandboxes | p50 ms | p95 ms |\n|---|---|---|")
+    for line in open(creates):
+        c = json.loads(line)
+        what = "the pool's spec (from the pool)" if c["memory"] == "2Gi" else f"memory {c['memory']} (a fresh sandbox)"
+        print(f"| {what} | {c['p50']} | {c['p95']} |")
 pools = os.path.join(work, "orchestrator-pool.pools.json")
 if os.path.exists(pools):
     for p in json.load(open(pools)):
