@@ -13,14 +13,13 @@
 //!   client.
 
 use super::problem::{ApiResult, Problem};
-use super::sandboxes::{bytes, json_body};
+use super::sandboxes::{bytes, json_body, with_orchestrator};
 use super::streams::Framing;
 use super::ApiState;
 use crate::error::Error;
 use crate::image::store::ImageStore;
 use crate::plugin::evaluate::{Evaluator, Question, Verdict};
 use crate::plugin::Protocol;
-use crate::reconcile::Orchestrator;
 use crate::view::{ImageView, PluginView};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -47,15 +46,11 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
     OpenApiRouter::new().routes(routes!(list_images)).routes(routes!(pull)).routes(routes!(list_plugins)).routes(routes!(eval))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Problem::from(Error::Protocol(format!("a worker thread failed: {e}"))))?.map_err(Problem::from)
-}
-
 /// The local images.
 #[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = Vec<ImageView>)))]
 async fn list_images(State(state): St) -> ApiResult<Json<Vec<ImageView>>> {
     let root = state.config.data_dir.clone();
-    let records = blocking(move || Ok(ImageStore::open(&root)?.records())).await?;
+    let records = super::blocking(move || Ok(ImageStore::open(&root)?.records())).await?;
     Ok(Json(records.iter().map(Into::into).collect()))
 }
 
@@ -158,8 +153,7 @@ fn problem_event(p: &Problem) -> serde_json::Value {
 /// The applied plugins and what each implements.
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins", responses((status = 200, body = Vec<PluginView>)))]
 async fn list_plugins(State(state): St) -> ApiResult<Json<Vec<PluginView>>> {
-    let config = state.config.clone();
-    Ok(Json(blocking(move || Orchestrator::open(config)?.plugin_views()).await?))
+    Ok(Json(with_orchestrator(&state, |o| o.plugin_views()).await?))
 }
 
 /// `POST /v1/plugins/{name}/eval`: a flow (`connect`) or a DNS query (`dns`).
@@ -219,8 +213,7 @@ fn question(body: EvalBody) -> ApiResult<(Question, Option<String>)> {
 )]
 async fn eval(State(state): St, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Verdict>> {
     let (q, sandbox) = question(json_body(&bytes(body)?)?)?;
-    let config = state.config.clone();
-    Ok(Json(blocking(move || Ok(Evaluator::new(&Orchestrator::open(config)?, &name, sandbox.as_deref())?.ask(&q))).await?))
+    Ok(Json(with_orchestrator(&state, move |o| Ok(Evaluator::new(o, &name, sandbox.as_deref())?.ask(&q))).await?))
 }
 
 #[cfg(test)]

@@ -148,6 +148,15 @@ impl ApiState {
     }
 }
 
+/// Runs `f` on a blocking thread (the library's operations block: the store, the shims); a
+/// thread that panicked is a problem like any other.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> problem::ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| problem::Problem::from(crate::Error::Protocol(format!("a worker thread failed: {e}"))))?
+        .map_err(problem::Problem::from)
+}
+
 /// The MCP tools at `/mcp` (streamable HTTP, one JSON answer per request, no sessions to
 /// keep), behind the same token as every other route.
 fn mcp_service(state: &ApiState) -> rmcp::transport::streamable_http_server::StreamableHttpService<crate::mcp::Tools, rmcp::transport::streamable_http_server::session::local::LocalSessionManager> {

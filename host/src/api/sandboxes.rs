@@ -42,15 +42,9 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
 }
 
 /// Runs `f` on a blocking thread with the data directory open.
-async fn with_orchestrator<T: Send + 'static>(state: &ApiState, f: impl FnOnce(&mut Orchestrator) -> crate::Result<T> + Send + 'static) -> ApiResult<T> {
+pub(super) async fn with_orchestrator<T: Send + 'static>(state: &ApiState, f: impl FnOnce(&mut Orchestrator) -> crate::Result<T> + Send + 'static) -> ApiResult<T> {
     let config = state.config.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut orch = Orchestrator::open(config)?;
-        f(&mut orch)
-    })
-    .await
-    .map_err(|e| Problem::from(Error::Protocol(format!("a worker thread failed: {e}"))))?
-    .map_err(Problem::from)
+    super::blocking(move || f(&mut Orchestrator::open(config)?)).await
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", responses((status = 200, description = "Every sandbox, whatever made it", body = Vec<ResourceView>)))]

@@ -116,13 +116,7 @@ pub async fn events(state: &ApiState, sandbox: Option<&str>, history: usize, fol
             Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)?;
         }
         let config = state.config.clone();
-        let past = tokio::task::spawn_blocking(move || -> crate::Result<Vec<crate::store::Event>> {
-            let orch = crate::reconcile::Orchestrator::open(config)?;
-            Ok(orch.store.events(object.as_deref(), history)?)
-        })
-        .await
-        .map_err(|e| Problem::from(crate::Error::Protocol(e.to_string())))?
-        .map_err(Problem::from)?;
+        let past = super::blocking(move || Ok(crate::reconcile::Orchestrator::open(config)?.store.events(object.as_deref(), history)?)).await?;
         return Ok(framing.response(Body::from(past.iter().flat_map(frame).collect::<Vec<u8>>())));
     }
     let stream = match sandbox {
