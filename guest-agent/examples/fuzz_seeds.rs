@@ -24,6 +24,7 @@ fn main() {
         patches: vec![PatchOp::Write { path: "/etc/motd".into(), contents: b"hi\n".to_vec(), mode: 0o644 }, PatchOp::Symlink { path: "/usr/local/bin/py".into(), target: "/usr/bin/python3".into() }],
         writable_mount: Some("disk".into()),
         network: None,
+        trust_anchor: None,
     };
     let exec = ExecRequest {
         argv: vec!["sh".into(), "-c".into(), "echo hi".into()],

@@ -112,6 +112,7 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, disk: Option<std::o
     mnt(Some("overlay"), root, Some("overlay"), MsFlags::MS_NODEV, Some(&overlay))?;
     // Before /proc, /sys and /dev exist in the new root, so no patch can reach them.
     crate::patch::apply(root, &init.patches).map_err(|e| InitError { step: "applying rootfs patches".into(), source: std::io::Error::other(e.to_string()) })?;
+    crate::trust::install(root, init.trust_anchor.as_deref()).map_err(|e| InitError { step: "installing the interception CA".into(), source: std::io::Error::other(e) })?;
     refuse_symlinked_mount_points(root)?;
 
     let proc_dir = root.join("proc");

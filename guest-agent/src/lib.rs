@@ -13,6 +13,7 @@ mod process;
 pub mod protocol;
 pub mod security;
 mod session;
+pub mod trust;
 pub mod users;
 pub mod vm;
 

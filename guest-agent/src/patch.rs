@@ -36,7 +36,7 @@ pub fn apply(root: &Path, ops: &[PatchOp]) -> Result<(), PatchError> {
     Ok(())
 }
 
-fn open_root(root: &Path) -> nix::Result<OwnedFd> {
+pub(crate) fn open_root(root: &Path) -> nix::Result<OwnedFd> {
     nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
 }
 
@@ -101,7 +101,7 @@ fn split(path: &str) -> Result<(String, String), String> {
     Ok((format!("/{}", parents.join("/")), (*name).to_string()))
 }
 
-fn resolve(root: &OwnedFd, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+pub(crate) fn resolve(root: &OwnedFd, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -110,7 +110,7 @@ fn resolve(root: &OwnedFd, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
 }
 
 /// Creates `dir` and its parents (0755) inside the root, each step resolved in the root.
-fn mkdir_all(root: &OwnedFd, dir: &str) -> Result<OwnedFd, String> {
+pub(crate) fn mkdir_all(root: &OwnedFd, dir: &str) -> Result<OwnedFd, String> {
     let mut current = resolve(root, "/", OFlag::O_DIRECTORY).map_err(|e| describe(e, "opening the root"))?;
     let mut walked = String::new();
     for part in dir.split('/').filter(|p| !p.is_empty()) {

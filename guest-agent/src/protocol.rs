@@ -212,6 +212,10 @@ pub struct SandboxInit {
     /// The sandbox's link (`eth0`), when it has one; None: loopback only.
     #[serde(default)]
     pub network: Option<NetworkInit>,
+    /// The PEM certificate of this start's TLS interception CA, installed into the root's
+    /// trust stores (see `trust`); None removes a previous start's.
+    #[serde(default)]
+    pub trust_anchor: Option<String>,
 }
 
 /// How the agent configures the sandbox's link: addresses, routes via the gateway, and the

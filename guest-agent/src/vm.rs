@@ -173,6 +173,7 @@ pub fn sandbox_init(hostname: &str, patches: Vec<crate::protocol::PatchOp>) -> c
         patches,
         writable_mount: None,
         network: None,
+        trust_anchor: None,
     }
 }
 

@@ -84,10 +84,42 @@ pub fn prepare(
         check_patches(&prepared.patches).map_err(|e| format!("rootfs patches: {e}"))?;
     }
     for secret in &spec.secrets {
-        let value = loaded(&plugins, &secret.provider)?
-            .resolve_secret(info, &secret.key)
-            .map_err(|e| format!("secret {} (key {:?}): {e}", secret.env, secret.key))?;
-        prepared.secrets.push(ResolvedSecret::new(secret.env.clone(), secret.allow_hosts.clone(), value));
+        let value = if secret.builtin_provider() {
+            builtin_secret(&secret.provider, &secret.key)
+        } else {
+            loaded(&plugins, &secret.provider)?.resolve_secret(info, &secret.key).map_err(|e| e.to_string())
+        }
+        .map_err(|e| format!("secret {} (provider {}, key {:?}): {e}", secret.env, secret.provider, secret.key))?;
+        prepared.secrets.push(ResolvedSecret::new(secret, value));
     }
     Ok(prepared)
+}
+
+/// The largest secret the built-in providers read.
+const MAX_SECRET: u64 = 64 << 10;
+
+/// The built-in providers (`spec::BUILTIN_SECRET_PROVIDERS`), read where the orchestrator runs
+/// when the sandbox starts. A file's one trailing newline is not part of the value.
+fn builtin_secret(provider: &str, key: &str) -> Result<String, String> {
+    match provider {
+        "env" => std::env::var(key).map_err(|_| format!("the host environment variable {key} is not set where the orchestrator runs; set it, or use the file provider")),
+        "file" => {
+            use std::io::Read;
+            let file = std::fs::File::open(key).map_err(|e| format!("reading {key}: {e}"))?;
+            let mut text = String::new();
+            file.take(MAX_SECRET + 1).read_to_string(&mut text).map_err(|e| format!("reading {key}: {e} (a secret file holds UTF-8 text)"))?;
+            if text.len() as u64 > MAX_SECRET {
+                crate::plugin::secrets::wipe(&mut text);
+                return Err(format!("{key} is larger than {MAX_SECRET} bytes"));
+            }
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Ok(text)
+        }
+        other => Err(format!("{other} is not a built-in provider")),
+    }
 }

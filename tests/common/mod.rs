@@ -27,6 +27,20 @@ pub fn rootfs() -> PathBuf {
         .clone()
 }
 
+/// Debian 12 with python3, curl and the CA bundle (tests/images/debian-python.sh; cached).
+pub fn debian_rootfs() -> PathBuf {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS
+        .get_or_init(|| {
+            let cache = PathBuf::from("/var/cache/orchestrator-dev");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/debian-python.sh");
+            let st = Command::new("bash").arg(&script).arg(&cache).stdout(Stdio::null()).status().expect("running debian-python.sh");
+            assert!(st.success(), "building the Debian rootfs failed (`just setup-test`)");
+            cache.join("rootfs/debian-python")
+        })
+        .clone()
+}
+
 /// The test OCI layouts (built once per machine by tests/images/oci-images.py from the busybox
 /// rootfs): tags busybox, multi and the hostile images.
 pub fn layouts() -> PathBuf {

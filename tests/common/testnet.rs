@@ -35,7 +35,7 @@ pub const WEB6: &str = "2001:db8:2::10";
 pub fn zone(name: &str, rtype: RecordType) -> Option<IpAddr> {
     let v4 = |s: &str| Some(IpAddr::V4(s.parse().unwrap()));
     match (name, rtype) {
-        ("web.test", RecordType::A) | ("evil.example", RecordType::A) | ("a.tracking.example", RecordType::A) => v4(WEB),
+        ("web.test", RecordType::A) | ("evil.example", RecordType::A) | ("a.tracking.example", RecordType::A) | ("pinned.test", RecordType::A) => v4(WEB),
         ("other.test", RecordType::A) => v4(WEB2),
         ("rebind.test", RecordType::A) => v4(PRIVATE),
         ("meta.test", RecordType::A) => v4(METADATA),
@@ -80,7 +80,9 @@ impl TestNet {
             ip(&["-n", &inet, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
         ip(&["-n", &inet, "addr", "add", "2001:db8:1::2/64", "dev", &vi, "nodad"]);
-        ip(&["-n", &inet, "addr", "add", &format!("{WEB6}/128"), "dev", "lo"]);
+        // nodad: without it the address is "tentative" until the kernel's DAD work runs (even on lo),
+        // and a bind in that window fails with EADDRNOTAVAIL (seen in CI).
+        ip(&["-n", &inet, "addr", "add", &format!("{WEB6}/128"), "dev", "lo", "nodad"]);
         let net = TestNet { tag: tag.to_string(), dns_queries: Arc::new(AtomicU64::new(0)), http_requests: Arc::new(AtomicU64::new(0)) };
         let inet_path = net.inet_ns();
         for (addr, body) in [(WEB, "web"), (WEB2, "other"), (PRIVATE, "private"), (METADATA, "metadata"), (WEB6, "web6")] {
@@ -129,13 +131,13 @@ pub fn in_netns<F: FnOnce() + Send + 'static>(ns: &str, f: F) {
     assert_eq!(rx.recv().unwrap(), 0, "setns into {ns}");
 }
 
-fn bound<T>(ns: &str, bind: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> T
+pub fn bound<T>(ns: &str, bind: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> T
 where
     T: Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::channel();
     in_netns(ns, move || tx.send(bind()).unwrap());
-    rx.recv().unwrap().expect("binding a test server")
+    rx.recv().unwrap().unwrap_or_else(|e| panic!("binding a test server in {ns}: {e}"))
 }
 
 pub fn serve_http(ns: &str, addr: SocketAddr, body: &'static str, counter: Arc<AtomicU64>) {

@@ -245,6 +245,18 @@ fn reply(query: &Message, code: ResponseCode) -> QueryOutcome {
 }
 
 /// FORMERR for a query that does not parse: just its id and the response bit.
+/// A REFUSED answer to the query in `bytes` (nothing is asked upstream).
+pub fn refuse(bytes: &[u8]) -> QueryOutcome {
+    if bytes.len() < 12 || bytes.len() > MAX_QUERY {
+        return QueryOutcome::Drop;
+    }
+    match Message::from_vec(bytes) {
+        Ok(msg) if msg.message_type() == MessageType::Query => reply(&msg, ResponseCode::Refused),
+        Ok(_) => QueryOutcome::Drop,
+        Err(_) => formerr(bytes),
+    }
+}
+
 fn formerr(bytes: &[u8]) -> QueryOutcome {
     if bytes[2] & 0x80 != 0 {
         return QueryOutcome::Drop;

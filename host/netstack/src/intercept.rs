@@ -26,6 +26,9 @@ pub struct OfferedFlow {
     /// Every name the flow is known by: the server name first, then the names the sandbox
     /// resolved to this address.
     pub names: Vec<String>,
+    /// The names the sandbox's DNS resolved to this address (the server name is among them
+    /// only if it was resolved too): what secret substitution checks the destination against.
+    pub resolved: Vec<String>,
     /// A policy plugin answered `intercept-tls` for it.
     pub requested_by_policy: bool,
 }
@@ -42,4 +45,12 @@ pub trait FlowInterceptor: Send {
     /// read from it goes to the guest; closing it closes the guest's connection. An error resets
     /// the guest's connection.
     fn take(&mut self, flow: OfferedFlow, upstream: std::net::TcpStream) -> std::io::Result<std::os::unix::net::UnixStream>;
+
+    /// Whether a new UDP flow to `destination` (known by `names`) is QUIC to a host this
+    /// interceptor would take over TCP; such a flow is refused, so the client falls back to TCP
+    /// where it can be inspected.
+    fn blocks_quic(&mut self, destination: SocketAddr, names: &[String]) -> bool {
+        let _ = (destination, names);
+        false
+    }
 }

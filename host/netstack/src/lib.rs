@@ -11,6 +11,7 @@
 //! - `dns`, `pins`: the gateway's resolver and the names it learnt; `sni`: TLS server names.
 //! - `icmp`: ping through the host's ICMP sockets.
 //! - `intercept`: the `FlowInterceptor` seam, where a TLS flow can be handed to the shim.
+//! - `guard`: the secrets' tripwire, placeholders found in traffic nobody intercepts.
 //! - `packet`: parsing guest packets, building the few the stack writes itself.
 //! - `device`, `tun`: the guest's link; `stack`: the event loop that owns everything above.
 //! - `stats`: counters the shim reports.
@@ -21,6 +22,7 @@
 pub mod addr;
 pub mod device;
 pub mod dns;
+pub mod guard;
 pub mod icmp;
 pub mod intercept;
 pub mod packet;
@@ -31,6 +33,7 @@ mod stack;
 pub mod stats;
 pub mod tun;
 
+pub use guard::SecretGuard;
 pub use intercept::{FlowInterceptor, OfferedFlow};
 pub use policy::{FlowPolicy, NetworkPolicy, PluginVerdict, Preset, Protocol};
 pub use stack::Control;
@@ -102,6 +105,12 @@ pub enum NetEvent {
     Denied { protocol: Protocol, destination: SocketAddr, names: Vec<String>, reason: String, decided_by: String },
     DnsRefused { name: String, reason: String, decided_by: String },
     Suppressed { count: u64 },
+    /// A secret's placeholder was on its way somewhere it may not go; the flow was ended (or
+    /// the request refused). `via` says how it was travelling.
+    SecretBlocked { secret: String, destination: Option<SocketAddr>, names: Vec<String>, via: String },
+    /// An intercepted flow's real server failed verification (or could not be reached over
+    /// TLS); the guest's requests got an error, nothing was sent on.
+    UpstreamTlsFailed { destination: SocketAddr, server_name: String, reason: String },
 }
 
 /// A published port's host socket, bound by the caller (so a port in use fails the caller's
@@ -164,12 +173,14 @@ pub struct Wiring {
     pub events: mpsc::Sender<NetEvent>,
     pub published: Vec<Published>,
     pub interceptor: Option<Box<dyn FlowInterceptor>>,
+    /// Placeholders to stop in traffic no interceptor inspects.
+    pub guard: SecretGuard,
 }
 
 impl Wiring {
     /// A policy with no plugins, no published ports and no interceptor.
     pub fn new(policy: NetworkPolicy, events: mpsc::Sender<NetEvent>) -> Wiring {
-        Wiring { policy, plugins: Box::new(policy::NoPlugins), events, published: Vec::new(), interceptor: None }
+        Wiring { policy, plugins: Box::new(policy::NoPlugins), events, published: Vec::new(), interceptor: None, guard: SecretGuard::default() }
     }
 }
 

@@ -15,6 +15,8 @@
 //! - A flow the policy no longer allows (`Control::Policy`) is closed at once.
 //! - A TCP flow's far end is the host connection or, once an interceptor took the flow (see
 //!   `intercept`), the interceptor's stream; the splice is the same code for both.
+//! - Every guest byte bound for a host socket without an interceptor in between passes the
+//!   secrets' guard first (`guard`): a placeholder ends the flow before it is written.
 
 use crate::device::{write_frame, FrameDevice};
 use crate::dns::{Asker, QueryOutcome, Resolver};
@@ -141,6 +143,10 @@ struct TcpFlow {
     /// A policy plugin answered `intercept-tls` for the flow.
     intercept_requested: bool,
     names: Vec<String>,
+    /// The names the DNS resolved to the destination (before any server name was added).
+    resolved: Vec<String>,
+    /// The last guest bytes passed on, for the secrets' guard (see `guard`).
+    guard_tail: Vec<u8>,
 }
 
 struct UdpFlow {
@@ -204,6 +210,7 @@ pub struct Stack {
     policy: NetworkPolicy,
     plugins: Box<dyn FlowPolicy>,
     interceptor: Option<Box<dyn crate::FlowInterceptor>>,
+    guard: crate::SecretGuard,
     pins: Pins,
     resolver: Resolver,
     dns_v4: Option<UdpSocket>,
@@ -235,7 +242,7 @@ fn io_other(e: impl std::fmt::Display) -> io::Error {
 
 impl Stack {
     pub fn new(cfg: StackConfig, tun: OwnedFd, wiring: crate::Wiring, control: Receiver<Control>, stats: Arc<Stats>) -> io::Result<(Stack, Arc<Waker>)> {
-        let crate::Wiring { policy, plugins, events, published, interceptor } = wiring;
+        let crate::Wiring { policy, plugins, events, published, interceptor, guard } = wiring;
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         for (i, p) in published.into_iter().enumerate() {
@@ -308,6 +315,7 @@ impl Stack {
                 policy,
                 plugins,
                 interceptor,
+                guard,
                 pins: Pins::default(),
                 resolver,
                 dns_v4,
@@ -596,6 +604,14 @@ impl Stack {
         } else {
             self.limiter.suppressed += 1;
         }
+    }
+
+    /// A placeholder was caught leaving (see `guard`): counted and reported, never rate-limited
+    /// away silently (the limiter still bounds the events).
+    fn secret_blocked(&mut self, secret: String, destination: Option<SocketAddr>, names: Vec<String>, via: &str) {
+        self.stats.add(&self.stats.flows_denied, 1);
+        tracing::warn!("secret {secret}: its placeholder was leaving through {via} to {destination:?} {names:?}; blocked");
+        self.emit(NetEvent::SecretBlocked { secret, destination, names, via: via.to_string() });
     }
 
     fn denied(&mut self, protocol: Protocol, dst: SocketAddr, names: &[String], d: &Decision) {

@@ -13,14 +13,26 @@ pub struct ResolvedSecret {
     pub env: String,
     /// What the sandbox sees instead of the value.
     pub placeholder: String,
-    /// Hosts the value may be sent to (the network issue substitutes it there only).
+    /// Host patterns the value may be sent to (see `spec::host_matches`); the shim's TLS
+    /// interception substitutes it there only.
     pub allow_hosts: Vec<String>,
+    #[serde(default)]
+    pub inject_into: Vec<crate::spec::InjectInto>,
+    #[serde(default)]
+    pub on_violation: crate::spec::OnViolation,
     value: String,
 }
 
 impl ResolvedSecret {
-    pub fn new(env: String, allow_hosts: Vec<String>, value: String) -> ResolvedSecret {
-        ResolvedSecret { placeholder: placeholder(), env, allow_hosts, value }
+    pub fn new(spec: &crate::spec::SecretRef, value: String) -> ResolvedSecret {
+        ResolvedSecret {
+            placeholder: placeholder(),
+            env: spec.env.clone(),
+            allow_hosts: spec.allow_hosts.clone(),
+            inject_into: spec.inject_into.clone(),
+            on_violation: spec.on_violation,
+            value,
+        }
     }
 
     pub fn value(&self) -> &str {

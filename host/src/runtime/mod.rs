@@ -108,6 +108,8 @@ impl Runtime for NamespaceRuntime {
             plugin_cache: req.plugin_cache.clone(),
             data_dir: Some(self.config.data_dir.clone()),
             dns_upstreams: self.config.dns_upstreams().map_err(RuntimeError::Start)?,
+            upstream_ca: upstream_ca(),
+            trust_anchor: None,
         };
         launch_shim(&self.config, req.dir, &cfg, req.secrets)
     }
@@ -189,6 +191,8 @@ impl Runtime for MicrovmRuntime {
             plugin_cache: req.plugin_cache.clone(),
             data_dir: Some(data.to_path_buf()),
             dns_upstreams: self.config.dns_upstreams().map_err(RuntimeError::Start)?,
+            upstream_ca: upstream_ca(),
+            trust_anchor: None,
         };
         launch_shim(&self.config, req.dir, &cfg, req.secrets)
     }
@@ -265,6 +269,13 @@ fn create_instance_dir(dir: &InstanceDir) -> Result<(), RuntimeError> {
         .mode(0o711)
         .create(dir.path())
         .map_err(|e| RuntimeError::Io { path: dir.path().display().to_string(), source: e })
+}
+
+/// `ORCHESTRATOR_UPSTREAM_CA`: extra roots for intercepted flows' real servers (the shim's
+/// environment is cleared, so the launcher resolves it).
+fn upstream_ca() -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(std::env::var_os("ORCHESTRATOR_UPSTREAM_CA").filter(|v| !v.is_empty())?);
+    Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
 
 fn launch_shim(config: &Config, dir: &InstanceDir, cfg: &ShimConfig, secrets: &[crate::plugin::secrets::ResolvedSecret]) -> Result<(), RuntimeError> {

@@ -160,7 +160,30 @@ impl SandboxBuilder {
     /// A secret from a secret-provider plugin: the sandbox sees a placeholder in `env`; the value
     /// may only go to `allow_hosts`.
     pub fn secret<I: IntoIterator<Item = S>, S: Into<String>>(mut self, env: impl Into<String>, provider: impl Into<String>, key: impl Into<String>, allow_hosts: I) -> Self {
-        self.spec.secrets.push(SecretRef { env: env.into(), provider: provider.into(), key: key.into(), allow_hosts: allow_hosts.into_iter().map(Into::into).collect() });
+        self.spec.secrets.push(SecretRef {
+            env: env.into(),
+            provider: provider.into(),
+            key: key.into(),
+            allow_hosts: allow_hosts.into_iter().map(Into::into).collect(),
+            inject_into: vec![crate::spec::InjectInto::Headers],
+            on_violation: crate::spec::OnViolation::Block,
+        });
+        self
+    }
+    /// Widens where the last secret added is substituted (headers only by default) and what a
+    /// placeholder caught going elsewhere does.
+    pub fn secret_options(mut self, inject_into: &[crate::spec::InjectInto], on_violation: crate::spec::OnViolation) -> Self {
+        if let Some(last) = self.spec.secrets.last_mut() {
+            last.inject_into = inject_into.to_vec();
+            last.on_violation = on_violation;
+        }
+        self
+    }
+    /// Names whose TLS is intercepted (`spec.network.tls.intercept`) and names never
+    /// intercepted (`bypass`), besides the secrets' hosts.
+    pub fn tls_interception<I: IntoIterator<Item = S>, B: IntoIterator<Item = S>, S: Into<String>>(mut self, intercept: I, bypass: B) -> Self {
+        self.spec.network.tls.intercept.extend(intercept.into_iter().map(Into::into));
+        self.spec.network.tls.bypass.extend(bypass.into_iter().map(Into::into));
         self
     }
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {

@@ -102,6 +102,7 @@ impl Backend for MicrovmBackend {
         self.vm = Some(started.vm);
         let mut init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
         init.network = network.map(|(_, init)| init);
+        init.trust_anchor = cfg.trust_anchor.clone();
         // The launcher's configuration, not this process's environment (which it clears).
         let ready_timeout = Duration::from_secs(m.ready_timeout_secs.max(1));
         let vm = self.vm.as_ref();

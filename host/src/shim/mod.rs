@@ -12,6 +12,7 @@ mod namespace;
 pub mod network;
 mod sealed_exe;
 mod server;
+pub mod tls;
 mod writable;
 
 use crate::paths::{write_atomic, InstanceDir};
@@ -59,6 +60,13 @@ pub struct ShimConfig {
     /// cleared).
     #[serde(default)]
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Extra roots intercepted flows' real servers are verified against, besides the host's
+    /// (the launcher's `ORCHESTRATOR_UPSTREAM_CA`).
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// This run's interception CA certificate (set by the shim, never written).
+    #[serde(skip)]
+    pub trust_anchor: Option<String>,
 }
 
 /// Which kind of sandbox a shim runs (never `auto`: the host resolved it), with what only that
@@ -168,11 +176,16 @@ pub fn main(dir: PathBuf) -> ! {
         Ok(None) => fail_early(ALREADY_RUNNING),
         Err(e) => fail_early(&format!("locking {}: {e}", dir.lock().display())),
     };
-    let cfg = match ShimConfig::load(dir.path()) {
+    let mut cfg = match ShimConfig::load(dir.path()) {
         Ok(c) => c,
         Err(e) => fail_early(&e),
     };
     redirect_stderr(&dir);
+    let interception = match tls::Interception::for_sandbox(&cfg, secrets()) {
+        Ok(i) => i,
+        Err(e) => fail_early(&e),
+    };
+    cfg.trust_anchor = interception.as_ref().map(|i| i.ca_pem().to_string());
     let mut backend: Box<dyn Backend> = match cfg.backend {
         BackendConfig::Namespace { .. } => Box::new(namespace::NamespaceBackend::default()),
         BackendConfig::Microvm(_) => Box::new(microvm::MicrovmBackend::default()),
@@ -193,7 +206,12 @@ pub fn main(dir: PathBuf) -> ! {
             fail_early(&msg);
         }
     };
-    server::run(cfg, dir, backend, agent, lock, published)
+    server::run(cfg, dir, backend, agent, lock, published, interception)
+}
+
+/// The secrets this shim received (none before `receive_secrets`).
+pub(crate) fn secrets() -> &'static [crate::plugin::secrets::ResolvedSecret] {
+    SECRETS.get().map(Vec::as_slice).unwrap_or(&[])
 }
 
 fn fail_early(msg: &str) -> ! {

@@ -109,6 +109,7 @@ impl Backend for NamespaceBackend {
             patches: cfg.patches.clone(),
             writable_mount: disk.as_ref().map(|_| WRITABLE_MOUNT.to_string()),
             network,
+            trust_anchor: cfg.trust_anchor.clone(),
         };
         let sent = super::boot::init_agent(&mut ours, init, disk.as_ref().map(|d| d.as_fd()), READY_TIMEOUT, |e| format!("the agent did not start: {e}"));
         // The sandbox has its own reference now; the shim keeps no handle on the disk.

@@ -156,12 +156,23 @@ pub fn bind_published(cfg: &ShimConfig) -> Result<Vec<netstack::Published>, Stri
 
 /// Starts the stack over `link` (the sandbox's end: a TUN fd).
 /// `name` is the sandbox's name as it is now (a pooled sandbox can take another).
-pub fn start(cfg: &ShimConfig, name: std::sync::Arc<std::sync::Mutex<String>>, stack: StackConfig, link: OwnedFd, published: Vec<netstack::Published>) -> Result<Network, String> {
+/// `interception`: the sandbox's TLS interception and how it stops the sandbox, when it has one.
+pub fn start(
+    cfg: &ShimConfig,
+    name: std::sync::Arc<std::sync::Mutex<String>>,
+    stack: StackConfig,
+    link: OwnedFd,
+    published: Vec<netstack::Published>,
+    interception: Option<(Arc<super::tls::Interception>, super::tls::StopSandbox)>,
+) -> Result<Network, String> {
     raise_fd_limit(stack.max_connections);
     let policy = cfg.spec.network.to_policy()?;
     let plugins = plugins(cfg)?;
     let (tx, rx) = mpsc::channel();
-    let wiring = netstack::Wiring { policy, plugins, events: tx, published, interceptor: None };
+    let interceptor = interception.map(|(i, stop)| i.interceptor(tx.clone(), stop));
+    // Every placeholder, whatever its hosts: none may leave in traffic nobody inspects.
+    let guard = netstack::SecretGuard::new(super::secrets().iter().map(|s| (s.placeholder.clone(), s.env.clone())));
+    let wiring = netstack::Wiring { policy, plugins, events: tx, published, interceptor, guard };
     let handle = netstack::spawn(stack, link, wiring).map_err(|e| format!("starting the network: {e}"))?;
     let stats = handle.stats_source();
     let dir = crate::paths::InstanceDir(cfg.dir.clone());
@@ -209,6 +220,16 @@ pub fn describe(event: &NetEvent) -> (&'static str, String) {
         }
         NetEvent::DnsRefused { name, reason, decided_by } => ("DnsRefused", format!("{name} refused by {decided_by}: {reason}")),
         NetEvent::Suppressed { count } => ("NetworkDenied", format!("{count} more denials in the last 10 s (not shown one by one)")),
+        NetEvent::SecretBlocked { secret, destination, names, via } => {
+            let to = match (names.first(), destination) {
+                (Some(n), Some(d)) => format!(" to {n} ({d})"),
+                (None, Some(d)) => format!(" to {d}"),
+                (Some(n), None) => format!(" to {n}"),
+                (None, None) => String::new(),
+            };
+            ("SecretBlocked", format!("secret {secret}: its placeholder was on its way{to} in {via}; blocked"))
+        }
+        NetEvent::UpstreamTlsFailed { destination, server_name, reason } => ("TlsUpstreamFailed", format!("{server_name} ({destination}) failed TLS verification: {reason}; the sandbox's requests got a 502")),
     }
 }
 
@@ -233,7 +254,8 @@ fn record_events(rx: mpsc::Receiver<NetEvent>, db: Option<std::path::PathBuf>, n
 
 /// Each flow holds a host fd: let the shim have them (the soft limit is often 1024).
 fn raise_fd_limit(flows: usize) {
-    let want = (flows as u64 + 256).min(1 << 20);
+    // An intercepted flow holds three: its host socket and both ends of the proxy's pair.
+    let want = (flows as u64 * 3 + 256).min(1 << 20);
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
     unsafe {

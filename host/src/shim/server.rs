@@ -165,7 +165,7 @@ struct Shared {
     network: Mutex<Option<super::network::Network>>,
 }
 
-pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: UnixStream, _lock: File, published: Vec<netstack::Published>) -> ! {
+pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: UnixStream, _lock: File, published: Vec<netstack::Published>, interception: Option<Arc<super::tls::Interception>>) -> ! {
     use nix::sys::signal::{SigSet, Signal};
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -199,7 +199,17 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
     }
     let link = lock(&shared.backend).take_link();
     if let Some((stack, fd)) = link {
-        match super::network::start(&shared.cfg, shared.name.clone(), stack, fd, published) {
+        let interceptor = interception.map(|i| {
+            let weak = Arc::downgrade(&shared);
+            let stop: super::tls::StopSandbox = Arc::new(move |why: String| {
+                if let Some(s) = weak.upgrade() {
+                    tracing::warn!("{why}: stopping the sandbox");
+                    s.begin_shutdown(SandboxState::Failed, why, Duration::from_secs(2));
+                }
+            });
+            (i, stop)
+        });
+        match super::network::start(&shared.cfg, shared.name.clone(), stack, fd, published, interceptor) {
             Ok(n) => *lock(&shared.network) = Some(n),
             Err(e) => shared.finalize(SandboxState::Failed, format!("network: {e}"), true),
         }
@@ -307,6 +317,14 @@ impl Shared {
     fn base_env(&self) -> std::collections::BTreeMap<String, String> {
         let mut env = std::collections::BTreeMap::new();
         env.insert("HOSTNAME".to_string(), lock(&self.name).clone());
+        if self.cfg.trust_anchor.is_some() {
+            // What runtimes read instead of (or beside) the distribution's store; the files
+            // are the agent's (`guest_agent::trust`). The spec's env can still override them.
+            use guest_agent::trust::{OWN_BUNDLE, OWN_CA};
+            for (k, v) in [("SSL_CERT_FILE", OWN_BUNDLE), ("REQUESTS_CA_BUNDLE", OWN_BUNDLE), ("CURL_CA_BUNDLE", OWN_BUNDLE), ("NODE_EXTRA_CA_CERTS", OWN_CA)] {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
         env.extend(self.cfg.spec.env.clone());
         env
     }

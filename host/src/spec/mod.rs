@@ -225,6 +225,70 @@ pub struct SecretRef {
     /// Hosts the real value may be sent to (enforced by the network proxy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_hosts: Vec<String>,
+    /// Where in a request to an allowed host the placeholder is replaced (headers by default).
+    #[serde(default = "default_inject_into", skip_serializing_if = "is_default_inject_into")]
+    pub inject_into: Vec<InjectInto>,
+    /// What a placeholder seen going elsewhere does.
+    #[serde(default, skip_serializing_if = "OnViolation::is_default")]
+    pub on_violation: OnViolation,
+}
+
+/// Providers built into the orchestrator (no Plugin resource): `env` reads the host
+/// environment variable named by `key`, `file` the host file at `key`, when the sandbox starts.
+pub const BUILTIN_SECRET_PROVIDERS: &[&str] = &["env", "file"];
+
+impl SecretRef {
+    pub fn builtin_provider(&self) -> bool {
+        BUILTIN_SECRET_PROVIDERS.contains(&self.provider.as_str())
+    }
+}
+
+/// A part of an HTTP request a secret's placeholder may be replaced in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectInto {
+    Headers,
+    Query,
+    /// Identity-encoded bodies up to a bound (see the shim's `tls` module).
+    Body,
+}
+
+impl InjectInto {
+    pub const NAMES: &'static [&'static str] = &["headers", "query", "body"];
+
+    pub fn parse(s: &str) -> Option<InjectInto> {
+        match s {
+            "headers" => Some(InjectInto::Headers),
+            "query" => Some(InjectInto::Query),
+            "body" => Some(InjectInto::Body),
+            _ => None,
+        }
+    }
+}
+
+fn default_inject_into() -> Vec<InjectInto> {
+    vec![InjectInto::Headers]
+}
+
+fn is_default_inject_into(v: &[InjectInto]) -> bool {
+    v == [InjectInto::Headers]
+}
+
+/// What happens when a secret's placeholder is caught going where it may not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnViolation {
+    /// The request (or flow) is refused and reported; the sandbox goes on.
+    #[default]
+    Block,
+    /// Refused, reported, and the sandbox is stopped.
+    BlockAndStop,
+}
+
+impl OnViolation {
+    fn is_default(&self) -> bool {
+        *self == OnViolation::Block
+    }
 }
 
 /// Plugins run at points of the sandbox's life (`spec.hooks`).
@@ -263,6 +327,41 @@ pub struct NetworkSpec {
     /// The link's MTU (default 65520: fewer, larger packets through the stack).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// TLS interception beyond what secrets ask for.
+    #[serde(default, skip_serializing_if = "TlsSpec::is_empty")]
+    pub tls: TlsSpec,
+}
+
+/// `spec.network.tls`: names whose TLS is intercepted (besides the hosts of the sandbox's
+/// secrets and flows a policy plugin asks to intercept), and names never intercepted (pinned
+/// clients). Entries are a host (`api.example`), a suffix (`*.example` or `.example`) or `*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intercept: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bypass: Vec<String>,
+}
+
+impl TlsSpec {
+    pub fn is_empty(&self) -> bool {
+        self.intercept.is_empty() && self.bypass.is_empty()
+    }
+}
+
+/// Whether host name `name` matches `pattern`: the exact name, `*.suffix` / `.suffix` (any name
+/// below the suffix, not the suffix itself), or `*` (everything). No case, no trailing dot.
+pub fn host_matches(pattern: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix("*.").or_else(|| pattern.strip_prefix('.')) {
+        Some(suffix) => name.len() > suffix.len() + 1 && name.ends_with(suffix) && name.as_bytes()[name.len() - suffix.len() - 1] == b'.',
+        None => name == pattern,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,7 +522,7 @@ impl SandboxSpec {
         out.extend(self.hooks.rootfs_patch.iter().map(|p| ("hooks.rootfsPatch".to_string(), p.as_str())));
         out.extend(self.hooks.metrics_sinks.iter().map(|p| ("hooks.metricsSinks".to_string(), p.as_str())));
         out.extend(self.network.plugins.iter().map(|p| ("network.plugins".to_string(), p.as_str())));
-        out.extend(self.secrets.iter().map(|s| (format!("secrets[{}].provider", s.env), s.provider.as_str())));
+        out.extend(self.secrets.iter().filter(|s| !s.builtin_provider()).map(|s| (format!("secrets[{}].provider", s.env), s.provider.as_str())));
         out
     }
 }

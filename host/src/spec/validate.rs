@@ -243,7 +243,7 @@ const SANDBOX_FIELDS: &[&str] = &[
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on one must not get a sandbox without it).
 const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes"];
-const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "allowHosts"];
+const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "allowHosts", "injectInto", "onViolation"];
 const HOOK_FIELDS: &[&str] = &["rootfsPatch", "metricsSinks"];
 const PATCH_FIELDS: &[&str] = &["op", "path", "content", "mode", "target"];
 const LIMIT_FIELDS: &[&str] = &["pids", "nofile", "fsize", "cpuTime"];

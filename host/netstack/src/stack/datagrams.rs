@@ -7,6 +7,11 @@ impl Stack {
 
     pub(super) fn udp_datagram(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8], frame: &[u8]) {
         let now = Instant::now();
+        if let Some(secret) = self.guard.find(payload) {
+            let (secret, names) = (secret.to_string(), self.pins.names(dst.ip(), now));
+            self.secret_blocked(secret, Some(dst), names, "a UDP datagram");
+            return;
+        }
         let id = match self.udp_keys.get(&(src, dst)) {
             Some(id) => *id,
             None => {
@@ -15,7 +20,10 @@ impl Stack {
                     return;
                 }
                 let names = self.pins.names(dst.ip(), now);
-                let d = self.decide(Protocol::Udp, dst.ip(), dst.port(), &names);
+                let mut d = self.decide(Protocol::Udp, dst.ip(), dst.port(), &names);
+                if d.allowed() && dst.port() == 443 && (d.intercept_requested() || self.interceptor.as_mut().is_some_and(|i| i.blocks_quic(dst, &names))) {
+                    d = Decision { verdict: policy::Verdict::Deny { reason: "QUIC to a host whose TLS is intercepted (the client falls back to TCP)".into() }, decided_by: "tls interception".into() };
+                }
                 if !d.allowed() {
                     self.denied(Protocol::Udp, dst, &names, &d);
                     if let Some(u) = packet::unreachable(frame, self.gateway_for(src.ip()), true) {

@@ -7,6 +7,15 @@ impl Stack {
 
     pub(super) fn dns_query(&mut self, bytes: &[u8], asker: Asker) {
         self.stats.add(&self.stats.dns_queries, 1);
+        if let Some(secret) = self.guard.find_ignore_case(bytes) {
+            // Refused at once: the query goes nowhere (no resolver's timeout to wait out).
+            let secret = secret.to_string();
+            self.secret_blocked(secret, None, Vec::new(), "a DNS query");
+            if let QueryOutcome::Reply(b) = crate::dns::refuse(bytes) {
+                self.dns_reply(asker, &b);
+            }
+            return;
+        }
         let mut refused = None;
         let out = self.resolver.query(bytes, asker, &self.policy, self.plugins.as_mut(), Instant::now(), &mut refused);
         self.count_plugins();

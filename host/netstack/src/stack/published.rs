@@ -67,6 +67,8 @@ impl Stack {
                 inbound: true,
                 intercept_requested: false,
                 names: Vec::new(),
+                resolved: Vec::new(),
+                guard_tail: Vec::new(),
             };
             let id = self.insert_flow(Flow::Tcp(flow));
             self.tcp_keys.insert((guest, local), id);

@@ -97,7 +97,9 @@ impl Stack {
             sni_done: false,
             inbound: false,
             intercept_requested: d.intercept_requested(),
+            resolved: names.clone(),
             names,
+            guard_tail: Vec::new(),
         };
         let id = self.insert_flow(Flow::Tcp(flow));
         self.tcp_keys.insert((src, dst), id);
@@ -162,7 +164,7 @@ impl Stack {
         let Some(interceptor) = self.interceptor.as_mut() else { return };
         let Some(Some(Flow::Tcp(f))) = self.flows.get_mut(id) else { return };
         let HostEnd::Direct(direct) = &f.host else { return };
-        let offered = crate::OfferedFlow { destination: f.key.1, server_name, names: f.names.clone(), requested_by_policy: f.intercept_requested };
+        let offered = crate::OfferedFlow { destination: f.key.1, server_name, names: f.names.clone(), resolved: f.resolved.clone(), requested_by_policy: f.intercept_requested };
         if !interceptor.wants(&offered) {
             return;
         }
@@ -228,11 +230,28 @@ impl Stack {
             }
         }
         let s = self.sockets.get_mut::<tcp::Socket>(f.handle);
+        // Bytes an interceptor receives are its to inspect; the rest pass the guard here.
+        let guard = (!f.inbound && matches!(f.host, HostEnd::Direct(_)) && !self.guard.is_empty()).then_some(&self.guard);
+        let mut caught = None;
         while f.writable && s.can_recv() {
             let host = &mut f.host;
-            match s.recv(|buf| match host.write(buf) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
+            let tail = &mut f.guard_tail;
+            match s.recv(|buf| {
+                if let Some(g) = guard {
+                    if let Some(secret) = g.scan_stream(tail, buf) {
+                        caught = Some(secret.to_string());
+                        return (0, Ok(0));
+                    }
+                }
+                match host.write(buf) {
+                    Ok(n) => {
+                        if let Some(g) = guard {
+                            g.advance(tail, &buf[..n]);
+                        }
+                        (n, Ok(n))
+                    }
+                    Err(e) => (0, Err(e)),
+                }
             }) {
                 Ok(Ok(0)) => break,
                 Ok(Ok(_)) => moved = true,
@@ -244,6 +263,13 @@ impl Stack {
                 }
                 Err(_) => break,
             }
+        }
+        if let Some(secret) = caught {
+            f.reset(s);
+            let _ = f.host.shutdown(std::net::Shutdown::Both);
+            let (destination, names) = (f.key.1, f.names.clone());
+            self.secret_blocked(secret, Some(destination), names, "a TCP connection that is not intercepted");
+            return true;
         }
         // The guest closed its half and everything it sent is out: close ours to the host.
         if !f.guest_eof && s.recv_queue() == 0 && matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait) {

@@ -39,7 +39,29 @@ pub(super) fn secrets(ctx: &mut Ctx<'_>, node: &Node) -> Vec<SecretRef> {
         let env = required(ctx, "env", "the environment variable that receives the placeholder, e.g. API_KEY");
         let provider = required(ctx, "provider", "the name of a secret-provider Plugin");
         let key = required(ctx, "key", "what the provider is asked for");
-        let allow_hosts = f.get("allowHosts").and_then(|n| ctx.string_list(n, &format!("{field}.allowHosts"))).unwrap_or_default();
+        let allow_hosts = f.get("allowHosts").map(|n| super::network_fields::host_patterns(ctx, n, &format!("{field}.allowHosts"))).unwrap_or_default();
+        let mut inject_into = vec![crate::spec::InjectInto::Headers];
+        if let Some(n) = f.get("injectInto") {
+            if let Some(list) = ctx.string_list(n, &format!("{field}.injectInto")) {
+                inject_into.clear();
+                for (j, place) in list.iter().enumerate() {
+                    match crate::spec::InjectInto::parse(place) {
+                        Some(p) if !inject_into.contains(&p) => inject_into.push(p),
+                        Some(_) => {}
+                        None => ctx.err(n, &format!("{field}.injectInto[{j}]"), format!("{place:?} is not a part of a request"), Some(format!("one of {}", crate::spec::InjectInto::NAMES.join(", ")))),
+                    }
+                }
+            }
+        }
+        let on_violation = match f.get("onViolation").map(|n| (n, ctx.string(n, &format!("{field}.onViolation")))) {
+            Some((_, Some(v))) if v == "block" => crate::spec::OnViolation::Block,
+            Some((_, Some(v))) if v == "block-and-stop" => crate::spec::OnViolation::BlockAndStop,
+            Some((n, Some(v))) => {
+                ctx.err(n, &format!("{field}.onViolation"), format!("{v:?} is not a choice"), Some("block (the default) or block-and-stop".into()));
+                crate::spec::OnViolation::Block
+            }
+            _ => crate::spec::OnViolation::Block,
+        };
         let (Some(env), Some(provider), Some(key)) = (env, provider, key) else { continue };
         if !env_name_ok(&env) {
             ctx.err(item, &format!("{field}.env"), format!("{env:?} is not an environment variable name"), Some("letters, digits and '_', not starting with a digit".into()));
@@ -48,9 +70,12 @@ pub(super) fn secrets(ctx: &mut Ctx<'_>, node: &Node) -> Vec<SecretRef> {
             ctx.err(item, &format!("{field}.env"), format!("{env} is given two secrets"), Some("one secret per variable".into()));
         }
         if !crate::spec::is_valid_name(&provider) {
-            ctx.err(item, &format!("{field}.provider"), format!("{provider:?} is not a plugin name"), None);
+            ctx.err(item, &format!("{field}.provider"), format!("{provider:?} is not a plugin name"), Some("a secret-provider Plugin's name, or a built-in provider: env (key: a host variable) or file (key: a host path)".into()));
         }
-        out.push(SecretRef { env, provider, key, allow_hosts });
+        if provider == "file" && !key.starts_with('/') {
+            ctx.err(item, &format!("{field}.key"), format!("{key:?} is not an absolute path"), Some("the built-in file provider reads the host file at key, e.g. /run/secrets/api-token".into()));
+        }
+        out.push(SecretRef { env, provider, key, allow_hosts, inject_into, on_violation });
     }
     out
 }
