@@ -61,6 +61,11 @@ bench-net: rootfs build plugins
     bash tests/bench/network.sh {{bin}} {{cache}}/rootfs/busybox target/plugins/egress-guard-c.wasm
     bash tests/vm/netbench.sh
 
+# Only the TLS interception benchmark: intercepted vs spliced HTTPS from a Debian sandbox
+bench-tls:
+    bash tests/images/debian-python.sh {{cache}} >/dev/null
+    cargo bench -p orchestrator --bench tls -- 1000 100
+
 # Only the microVM tests (the nested-KVM harness when needed; optional test-name filter).
 test-vm *filter:
     bash tests/vm/run-tests.sh {{filter}}
@@ -84,5 +89,7 @@ bench: rootfs build plugins
     bash tests/bench/images.sh {{bin}} {{cache}}
     bash tests/bench/api.sh {{bin}} {{cache}}/rootfs/busybox
     cargo bench -p orchestrator --bench plugins
+    bash tests/images/debian-python.sh {{cache}} >/dev/null
+    cargo bench -p orchestrator --bench tls -- 1000 100
     bash tests/vm/bench.sh
     bash tests/vm/netbench.sh

@@ -7,6 +7,8 @@
 //! directly on such a host, each test prints why it skipped.
 
 mod common;
+#[path = "common/https.rs"]
+mod https;
 #[path = "common/testnet.rs"]
 mod testnet;
 
@@ -313,4 +315,40 @@ fn a_microvm_reaches_the_test_internet_through_virtio_net_and_the_policy_holds()
     assert!(events.contains(&format!("tcp to {PRIVATE}:80 denied by preset public-only")), "{events}");
     assert!(events.contains("evil.example refused by blockDomains evil.example"), "{events}");
     env.ok(&["delete", "vmnet"]);
+}
+
+#[test]
+fn a_microvm_secret_reaches_only_its_host_through_the_installed_ca() {
+    use std::sync::atomic::Ordering;
+    use testnet::*;
+    let env = env();
+    if !microvms_work(&env) {
+        return;
+    }
+    let net = TestNet::new("vmtls");
+    let servers = https::HttpsServers::start(&net);
+    let mut env = env;
+    env.netns = Some(net.orch_ns());
+    let ca = env.file("upstream-ca.pem", &servers.ca_pem);
+    env.extra_env.push(("ORCHESTRATOR_DNS_UPSTREAM".into(), format!("{DNS}:53")));
+    env.extra_env.push(("ORCHESTRATOR_UPSTREAM_CA".into(), ca.display().to_string()));
+    const VALUE: &str = "vm-token-5c0e1b2a";
+    env.extra_env.push(("TEST_API_TOKEN".into(), VALUE.into()));
+    let secret = "  secrets:\n    - { env: API_TOKEN, provider: env, key: TEST_API_TOKEN, allowHosts: [web.test] }\n";
+    let f = env.file("vmtls.yaml", &vm_yaml("vmtls", &python_image(), &format!("  memory: 320Mi\n  command: [sleep, '100000']\n{secret}")));
+    apply_within(&env, &f, Duration::from_secs(600));
+    // curl over HTTP/2 and Python's urllib, both verifying our leaf against the CA the agent
+    // installed in the VM's root.
+    let (code, out, err) = env.sh("vmtls", "curl -sS --fail-with-body --http2 -H \"Authorization: Bearer $API_TOKEN\" https://web.test/echo");
+    assert_eq!(code, 0, "curl from a microVM: {out} {err}");
+    assert!(out.contains("proto=HTTP/2.0") && out.contains(&format!("authorization=Bearer {VALUE}")), "{out}");
+    let script = "import os, urllib.request\nr = urllib.request.Request('https://web.test/echo', headers={'Authorization': os.environ['API_TOKEN']})\nprint(urllib.request.urlopen(r).read().decode())";
+    let out = env.ok(&["exec", "vmtls", "--", "python3", "-c", script]);
+    assert!(out.contains(&format!("authorization={VALUE}")), "{out}");
+    let (_, out, _) = env.sh("vmtls", "curl -sS -o /dev/null -w '%{http_code}' -H \"Authorization: Bearer $API_TOKEN\" https://other.test/echo");
+    assert_eq!(out.trim(), "403");
+    assert_eq!(servers.other_requests.load(Ordering::SeqCst), 0, "the other host received a request");
+    let (_, out, _) = env.sh("vmtls", "printf %s \"$API_TOKEN\"; grep -c 'orchestrator: this sandbox' /etc/ssl/certs/ca-certificates.crt");
+    assert!(out.starts_with("ORCHESTRATOR_SECRET_") && !out.contains(VALUE) && out.trim_end().ends_with('1'), "{out}");
+    env.ok(&["delete", "vmtls"]);
 }

@@ -81,6 +81,10 @@ fn a_secret_reaches_only_its_host_over_http1_and_http2_from_curl_and_python() {
     // In the body to another host: refused mid-request.
     let (_, out, _) = env.sh("agent", "curl -sS -o /dev/null -w '%{http_code}' --data \"token=$API_TOKEN\" https://other.test/echo");
     assert_eq!(out.trim(), "403");
+    // The allowed name, sent to another address (curl --resolve skips the sandbox's DNS): the
+    // value is not sent there whatever answers.
+    let (_, out, _) = env.sh("agent", "curl -sS -o /dev/null -w '%{http_code}' --resolve web.test:443:203.0.113.11 -H \"Authorization: Bearer $API_TOKEN\" https://web.test/echo");
+    assert!(matches!(out.trim(), "403" | "502"), "{out}");
     assert_eq!(servers.other_requests.load(Ordering::SeqCst), 0, "the other host received a request");
     // Without a placeholder the other host is reached as usual (intercepted, our CA).
     let (code, out, err) = env.sh("agent", "curl -sS https://other.test/echo");
@@ -155,14 +159,14 @@ fn base64(s: &str) -> String {
 fn hostile_secret_specs_are_refused_with_located_errors() {
     let env = Env::new();
     let yaml = format!(
-        "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata:\n  name: bad\nspec:\n  image: dir:{}\n  secrets:\n    - {{ env: A, provider: file, key: relative/path, allowHosts: ['bad host'] }}\n    - {{ env: B, provider: env, key: X, injectInto: [cookies], onViolation: explode }}\n  network:\n    tls: {{ intercept: ['*.'] }}\n",
+        "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata:\n  name: bad\nspec:\n  image: dir:{}\n  secrets:\n    - {{ env: A, provider: file, key: relative/path, allowHosts: ['bad host'] }}\n    - {{ env: B, provider: env, key: X, injectInto: [cookies], onViolation: explode }}\n    - {{ env: C, value: in-a-file, allowHosts: [web.test] }}\n  network:\n    tls: {{ intercept: ['*.'] }}\n",
         rootfs().display()
     );
     let path = env.file("bad.yaml", &yaml);
     let out = env.run(&["apply", "-f", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for want in ["spec.secrets[0].key", "spec.secrets[0].allowHosts[0]", "spec.secrets[1].injectInto[0]", "spec.secrets[1].onViolation", "spec.network.tls.intercept[0]"] {
+    for want in ["spec.secrets[0].key", "spec.secrets[0].allowHosts[0]", "spec.secrets[1].injectInto[0]", "spec.secrets[1].onViolation", "spec.secrets[2].value", "spec.network.tls.intercept[0]"] {
         assert!(err.contains(want), "no {want} in {err}");
     }
     // A built-in provider whose variable is unset: the start fails and says which.
@@ -171,4 +175,49 @@ fn hostile_secret_specs_are_refused_with_located_errors() {
     let out = env.run(&["apply", "-f", path.to_str().unwrap()]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("ORCHESTRATOR_TEST_NOT_SET is not set"), "{text}");
+}
+
+/// A secret given by value through `POST /v1/sandboxes`: substituted like any other, stored
+/// nowhere, and a start without the shim that held it says to re-create the sandbox.
+#[test]
+fn a_secret_given_by_value_through_the_api_is_held_by_the_shim_only() {
+    const GIVEN: &str = "given-by-value-77d1c3";
+    let net = TestNet::new("tlsval");
+    let servers = https::HttpsServers::start(&net);
+    let env = env_for(&net, &servers);
+    let root = debian_rootfs();
+    let log = std::fs::File::create(env.dir.path().join("serve.log")).unwrap();
+    let mut serve = env.cmd(&["serve", "--allow-host-paths", root.parent().unwrap().to_str().unwrap()]).stderr(log).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let socket = env.data_dir().join("api.sock");
+    env.wait_for("the API socket", std::time::Duration::from_secs(20), || env.data_dir().join("api.token").exists() && socket.exists());
+    let token = std::fs::read_to_string(env.data_dir().join("api.token")).unwrap();
+    let manifest = serde_json::json!({
+        "apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": "byvalue"},
+        "spec": {"image": format!("dir:{}", root.display()), "isolation": "namespace", "command": ["sleep", "3600"],
+                 "secrets": [{"env": "API_TOKEN", "value": GIVEN, "allowHosts": ["web.test"]}]}
+    });
+    let post = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+        .arg(&socket)
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim()), "-H", "Content-Type: application/json", "--data-binary", &manifest.to_string(), "http://o/v1/sandboxes"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&post.stdout), "201", "{}", String::from_utf8_lossy(&post.stderr));
+
+    let (code, out, err) = env.sh("byvalue", "curl -sS --fail-with-body -H \"Authorization: Bearer $API_TOKEN\" https://web.test/echo");
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(field(&out, "authorization"), format!("Bearer {GIVEN}"));
+    let grep = std::process::Command::new("grep").args(["-rlaF", "--exclude=*.ext4", GIVEN]).arg(env.data_dir()).output().unwrap();
+    assert!(grep.stdout.is_empty(), "the data dir holds the value: {}", String::from_utf8_lossy(&grep.stdout));
+    assert!(!env.ok(&["get", "byvalue", "-o", "yaml"]).contains(GIVEN));
+
+    // The shim goes; the next start cannot have the value, and says what to do.
+    env.ok(&["stop", "byvalue"]);
+    let out = env.run(&["start", "byvalue"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("re-create the sandbox"), "{text}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let log = std::fs::read_to_string(env.dir.path().join("serve.log")).unwrap();
+    assert!(!log.contains(GIVEN), "the server's log holds the value");
 }

@@ -84,7 +84,9 @@ pub fn prepare(
         check_patches(&prepared.patches).map_err(|e| format!("rootfs patches: {e}"))?;
     }
     for secret in &spec.secrets {
-        let value = if secret.builtin_provider() {
+        let value = if secret.provider == crate::spec::VALUE_PROVIDER {
+            given_value(&info.name, &secret.env)
+        } else if secret.builtin_provider() {
             builtin_secret(&secret.provider, &secret.key)
         } else {
             loaded(&plugins, &secret.provider)?.resolve_secret(info, &secret.key).map_err(|e| e.to_string())
@@ -122,4 +124,44 @@ fn builtin_secret(provider: &str, key: &str) -> Result<String, String> {
         }
         other => Err(format!("{other} is not a built-in provider")),
     }
+}
+
+/// Secret values given with a create (library `secret_value`, `POST /v1/sandboxes`), held
+/// between the request and the start that hands them to the shim: keyed by sandbox and
+/// variable, removed when that create ends (`GivenGuard`), never written anywhere.
+static GIVEN: std::sync::Mutex<Vec<(String, String, crate::spec::GivenValue)>> = std::sync::Mutex::new(Vec::new());
+
+/// Moves the values out of `resource`'s secrets (they stay `provider: value`, with no value).
+pub fn take_given_values(resource: &mut Resource) -> Vec<(String, crate::spec::GivenValue)> {
+    let crate::spec::ResourceSpec::Sandbox(spec) = &mut resource.spec else { return Vec::new() };
+    spec.secrets.iter_mut().filter_map(|s| s.value.take().map(|v| (s.env.clone(), v))).collect()
+}
+
+/// The given values of one sandbox's create, available to its start while this lives.
+pub struct GivenGuard {
+    sandbox: String,
+}
+
+impl GivenGuard {
+    pub fn hold(sandbox: &str, values: Vec<(String, crate::spec::GivenValue)>) -> GivenGuard {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        given.retain(|(s, _, _)| s != sandbox);
+        given.extend(values.into_iter().map(|(env, v)| (sandbox.to_string(), env, v)));
+        GivenGuard { sandbox: sandbox.to_string() }
+    }
+}
+
+impl Drop for GivenGuard {
+    fn drop(&mut self) {
+        GIVEN.lock().unwrap_or_else(|e| e.into_inner()).retain(|(s, _, _)| *s != self.sandbox);
+    }
+}
+
+fn given_value(sandbox: &str, env: &str) -> Result<String, String> {
+    let given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    given
+        .iter()
+        .find(|(s, e, _)| s == sandbox && e == env)
+        .map(|(_, _, v)| v.0.clone())
+        .ok_or_else(|| "the value was given when the sandbox was created and only its shim held it; that shim is gone, so this start cannot have it: delete and re-create the sandbox with the value".to_string())
 }

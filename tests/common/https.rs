@@ -78,6 +78,9 @@ impl HttpsServers {
         self.runtime.spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, counter) = (acceptor.clone(), counter.clone());
+                // As servers in front of clients do (nginx's tcp_nodelay): without it the
+                // handshake's last flight waits out a delayed ACK.
+                let _ = tcp.set_nodelay(true);
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");

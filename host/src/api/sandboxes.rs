@@ -69,7 +69,8 @@ pub fn parse_one(state: &ApiState, body: &[u8], kind: Kind) -> ApiResult<crate::
     hostpaths::screen(text, state.allow_host_paths.as_deref())?;
     // Relative paths resolve inside the allowed root (or nowhere at all).
     let base = state.allow_host_paths.clone().unwrap_or_else(|| std::path::PathBuf::from("/nonexistent"));
-    let manifests = crate::spec::parse_str(&base.join("request"), text).map_err(|errors| Problem::from(Error::InvalidSpec(errors)))?;
+    // One sandbox created at once: its secrets may carry values (see spec::parse_request).
+    let manifests = crate::spec::parse_request(&base.join("request"), text).map_err(|errors| Problem::from(Error::InvalidSpec(errors)))?;
     let [manifest] = <[_; 1]>::try_from(manifests).map_err(|m: Vec<_>| Problem::invalid(format!("the body holds {} resources; send exactly one {kind}", m.len())))?;
     if manifest.resource.kind() != kind {
         return Err(Problem::invalid(format!("the body is a {}; this route takes a {kind}", manifest.resource.kind())));

@@ -167,6 +167,22 @@ impl SandboxBuilder {
             allow_hosts: allow_hosts.into_iter().map(Into::into).collect(),
             inject_into: vec![crate::spec::InjectInto::Headers],
             on_violation: crate::spec::OnViolation::Block,
+            value: None,
+        });
+        self
+    }
+    /// A secret given by value (as microsandbox's `secret_env`): the sandbox sees a placeholder
+    /// in `env`; the value goes to the sandbox's shim only, is stored nowhere and may only go to
+    /// `allow_hosts`. A sandbox whose shim is gone cannot start again with it: re-create it.
+    pub fn secret_value<I: IntoIterator<Item = S>, S: Into<String>>(mut self, env: impl Into<String>, value: impl Into<String>, allow_hosts: I) -> Self {
+        self.spec.secrets.push(SecretRef {
+            env: env.into(),
+            provider: crate::spec::VALUE_PROVIDER.into(),
+            key: String::new(),
+            allow_hosts: allow_hosts.into_iter().map(Into::into).collect(),
+            inject_into: vec![crate::spec::InjectInto::Headers],
+            on_violation: crate::spec::OnViolation::Block,
+            value: Some(crate::spec::GivenValue(value.into())),
         });
         self
     }
@@ -301,8 +317,10 @@ impl SandboxBuilder {
 
 /// Records a validated Sandbox resource under `source` (a new name only: one in use is a
 /// conflict) and starts it; a start that fails leaves nothing behind.
-pub(crate) async fn create_resource(config: Config, resource: Resource, source: &'static str, origin: String) -> Result<Sandbox> {
+pub(crate) async fn create_resource(config: Config, mut resource: Resource, source: &'static str, origin: String) -> Result<Sandbox> {
     blocking(move || {
+        // Values given with the request go to memory that only this start reads, never the store.
+        let given = crate::hooks::take_given_values(&mut resource);
         let mut orch = Orchestrator::open(config)?;
         let name = resource.name.clone();
         let _object = orch.lock_object(&name)?;
@@ -319,6 +337,7 @@ pub(crate) async fn create_resource(config: Config, resource: Resource, source: 
             crate::store::Store::upsert_resource(&tx, &resource, source, &origin)?;
             tx.commit()?;
         }
+        let _given = crate::hooks::GivenGuard::hold(&name, given);
         if let Err(e) = orch.create_instance(&resource, false, false) {
             let _ = orch.delete(&name);
             return Err(e.into());

@@ -231,11 +231,41 @@ pub struct SecretRef {
     /// What a placeholder seen going elsewhere does.
     #[serde(default, skip_serializing_if = "OnViolation::is_default")]
     pub on_violation: OnViolation,
+    /// A value given directly (provider `value`: the library and the API). Never serialized:
+    /// the creator moves it to `hooks::given` before the resource is stored.
+    #[serde(skip)]
+    pub value: Option<GivenValue>,
 }
+
+/// A secret's value on its way from the creator to the shim: redacted in debug output and
+/// wiped when dropped. Equal to any other (a value is not part of the desired state).
+#[derive(Clone, Default)]
+pub struct GivenValue(pub String);
+
+impl std::fmt::Debug for GivenValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl PartialEq for GivenValue {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Drop for GivenValue {
+    fn drop(&mut self) {
+        crate::plugin::secrets::wipe(&mut self.0);
+    }
+}
+
+/// The provider of a secret given by value (never named in a file).
+pub const VALUE_PROVIDER: &str = "value";
 
 /// Providers built into the orchestrator (no Plugin resource): `env` reads the host
 /// environment variable named by `key`, `file` the host file at `key`, when the sandbox starts.
-pub const BUILTIN_SECRET_PROVIDERS: &[&str] = &["env", "file"];
+pub const BUILTIN_SECRET_PROVIDERS: &[&str] = &["env", "file", VALUE_PROVIDER];
 
 impl SecretRef {
     pub fn builtin_provider(&self) -> bool {
@@ -709,7 +739,17 @@ pub fn load_source(path: &Path) -> Result<Vec<Manifest>, Vec<SpecError>> {
 /// Parses a single YAML text (for tests and `run`-style callers); relative paths resolve
 /// against `base_file`'s directory.
 pub fn parse_str(base_file: &Path, text: &str) -> Result<Vec<Manifest>, Vec<SpecError>> {
-    let manifests = validate::validate_file(base_file, text)?;
+    parse_text(base_file, text, false)
+}
+
+/// Like `parse_str`, for a request that creates sandboxes at once (`POST /v1/sandboxes`):
+/// secrets may carry their `value`, which the creator hands to the shim and nothing stores.
+pub fn parse_request(base_file: &Path, text: &str) -> Result<Vec<Manifest>, Vec<SpecError>> {
+    parse_text(base_file, text, true)
+}
+
+fn parse_text(base_file: &Path, text: &str, values_allowed: bool) -> Result<Vec<Manifest>, Vec<SpecError>> {
+    let manifests = validate::validate_text(base_file, text, values_allowed)?;
     let dups = validate::duplicates(&manifests);
     if dups.is_empty() {
         Ok(manifests)

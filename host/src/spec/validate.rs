@@ -14,6 +14,8 @@ use std::collections::HashMap;
 struct Ctx<'f> {
     file: &'f Path,
     errors: Vec<SpecError>,
+    /// A secret may carry its `value` (an API request creating one sandbox; never a file).
+    values_allowed: bool,
 }
 
 /// The fields of a mapping, first occurrence of each key.
@@ -243,7 +245,7 @@ const SANDBOX_FIELDS: &[&str] = &[
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on one must not get a sandbox without it).
 const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes"];
-const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "allowHosts", "injectInto", "onViolation"];
+const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "value", "allowHosts", "injectInto", "onViolation"];
 const HOOK_FIELDS: &[&str] = &["rootfsPatch", "metricsSinks"];
 const PATCH_FIELDS: &[&str] = &["op", "path", "content", "mode", "target"];
 const LIMIT_FIELDS: &[&str] = &["pids", "nofile", "fsize", "cpuTime"];
@@ -253,6 +255,11 @@ const PLUGIN_LIMIT_FIELDS: &[&str] = &["memory", "timeout"];
 const PLUGIN_GRANT_FIELDS: &[&str] = &["env", "readOnlyDirs", "httpHosts"];
 
 pub(super) fn validate_file(file: &Path, text: &str) -> Result<Vec<Manifest>, Vec<SpecError>> {
+    validate_text(file, text, false)
+}
+
+/// `values_allowed`: secrets may carry a `value` (see `spec::parse_request`).
+pub(super) fn validate_text(file: &Path, text: &str, values_allowed: bool) -> Result<Vec<Manifest>, Vec<SpecError>> {
     let docs = parse_documents(text).map_err(|e| {
         vec![SpecError {
             file: file.to_path_buf(),
@@ -263,7 +270,7 @@ pub(super) fn validate_file(file: &Path, text: &str) -> Result<Vec<Manifest>, Ve
             hint: Some("check indentation and quoting around this place".into()),
         }]
     })?;
-    let mut ctx = Ctx { file, errors: Vec::new() };
+    let mut ctx = Ctx { file, errors: Vec::new(), values_allowed };
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let manifests: Vec<Manifest> = docs.iter().filter_map(|d| document(&mut ctx, d, &base_dir)).collect();
     if ctx.errors.is_empty() {

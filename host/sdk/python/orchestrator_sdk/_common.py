@@ -106,6 +106,9 @@ class SandboxSpec:
     workdir: str | None = None
     network: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Secrets as the API takes them: {"env", "value", "allowHosts"} (the value goes to the
+    # sandbox's shim only), or {"env", "provider", "key", "allowHosts"}. See docs/tls.md.
+    secrets: list[dict[str, Any]] = field(default_factory=list)
 
     def manifest(self, name: str) -> dict[str, Any]:
         spec: dict[str, Any] = {"image": self.image}
@@ -116,6 +119,8 @@ class SandboxSpec:
             spec["env"] = self.env
         if self.network is not None:
             spec["network"] = {"policy": self.network}
+        if self.secrets:
+            spec["secrets"] = [dict(s) for s in self.secrets]
         metadata: dict[str, Any] = {"name": name}
         if self.labels:
             metadata["labels"] = self.labels

@@ -47,7 +47,7 @@ class Client:
 
     def create(self, name: str, image: str, **spec: Any) -> "Sandbox":
         """Creates and starts a sandbox (cpus, memory, env, isolation, command, workdir,
-        network, labels as keywords)."""
+        network, labels, secrets as keywords)."""
         manifest = SandboxSpec(image=image, **spec).manifest(name)
         self.request("POST", "/v1/sandboxes", content=json.dumps(manifest))
         return Sandbox(self, name)

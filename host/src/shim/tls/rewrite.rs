@@ -210,6 +210,7 @@ mod tests {
             allow_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             inject_into: inject.to_vec(),
             on_violation: OnViolation::Block,
+            value: None,
         };
         ResolvedSecret::new(&spec, "s3cr3t value".into())
     }
@@ -273,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_value_that_cannot_be_a_header_is_refused() {
-        let spec = SecretRef { env: "T".into(), provider: "env".into(), key: "X".into(), allow_hosts: vec!["a.example".into()], inject_into: vec![InjectInto::Headers], on_violation: OnViolation::Block };
+        let spec = SecretRef { env: "T".into(), provider: "env".into(), key: "X".into(), allow_hosts: vec!["a.example".into()], inject_into: vec![InjectInto::Headers], on_violation: OnViolation::Block, value: None };
         let s = ResolvedSecret::new(&spec, "line\r\nInjected: yes".into());
         let resolved = vec!["a.example".to_string()];
         let mut parts = head("https://a.example/", &[("authorization", s.placeholder.clone())]);

@@ -37,8 +37,26 @@ pub(super) fn secrets(ctx: &mut Ctx<'_>, node: &Node) -> Vec<SecretRef> {
             }
         };
         let env = required(ctx, "env", "the environment variable that receives the placeholder, e.g. API_KEY");
-        let provider = required(ctx, "provider", "the name of a secret-provider Plugin");
-        let key = required(ctx, "key", "what the provider is asked for");
+        let given = match f.get("value") {
+            Some(n) if !ctx.values_allowed => {
+                ctx.err(n, &format!("{field}.value"), "a secret's value does not belong in a file", Some("use provider env (a host variable) or file (a host file), or a secret-provider Plugin; values are given through the library or POST /v1/sandboxes".into()));
+                continue;
+            }
+            Some(n) => match ctx.string(n, &format!("{field}.value")) {
+                Some(v) => Some(crate::spec::GivenValue(v)),
+                None => continue,
+            },
+            None => None,
+        };
+        let (provider, key) = if given.is_some() {
+            if f.get("provider").is_some() || f.get("key").is_some() {
+                ctx.err(item, &field, "a secret has a value or a provider and key, not both", None);
+                continue;
+            }
+            (Some(crate::spec::VALUE_PROVIDER.to_string()), Some(String::new()))
+        } else {
+            (required(ctx, "provider", "the name of a secret-provider Plugin, or a built-in provider: env or file"), required(ctx, "key", "what the provider is asked for"))
+        };
         let allow_hosts = f.get("allowHosts").map(|n| super::network_fields::host_patterns(ctx, n, &format!("{field}.allowHosts"))).unwrap_or_default();
         let mut inject_into = vec![crate::spec::InjectInto::Headers];
         if let Some(n) = f.get("injectInto") {
@@ -69,13 +87,16 @@ pub(super) fn secrets(ctx: &mut Ctx<'_>, node: &Node) -> Vec<SecretRef> {
         if out.iter().any(|s| s.env == env) {
             ctx.err(item, &format!("{field}.env"), format!("{env} is given two secrets"), Some("one secret per variable".into()));
         }
+        if given.is_none() && provider == crate::spec::VALUE_PROVIDER {
+            ctx.err(item, &format!("{field}.provider"), "provider value takes the secret's value, which does not belong in a file", Some("use provider env or file, or a secret-provider Plugin".into()));
+        }
         if !crate::spec::is_valid_name(&provider) {
             ctx.err(item, &format!("{field}.provider"), format!("{provider:?} is not a plugin name"), Some("a secret-provider Plugin's name, or a built-in provider: env (key: a host variable) or file (key: a host path)".into()));
         }
         if provider == "file" && !key.starts_with('/') {
             ctx.err(item, &format!("{field}.key"), format!("{key:?} is not an absolute path"), Some("the built-in file provider reads the host file at key, e.g. /run/secrets/api-token".into()));
         }
-        out.push(SecretRef { env, provider, key, allow_hosts, inject_into, on_violation });
+        out.push(SecretRef { env, provider, key, allow_hosts, inject_into, on_violation, value: given });
     }
     out
 }
