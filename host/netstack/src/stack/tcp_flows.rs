@@ -209,6 +209,15 @@ impl Stack {
                 crate::sni::Peek::Incomplete if waited < SNI_WAIT && s.recv_queue() < crate::sni::MAX_HELLO && s.may_recv() => return false,
                 crate::sni::Peek::Hello(Some(name)) => {
                     f.sni_done = true;
+                    // A server name is sent on in the clear (and to the real server by an
+                    // interceptor): one carrying a placeholder ends the flow here.
+                    if let Some(secret) = self.guard.find_ignore_case(name.as_bytes()) {
+                        let secret = secret.to_string();
+                        let (dst, names) = (f.key.1, f.names.clone());
+                        f.reset(self.sockets.get_mut::<tcp::Socket>(f.handle));
+                        self.secret_blocked(secret, Some(dst), names, "a TLS server name");
+                        return true;
+                    }
                     if !f.names.contains(&name) {
                         f.names.insert(0, name.clone());
                         let (dst, names) = (f.key.1, f.names.clone());

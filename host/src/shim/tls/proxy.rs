@@ -91,19 +91,17 @@ impl Configs {
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Arc::new(c)
         };
-        let mut configs = Configs {
+        Ok(Configs {
             server_h2: Arc::new(server_config(&provider, &resolver, &[H2])?),
             server_h1: Arc::new(server_config(&provider, &resolver, &[H1])?),
             server_none: Arc::new(server_config(&provider, &resolver, &[])?),
             client_h2_h1: with_alpn(&[H2, H1]),
             client_h1: with_alpn(&[H1]),
             client_h2: with_alpn(&[H2]),
-            client: Arc::new(client.clone()),
+            client: with_alpn(&[]),
             resolver,
             provider,
-        };
-        configs.client = with_alpn(&[]);
-        Ok(configs)
+        })
     }
 
     fn client_for(&self, offered: &[Vec<u8>]) -> Arc<ClientConfig> {
@@ -387,7 +385,12 @@ async fn substitute_body(mut body: ProxyBody, secrets: &[&ResolvedSecret], heade
                 // Trailers: the body is over; they are not forwarded with a rewritten body.
                 Err(_) => break,
             },
-            Some(Err(e)) => return Prefixed { prefix: Some(Bytes::from(collected)), inner: http_body_util::Empty::new().map_err(move |never| match never {}).boxed() }.map_err(move |_: BoxError| e.to_string().into()).boxed(),
+            // What came goes on, then the failure: the server sees a broken request, never a
+            // shortened one that looks whole.
+            Some(Err(e)) => {
+                let failed = http_body_util::StreamBody::new(futures_util::stream::iter([Err::<Frame<Bytes>, BoxError>(e)]));
+                return Prefixed { prefix: Some(Bytes::from(collected)), inner: failed.boxed() }.boxed();
+            }
         }
     }
     let replaced = rewrite::substitute_body(&collected, secrets);
