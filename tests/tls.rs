@@ -225,3 +225,29 @@ fn a_secret_given_by_value_through_the_api_is_held_by_the_shim_only() {
     let log = std::fs::read_to_string(env.dir.path().join("serve.log")).unwrap();
     assert!(!log.contains(GIVEN), "the server's log holds the value");
 }
+
+/// A provider's value changes under `serve`: the running sandbox's requests carry the new one
+/// within the refresh interval, with no restart and the same placeholder.
+#[test]
+fn a_rotated_secret_reaches_the_running_sandbox_without_a_restart() {
+    let net = TestNet::new("tlsrot");
+    let servers = https::HttpsServers::start(&net);
+    let env = env_for(&net, &servers);
+    let secret_file = env.file("token", "first-value-1\n");
+    let log = std::fs::File::create(env.dir.path().join("serve.log")).unwrap();
+    let mut serve = env.cmd(&["serve", "--secret-refresh", "1"]).stderr(log).stdout(std::process::Stdio::null()).spawn().unwrap();
+    debian_sandbox(&env, "rot", &format!("  secrets:\n    - {{ env: API_TOKEN, provider: file, key: {}, allowHosts: [web.test] }}\n", secret_file.display()));
+    let seen = || {
+        let (_, out, _) = env.sh("rot", "curl -sS -H \"Authorization: $API_TOKEN\" https://web.test/echo; printf 'placeholder=%s\\n' \"$API_TOKEN\"");
+        (field(&out, "authorization").to_string(), field(&out, "placeholder").to_string())
+    };
+    let (first, placeholder) = seen();
+    assert_eq!(first, "first-value-1");
+    let shim = env.shim_pid("rot");
+    std::fs::write(&secret_file, "second-value-2\n").unwrap();
+    env.wait_for("the rotated value", std::time::Duration::from_secs(20), || seen().0 == "second-value-2");
+    assert_eq!(seen().1, placeholder, "the placeholder changed");
+    assert_eq!(env.shim_pid("rot"), shim, "the sandbox restarted");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}

@@ -66,6 +66,9 @@ pub enum ShimRequest {
     /// Apply a changed `network` section to the running sandbox (the host's JSON: the section
     /// and the Plugin resources it names).
     UpdateNetwork { config: String },
+    /// New values for the sandbox's secrets (the host's JSON: `[{env, value}]`, a provider's
+    /// rotated value), used by requests from now on; the placeholders stay.
+    UpdateSecrets { values: String },
     /// The sandbox takes another name (a warm pool's sandbox handed out under a client's
     /// name): its hostname, `HOSTNAME` in its commands, the object its events name. Refused
     /// for sandboxes whose identity plugins have seen, and for microVMs.

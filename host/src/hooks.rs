@@ -84,17 +84,22 @@ pub fn prepare(
         check_patches(&prepared.patches).map_err(|e| format!("rootfs patches: {e}"))?;
     }
     for secret in &spec.secrets {
-        let value = if secret.provider == crate::spec::VALUE_PROVIDER {
-            given_value(&info.name, &secret.env)
-        } else if secret.builtin_provider() {
-            builtin_secret(&secret.provider, &secret.key)
-        } else {
-            loaded(&plugins, &secret.provider)?.resolve_secret(info, &secret.key).map_err(|e| e.to_string())
-        }
-        .map_err(|e| format!("secret {} (provider {}, key {:?}): {e}", secret.env, secret.provider, secret.key))?;
+        let value = resolve_secret(&plugins, info, secret)?;
         prepared.secrets.push(ResolvedSecret::new(secret, value));
     }
     Ok(prepared)
+}
+
+/// One secret's value from its provider, with the secret named in the error.
+pub fn resolve_secret(plugins: &std::collections::HashMap<String, Arc<LoadedPlugin>>, info: &SandboxInfo, secret: &crate::spec::SecretRef) -> Result<String, String> {
+    if secret.provider == crate::spec::VALUE_PROVIDER {
+        given_value(&info.name, &secret.env)
+    } else if secret.builtin_provider() {
+        builtin_secret(&secret.provider, &secret.key)
+    } else {
+        loaded(plugins, &secret.provider)?.resolve_secret(info, &secret.key).map_err(|e| e.to_string())
+    }
+    .map_err(|e| format!("secret {} (provider {}, key {:?}): {e}", secret.env, secret.provider, secret.key))
 }
 
 /// The largest secret the built-in providers read.

@@ -65,9 +65,32 @@ pub struct ApiFlags {
     /// Do not serve the API (the controller only).
     #[arg(long)]
     no_api: bool,
+    /// Resolve running sandboxes' secrets again every S seconds and hand rotated values to
+    /// their shims (0: never).
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    secret_refresh: u64,
 }
 
 pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prune_empty: bool, flags: ApiFlags) -> Result<i32> {
+    if flags.secret_refresh > 0 {
+        let config = (*orch.config).clone();
+        let every = Duration::from_secs(flags.secret_refresh);
+        std::thread::Builder::new()
+            .name("secret-refresh".into())
+            .spawn(move || {
+                let orch = match Orchestrator::open(config) {
+                    Ok(o) => o,
+                    Err(e) => return tracing::error!("secret rotation is off: {e}"),
+                };
+                loop {
+                    std::thread::sleep(every);
+                    if let Err(e) = orch.refresh_secrets() {
+                        tracing::warn!("refreshing secrets: {e}");
+                    }
+                }
+            })
+            .context("starting the secret refresh")?;
+    }
     let api = if flags.no_api {
         None
     } else {

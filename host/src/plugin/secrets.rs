@@ -20,7 +20,21 @@ pub struct ResolvedSecret {
     pub inject_into: Vec<crate::spec::InjectInto>,
     #[serde(default)]
     pub on_violation: crate::spec::OnViolation,
-    value: String,
+    /// Replaced when the provider's value rotates under a running sandbox.
+    #[serde(with = "locked")]
+    value: std::sync::RwLock<String>,
+}
+
+mod locked {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &std::sync::RwLock<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::sync::RwLock<String>, D::Error> {
+        String::deserialize(d).map(std::sync::RwLock::new)
+    }
 }
 
 impl ResolvedSecret {
@@ -31,12 +45,25 @@ impl ResolvedSecret {
             allow_hosts: spec.allow_hosts.clone(),
             inject_into: spec.inject_into.clone(),
             on_violation: spec.on_violation,
-            value,
+            value: std::sync::RwLock::new(value),
         }
     }
 
-    pub fn value(&self) -> &str {
-        &self.value
+    /// The current value (a copy: the caller should not keep it longer than a request).
+    pub fn value(&self) -> String {
+        self.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the value (a rotation); the old one is wiped. True when it changed.
+    pub fn set_value(&self, mut next: String) -> bool {
+        let mut v = self.value.write().unwrap_or_else(|e| e.into_inner());
+        if *v == next {
+            wipe(&mut next);
+            return false;
+        }
+        wipe(&mut v);
+        *v = next;
+        true
     }
 }
 
@@ -47,6 +74,19 @@ impl std::fmt::Debug for ResolvedSecret {
 }
 
 impl Drop for ResolvedSecret {
+    fn drop(&mut self) {
+        wipe(self.value.get_mut().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// One rotated value, as `ShimRequest::UpdateSecrets` carries it.
+#[derive(Serialize, Deserialize)]
+pub struct SecretValue {
+    pub env: String,
+    pub value: String,
+}
+
+impl Drop for SecretValue {
     fn drop(&mut self) {
         wipe(&mut self.value);
     }

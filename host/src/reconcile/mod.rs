@@ -618,5 +618,6 @@ impl Orchestrator {
     }
 }
 
+mod secrets;
 #[cfg(test)]
 mod tests;

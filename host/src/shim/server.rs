@@ -571,6 +571,30 @@ impl Shared {
                 client.send(cid, Response::Done);
             }
             ShimRequest::Attach => self.attach(client, cid),
+            ShimRequest::UpdateSecrets { values } => {
+                let reply = match serde_json::from_str::<Vec<crate::plugin::secrets::SecretValue>>(&values) {
+                    Err(e) => error(ErrorCode::BadRequest, format!("secret values: {e}")),
+                    Ok(given) => {
+                        let secrets = super::secrets();
+                        match given.iter().find(|g| !secrets.iter().any(|s| s.env == g.env)) {
+                            Some(g) => error(ErrorCode::BadRequest, format!("this sandbox has no secret {}", g.env)),
+                            None => {
+                                for g in &given {
+                                    if let Some(s) = secrets.iter().find(|s| s.env == g.env) {
+                                        if s.set_value(g.value.clone()) {
+                                            tracing::info!("secret {}: a new value (rotated by its provider)", s.env);
+                                        }
+                                    }
+                                }
+                                Response::Done
+                            }
+                        }
+                    }
+                };
+                let mut values = values;
+                crate::plugin::secrets::wipe(&mut values);
+                client.send(cid, reply);
+            }
             ShimRequest::UpdateNetwork { config } => {
                 let reply = match serde_json::from_str::<super::network::NetworkUpdate>(&config) {
                     Err(e) => error(ErrorCode::BadRequest, format!("network update: {e}")),

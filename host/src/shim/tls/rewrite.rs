@@ -143,9 +143,9 @@ pub fn rewrite<'s>(parts: &mut http::request::Parts, secrets: &'s [ResolvedSecre
             for value in headers.values_mut() {
                 let bytes = value.as_bytes();
                 let replaced = if contains(bytes, &secret.placeholder) {
-                    Some(replace_bytes(bytes, &secret.placeholder, secret.value()))
+                    Some(replace_bytes(bytes, &secret.placeholder, &secret.value()))
                 } else if let Some(creds) = basic_credentials(bytes).filter(|c| contains(c, &secret.placeholder)) {
-                    let creds = replace_bytes(&creds, &secret.placeholder, secret.value());
+                    let creds = replace_bytes(&creds, &secret.placeholder, &secret.value());
                     Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds)).into_bytes())
                 } else {
                     None
@@ -160,7 +160,7 @@ pub fn rewrite<'s>(parts: &mut http::request::Parts, secrets: &'s [ResolvedSecre
         if in_query {
             let pq = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
             if let Some((path, query)) = pq.split_once('?') {
-                let encoded = percent_encode_query(secret.value());
+                let encoded = percent_encode_query(&secret.value());
                 let query = String::from_utf8(replace_bytes(query.as_bytes(), &secret.placeholder, &encoded)).unwrap_or_default();
                 let mut p = uri.clone().into_parts();
                 p.path_and_query = Some(format!("{path}?{query}").parse().map_err(|_| blocked("the query could not be rebuilt".into()))?);
@@ -191,7 +191,7 @@ pub fn substitute_body(body: &[u8], secrets: &[&ResolvedSecret]) -> Vec<u8> {
     let mut out = body.to_vec();
     for s in secrets {
         if contains(&out, &s.placeholder) {
-            out = replace_bytes(&out, &s.placeholder, s.value());
+            out = replace_bytes(&out, &s.placeholder, &s.value());
         }
     }
     out
