@@ -198,3 +198,7 @@ out("agent_requests", "passwd", b"\x01\x03app" + b"root:x:0:0:root:/root:/bin/sh
 out("agent_requests", "numeric", b"\x01\x091000:staff" + b"app:x:1000:1000::/home/app:/bin/sh\n")
 out("plugin_outputs", "secret", b"\x05vault\x07API_KEY\x00\x10sk-live-abcdefgh" + b"\x00" + b"\x0bnot allowed" + struct.pack("<I", 60))
 out("plugin_outputs", "error", b"\x05vault\x07API_KEY\x01\x07denied!" + b"\x00" + b"\x00" + struct.pack("<I", 0xFFFFFFFF))
+# tls_rewrite takes an `arbitrary` structure: seeds are request targets and header values with
+# the placeholders' markers (\x00A, \x00B) where a guest would put them.
+out("tls_rewrite", "bearer", b"/v1/models?key=\x00A\x0dauthorization\x13Bearer \x00A\x00B\x08a.example\x08a.example\x08a.example\x07")
+out("tls_rewrite", "basic-elsewhere", b"/\x04host\x09b.example\x01user:\x00B\x0bevil.example\x00\x00\x01")

@@ -113,6 +113,20 @@ pub fn check_built(resource: &crate::spec::Resource, root: Option<&Path>) -> Res
 /// With a root, every host path a parsed resource names must resolve inside it.
 pub fn check_resolved(resource: &crate::spec::Resource, root: Option<&Path>) -> Result<(), Problem> {
     use crate::spec::ResourceSpec;
+    // The built-in secret providers read the server's own environment and files: a client
+    // naming them could send the server's variables (its API token) or any host file to a host
+    // of its choosing, through its sandbox.
+    if let ResourceSpec::Sandbox(s) = &resource.spec {
+        for (i, secret) in s.secrets.iter().enumerate() {
+            match secret.provider.as_str() {
+                "env" => return Err(Problem::forbidden(format!("spec.secrets[{i}].provider: env reads the server's own environment, which API clients may not; give the secret's value (`value`) or name a secret-provider Plugin"))),
+                "file" if !root.is_some_and(|r| inside(Path::new(&secret.key), r)) => {
+                    return Err(Problem::forbidden(format!("spec.secrets[{i}].key: {} is a host path outside those this server allows (--allow-host-paths)", secret.key)));
+                }
+                _ => {}
+            }
+        }
+    }
     let Some(root) = root else { return Ok(()) };
     let mut paths: Vec<(&str, PathBuf)> = Vec::new();
     match &resource.spec {
@@ -151,6 +165,20 @@ mod tests {
             assert_eq!((e.status, e.kind.as_str()), (403, "host-path-forbidden"), "{body}");
         }
         assert!(screen(r#"{"kind":"Sandbox","spec":{"image":"127.0.0.1:5000/demo/busybox:1"}}"#, None).is_ok());
+        // The built-in secret providers read the server's environment and files.
+        let with_secret = |provider: &str, key: &str| {
+            let yaml = format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: s }}\nspec:\n  image: busybox\n  secrets:\n    - {{ env: T, provider: {provider}, key: {key}, allowHosts: [a.example] }}\n");
+            crate::spec::parse_str(Path::new("/nonexistent/request"), &yaml).unwrap().remove(0).resource
+        };
+        for (provider, key, root) in [("env", "ORCHESTRATOR_API_TOKEN", Some(Path::new("/srv"))), ("file", "/etc/shadow", None), ("file", "/etc/shadow", Some(Path::new("/srv")))] {
+            let e = check_resolved(&with_secret(provider, key), root).unwrap_err();
+            assert_eq!(e.status, 403, "{provider} {key}");
+        }
+        let allowed = tempfile::tempdir().unwrap();
+        std::fs::write(allowed.path().join("token"), "t").unwrap();
+        let token = allowed.path().join("token");
+        assert!(check_resolved(&with_secret("file", token.to_str().unwrap()), Some(allowed.path())).is_ok());
+        assert!(check_resolved(&with_secret("vault", "db"), None).is_ok());
         assert!(screen("kind: Sandbox\nspec:\n  image: busybox\n  kernel: linux-image-6\n", None).is_ok());
         assert!(screen(r#"{"kind":"Sandbox","spec":{"image":"dir:/"}}"#, Some(Path::new("/srv"))).is_ok(), "checked after parsing");
     }
