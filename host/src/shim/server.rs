@@ -204,7 +204,8 @@ pub fn run(cfg: ShimConfig, dir: InstanceDir, backend: Box<dyn Backend>, agent: 
             let stop: super::tls::StopSandbox = Arc::new(move |why: String| {
                 if let Some(s) = weak.upgrade() {
                     tracing::warn!("{why}: stopping the sandbox");
-                    s.begin_shutdown(SandboxState::Failed, why, Duration::from_secs(2));
+                    // Exited: ended on purpose, so no restart policy brings it back.
+                    s.begin_shutdown(SandboxState::Exited, why, Duration::from_secs(2));
                 }
             });
             (i, stop)
