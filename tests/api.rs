@@ -954,3 +954,47 @@ fn generated_requests_from_the_openapi_document_get_no_server_error() {
     assert_eq!(http(&api.socket, "GET", "/health", None, b"").0, 200, "still serving");
     assert_eq!(api.call("GET", "/v1/sandboxes/box", b"").1["status"], "Running", "its sandboxes untouched");
 }
+
+/// `GET /metrics` parses with the Prometheus client library's own OpenMetrics parser and holds
+/// a running sandbox's series, with its labels, that move when the sandbox works.
+#[test]
+fn metrics_parse_with_a_real_prometheus_parser_and_hold_the_sandbox_series() {
+    let env = Env::new();
+    let _server = Server::start(&env, &[]);
+    let socket = env.data_dir().join("api.sock");
+    let token = std::fs::read_to_string(env.data_dir().join("api.token")).unwrap().trim().to_string();
+    let yaml = sandbox_yaml("metered", "  memory: 64Mi\n  command: [sleep, '3600']\n").replace("metadata:\n  name: metered\n", "metadata:\n  name: metered\n  labels: { team: ml, app.kubernetes.io/name: agent }\n");
+    let path = env.file("metered.yaml", &yaml);
+    env.ok(&["apply", "-f", path.to_str().unwrap()]);
+    // Some CPU time and memory of its own.
+    env.ok(&["exec", "metered", "--", "sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; head -c 8000000 /dev/zero | tail -c 1 >/dev/null"]);
+    let parse = |text: &[u8]| -> Value {
+        let script = "import json, sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nout = {}\nfor fam in parse(sys.stdin.read()):\n    for s in fam.samples:\n        if s.labels.get('sandbox') == 'metered' or s.name == 'orchestrator_sandboxes':\n            out[s.name + ('/' + s.labels.get('status') if 'status' in s.labels else '')] = {'value': s.value, 'labels': s.labels}\nprint(json.dumps(out))";
+        let mut child = Command::new("/usr/bin/python3").args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(text).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the Prometheus parser refused the exposition: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(text));
+        json_of(&out.stdout)
+    };
+    let (status, kind, body) = http(&socket, "GET", "/metrics", Some(&token), b"");
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let m = parse(&body);
+    let cpu = &m["orchestrator_sandbox_cpu_seconds_total"];
+    assert!(cpu["value"].as_f64().unwrap() > 0.0, "{m}");
+    assert_eq!(cpu["labels"]["isolation"], "namespace");
+    assert_eq!(cpu["labels"]["label_team"], "ml");
+    assert_eq!(cpu["labels"]["label_app_kubernetes_io_name"], "agent");
+    assert!(m["orchestrator_sandbox_memory_bytes"]["value"].as_f64().unwrap() > 0.0, "{m}");
+    assert_eq!(m["orchestrator_sandbox_memory_limit_bytes"]["value"].as_f64().unwrap(), 64.0 * 1024.0 * 1024.0);
+    assert!(m["orchestrator_sandbox_tasks"]["value"].as_f64().unwrap() >= 1.0, "{m}");
+    assert_eq!(m["orchestrator_sandboxes/running"]["value"].as_f64().unwrap(), 1.0, "{m}");
+    // The counter moves with work.
+    let before = cpu["value"].as_f64().unwrap();
+    env.ok(&["exec", "metered", "--", "sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]);
+    let (_, _, body) = http(&socket, "GET", "/metrics", Some(&token), b"");
+    let after = parse(&body)["orchestrator_sandbox_cpu_seconds_total"]["value"].as_f64().unwrap();
+    assert!(after > before, "{before} -> {after}");
+    // Like every route but /health, it needs the token.
+    assert_eq!(http(&socket, "GET", "/metrics", None, b"").0, 401);
+}

@@ -16,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux debootstrap apache2-utils iproute2 curl python3-venv python3-httpx python3-pytest python3-setuptools)
+packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux debootstrap apache2-utils iproute2 curl python3-venv python3-httpx python3-pytest python3-setuptools python3-prometheus-client)
 case "$what" in
   bench) packages+=(runc bubblewrap hyperfine umoci iperf3 passt slirp4netns) ;;
 esac

@@ -21,6 +21,7 @@ pub(crate) mod exec;
 mod files;
 pub mod hostpaths;
 mod interactive;
+pub mod metrics;
 pub mod openapi;
 pub mod pool;
 pub mod problem;

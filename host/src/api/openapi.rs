@@ -108,6 +108,7 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<std::sync::Arc<super::ApiS
         .merge(super::interactive::routes())
         .merge(super::catalog::routes())
         .merge(super::compat::routes())
+        .merge(super::metrics::routes())
         .routes(utoipa_axum::routes!(served))
 }
 
