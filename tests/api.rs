@@ -997,4 +997,13 @@ fn metrics_parse_with_a_real_prometheus_parser_and_hold_the_sandbox_series() {
     assert!(after > before, "{before} -> {after}");
     // Like every route but /health, it needs the token.
     assert_eq!(http(&socket, "GET", "/metrics", None, b"").0, 401);
+
+    // `top`: the same figures from the CLI, CPU as a share over its interval.
+    let rows: Value = serde_json::from_str(&env.ok(&["top", "--once", "-o", "json", "-n", "0.3"])).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["name"] == "metered").unwrap_or_else(|| panic!("{rows}"));
+    assert!(row["memoryBytes"].as_u64().unwrap() > 0 && row["pids"].as_u64().unwrap() >= 1, "{row}");
+    assert_eq!(row["memoryLimitBytes"].as_u64(), Some(64 << 20));
+    assert!(row["cpuPercent"].as_f64().unwrap() >= 0.0);
+    let table = env.ok(&["top", "--once", "-n", "0.2"]);
+    assert!(table.starts_with("NAME") && table.contains("metered") && table.contains("64.0 MiB"), "{table}");
 }

@@ -10,8 +10,7 @@
 use super::problem::ApiResult;
 use super::ApiState;
 use crate::paths::DataDir;
-use crate::plugin::metrics::{sample, Target};
-use crate::spec::{Resource, ResourceSpec};
+use crate::plugin::metrics::{running_targets, sample};
 use crate::store::{Status, Store};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -92,15 +91,11 @@ pub fn render(data_dir: &std::path::Path) -> crate::Result<String> {
     let mut by_status = std::collections::HashMap::new();
     for row in store.sandboxes()? {
         *by_status.entry(row.status).or_insert(0i64) += 1;
-        if row.status != Status::Running {
-            continue;
-        }
-        let Ok(resource) = serde_json::from_str::<Resource>(&row.spec) else { continue };
-        let ResourceSpec::Sandbox(spec) = &resource.spec else { continue };
-        let target = Target { sandbox: row.name.clone(), instance: row.instance.clone(), dir: data.instance(&row.instance), isolation: row.isolation.clone(), labels: resource.labels.clone(), memory_limit: spec.memory };
+    }
+    for target in running_targets(&store, &data).map_err(crate::Error::Protocol)? {
         let Some(s) = sample(&target) else { continue };
-        let mut labels: Labels = vec![("sandbox".into(), row.name.clone()), ("isolation".into(), row.isolation.clone())];
-        labels.extend(resource.labels.iter().map(|(k, v)| (label_name(k), v.clone())));
+        let mut labels: Labels = vec![("sandbox".into(), target.sandbox.clone()), ("isolation".into(), target.isolation.clone())];
+        labels.extend(target.labels.iter().map(|(k, v)| (label_name(k), v.clone())));
         families.cpu.get_or_create(&labels).inc_by(s.cpu_usage_us as f64 / 1e6);
         families.memory.get_or_create(&labels).set(gauge(s.memory_bytes));
         if let Some(limit) = s.memory_limit_bytes {

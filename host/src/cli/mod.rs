@@ -8,6 +8,7 @@ mod microvm;
 mod output;
 mod plugins;
 mod serve;
+mod top;
 
 use crate::reconcile::{Change, Orchestrator, ReconcileError};
 use crate::spec::{self, Isolation, Kind, Manifest, Origin, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
@@ -174,6 +175,17 @@ pub enum Command {
     },
     /// A sandbox's view as JSON (what `get -o json` shows for it).
     Inspect { name: String },
+    /// Running sandboxes' CPU, memory, tasks and network, refreshed every interval.
+    Top {
+        /// One table (after one interval: CPU is measured over it), then exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        /// Seconds between samples.
+        #[arg(short = 'n', long, default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Delete sandboxes; a running one only with `--force` (also `remove`).
     #[command(visible_alias = "remove")]
     Rm {
@@ -337,6 +349,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             interactive::run(&mut open()?, name, spec, p.interactive, rm, detach)
         }
         Command::Ps { all, output } => output::ps(&mut open()?, all, output),
+        Command::Top { once, output, interval } => top::top(&open()?, once, output, std::time::Duration::try_from_secs_f64(interval.clamp(0.2, 3600.0)).unwrap_or(std::time::Duration::from_secs(1))),
         Command::Inspect { name } => {
             let mut orch = open()?;
             let name = sandbox_name(&orch, &name)?;

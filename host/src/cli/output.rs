@@ -66,7 +66,7 @@ pub fn inspect(orch: &mut Orchestrator, name: &str) -> Result<i32> {
     Ok(0)
 }
 
-fn print_table(lines: &[Vec<String>]) {
+pub(super) fn print_table(lines: &[Vec<String>]) {
     let cols = lines.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..cols).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = std::io::stdout().lock();
@@ -77,7 +77,7 @@ fn print_table(lines: &[Vec<String>]) {
 }
 
 /// JSON to YAML for `-o yaml` (the same document `-o json` prints).
-fn to_yaml(v: &Value) -> String {
+pub(super) fn to_yaml(v: &Value) -> String {
     fn conv(v: &Value) -> yaml_rust2::Yaml {
         use yaml_rust2::Yaml;
         match v {

@@ -64,6 +64,17 @@ pub fn sample(target: &Target) -> Option<Sample> {
     })
 }
 
+/// Every running sandbox, to sample (`/metrics`, `top`).
+pub fn running_targets(store: &Store, data: &DataDir) -> Result<Vec<Target>, String> {
+    let mut out = Vec::new();
+    for row in store.sandboxes().map_err(|e| e.to_string())?.into_iter().filter(|r| r.status == Status::Running) {
+        let Ok(resource) = serde_json::from_str::<crate::spec::Resource>(&row.spec) else { continue };
+        let ResourceSpec::Sandbox(spec) = &resource.spec else { continue };
+        out.push(Target { sandbox: row.name.clone(), instance: row.instance.clone(), dir: data.instance(&row.instance), isolation: row.isolation.clone(), labels: resource.labels.clone(), memory_limit: spec.memory });
+    }
+    Ok(out)
+}
+
 /// Sinks and the sandboxes that name them, from the store.
 fn targets(store: &Store, data: &DataDir) -> Result<HashMap<String, (PluginSpec, Vec<Target>)>, String> {
     let mut out: HashMap<String, (PluginSpec, Vec<Target>)> = HashMap::new();
