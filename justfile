@@ -61,6 +61,10 @@ bench-net: rootfs build plugins
     bash tests/bench/network.sh {{bin}} {{cache}}/rootfs/busybox target/plugins/egress-guard-c.wasm
     bash tests/vm/netbench.sh
 
+# Only the /metrics scrape benchmark: 50 running sandboxes (aim: at most 50 ms)
+bench-metrics: rootfs build
+    bash tests/bench/metrics.sh {{bin}} {{cache}}/rootfs/busybox 50 100
+
 # Only the TLS interception benchmark: intercepted vs spliced HTTPS from a Debian sandbox
 bench-tls:
     bash tests/images/debian-python.sh {{cache}} >/dev/null
@@ -91,5 +95,6 @@ bench: rootfs build plugins
     cargo bench -p orchestrator --bench plugins
     bash tests/images/debian-python.sh {{cache}} >/dev/null
     cargo bench -p orchestrator --bench tls -- 1000 100
+    bash tests/bench/metrics.sh {{bin}} {{cache}}/rootfs/busybox 50 100
     bash tests/vm/bench.sh
     bash tests/vm/netbench.sh
