@@ -228,30 +228,54 @@ enum Upstream {
     H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
 }
 
+// When the real server's connection ends (it closed a kept-alive connection, or failed), the
+// guest's is shut down gracefully too (HTTP/1.1: after the request in flight; HTTP/2: GOAWAY),
+// so its client reconnects instead of getting a 502 for every later request.
+
 async fn serve_h1(ctx: Arc<FlowContext>, guest: GuestTls, up: UpstreamTls) -> Result<(), String> {
     let (sender, conn) = hyper::client::conn::http1::handshake::<_, ProxyBody>(TokioIo::new(up)).await.map_err(|e| e.to_string())?;
+    let (closed, upstream_closed) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
+        let _ = closed.send(());
     });
     let upstream = Arc::new(Upstream::H1(tokio::sync::Mutex::new(sender)));
     let service = hyper::service::service_fn(move |req| {
         let (ctx, upstream) = (ctx.clone(), upstream.clone());
         async move { Ok::<_, Infallible>(forward(&ctx, &upstream, req).await) }
     });
-    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(guest), service).with_upgrades().await.map_err(|e| e.to_string())
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(guest), service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => done.map_err(|e| e.to_string()),
+        _ = upstream_closed => {
+            conn.as_mut().graceful_shutdown();
+            conn.await.map_err(|e| e.to_string())
+        }
+    }
 }
 
 async fn serve_h2(ctx: Arc<FlowContext>, guest: GuestTls, up: UpstreamTls) -> Result<(), String> {
     let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, ProxyBody>(TokioExecutor::new(), TokioIo::new(up)).await.map_err(|e| e.to_string())?;
+    let (closed, upstream_closed) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = conn.await;
+        let _ = closed.send(());
     });
     let upstream = Arc::new(Upstream::H2(sender));
     let service = hyper::service::service_fn(move |req| {
         let (ctx, upstream) = (ctx.clone(), upstream.clone());
         async move { Ok::<_, Infallible>(forward(&ctx, &upstream, req).await) }
     });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(guest), service).await.map_err(|e| e.to_string())
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(guest), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => done.map_err(|e| e.to_string()),
+        _ = upstream_closed => {
+            conn.as_mut().graceful_shutdown();
+            conn.await.map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// Answers every request of the guest's connection with a 502 naming `message`.
