@@ -1,7 +1,9 @@
-//! Secrets of a sandbox (`spec.secrets`): resolved through their provider plugin when the
-//! sandbox starts, kept in memory only. The sandbox gets a placeholder in the named
-//! environment variable; the real value goes to the sandbox's shim over a pipe (for the network
-//! proxy to substitute into requests to the secret's allowed hosts) and is wiped from memory
+//! Secrets of a sandbox (`spec.secrets`): resolved through their provider (a plugin, the
+//! built-in env and file providers, or a value given at create; see `hooks`) when the sandbox
+//! starts, kept in memory only. The sandbox gets a placeholder in the named environment
+//! variable; the real value goes to the sandbox's shim over a pipe (its TLS interception,
+//! `shim::tls`, substitutes it into requests to the secret's allowed hosts), may be replaced
+//! there when the provider rotates it (`ShimRequest::UpdateSecrets`), and is wiped from memory
 //! when dropped. It is never written to the store, a file, a log line or an event.
 
 use serde::{Deserialize, Serialize};
