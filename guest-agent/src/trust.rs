@@ -40,6 +40,11 @@ const MAX_BUNDLE: u64 = 16 << 20;
 /// Installs `ca_pem` (None: removes a previous start's CA) in the root mounted at `root`.
 pub fn install(root: &Path, ca_pem: Option<&str>) -> Result<(), String> {
     let root_fd = crate::patch::open_root(root).map_err(|e| format!("opening the root: {e}"))?;
+    // Every start runs this: without a CA to install and without our own file (written with
+    // every block), no bundle holds a block, and none is read.
+    if ca_pem.is_none() && crate::patch::resolve(&root_fd, OWN_CA, OFlag::O_PATH | OFlag::O_NOFOLLOW).is_err() {
+        return Ok(());
+    }
     let block = ca_pem.map(|pem| format!("{BEGIN}{}{}{END}", pem.trim_end(), "\n"));
     let mut first_bundle: Option<String> = None;
     for path in BUNDLES {

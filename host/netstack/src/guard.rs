@@ -18,6 +18,8 @@ use memchr::memmem;
 pub struct SecretGuard {
     /// (placeholder, the secret's name as events show it)
     entries: Vec<(Vec<u8>, String)>,
+    /// The placeholders in lower case, in the same order (for `find_ignore_case`).
+    lower: Vec<Vec<u8>>,
     longest: usize,
 }
 
@@ -26,7 +28,8 @@ impl SecretGuard {
     pub fn new(entries: impl IntoIterator<Item = (String, String)>) -> SecretGuard {
         let entries: Vec<(Vec<u8>, String)> = entries.into_iter().filter(|(p, _)| !p.is_empty()).map(|(p, n)| (p.into_bytes(), n)).collect();
         let longest = entries.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
-        SecretGuard { entries, longest }
+        let lower = entries.iter().map(|(p, _)| p.to_ascii_lowercase()).collect();
+        SecretGuard { entries, lower, longest }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -43,8 +46,8 @@ impl SecretGuard {
         if self.entries.is_empty() {
             return None;
         }
-        let lower = haystack.to_ascii_lowercase();
-        self.entries.iter().find(|(p, _)| memmem::find(&lower, &p.to_ascii_lowercase()).is_some()).map(|(_, n)| n.as_str())
+        let haystack = haystack.to_ascii_lowercase();
+        self.lower.iter().zip(&self.entries).find(|(p, _)| memmem::find(&haystack, p).is_some()).map(|(_, (_, n))| n.as_str())
     }
 
     /// Scans `chunk`, the next bytes of a stream whose earlier bytes ended with `tail`.

@@ -245,14 +245,7 @@ async fn serve_h1(ctx: Arc<FlowContext>, guest: GuestTls, up: UpstreamTls) -> Re
         async move { Ok::<_, Infallible>(forward(&ctx, &upstream, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(guest), service).with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        done = conn.as_mut() => done.map_err(|e| e.to_string()),
-        _ = upstream_closed => {
-            conn.as_mut().graceful_shutdown();
-            conn.await.map_err(|e| e.to_string())
-        }
-    }
+    until_upstream_ends(conn, upstream_closed, |c| c.graceful_shutdown()).await
 }
 
 async fn serve_h2(ctx: Arc<FlowContext>, guest: GuestTls, up: UpstreamTls) -> Result<(), String> {
@@ -268,11 +261,21 @@ async fn serve_h2(ctx: Arc<FlowContext>, guest: GuestTls, up: UpstreamTls) -> Re
         async move { Ok::<_, Infallible>(forward(&ctx, &upstream, req).await) }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(guest), service);
+    until_upstream_ends(conn, upstream_closed, |c| c.graceful_shutdown()).await
+}
+
+/// Runs the guest's connection `conn` to its end, shutting it down gracefully (`shutdown`)
+/// once the real server's connection has ended.
+async fn until_upstream_ends<C, E>(conn: C, upstream_closed: tokio::sync::oneshot::Receiver<()>, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), String>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     tokio::select! {
         done = conn.as_mut() => done.map_err(|e| e.to_string()),
         _ = upstream_closed => {
-            conn.as_mut().graceful_shutdown();
+            shutdown(conn.as_mut());
             conn.await.map_err(|e| e.to_string())
         }
     }

@@ -134,6 +134,9 @@ pub fn rewrite<'s>(parts: &mut http::request::Parts, secrets: &'s [ResolvedSecre
             out.body_secrets.push(secret);
         }
     }
+    if substitute.is_empty() {
+        return Ok(out);
+    }
     // Built aside and applied at the end, so a refusal leaves the head as it came.
     let mut headers = parts.headers.clone();
     let mut uri = parts.uri.clone();
