@@ -25,6 +25,7 @@ fn main() {
         writable_mount: Some("disk".into()),
         network: None,
         trust_anchor: None,
+        mounts: vec![guest_agent::protocol::MountInit { target: "/data".into(), source: guest_agent::protocol::MountInitSource::Fd(1), file: false }, guest_agent::protocol::MountInit { target: "/scratch".into(), source: guest_agent::protocol::MountInitSource::Tmpfs { size: 1 << 20 }, file: false }],
     };
     let exec = ExecRequest {
         argv: vec!["sh".into(), "-c".into(), "echo hi".into()],

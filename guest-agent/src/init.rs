@@ -78,13 +78,14 @@ pub enum SwitchRoot {
     MoveMount,
 }
 
-/// A namespace sandbox's root; `disk` is the detached mount of its writable disk (when the
-/// Init names a `writable_mount`).
-pub fn setup_root(init: &SandboxInit, disk: Option<std::os::fd::OwnedFd>) -> Result<(), InitError> {
-    setup_root_in(init, SwitchRoot::PivotRoot, disk)
+/// A namespace sandbox's root; `fds` came with the Init: first the detached mount of its
+/// writable disk (when the Init names a `writable_mount`), then the volumes' its mounts name.
+pub fn setup_root(init: &SandboxInit, fds: Vec<std::os::fd::OwnedFd>) -> Result<(), InitError> {
+    setup_root_in(init, SwitchRoot::PivotRoot, fds)
 }
 
-pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, disk: Option<std::os::fd::OwnedFd>) -> Result<(), InitError> {
+pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, fds: Vec<std::os::fd::OwnedFd>) -> Result<(), InitError> {
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // The shim has moved us into the sandbox's cgroup by now: make it our cgroup root.
     step(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(errno), || "entering a cgroup namespace".into())?;
@@ -95,7 +96,7 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, disk: Option<std::o
         step(chdir(init.base_dir.as_str()).map_err(errno), || format!("entering {}", init.base_dir))?;
     }
     if let Some(target) = &init.writable_mount {
-        let disk = disk.ok_or_else(|| InitError { step: "the Init names a writable disk but none came with it".into(), source: std::io::ErrorKind::InvalidInput.into() })?;
+        let disk = fds.first_mut().and_then(Option::take).ok_or_else(|| InitError { step: "the Init names a writable disk but none came with it".into(), source: std::io::ErrorKind::InvalidInput.into() })?;
         attach_writable_disk(disk, target)?;
         for d in [&init.upper_dir, &init.work_dir] {
             mkdir_p(Path::new(d), 0o755)?;
@@ -114,6 +115,7 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, disk: Option<std::o
     crate::patch::apply(root, &init.patches).map_err(|e| InitError { step: "applying rootfs patches".into(), source: std::io::Error::other(e.to_string()) })?;
     crate::trust::install(root, init.trust_anchor.as_deref()).map_err(|e| InitError { step: "installing the interception CA".into(), source: std::io::Error::other(e) })?;
     refuse_symlinked_mount_points(root)?;
+    crate::mounts::attach_all(root, &init.mounts, &mut fds).map_err(|e| InitError { step: "mounting spec.volumes".into(), source: std::io::Error::other(e) })?;
 
     let proc_dir = root.join("proc");
     mkdir_p(&proc_dir, 0o555)?;

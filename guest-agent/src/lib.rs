@@ -8,6 +8,7 @@ pub mod fds;
 mod files;
 pub mod net;
 pub mod init;
+pub mod mounts;
 pub mod patch;
 mod process;
 pub mod protocol;
@@ -39,12 +40,12 @@ pub fn namespace_main(stream: UnixStream) -> ! {
     // The name `ps` shows for PID 1 inside the sandbox (we were started as /proc/self/exe).
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"guest-agent".as_ptr(), 0, 0, 0) };
-    // The writable disk's mount, when there is one, rides on the Init frame.
-    let (frame, disk) = match protocol::read_frame_with_fd::<protocol::AgentRequest>(&stream) {
+    // The writable disk's mount and the volumes' ride on the Init frame.
+    let (frame, fds) = match protocol::read_frame_with_fds::<protocol::AgentRequest>(&stream) {
         Ok(f) => f,
         Err(_) => std::process::exit(1),
     };
-    boot::run(stream, frame, |init| init::setup_root(init, disk).map_err(|e| e.to_string()), exit_failed)
+    boot::run(stream, frame, |init| init::setup_root(init, fds).map_err(|e| e.to_string()), exit_failed)
 }
 
 /// A namespace sandbox's init ends by exiting: the shim sees it and reports the error it got.

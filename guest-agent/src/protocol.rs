@@ -73,6 +73,9 @@ pub enum ShimRequest {
     /// name): its hostname, `HOSTNAME` in its commands, the object its events name. Refused
     /// for sandboxes whose identity plugins have seen, and for microVMs.
     SetIdentity { name: String },
+    /// The sandbox's resource figures now (`Response::Sample`): what `/metrics`, `top` and
+    /// metrics sinks report.
+    Sample,
     /// For the agent: exec, stdin, resize, signals, the file API.
     Agent(AgentRequest),
 }
@@ -96,6 +99,7 @@ pub enum Response {
     Stat(FileStat),
     Done,
     Status(ShimStatus),
+    Sample(ResourceSample),
     Error { code: ErrorCode, message: String },
 }
 
@@ -206,7 +210,7 @@ pub struct SandboxInit {
     /// on a layer that already has them.
     pub patches: Vec<PatchOp>,
     /// Namespace sandboxes: the bounded writable disk arrives as a detached mount, an fd sent
-    /// with this frame (SCM_RIGHTS, see [`send_with_fd`]); the agent attaches it here
+    /// with this frame (SCM_RIGHTS, see [`send_with_fds`]), first; the agent attaches it here
     /// (relative to `base_dir`) before the overlay, whose `upper_dir` and `work_dir` are below
     /// it. None: no such disk (a microVM's scratch disk is a block device of its own; an
     /// instance older than bounded disks).
@@ -219,6 +223,31 @@ pub struct SandboxInit {
     /// trust stores (see `trust`); None removes a previous start's.
     #[serde(default)]
     pub trust_anchor: Option<String>,
+    /// Volumes, host paths and tmpfs to mount into the root (`spec.volumes`), parents first.
+    #[serde(default)]
+    pub mounts: Vec<MountInit>,
+}
+
+/// One mount the agent makes in the sandbox's root (see `crate::mounts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInit {
+    /// Absolute, normalised path inside the sandbox (no `.`, `..` or empty components).
+    pub target: String,
+    pub source: MountInitSource,
+    /// The target is a file (a single host file); otherwise a directory.
+    #[serde(default)]
+    pub file: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountInitSource {
+    /// A detached mount the shim made (a volume, a host path), already with its final flags
+    /// (read-only, nosuid, nodev, idmapped): the index of its fd among those the Init carried.
+    Fd(usize),
+    /// A fresh tmpfs of this many bytes, mode 1777, nosuid and nodev.
+    Tmpfs { size: u64 },
+    /// MicroVMs: a virtio-fs share by its tag.
+    Virtiofs { tag: String, read_only: bool },
 }
 
 /// How the agent configures the sandbox's link: addresses, routes via the gateway, and the
@@ -239,51 +268,64 @@ pub struct LinkAddress<A> {
     pub gateway: A,
 }
 
-/// Writes `frame` with `fd` riding on its first bytes (SCM_RIGHTS), for a unix stream.
-pub fn send_with_fd<T: Serialize>(stream: &std::os::unix::net::UnixStream, frame: &Frame<T>, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), FrameError> {
+/// The most fds one frame carries: the writable disk and one per mount (`spec.volumes` allows
+/// 64), well below the kernel's 253 per message.
+pub const MAX_FRAME_FDS: usize = 72;
+
+/// Writes `frame` with `fds` riding on its first bytes (SCM_RIGHTS), for a unix stream.
+pub fn send_with_fds<T: Serialize>(stream: &std::os::unix::net::UnixStream, frame: &Frame<T>, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), FrameError> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     use std::os::fd::AsRawFd;
     let buf = encode(frame)?;
-    let fds = [fd.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    // The length prefix carries the fd; the rest follows as plain bytes.
+    if fds.is_empty() {
+        let mut w = stream;
+        w.write_all(&buf)?;
+        return Ok(());
+    }
+    if fds.len() > MAX_FRAME_FDS {
+        return Err(FrameError::Io(io::Error::new(io::ErrorKind::InvalidInput, format!("{} fds in one frame; at most {MAX_FRAME_FDS}", fds.len()))));
+    }
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    // The length prefix carries the fds; the rest follows as plain bytes.
     let sent = sendmsg::<UnixAddr>(stream.as_raw_fd(), &[std::io::IoSlice::new(&buf[..4])], &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)?;
     let mut w = stream;
     w.write_all(&buf[sent..])?;
     Ok(())
 }
 
-/// Reads one frame, and the fd that came with it if any (see [`send_with_fd`]); the fd is
-/// close-on-exec.
-pub fn read_frame_with_fd<T: for<'de> Deserialize<'de>>(stream: &std::os::unix::net::UnixStream) -> Result<(Frame<T>, Option<std::os::fd::OwnedFd>), FrameError> {
+/// Reads one frame, and the fds that came with it, in order (see [`send_with_fds`]); each fd
+/// is close-on-exec. Fds beyond [`MAX_FRAME_FDS`] make the message's control data truncated,
+/// which is refused.
+pub fn read_frame_with_fds<T: for<'de> Deserialize<'de>>(stream: &std::os::unix::net::UnixStream) -> Result<(Frame<T>, Vec<std::os::fd::OwnedFd>), FrameError> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
     use std::os::fd::{AsRawFd, FromRawFd};
     let mut len = [0u8; 4];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let (got, fd) = {
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_FRAME_FDS]);
+    let (got, fds, truncated) = {
         let mut iov = [std::io::IoSliceMut::new(&mut len)];
         let msg = recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io::Error::from)?;
-        let mut fd = None;
+        let mut fds = Vec::new();
         for c in msg.cmsgs().map_err(io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for (i, raw) in fds.into_iter().enumerate() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
                     // SAFETY: the kernel just installed this fd in our table; we own it.
-                    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-                    if i == 0 && fd.is_none() {
-                        fd = Some(owned);
-                    }
+                    fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(r) });
                 }
             }
         }
-        (msg.bytes, fd)
+        (msg.bytes, fds, msg.flags.contains(MsgFlags::MSG_CTRUNC))
     };
     if got == 0 {
         return Err(FrameError::Closed);
     }
+    if truncated {
+        return Err(FrameError::Io(io::Error::new(io::ErrorKind::InvalidData, format!("more than {MAX_FRAME_FDS} fds came with one frame"))));
+    }
     let mut r = stream;
     r.read_exact(&mut len[got..])?;
     let frame = decode(&payload_of_len(&mut r, u32::from_le_bytes(len) as usize)?)?;
-    Ok((frame, fd))
+    Ok((frame, fds))
 }
 
 /// One change to a sandbox's root filesystem. Paths are absolute inside the sandbox and are
@@ -402,6 +444,26 @@ pub struct ShimStatus {
     pub last_exit: Option<ExitStatus>,
     /// Why the sandbox is in this state, when that is worth telling (a failure, a stop).
     pub message: Option<String>,
+}
+
+/// A sandbox's resource figures as its shim reads them: its cgroup's CPU, memory and tasks, and
+/// its disk I/O (a microVM's virtio-blk counters; a namespace sandbox's io.stat, or on cgroup
+/// v1 its writable disk's loop device).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResourceSample {
+    pub cpu_usage_us: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: Option<u64>,
+    pub pids: u64,
+    pub disk: Option<DiskSample>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskSample {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

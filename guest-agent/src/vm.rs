@@ -174,6 +174,7 @@ pub fn sandbox_init(hostname: &str, patches: Vec<crate::protocol::PatchOp>) -> c
         writable_mount: None,
         network: None,
         trust_anchor: None,
+        mounts: Vec::new(),
     }
 }
 
@@ -191,7 +192,7 @@ pub fn main() -> ! {
     };
     let build_root = |init: &crate::protocol::SandboxInit| {
         mount_disks()?;
-        crate::init::setup_root_in(init, crate::init::SwitchRoot::MoveMount, None).map_err(|e| e.to_string())
+        crate::init::setup_root_in(init, crate::init::SwitchRoot::MoveMount, Vec::new()).map_err(|e| e.to_string())
     };
     crate::boot::run(stream, frame, build_root, fail)
 }

@@ -106,6 +106,16 @@ pub struct VmConfig {
     /// The guest's network link: virtio-net over this fd (a non-blocking SOCK_SEQPACKET
     /// socket carrying one Ethernet frame per message); None: no network device.
     pub net: Option<NetConfig>,
+    /// File systems the guest mounts with virtio-fs (`mount -t virtiofs TAG`), each served by a
+    /// vhost-user daemon (virtiofsd) listening on `socket`. With any, guest memory is backed by
+    /// memfds the daemons map.
+    pub shares: Vec<ShareConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShareConfig {
+    pub tag: String,
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +197,8 @@ pub struct Vm {
     vcpus: Vec<JoinHandle<()>>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     panic: Arc<Mutex<Option<String>>>,
+    /// Each virtio-blk disk's counters, in `VmConfig::disks` order.
+    disk_io: Vec<Arc<devices::block::DiskIo>>,
     _vm: VmFd,
 }
 
@@ -218,7 +230,13 @@ impl Vm {
         vm.create_pit2(pit).map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
 
         let ranges: Vec<(GuestAddress, usize)> = kernel::ram_regions(cfg.mem_bytes).into_iter().map(|(s, l)| (GuestAddress(s), l as usize)).collect();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::Config(format!("allocating {} MiB of guest memory: {e}", cfg.mem_bytes >> 20)))?;
+        let mem = if cfg.shares.is_empty() {
+            GuestMemoryMmap::<()>::from_ranges(&ranges)
+        } else {
+            let backed = ranges.iter().map(|(start, len)| shared_memory(*len).map(|f| (*start, *len, Some(vm_memory::FileOffset::new(f, 0))))).collect::<Result<Vec<_>, _>>()?;
+            GuestMemoryMmap::<()>::from_ranges_with_files(backed)
+        }
+        .map_err(|e| VmmError::Config(format!("allocating {} MiB of guest memory: {e}", cfg.mem_bytes >> 20)))?;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem.get_host_address(region.start_addr()).map_err(|e| VmmError::Config(format!("guest memory: {e}")))?;
             let r = kvm_bindings::kvm_userspace_memory_region {
@@ -262,10 +280,12 @@ impl Vm {
         bus.add_pio(ACPI_POWER_PORT, 1, Arc::new(Mutex::new(devices::power::PowerPort)));
 
         let mut virtio: Vec<(String, Box<dyn devices::virtio::VirtioDevice>)> = Vec::new();
+        let mut disk_io = Vec::new();
         for (i, d) in cfg.disks.iter().enumerate() {
             let file = std::fs::OpenOptions::new().read(true).write(!d.read_only).open(&d.path).map_err(io(format!("opening disk {}", d.path.display())))?;
             let id = format!("disk{i}");
             let dev = devices::block::Block::new(file, d.read_only, &id).map_err(io(format!("disk {}", d.path.display())))?;
+            disk_io.push(dev.io());
             virtio.push((format!("virtio-blk {}", d.path.display()), Box::new(dev)));
         }
         let (host_end, agent) = UnixStream::pair().map_err(io("socketpair"))?;
@@ -287,6 +307,10 @@ impl Vm {
         virtio.push(("virtio-rng".into(), Box::new(devices::rng::Rng)));
         if let Some(net) = &cfg.net {
             virtio.push(("virtio-net".into(), Box::new(devices::net::Net::new(net.link.clone(), net.mac, net.mtu))));
+        }
+        for share in &cfg.shares {
+            let dev = devices::fs::Fs::new(&share.socket, &share.tag, &mem).map_err(io(format!("virtio-fs {}", share.tag)))?;
+            virtio.push((format!("virtio-fs {}", share.tag), Box::new(dev)));
         }
         let mut devices = device_manager::MmioDeviceManager::default();
         for (name, dev) in virtio {
@@ -331,7 +355,7 @@ impl Vm {
                 Err(e) => {
                     control.running_vcpus.fetch_sub(1, Ordering::SeqCst);
                     control.finish(ExitReason::Crashed(format!("starting vCPU {i}: {e}")));
-                    let vm = Vm { control, vcpus, transports, panic, _vm: vm };
+                    let vm = Vm { control, vcpus, transports, panic, disk_io, _vm: vm };
                     vm.stop();
                     return Err(io("starting a vCPU thread")(e));
                 }
@@ -340,7 +364,7 @@ impl Vm {
         // Set-up's temporaries (device tables, file metadata) go back to the system.
         // SAFETY: malloc_trim only releases free heap pages.
         unsafe { libc::malloc_trim(0) };
-        Ok(Started { vm: Vm { control, vcpus, transports, panic, _vm: vm }, agent, agent_connected, entry: loaded.entry })
+        Ok(Started { vm: Vm { control, vcpus, transports, panic, disk_io, _vm: vm }, agent, agent_connected, entry: loaded.entry })
     }
 
     /// Waits up to `timeout` for the VM to end; the reason, once it has.
@@ -381,6 +405,18 @@ impl Vm {
     }
 }
 
+impl Vm {
+    /// What the guest has read and written through its virtio-blk disks, summed.
+    pub fn disk_io(&self) -> devices::block::DiskIoTotals {
+        self.disk_io.iter().map(|d| d.totals()).fold(devices::block::DiskIoTotals::default(), |a, b| devices::block::DiskIoTotals {
+            read_bytes: a.read_bytes + b.read_bytes,
+            write_bytes: a.write_bytes + b.write_bytes,
+            read_ops: a.read_ops + b.read_ops,
+            write_ops: a.write_ops + b.write_ops,
+        })
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
@@ -388,4 +424,18 @@ impl Drop for Vm {
             let _ = h.join();
         }
     }
+}
+
+/// One memfd of `len` bytes for a guest RAM range, shared with vhost-user daemons.
+fn shared_memory(len: usize) -> Result<std::fs::File, VmmError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; returns a new fd we own.
+    let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(VmmError::Io { what: "memfd_create for guest memory".into(), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: just created.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(len as u64).map_err(io("sizing guest memory"))?;
+    Ok(file)
 }

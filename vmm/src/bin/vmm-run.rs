@@ -22,6 +22,7 @@ fn main() {
         console_limit: u64::MAX,
         guest_cid: 3,
         net: None,
+        shares: Vec::new(),
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| fail(&format!("{a} needs a value")));

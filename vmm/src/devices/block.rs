@@ -33,6 +33,38 @@ pub struct Block {
     size: u64,
     id: [u8; 20],
     config: [u8; 24],
+    io: Arc<DiskIo>,
+}
+
+/// What the guest read and wrote through a disk: bytes and requests that completed.
+#[derive(Debug, Default)]
+pub struct DiskIo {
+    read_bytes: std::sync::atomic::AtomicU64,
+    write_bytes: std::sync::atomic::AtomicU64,
+    read_ops: std::sync::atomic::AtomicU64,
+    write_ops: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`DiskIo`] counters (summed over disks by the VM).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiskIoTotals {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+impl DiskIo {
+    fn count(bytes: &std::sync::atomic::AtomicU64, ops: &std::sync::atomic::AtomicU64, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        bytes.fetch_add(n as u64, Relaxed);
+        ops.fetch_add(1, Relaxed);
+    }
+
+    pub fn totals(&self) -> DiskIoTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        DiskIoTotals { read_bytes: self.read_bytes.load(Relaxed), write_bytes: self.write_bytes.load(Relaxed), read_ops: self.read_ops.load(Relaxed), write_ops: self.write_ops.load(Relaxed) }
+    }
 }
 
 impl Block {
@@ -44,13 +76,18 @@ impl Block {
         let mut config = [0u8; 24];
         config[..8].copy_from_slice(&(size / SECTOR).to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes()); // blk_size
-        Ok(Block { file: Arc::new(file), read_only, size, id: ident, config })
+        Ok(Block { file: Arc::new(file), read_only, size, id: ident, config, io: Arc::default() })
+    }
+
+    /// This disk's I/O counters, shared with its worker.
+    pub fn io(&self) -> Arc<DiskIo> {
+        self.io.clone()
     }
 
     /// The request server a driver's activation starts (the fuzz targets drive it directly).
     #[cfg(feature = "fuzzing")]
     pub(crate) fn disk(&self) -> Disk {
-        Disk { file: self.file.clone(), read_only: self.read_only, size: self.size, id: self.id }
+        Disk { file: self.file.clone(), read_only: self.read_only, size: self.size, id: self.id, io: self.io.clone() }
     }
 }
 
@@ -72,7 +109,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: Activation) -> std::io::Result<JoinHandle<()>> {
-        let disk = Disk { file: self.file.clone(), read_only: self.read_only, size: self.size, id: self.id };
+        let disk = Disk { file: self.file.clone(), read_only: self.read_only, size: self.size, id: self.id, io: self.io.clone() };
         std::thread::Builder::new().name("virtio-blk".into()).spawn(move || disk.serve(ctx))
     }
 }
@@ -92,6 +129,7 @@ pub(crate) struct Disk {
     read_only: bool,
     size: u64,
     id: [u8; 20],
+    io: Arc<DiskIo>,
 }
 
 impl Disk {
@@ -185,6 +223,7 @@ impl Disk {
             offset += n as u64;
             left -= n;
         }
+        DiskIo::count(&self.io.read_bytes, &self.io.read_ops, len);
         S_OK
     }
 
@@ -201,6 +240,7 @@ impl Disk {
             offset += n as u64;
             left -= n;
         }
+        DiskIo::count(&self.io.write_bytes, &self.io.write_ops, len);
         S_OK
     }
 }
@@ -219,7 +259,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vmm-blk-{}-{read_only}-{:?}", std::process::id(), std::thread::current().id()));
         std::fs::write(&path, (0..8192u32).map(|i| (i / 512) as u8).collect::<Vec<u8>>()).unwrap();
         let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        (Disk { file: Arc::new(file), read_only, size: 8192, id: *b"scratch-disk-0000000" }, path)
+        (Disk { file: Arc::new(file), read_only, size: 8192, id: *b"scratch-disk-0000000", io: Arc::default() }, path)
     }
 
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -269,6 +309,8 @@ mod tests {
         }
         header(&mem, 0x8000, 99, 0);
         assert_eq!(run(&d, &mem, &[desc(0x8000, 16, F_NEXT, 1), desc(0xa000, 1, F_WRITE, 0)]).1, Some(S_UNSUPP));
+        // Only completed requests count: one read and one write of 512 bytes.
+        assert_eq!(d.io.totals(), DiskIoTotals { read_bytes: 512, write_bytes: 512, read_ops: 1, write_ops: 1 });
         let _ = std::fs::remove_file(path);
     }
 

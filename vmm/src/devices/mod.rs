@@ -3,6 +3,7 @@
 //! its own, woken by KVM ioeventfds, and interrupts the guest through an irqfd.
 
 pub mod block;
+pub mod fs;
 pub mod net;
 pub mod power;
 pub mod rng;

@@ -224,6 +224,10 @@ impl BusDevice for MmioTransport {
             0x44 => self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.ready())).unwrap_or(0),
             0x60 => self.interrupt.status.load(Ordering::SeqCst),
             0x70 => self.status,
+            // No shared memory regions: their length reads as -1 (virtio 1.2, 4.2.2), which
+            // drivers that look for one (virtio-fs's DAX window) take as "none"; 0 would be a
+            // region of length 0, which virtio-fs fails to probe on.
+            0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
             0xfc => self.config_generation,
             _ => 0,
         };
