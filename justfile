@@ -65,6 +65,16 @@ bench-net: rootfs build plugins
 bench-metrics: rootfs build
     bash tests/bench/metrics.sh {{bin}} {{cache}}/rootfs/busybox 50 100
 
+# Only the volume benchmark: sequential write and read on a named volume vs the writable layer vs
+# the host's disk, in a namespace sandbox
+bench-volumes: rootfs build
+    bash tests/bench/volumes.sh {{bin}} {{cache}}/rootfs/busybox 512 3
+
+# Only the volume benchmark across isolation kinds: a microVM (virtio-fs, virtio-blk) beside a
+# namespace sandbox, direct I/O, in the nested-KVM harness where the host cannot boot guests
+bench-volumes-vm:
+    bash tests/vm/volbench.sh 32 2
+
 # Only the TLS interception benchmark: intercepted vs spliced HTTPS from a Debian sandbox
 bench-tls:
     bash tests/images/debian-python.sh {{cache}} >/dev/null

@@ -38,6 +38,11 @@ step "what untrusted code inside cannot do (docs/security.md)"
   dd if=/dev/zero of=/fill bs=1M count=300 2>&1 | grep -i "no space" | sed "s/^/300 MiB into a 128Mi disk: /"
   rm -f /fill; df -m / | sed -n "2s/^[^ ]* *\([0-9]*\).*/writable layer: \1 MiB/p"'
 
+step "volumes: a named one outlives the sandbox that wrote it (docs/volumes.md)"
+"$o" exec agent -- sh -c 'echo "written by agent" > /scratch/note; df -h /scratch | sed -n "2s/^[^ ]* *\([^ ]*\).*/scratch volume: \1/p"'
+"$o" run --rm --isolation namespace -v scratch:/data:ro dir:./rootfs -- sh -c 'cat /data/note; touch /data/x 2>&1 | sed "s/^/another sandbox, read-only: /"'
+"$o" volume ls
+
 step "the network: public-only by default, decided per flow (docs/networking.md)"
 "$o" exec agent -- sh -c '
   ip -o -4 addr show eth0 | awk "{print \"eth0: \" \$4}"

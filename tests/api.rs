@@ -369,6 +369,10 @@ fn host_paths_and_unauthenticated_tcp_are_refused() {
         assert_eq!((status, problem["kind"].as_str()), (403, Some("host-path-forbidden")), "{image}: {problem}");
         assert!(!problem["detail"].as_str().unwrap().contains("does not exist"), "{problem}");
     }
+    let with_host_volume = json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": "x"}, "spec": {"image": "busybox:1", "volumes": [{"hostPath": "/etc", "mountPath": "/h", "readOnly": true}]}});
+    let (status, problem) = api.call("POST", "/v1/sandboxes", with_host_volume.to_string().as_bytes());
+    assert_eq!((status, problem["kind"].as_str()), (403, Some("host-path-forbidden")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("hostPath"), "{problem}");
 
     let out = env.run(&["serve", "--listen", "0.0.0.0:0", "--insecure-no-auth", "--socket", env.dir.path().join("other.sock").to_str().unwrap()]);
     assert!(!out.status.success());
@@ -485,7 +489,7 @@ fn the_python_sdk_installs_from_the_checkout_and_drives_a_real_server() {
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
-    assert!(out.status.success() && text.contains("4 passed"), "the SDK's tests:\n{text}");
+    assert!(out.status.success() && text.contains("5 passed"), "the SDK's tests:\n{text}");
     assert!(env.get().is_empty(), "the SDK's sandboxes are gone: {:?}", env.get());
 }
 
@@ -868,6 +872,14 @@ fn images_pull_with_progress_and_plugins_decide_through_the_api() {
     assert_eq!(v["allowed"], false, "{v}");
     assert_eq!(eval(json!({"connect": "example.com:443"})).0, 400, "no name resolution for clients");
     assert_eq!(api.call("POST", "/v1/plugins/nope/eval", br#"{"dns": "x.test"}"#).0, 404);
+
+    // The server's own figures count both: image bytes pulled, and the plugin's calls.
+    let (_, _, body) = http(&api.socket, "GET", "/metrics", Some(&api.token), b"");
+    let text = String::from_utf8_lossy(&body);
+    // Summed over the label sets that start so (one per plugin call kind).
+    let value = |prefix: &str| -> f64 { text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum() };
+    assert!(value("orchestrator_image_pull_bytes_total ") > 0.0);
+    assert!(value("orchestrator_plugin_call_duration_seconds_count{plugin=\"guard\",call=\"") >= 3.0);
 }
 
 /// `--listen` with `--tls-cert/--tls-key`: HTTPS that a client verifies with the operator's
@@ -995,8 +1007,22 @@ fn metrics_parse_with_a_real_prometheus_parser_and_hold_the_sandbox_series() {
     let (_, _, body) = http(&socket, "GET", "/metrics", Some(&token), b"");
     let after = parse(&body)["orchestrator_sandbox_cpu_seconds_total"]["value"].as_f64().unwrap();
     assert!(after > before, "{before} -> {after}");
+    // Disk bytes grow with a write that reaches the disk.
+    let written = |m: &Value| m["orchestrator_sandbox_disk_write_bytes_total"]["value"].as_f64().unwrap_or_else(|| panic!("no disk series: {m}"));
+    let before = written(&parse(&body));
+    env.ok(&["exec", "metered", "--", "dd", "if=/dev/zero", "of=/tmp/ballast", "bs=1M", "count=8", "conv=fsync"]);
+    let (_, _, body) = http(&socket, "GET", "/metrics", Some(&token), b"");
+    let after = written(&parse(&body));
+    assert!(after - before >= 8.0 * 1024.0 * 1024.0, "disk writes {before} -> {after}");
     // Like every route but /health, it needs the token.
     assert_eq!(http(&socket, "GET", "/metrics", None, b"").0, 401);
+    // The orchestrator's own: API requests by route template (reconcile and plugin-call
+    // histograms appear once this process has done either; tests/gitops.rs sees them).
+    let (_, _, body) = http(&socket, "GET", "/metrics", Some(&token), b"");
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("orchestrator_api_requests_total{method=\"GET\",route=\"/metrics\",code=\"4xx\"} 1"), "{text}");
+    assert!(text.contains("orchestrator_api_request_duration_seconds_bucket{"), "{text}");
+    assert!(text.contains("# TYPE orchestrator_image_pull_bytes counter"), "{text}");
 
     // `top`: the same figures from the CLI, CPU as a share over its interval.
     let rows: Value = serde_json::from_str(&env.ok(&["top", "--once", "-o", "json", "-n", "0.3"])).unwrap();
@@ -1005,5 +1031,49 @@ fn metrics_parse_with_a_real_prometheus_parser_and_hold_the_sandbox_series() {
     assert_eq!(row["memoryLimitBytes"].as_u64(), Some(64 << 20));
     assert!(row["cpuPercent"].as_f64().unwrap() >= 0.0);
     let table = env.ok(&["top", "--once", "-n", "0.2"]);
-    assert!(table.starts_with("NAME") && table.contains("metered") && table.contains("64.0 MiB"), "{table}");
+    assert!(table.starts_with("NAME") && table.contains("metered") && table.contains("64.0 MiB") && table.contains("DISK WRITE"), "{table}");
+    assert!(row["diskWriteBytes"].as_u64().unwrap() >= 8 << 20, "{row}");
+}
+
+/// Named volumes over the API: made, mounted by an API sandbox, listed with their users, and
+/// not deleted from under it without `force`.
+#[test]
+fn volumes_are_made_listed_and_guarded_through_the_api() {
+    let env = Env::new();
+    let root = rootfs();
+    let allowed = root.parent().unwrap().to_str().unwrap().to_string();
+    let _server = Server::start(&env, &["--allow-host-paths", &allowed]);
+    let token = std::fs::read_to_string(env.data_dir().join("api.token")).unwrap();
+    let api = Client { socket: env.data_dir().join("api.sock"), token: token.trim().into() };
+    let (status, v) = api.call("POST", "/v1/volumes", json!({"name": "cache", "size": "48Mi"}).to_string().as_bytes());
+    assert_eq!(status, 201, "{v}");
+    assert_eq!((v["size"].as_u64(), v["shared"].as_bool()), (Some(48 << 20), Some(false)), "{v}");
+    let (status, v) = api.call("POST", "/v1/volumes", json!({"name": "cache"}).to_string().as_bytes());
+    assert_eq!((status, v["kind"].as_str()), (409, Some("conflict")), "{v}");
+    for size in ["1Mi", "16Ti", "17Ti"] {
+        let (status, v) = api.call("POST", "/v1/volumes", json!({"name": "odd", "size": size}).to_string().as_bytes());
+        assert_eq!(status, 400, "{size}: {v}");
+    }
+    assert_eq!(api.call("GET", "/v1/volumes/odd", b"").0, 404, "a refused volume leaves nothing");
+
+    let spec = json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": "user"}, "spec": {"image": format!("dir:{}", root.display()), "isolation": "namespace", "volumes": [{"name": "cache", "mountPath": "/cache"}, {"tmpfs": "/fast", "size": "4Mi"}]}});
+    let (status, v) = api.call("POST", "/v1/sandboxes", spec.to_string().as_bytes());
+    assert_eq!(status, 201, "{v}");
+    let out = api.exec("user", json!({"command": ["sh", "-c", "echo kept > /cache/f && cat /cache/f && df -k /fast | tail -1"]}));
+    assert!(out["stdout"].as_str().unwrap().starts_with("kept\n"), "{out}");
+    let (_, list) = api.call("GET", "/v1/volumes", b"");
+    assert_eq!(list[0]["users"], json!(["user"]), "{list}");
+    assert_eq!(list[0]["mounted"], true, "{list}");
+
+    let (status, v) = api.call("DELETE", "/v1/volumes/cache", b"");
+    assert_eq!((status, v["kind"].as_str()), (409, Some("conflict")), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("user"), "{v}");
+    let (status, _) = api.call("DELETE", "/v1/volumes/nope", b"");
+    assert_eq!(status, 404);
+    let (status, _) = api.call("DELETE", "/v1/sandboxes/user", b"");
+    assert_eq!(status, 204);
+    let (status, _) = api.call("DELETE", "/v1/volumes/cache", b"");
+    assert_eq!(status, 204);
+    let (status, _) = api.call("GET", "/v1/volumes/cache", b"");
+    assert_eq!(status, 404);
 }

@@ -75,6 +75,18 @@ fn serve_follows_the_directory() {
         env.status("web") == "Running" && env.try_shim_pid("web").is_some_and(|p| p != killed) && env.sh("web", "true").0 == 0
     });
     assert_eq!(env.sh("web", "echo back").1, "back\n");
+
+    // The controller's own figures: how long each converge took, by outcome.
+    let token = std::fs::read_to_string(env.data_dir().join("api.token")).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket", env.data_dir().join("api.sock").to_str().unwrap(), "-H", &format!("Authorization: Bearer {}", token.trim()), "http://o/metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for outcome in ["created", "recreated", "removed"] {
+        let line = format!("orchestrator_reconcile_duration_seconds_count{{outcome=\"{outcome}\"}} ");
+        assert!(text.lines().any(|l| l.starts_with(&line)), "{line}in:\n{text}");
+    }
 }
 
 #[test]

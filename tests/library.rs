@@ -217,3 +217,38 @@ fn each_error_kind_is_returned_where_a_caller_expects_it() {
         first.remove().await.unwrap();
     });
 }
+
+#[test]
+fn library_sandboxes_mount_volumes_host_paths_and_tmpfs() {
+    let env = Env::new();
+    let rt = runtime();
+    let mut orch = Orchestrator::open(config(&env)).unwrap();
+    orch.create_volume("libvol", orchestrator::spec::VolumeSpec { size: Some(32 << 20), shared: false }, "library", "test").unwrap();
+    let err = orch.create_volume("libvol", orchestrator::spec::VolumeSpec { size: None, shared: false }, "library", "test").map_err(orchestrator::Error::from).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let host = env.dir.path().join("host-dir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in.txt"), "host data\n").unwrap();
+    let builder = |name: &str, read_only: bool| {
+        Sandbox::builder(name)
+            .config(config(&env))
+            .image(rootfs().display().to_string())
+            .isolation(orchestrator::spec::Isolation::Namespace)
+            .volume("libvol", "/vol", read_only)
+            .host_path(&host, "/host", true)
+            .tmpfs("/fast", 4)
+    };
+    let writer = rt.block_on(builder("libwriter", false).create()).expect("create");
+    let out = rt.block_on(writer.shell("cat /host/in.txt; echo kept > /vol/f; df -k /fast | tail -1")).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("host data\n"), "{out:?}");
+    rt.block_on(writer.remove()).unwrap();
+    let reader = rt.block_on(builder("libreader", true).create()).expect("create");
+    let out = rt.block_on(reader.shell("cat /vol/f; touch /vol/g")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    assert_ne!(out.code(), 0, "read-only: {out:?}");
+    rt.block_on(reader.remove()).unwrap();
+    // A bad mount path is the builder's InvalidSpec, located.
+    let err = Sandbox::builder("bad").image(rootfs().display().to_string()).volume("libvol", "/proc/x", false).resource().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSpec, "{err}");
+    orch.delete_volume("libvol", false).unwrap();
+}

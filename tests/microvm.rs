@@ -234,11 +234,17 @@ fn apply_within(env: &Env, file: &Path, limit: Duration) {
     while Instant::now() < deadline {
         if child.try_wait().unwrap().is_some() {
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "apply: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "apply: {}{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), instance_logs(env));
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let _ = child.kill();
+    panic!("apply did not finish within {limit:?}:\n{}", instance_logs(env));
+}
+
+/// The last lines of every instance's shim log and console, for a failure's report.
+fn instance_logs(env: &Env) -> String {
     let mut report = String::new();
     if let Ok(entries) = std::fs::read_dir(env.data_dir().join("sandboxes")) {
         for e in entries.flatten() {
@@ -249,8 +255,7 @@ fn apply_within(env: &Env, file: &Path, limit: Duration) {
             }
         }
     }
-    let _ = child.kill();
-    panic!("apply did not finish within {limit:?}:\n{report}");
+    report
 }
 
 /// The VMM binary next to `orchestrator` (same workspace target directory).
@@ -351,4 +356,71 @@ fn a_microvm_secret_reaches_only_its_host_through_the_installed_ca() {
     let (_, out, _) = env.sh("vmtls", "printf %s \"$API_TOKEN\"; grep -c 'orchestrator: this sandbox' /etc/ssl/certs/ca-certificates.crt");
     assert!(out.starts_with("ORCHESTRATOR_SECRET_") && !out.contains(VALUE) && out.trim_end().ends_with('1'), "{out}");
     env.ok(&["delete", "vmtls"]);
+}
+
+/// Volumes across isolation kinds: what a Python program in a namespace sandbox wrote, a
+/// microVM reads after that sandbox is gone, read-only (EROFS), while a namespace sandbox reads
+/// the same volume at once; a microVM writer's files are seen by a namespace reader; a host
+/// directory is shared read-only; nothing of the daemons is left at the end.
+#[test]
+fn a_volume_is_shared_by_microvms_and_namespace_sandboxes() {
+    let mut env = env();
+    if !microvms_work(&env) {
+        return;
+    }
+    env.extra_env.push(("ORCHESTRATOR_VIRTIOFSD".into(), format!("{CACHE}/virtiofsd/bin/virtiofsd")));
+    env.ok(&["volume", "create", "shared", "--size", "64Mi"]);
+    env.ok(&["volume", "create", "vmdata", "--size", "64Mi"]);
+    let ns_yaml = |name: &str, extra: &str| format!("---\napiVersion: orchestrator/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  image: {}\n  isolation: namespace\n{extra}", python_image());
+    let writer = env.file("writer.yaml", &ns_yaml("pywriter", "  restartPolicy: Never\n  command: [python3, -c, \"open('/data/result.txt', 'w').write('42 from python\\\\n')\"]\n  volumes: [{ name: shared, mountPath: /data }]\n"));
+    env.ok(&["apply", "-f", writer.to_str().unwrap()]);
+    env.wait_for("the writer to finish", Duration::from_secs(60), || env.status("pywriter") == "Exited");
+    env.ok(&["delete", "-f", writer.to_str().unwrap()]);
+
+    let share = env.dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("input.txt"), "from the host\n").unwrap();
+    let vm_volumes = format!(
+        "  memory: 160Mi\n  command: [sleep, '100000']\n  volumes:\n    - {{ name: shared, mountPath: /data, readOnly: true }}\n    - {{ name: vmdata, mountPath: /out }}\n    - {{ hostPath: {}, mountPath: /in, readOnly: true }}\n",
+        share.display()
+    );
+    let yaml = vm_yaml("vmvol", &busybox_image(), &vm_volumes) + &ns_yaml("nsreader", "  command: [sleep, '100000']\n  volumes:\n    - { name: shared, mountPath: /data, readOnly: true }\n    - { name: vmdata, mountPath: /seen, readOnly: true }\n");
+    let file = env.file("volumes.yaml", &yaml);
+    apply_within(&env, &file, Duration::from_secs(400));
+    assert_eq!(env.sandbox("vmvol")["isolation"], "microvm");
+
+    // Both read the Python program's file at once; the VM's mount is virtio-fs, read-only.
+    assert_eq!(env.sh("vmvol", "cat /data/result.txt").1, "42 from python\n");
+    assert_eq!(env.sh("nsreader", "cat /data/result.txt").1, "42 from python\n");
+    let (code, _, err) = env.sh("vmvol", "echo x > /data/result.txt");
+    assert!(code != 0 && err.contains("Read-only file system"), "{err}");
+    let (_, mounts, _) = env.sh("vmvol", "grep virtiofs /proc/mounts");
+    assert_eq!(mounts.lines().count(), 3, "{mounts}");
+    assert!(mounts.lines().any(|l| l.contains(" /data virtiofs ro,")), "{mounts}");
+    // A host directory, read-only.
+    assert_eq!(env.sh("vmvol", "cat /in/input.txt").1, "from the host\n");
+    assert_ne!(env.sh("vmvol", "touch /in/x").0, 0);
+    assert!(!share.join("x").exists());
+    // The microVM writes a volume a namespace sandbox reads at the same time.
+    // (The busybox image runs as `app`; the volume's root belongs to root, as a new volume's does.)
+    let (code, _, err) = env.sh("vmvol", "echo written in a microVM > /out/denied.txt");
+    assert!(code != 0 && err.contains("Permission denied"), "{err}");
+    let out = env.run(&["exec", "-u", "root", "vmvol", "--", "sh", "-c", "echo written in a microVM > /out/vm.txt && sync"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(env.sh("nsreader", "cat /seen/vm.txt").1, "written in a microVM\n");
+    // Its disk I/O, from the VMM's virtio-blk counters through its shim (`top`, `/metrics`).
+    let out = env.run(&["exec", "-u", "root", "vmvol", "--", "dd", "if=/dev/zero", "of=/tmp/ballast", "bs=1M", "count=4", "conv=fsync"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_str(&env.ok(&["top", "--once", "-o", "json", "-n", "0.3"])).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["name"] == "vmvol").unwrap_or_else(|| panic!("{rows}"));
+    assert!(row["diskWriteBytes"].as_u64().unwrap() >= 4 << 20, "{row}");
+    // One writer: a namespace sandbox cannot mount vmdata writable while the VM does.
+    let out = env.run(&["run", "--rm", "--isolation", "namespace", "-v", "vmdata:/x", &busybox_image(), "--", "true"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("mounted writable by sandbox \"vmvol\""), "{out:?}");
+
+    env.ok(&["delete", "-f", file.to_str().unwrap()]);
+    let daemons = Command::new("pgrep").args(["-f", &env.data_dir().display().to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&daemons.stdout).trim().is_empty(), "processes of the data dir are left: {daemons:?}");
+    env.ok(&["volume", "rm", "shared", "vmdata"]);
+    assert!(common::loop_devices_backed_by(&env.data_dir().display().to_string()).is_empty());
 }

@@ -85,7 +85,15 @@ fn escape_suite(userns: bool) {
     let env = Env::new();
     let name = if userns { "escape-userns" } else { "escape" };
     let image = hostile_rootfs(&env);
-    let f = env.file("escape.yaml", &suite_yaml(name, &image, userns));
+    // Volumes it mounts read-only: a named one, and a host directory holding a link to `/`.
+    env.ok(&["volume", "create", "esc-vol", "--size", "16Mi"]);
+    let share = env.dir.path().join("hostshare");
+    std::fs::create_dir_all(&share).unwrap();
+    std::os::unix::fs::symlink("/", share.join("up")).unwrap();
+    let marker = env.dir.path().join("host-only-marker");
+    std::fs::write(&marker, "host").unwrap();
+    let volumes = format!("  volumes:\n    - {{ name: esc-vol, mountPath: /vol, readOnly: true }}\n    - {{ hostPath: {}, mountPath: /hostro, readOnly: true }}\n", share.display());
+    let f = env.file("escape.yaml", &format!("{}{volumes}", suite_yaml(name, &image, userns)));
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let inst = env.sandbox(name)["instance"].as_str().unwrap().to_string();
     let mut probes = 0;
@@ -159,6 +167,25 @@ fn escape_suite(userns: bool) {
         let (code, out, err) = env.sh(name, &format!("{script} 2>/dev/null"));
         refused(what, code != 0, &format!("{out}{err}"));
     }
+
+    // Volumes: read-only stays read-only, nothing is unmounted or moved, and a link in a host
+    // directory resolves inside the sandbox.
+    for (what, script) in [
+        ("remounting a read-only volume writable", "mount -o remount,rw /vol"),
+        ("remounting a read-only host path writable", "mount -o remount,rw,bind /hostro"),
+        ("unmounting a volume", "umount /vol"),
+        ("lazily unmounting a host path", "umount -l /hostro"),
+        ("bind-mounting a volume elsewhere", "mkdir -p /tmp/b && mount --bind /vol /tmp/b"),
+        ("writing a read-only volume", "touch /vol/x"),
+        ("writing a read-only host path", "touch /hostro/x"),
+        ("a new mount of the volume's filesystem", "mkdir -p /tmp/m && mount -t ext4 /dev/loop0 /tmp/m"),
+    ] {
+        let (code, out, err) = env.sh(name, &format!("{script} 2>&1"));
+        refused(what, code != 0, &format!("{out}{err}"));
+    }
+    let (code, _, _) = env.sh(name, &format!("test -e /hostro/up{}", marker.display()));
+    refused("reaching the host through a link in a host path", code != 0, "the host's marker file was visible");
+    assert!(!share.join("x").exists());
 
     // CVE-2019-5736: the host binary, reached through a `#!/proc/self/exe` script, cannot be
     // reopened for writing once the script's process is gone (nor from the host while the

@@ -16,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux debootstrap apache2-utils iproute2 curl python3-venv python3-httpx python3-pytest python3-setuptools python3-prometheus-client)
+packages=(busybox-static ca-certificates docker-registry skopeo python3 erofs-utils e2fsprogs util-linux debootstrap apache2-utils iproute2 curl python3-venv python3-httpx python3-pytest python3-setuptools python3-prometheus-client libseccomp-dev libcap-ng-dev pkg-config)
 case "$what" in
   bench) packages+=(runc bubblewrap hyperfine umoci iperf3 passt slirp4netns) ;;
 esac
@@ -58,7 +58,9 @@ case "$what" in
     bash tests/api/schemathesis-venv.sh "$cache"
     # Plugin toolchains (C, Python, JavaScript; cached) and the plugin components.
     bash tests/plugins/toolchains.sh
-    bash plugins/build.sh target/plugins ;;
+    bash plugins/build.sh target/plugins
+    # virtiofsd for volumes in microVMs (crates.io, pinned; cached).
+    bash tests/vm/virtiofsd.sh "$cache" >/dev/null ;;
 esac
 
 if [ -n "$what" ]; then

@@ -315,6 +315,26 @@ impl ShimClient {
         }
     }
 
+    /// The resource figures of the sandbox whose shim listens on `socket`: one connection, the
+    /// handshake pipelined with the request, every read and write bounded by `timeout`.
+    pub fn sample_at(socket: &Path, timeout: std::time::Duration) -> Result<guest_agent::protocol::ResourceSample> {
+        let stream = UnixStream::connect(socket).map_err(|e| ClientError::Connect { path: socket.display().to_string(), source: e })?;
+        for set in [UnixStream::set_read_timeout, UnixStream::set_write_timeout] {
+            set(&stream, Some(timeout)).map_err(|e| ClientError::Connect { path: socket.display().to_string(), source: e })?;
+        }
+        let mut c = Self::unchecked(stream)?;
+        c.hello = Some(c.start(ShimRequest::Hello { version: PROTOCOL_VERSION, client: "orchestrator".into() })?);
+        c.sample()
+    }
+
+    /// The sandbox's resource figures now, as its shim reads them.
+    pub fn sample(&mut self) -> Result<guest_agent::protocol::ResourceSample> {
+        match self.call(ShimRequest::Sample)? {
+            Response::Sample(s) => Ok(s),
+            other => Err(remote(other)),
+        }
+    }
+
     pub fn stop(&mut self, grace_ms: u64) -> Result<()> {
         self.expect_done(ShimRequest::Stop { grace_ms })
     }

@@ -153,7 +153,14 @@ const PENDING_RECHECK: Duration = Duration::from_secs(1);
 /// A reconcile of one sandbox, under the lock for that one object.
 fn reconcile_one(orch: &mut Orchestrator, name: &str) -> Result<(Outcome, Action)> {
     let _lock = orch.lock_object(name)?;
-    let outcome = orch.converge(name)?;
+    let started = Instant::now();
+    let converged = orch.converge(name);
+    let label = match &converged {
+        Ok(o) => format!("{o:?}").to_lowercase(),
+        Err(_) => "failed".to_string(),
+    };
+    crate::telemetry::get().reconciled(&label, started.elapsed());
+    let outcome = converged?;
     let action = match orch.store.sandbox(name)?.map(|r| r.status) {
         Some(crate::store::Status::Pending) => Action::Requeue(PENDING_RECHECK),
         _ => Action::AwaitChange,

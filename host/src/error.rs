@@ -189,7 +189,11 @@ impl From<ReconcileError> for Error {
         match e {
             ReconcileError::NotFound(name) => Error::NotFound { what: "sandbox", name },
             ReconcileError::Conflict(message) => Error::Conflict(message),
-            ReconcileError::Start { name, source } => match Error::from(source) {
+            ReconcileError::Invalid(message) => Error::InvalidArgument(message),
+            ReconcileError::NoVolume(name) => Error::NotFound { what: "volume", name },
+            ReconcileError::Volume(crate::volume::VolumeError::TooLarge { name, message }) => Error::InvalidArgument(format!("volume {name:?}: {message}")),
+            ReconcileError::Volume(e) => Error::Io { context: "the volume's disk".into(), source: std::io::Error::other(e.to_string()) },
+            ReconcileError::Start { name, error } => match Error::from(error) {
                 Error::SandboxFailed { reason, .. } => Error::SandboxFailed { name, reason },
                 typed => typed,
             },
@@ -233,11 +237,11 @@ mod tests {
     fn a_start_failure_keeps_its_cause() {
         let e = Error::from(ReconcileError::Start {
             name: "web".into(),
-            source: RuntimeError::Unavailable("microvm", "no /dev/kvm".into()),
+            error: RuntimeError::Unavailable("microvm", "no /dev/kvm".into()),
         });
         assert_eq!(e.kind(), ErrorKind::IsolationUnavailable);
         assert!(e.to_string().contains("no /dev/kvm"), "{e}");
-        let e = Error::from(ReconcileError::Start { name: "web".into(), source: RuntimeError::Start("boom".into()) });
+        let e = Error::from(ReconcileError::Start { name: "web".into(), error: RuntimeError::Start("boom".into()) });
         assert_eq!(e.kind(), ErrorKind::SandboxFailed);
         assert_eq!(e.to_string(), "sandbox \"web\": boom");
     }

@@ -50,7 +50,9 @@ pub mod shim;
 pub mod sources;
 pub mod spec;
 pub mod store;
+pub mod telemetry;
 pub mod view;
+pub mod volume;
 
 pub use config::{Config, Credentials, RegistryConfig};
 pub use error::{Error, ErrorKind, Result};

@@ -7,7 +7,7 @@ use crate::net_counters::NetworkCounters;
 use crate::reconcile::Orchestrator;
 use crate::spec::Kind;
 use crate::store::{Event, SandboxRow, Status, StoredResource};
-use crate::view::{PluginView, ResourceView};
+use crate::view::{PluginView, ResourceView, VolumeView};
 use serde::Serialize;
 
 /// One sandbox in detail: its view and its newest events, oldest first.
@@ -51,6 +51,36 @@ impl Orchestrator {
         let rows = self.sandbox_rows()?;
         let resources = self.store.resources(kind)?;
         Ok(resources.iter().map(|r| self.view_of(r, &rows)).collect())
+    }
+
+    /// Every declared volume with its size, use on the host's disk, and users.
+    pub fn volume_views(&self) -> Result<Vec<VolumeView>> {
+        let sandboxes = self.store.resources(Some(Kind::Sandbox))?;
+        let mut out = Vec::new();
+        for stored in self.store.resources(Some(Kind::Volume))? {
+            let crate::spec::ResourceSpec::Volume(spec) = &stored.resource.spec else { continue };
+            let name = &stored.resource.name;
+            let usage = crate::volume::usage(self.data.root(), name);
+            let users = sandboxes
+                .iter()
+                .filter(|s| matches!(&s.resource.spec, crate::spec::ResourceSpec::Sandbox(sb) if crate::volume::mounts_volume(&sb.volumes, name)))
+                .map(|s| s.resource.name.clone())
+                .collect();
+            out.push(VolumeView {
+                name: name.clone(),
+                size: usage.map_or(spec.size_bytes(), |u| u.size),
+                allocated: usage.map_or(0, |u| u.allocated),
+                mounted: usage.is_some_and(|u| u.mounted),
+                shared: spec.shared,
+                users,
+                source: stored.source.clone(),
+                origin: stored.origin.clone(),
+                created_at: stored.created_at.clone(),
+                labels: stored.resource.labels.clone(),
+                error: usage.is_none().then(|| "no disk yet: it is made at the next apply or at the first start of a sandbox that mounts it".to_string()),
+            });
+        }
+        Ok(out)
     }
 
     /// Every applied plugin, loaded (compiled once, then from the cache) to tell what it

@@ -388,7 +388,7 @@ mod tests {
     use crate::spec::{ResourceSpec, VolumeSpec};
 
     fn volume(name: &str, size: u64) -> Resource {
-        Resource { name: name.into(), labels: Default::default(), spec: ResourceSpec::Volume(VolumeSpec { size: Some(size) }) }
+        Resource { name: name.into(), labels: Default::default(), spec: ResourceSpec::Volume(VolumeSpec { size: Some(size), shared: false }) }
     }
 
     #[test]

@@ -121,6 +121,30 @@ pub struct PluginView {
     pub error: Option<String>,
 }
 
+/// A named volume, as `volume ls`, `get volumes` and `GET /v1/volumes` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeView {
+    pub name: String,
+    /// Its quota, bytes: writes past it fail with ENOSPC inside the sandbox.
+    pub size: u64,
+    /// Bytes its data (and the filesystem's metadata) takes on the host's disk so far.
+    pub allocated: u64,
+    /// Some sandbox has it mounted now.
+    pub mounted: bool,
+    /// Several sandboxes may mount it writable at once.
+    pub shared: bool,
+    /// Declared sandboxes that mount it.
+    pub users: Vec<String>,
+    pub source: String,
+    pub origin: String,
+    pub created_at: String,
+    pub labels: BTreeMap<String, String>,
+    /// Why it has no disk, when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What a plan does to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum Change {
@@ -192,6 +216,8 @@ pub enum ActionResult {
     Removed,
     /// Only its network section changed: applied live, nothing restarted.
     NetworkUpdated,
+    /// A volume grew to its new size.
+    Resized,
     /// A plugin compiled; the hook kinds it implements.
     Loaded { kinds: Vec<String> },
     Failed { message: String },
@@ -215,6 +241,7 @@ impl std::fmt::Display for Action {
             ActionResult::Restarted => write!(f, "restarted"),
             ActionResult::Removed => write!(f, "removed"),
             ActionResult::NetworkUpdated => write!(f, "network updated (not restarted)"),
+            ActionResult::Resized => write!(f, "resized"),
             ActionResult::Loaded { kinds } => write!(f, "loaded ({})", kinds.join(", ")),
             ActionResult::Failed { message } => write!(f, "failed: {message}"),
         }

@@ -107,6 +107,7 @@ fn ours(s: &Setup) -> (Duration, Duration) {
         console_limit: 1 << 20,
         guest_cid: 3,
         net: None,
+        shares: Vec::new(),
     };
     let t0 = Instant::now();
     progress("ours: starting");

@@ -211,7 +211,7 @@ pub fn leftovers(instance: &str) -> Vec<String> {
     if mounts.contains(instance) {
         found.push(format!("a mount of {instance}"));
     }
-    for ctrl in ["memory", "cpu", "cpuacct", "pids", "devices", "unified", ""] {
+    for ctrl in ["memory", "cpu", "cpuacct", "pids", "devices", "blkio", "unified", ""] {
         let p = Path::new("/sys/fs/cgroup").join(ctrl).join("orchestrator").join(instance);
         if p.exists() {
             found.push(format!("cgroup {}", p.display()));

@@ -1,7 +1,7 @@
 //! What an API client may name on the host: nothing, unless the operator started the server
 //! with a root (`--allow-host-paths DIR`), and then only paths that resolve, links followed,
-//! inside it. Images (`dir:`, `oci-layout:`, `oci-archive:`), kernels given as paths and plugin
-//! components are host paths; a client must never get the host's `/` as its root filesystem.
+//! inside it. Images (`dir:`, `oci-layout:`, `oci-archive:`), kernels given as paths, plugin
+//! components and `hostPath` volumes are host paths; a client must never get the host's `/` as its root filesystem.
 //!
 //! The check runs on the raw document before the spec is parsed, so that not even the
 //! parser's "does not exist" answers tell a client what the host has.
@@ -39,7 +39,32 @@ fn host_path_fields(doc: &Node) -> Vec<(&'static str, String)> {
     if let Some(component) = scalar(doc, &["spec", "component"]) {
         out.push(("spec.component", component.to_string()));
     }
+    let volumes = match &doc.value {
+        Value::Map(_) => scalar_seq(doc, &["spec", "volumes"]),
+        _ => &[],
+    };
+    for v in volumes {
+        if let Some(path) = scalar(v, &["hostPath"]) {
+            out.push(("spec.volumes[].hostPath", path.to_string()));
+        }
+    }
     out
+}
+
+/// The items of a sequence at `path` (map keys), or none.
+fn scalar_seq<'a>(node: &'a Node, path: &[&str]) -> &'a [Node] {
+    let mut node = node;
+    for key in path {
+        let Value::Map(entries) = &node.value else { return &[] };
+        match entries.iter().find(|(k, _)| matches!(&k.value, Value::Scalar { text, .. } if text == key)) {
+            Some((_, v)) => node = v,
+            None => return &[],
+        }
+    }
+    match &node.value {
+        Value::Seq(items) => items,
+        _ => &[],
+    }
 }
 
 /// Refuses a request body that names host paths when `root` is None. With a root, the paths
@@ -98,7 +123,9 @@ pub fn check_built(resource: &crate::spec::Resource, root: Option<&Path>) -> Res
     use crate::spec::ResourceSpec;
     if root.is_none() {
         let names_one = match &resource.spec {
-            ResourceSpec::Sandbox(s) => image_path(&s.image).is_some() || s.kernel.as_deref().is_some_and(|k| k.contains('/')),
+            ResourceSpec::Sandbox(s) => {
+                image_path(&s.image).is_some() || s.kernel.as_deref().is_some_and(|k| k.contains('/')) || s.volumes.iter().any(|v| matches!(v.source, crate::spec::MountSource::HostPath(_)))
+            }
             ResourceSpec::Plugin(_) => true,
             _ => false,
         };
@@ -137,6 +164,11 @@ pub fn check_resolved(resource: &crate::spec::Resource, root: Option<&Path>) -> 
             if let Some(k) = s.kernel.as_deref().filter(|k| k.contains('/')) {
                 paths.push(("spec.kernel", PathBuf::from(k)));
             }
+            for v in &s.volumes {
+                if let crate::spec::MountSource::HostPath(p) = &v.source {
+                    paths.push(("spec.volumes[].hostPath", PathBuf::from(p)));
+                }
+            }
         }
         ResourceSpec::Plugin(p) => paths.push(("spec.component", PathBuf::from(&p.component))),
         _ => {}
@@ -160,6 +192,7 @@ mod tests {
             "kind: Sandbox\nspec:\n  image: oci-layout:/etc\n",
             "kind: Sandbox\nspec:\n  image: busybox:1\n  kernel: /boot/vmlinuz\n",
             "kind: Plugin\nspec:\n  component: /srv/p.wasm\n",
+            "kind: Sandbox\nspec:\n  image: busybox:1\n  volumes: [{ name: v, mountPath: /v }, { hostPath: /etc, mountPath: /h }]\n",
         ] {
             let e = screen(body, None).unwrap_err();
             assert_eq!((e.status, e.kind.as_str()), (403, "host-path-forbidden"), "{body}");

@@ -2,15 +2,16 @@
 //! Prometheus scrapes), through the `prometheus-client` crate.
 //!
 //! Per running sandbox, labelled `sandbox`, `isolation` and its own labels (`label_KEY`, the
-//! key made a valid label name): CPU seconds, memory (current, limit, peak), tasks, and the
-//! network counters of its stack (bytes and packets each way, flows denied). Plus how many
-//! sandboxes are in each status. Each scrape reads the store once and each running sandbox's
-//! cgroup and counters file: a few small files per sandbox, no shim round trip.
+//! key made a valid label name): CPU seconds, memory (current, limit, peak), tasks, block I/O
+//! (bytes and operations each way, from the cgroup's io/blkio counters), and the network counters of its stack (bytes and packets each way, flows denied). Plus how many
+//! sandboxes are in each status. Each scrape reads the store once, asks each running sandbox's
+//! shim for its figures (eight at a time; the cgroup files when a shim does not answer) and
+//! reads its network counters file.
 
 use super::problem::ApiResult;
 use super::ApiState;
 use crate::paths::DataDir;
-use crate::plugin::metrics::{running_targets, sample};
+use crate::plugin::metrics::{running_targets, sample_all};
 use crate::store::{Status, Store};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -32,7 +33,7 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The sandboxes' CPU, memory, tasks and network figures, for Prometheus.
-#[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "OpenMetrics text: per running sandbox (labels sandbox, isolation, label_KEY) CPU seconds, memory current/limit/peak, tasks, network bytes/packets/denied flows; sandboxes per status", content_type = "application/openmetrics-text", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "OpenMetrics text: per running sandbox (labels sandbox, isolation, label_KEY) CPU seconds, memory current/limit/peak, tasks, disk bytes/operations, network bytes/packets/denied flows; sandboxes per status", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): St) -> ApiResult<Response> {
     let config = state.config.clone();
     let text = super::blocking(move || render(&config.data_dir)).await?;
@@ -59,6 +60,10 @@ struct Families {
     rx_packets: Family<Labels, Counter>,
     tx_packets: Family<Labels, Counter>,
     denied: Family<Labels, Counter>,
+    disk_read_bytes: Family<Labels, Counter>,
+    disk_write_bytes: Family<Labels, Counter>,
+    disk_read_ops: Family<Labels, Counter>,
+    disk_write_ops: Family<Labels, Counter>,
     sandboxes: Family<Labels, Gauge>,
 }
 
@@ -75,6 +80,10 @@ impl Families {
         r.register("sandbox_network_receive_packets", "Packets the sandbox received", self.rx_packets.clone());
         r.register("sandbox_network_transmit_packets", "Packets the sandbox sent", self.tx_packets.clone());
         r.register("sandbox_network_denied_flows", "Flows the sandbox's policy refused", self.denied.clone());
+        r.register_with_unit("sandbox_disk_read", "Bytes the sandbox read from block devices", Unit::Bytes, self.disk_read_bytes.clone());
+        r.register_with_unit("sandbox_disk_write", "Bytes the sandbox wrote to block devices", Unit::Bytes, self.disk_write_bytes.clone());
+        r.register("sandbox_disk_read_ops", "Block read operations of the sandbox", self.disk_read_ops.clone());
+        r.register("sandbox_disk_write_ops", "Block write operations of the sandbox", self.disk_write_ops.clone());
         r.register("sandboxes", "Sandboxes by status", self.sandboxes.clone());
     }
 }
@@ -92,8 +101,9 @@ pub fn render(data_dir: &std::path::Path) -> crate::Result<String> {
     for row in store.sandboxes()? {
         *by_status.entry(row.status).or_insert(0i64) += 1;
     }
-    for target in running_targets(&store, &data).map_err(crate::Error::Protocol)? {
-        let Some(s) = sample(&target) else { continue };
+    let targets = running_targets(&store, &data).map_err(crate::Error::Protocol)?;
+    for s in sample_all(&targets) {
+        let Some(target) = targets.iter().find(|t| t.sandbox == s.sandbox) else { continue };
         let mut labels: Labels = vec![("sandbox".into(), target.sandbox.clone()), ("isolation".into(), target.isolation.clone())];
         labels.extend(target.labels.iter().map(|(k, v)| (label_name(k), v.clone())));
         families.cpu.get_or_create(&labels).inc_by(s.cpu_usage_us as f64 / 1e6);
@@ -105,6 +115,12 @@ pub fn render(data_dir: &std::path::Path) -> crate::Result<String> {
             families.memory_peak.get_or_create(&labels).set(gauge(peak));
         }
         families.pids.get_or_create(&labels).set(i64::from(s.pids));
+        if let Some(d) = s.disk {
+            families.disk_read_bytes.get_or_create(&labels).inc_by(d.read_bytes);
+            families.disk_write_bytes.get_or_create(&labels).inc_by(d.write_bytes);
+            families.disk_read_ops.get_or_create(&labels).inc_by(d.read_ops);
+            families.disk_write_ops.get_or_create(&labels).inc_by(d.write_ops);
+        }
         if let Some(n) = s.network {
             families.rx_bytes.get_or_create(&labels).inc_by(n.rx_bytes);
             families.tx_bytes.get_or_create(&labels).inc_by(n.tx_bytes);
@@ -119,6 +135,7 @@ pub fn render(data_dir: &std::path::Path) -> crate::Result<String> {
     }
     let mut registry = Registry::default();
     families.register(&mut registry);
+    crate::telemetry::get().register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| crate::Error::Protocol(format!("encoding the metrics: {e}")))?;
     Ok(text)

@@ -28,6 +28,7 @@ pub mod problem;
 pub mod reach;
 mod sandboxes;
 mod streams;
+mod volumes;
 pub mod tls;
 
 use crate::config::Config;
@@ -189,7 +190,18 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .fallback(|| async { problem::Problem::not_found("no such route; the API's routes are under /v1 (and OpenSandbox's at the root); GET /openapi.json lists them") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(DefaultBodyLimit::max(state.limits.max_body))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Counts every request (refused ones too) by method, route template and status class.
+async fn count_request(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    crate::telemetry::get().api_request(&method, &route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// Why the API could not start.

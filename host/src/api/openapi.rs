@@ -61,6 +61,7 @@ pub struct Metadata {
         (name = "observe", description = "Logs, events and warm pools"),
         (name = "images", description = "The local image store"),
         (name = "plugins", description = "Applied plugins and network-policy decisions"),
+        (name = "volumes", description = "Named volumes: a filesystem each, its size the quota"),
         (name = "opensandbox", description = "Routes compatible with OpenSandbox's server"),
     )
 )]
@@ -107,6 +108,7 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<std::sync::Arc<super::ApiS
         .merge(super::files::routes())
         .merge(super::interactive::routes())
         .merge(super::catalog::routes())
+        .merge(super::volumes::routes())
         .merge(super::compat::routes())
         .merge(super::metrics::routes())
         .routes(utoipa_axum::routes!(served))

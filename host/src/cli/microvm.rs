@@ -55,6 +55,11 @@ pub fn doctor(config: &Config) -> Result<i32> {
             }
         }
     }
+    // Optional: without it microVMs run, but mount no named volume or host path.
+    match crate::microvm::probe::virtiofsd() {
+        Some(p) => println!("microvm volumes: ok, virtiofsd at {}", p.display()),
+        None => println!("microvm volumes: NO: no virtiofsd, so microVMs mount no named volume or host path (`cargo install virtiofsd`, or ORCHESTRATOR_VIRTIOFSD=PATH); sandboxes with them run as namespace sandboxes under `auto`"),
+    }
     println!("isolation auto: {}", if all_ok { "microvm" } else { "namespace" });
     Ok(if all_ok { 0 } else { 1 })
 }

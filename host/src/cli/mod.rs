@@ -9,6 +9,7 @@ mod output;
 mod plugins;
 mod serve;
 mod top;
+mod volumes;
 
 use crate::reconcile::{Change, Orchestrator, ReconcileError};
 use crate::spec::{self, Isolation, Kind, Manifest, Origin, Resource, ResourceSpec, RestartPolicy, SandboxSpec};
@@ -160,6 +161,13 @@ pub enum Command {
         /// Publish a port: `[ADDR:]HOST:GUEST[/udp]` (ADDR defaults to 127.0.0.1); repeatable.
         #[arg(short = 'p', long = "publish", value_name = "[ADDR:]HOST:GUEST[/udp]")]
         publish: Vec<String>,
+        /// Mount a named volume or a host path: `NAME:/path[:ro]`, `/host/path:/path[:ro]`
+        /// (a host path starts with / or .); repeatable.
+        #[arg(short = 'v', long = "volume", value_name = "SOURCE:PATH[:ro]")]
+        volume: Vec<String>,
+        /// Mount a fresh tmpfs: `PATH[:SIZE]` (default 64Mi); repeatable.
+        #[arg(long, value_name = "PATH[:SIZE]")]
+        tmpfs: Vec<String>,
         image: String,
         /// Without one, the image's Entrypoint and Cmd run (as with docker run).
         #[arg(last = true)]
@@ -209,6 +217,11 @@ pub enum Command {
     Start { names: Vec<String> },
     /// Attach to a sandbox's main process (Ctrl-P Ctrl-Q detaches).
     Attach { name: String },
+    /// Named volumes: create, ls, inspect, rm.
+    Volume {
+        #[command(subcommand)]
+        command: volumes::VolumeCommand,
+    },
     /// Manage images: pull, ls, inspect, rm, prune, import.
     Image {
         #[command(subcommand)]
@@ -300,7 +313,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let name = sandbox_name(&orch, &name)?;
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, detach, name, process: p, isolation, memory, cpus, disk, kernel, network, publish, image, command } => {
+        Command::Run { rm, detach, name, process: p, isolation, memory, cpus, disk, kernel, network, publish, volume, tmpfs, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
@@ -333,6 +346,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 spec.ports.push(m);
             }
+            spec.volumes = volumes::mounts_from_flags(&volume, &tmpfs)?;
             spec.isolation = match isolation.as_str() {
                 "auto" => Isolation::Auto,
                 "namespace" => Isolation::Namespace,
@@ -384,6 +398,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             interactive::attach(&orch, &name)
         }
         Command::Image { command } => images::run(&open()?, command),
+        Command::Volume { command } => volumes::run(&mut open()?, command),
         Command::Plugin { command } => plugins::run(&open()?, command),
         Command::Doctor => microvm::doctor(&config),
         Command::Kernel { command } => microvm::kernel(&config, command),

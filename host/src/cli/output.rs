@@ -4,7 +4,7 @@ use super::{Format, KindArg};
 use crate::paths::shim_alive;
 use crate::reconcile::Orchestrator;
 use crate::spec::quantity::format_bytes;
-use crate::spec::{Kind, ResourceSpec};
+use crate::spec::{self, Kind, ResourceSpec};
 
 use crate::view::ResourceView;
 use anyhow::{bail, Result};
@@ -15,6 +15,7 @@ use std::time::Duration;
 pub fn get(orch: &mut Orchestrator, kind: Option<KindArg>, name: Option<&str>, format: Format) -> Result<i32> {
     let kind = match kind.unwrap_or(KindArg::Sandboxes) {
         KindArg::Sandboxes => Some(Kind::Sandbox),
+        KindArg::Volumes if name.is_none() => return super::volumes::list(orch, format),
         KindArg::Volumes => Some(Kind::Volume),
         KindArg::Plugins => Some(Kind::Plugin),
         KindArg::All => None,
@@ -130,6 +131,14 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
         let labels: Vec<String> = res.resource.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "Labels:        {}", labels.join(", "))?;
     }
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let source = match &v.source {
+            spec::MountSource::Volume(n) => format!("volume {n}"),
+            spec::MountSource::HostPath(p) => format!("host {p}"),
+            spec::MountSource::Tmpfs(size) => format!("tmpfs {}", format_bytes(*size)),
+        };
+        writeln!(out, "{:<15}{} on {}{}", if i == 0 { "Volumes:" } else { "" }, source, v.mount_path, if v.read_only { " (read-only)" } else { "" })?;
+    }
     match &row {
         Some(r) => {
             writeln!(out, "Status:        {}", r.status.as_str())?;
@@ -145,6 +154,20 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
             }
             if let Some(m) = &r.message {
                 writeln!(out, "Message:       {m}")?;
+            }
+            if r.status == crate::store::Status::Running {
+                let target = crate::plugin::metrics::Target {
+                    sandbox: name.to_string(),
+                    instance: r.instance.clone(),
+                    dir: orch.instance_dir(r),
+                    isolation: r.isolation.clone(),
+                    labels: Default::default(),
+                    memory_limit: spec.memory,
+                };
+                if let Some(s) = crate::plugin::metrics::sample(&target) {
+                    let disk = s.disk.map(|d| format!("; disk read {}, written {}", format_bytes(d.read_bytes), format_bytes(d.write_bytes))).unwrap_or_default();
+                    writeln!(out, "Usage:         cpu {:.2} s, memory {} (peak {}), {} tasks{disk}", s.cpu_usage_us as f64 / 1e6, format_bytes(s.memory_bytes), s.memory_peak_bytes.map(format_bytes).unwrap_or_else(|| "-".into()), s.pids)?;
+                }
             }
             if let Some(n) = orch.network_counters(r) {
                 writeln!(out, "Network:       policy {}; rx {} in {} packets, tx {} in {} packets", spec.network.policy.as_str(), format_bytes(n.rx_bytes), n.rx_packets, format_bytes(n.tx_bytes), n.tx_packets)?;

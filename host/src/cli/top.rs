@@ -4,7 +4,7 @@
 
 use super::Format;
 use crate::plugin::Sample;
-use crate::plugin::metrics::{running_targets, sample};
+use crate::plugin::metrics::{running_targets, sample_all};
 use crate::Orchestrator;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
@@ -24,11 +24,14 @@ struct Row {
     pids: u32,
     rx_bytes: u64,
     tx_bytes: u64,
+    /// Block I/O since the sandbox started (its cgroup's counters).
+    disk_read_bytes: u64,
+    disk_write_bytes: u64,
 }
 
 fn samples(orch: &Orchestrator) -> Result<HashMap<String, Sample>> {
     let targets = running_targets(&orch.store, &orch.data).map_err(|e| anyhow!(e))?;
-    Ok(targets.iter().filter_map(sample).map(|s| (s.sandbox.clone(), s)).collect())
+    Ok(sample_all(&targets).into_iter().map(|s| (s.sandbox.clone(), s)).collect())
 }
 
 fn bytes(n: u64) -> String {
@@ -70,6 +73,8 @@ pub fn top(orch: &Orchestrator, once: bool, format: Format, interval: Duration) 
                     pids: s.pids,
                     rx_bytes: s.network.map(|n| n.rx_bytes).unwrap_or(0),
                     tx_bytes: s.network.map(|n| n.tx_bytes).unwrap_or(0),
+                    disk_read_bytes: s.disk.map(|d| d.read_bytes).unwrap_or(0),
+                    disk_write_bytes: s.disk.map(|d| d.write_bytes).unwrap_or(0),
                 }
             })
             .collect();
@@ -83,10 +88,10 @@ pub fn top(orch: &Orchestrator, once: bool, format: Format, interval: Duration) 
                     // Home and clear: the table redraws in place.
                     write!(out, "\x1b[H\x1b[2J")?;
                 }
-                let mut lines = vec![["NAME", "ISOLATION", "CPU%", "MEMORY", "LIMIT", "PEAK", "TASKS", "NET RX", "NET TX"].map(String::from).to_vec()];
+                let mut lines = vec![["NAME", "ISOLATION", "CPU%", "MEMORY", "LIMIT", "PEAK", "TASKS", "NET RX", "NET TX", "DISK READ", "DISK WRITE"].map(String::from).to_vec()];
                 for r in &rows {
                     let opt = |v: Option<u64>| v.map(bytes).unwrap_or_else(|| "-".into());
-                    lines.push(vec![r.name.clone(), r.isolation.clone(), format!("{:.1}", r.cpu_percent), bytes(r.memory_bytes), opt(r.memory_limit_bytes), opt(r.memory_peak_bytes), r.pids.to_string(), bytes(r.rx_bytes), bytes(r.tx_bytes)]);
+                    lines.push(vec![r.name.clone(), r.isolation.clone(), format!("{:.1}", r.cpu_percent), bytes(r.memory_bytes), opt(r.memory_limit_bytes), opt(r.memory_peak_bytes), r.pids.to_string(), bytes(r.rx_bytes), bytes(r.tx_bytes), bytes(r.disk_read_bytes), bytes(r.disk_write_bytes)]);
                 }
                 drop(out);
                 super::output::print_table(&lines);

@@ -91,7 +91,7 @@ pub fn writable_disk(store_root: &Path, path: &Path, size: u64, owner: u32) -> R
     if !template.exists() {
         // Racing creators each build their own and the last rename wins: both are valid.
         let tmp = disks.join(format!(".writable-{}.partial", crate::ids::random_hex(8)));
-        let made = mkfs_ext4(&tmp, size, owner).and_then(|()| std::fs::rename(&tmp, &template).map_err(|e| store_err(&template, e)));
+        let made = mkfs_ext4(&tmp, size, owner, &["upper", "work"]).and_then(|()| std::fs::rename(&tmp, &template).map_err(|e| store_err(&template, e)));
         if made.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -100,7 +100,7 @@ pub fn writable_disk(store_root: &Path, path: &Path, size: u64, owner: u32) -> R
     let partial = path.with_extension("ext4.partial");
     let copied = match sparse_copy(&template, &partial, size) {
         // A filesystem that reports no holes would have the copy write `size` bytes of zeros.
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => mkfs_ext4(&partial, size, owner),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => mkfs_ext4(&partial, size, owner, &["upper", "work"]),
         other => other.map_err(|e| store_err(&partial, e)),
     };
     let done = copied.and_then(|()| std::fs::rename(&partial, path).map_err(|e| store_err(path, e)));
@@ -114,15 +114,24 @@ pub fn writable_disk(store_root: &Path, path: &Path, size: u64, owner: u32) -> R
 /// holes), lazy inode tables and journal, no reserved GDT blocks for online growth (nothing
 /// grows these), a 4 MiB journal and no blocks reserved for root (the sandbox's root is the
 /// user the bound is for).
-/// The disk holds the overlay's `upper` and `work` directories from the start (owned by
-/// `owner`), so a sandbox's first start does not journal two mkdirs.
-fn mkfs_ext4(path: &Path, size: u64, owner: u32) -> Result<(), ImageError> {
+/// A writable layer's disk holds the overlay's `upper` and `work` directories from the start
+/// (`dirs`, owned by `owner`), so a sandbox's first start does not journal two mkdirs.
+pub(crate) fn mkfs_ext4(path: &Path, size: u64, owner: u32, dirs: &[&str]) -> Result<(), ImageError> {
     let store_err = |p: &Path, e: std::io::Error| ImageError::Store(format!("{}: {e}", p.display()));
     let file = std::fs::File::create(path).map_err(|e| store_err(path, e))?;
-    file.set_len(size).map_err(|e| store_err(path, e))?;
+    file.set_len(size).map_err(|e| match e.raw_os_error() {
+        // Past the host filesystem's largest file (ext4: 16 TiB less a block).
+        Some(libc::EFBIG) => ImageError::Store(format!(
+            "the host's filesystem under {} cannot hold a {}-byte disk file; choose a smaller size (spec.disk, --disk, a Volume's size)",
+            path.parent().unwrap_or(path).display(),
+            size
+        )),
+        _ => store_err(path, e),
+    })?;
     drop(file);
     let seed = path.with_extension("seed");
-    for d in ["upper", "work"] {
+    std::fs::create_dir_all(&seed).map_err(|e| store_err(&seed, e))?;
+    for d in dirs {
         let dir = seed.join(d);
         std::fs::create_dir_all(&dir).map_err(|e| store_err(&dir, e))?;
         std::os::unix::fs::chown(&dir, Some(owner), Some(owner)).map_err(|e| store_err(&dir, e))?;

@@ -89,6 +89,7 @@ async fn download(client: &Client, r: &Reference, store: &ImageStore, layer: &oc
             return Err(ImageError::Store(format!("writing {}: {e}", tmp.display())));
         }
         done += chunk.len() as u64;
+        crate::telemetry::get().pulled(chunk.len() as u64);
         progress(digest, done, total);
     }
     let got = format!("sha256:{}", hex(&hasher.finalize()));

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// What the agent needs in the guest; their dependencies are added.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng", "virtio_net", "overlay", "erofs"];
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng", "virtio_net", "overlay", "erofs", "virtiofs"];
 
 /// Module files of a kernel by module name (`-` and `_` are the same to modprobe).
 fn module_index(modules: &Path) -> BTreeMap<String, PathBuf> {

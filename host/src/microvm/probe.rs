@@ -59,3 +59,16 @@ pub fn ready(config: &Config, kernel: Option<&str>) -> Result<(), String> {
     super::kernel::for_sandbox(config, kernel).map_err(|e| format!("guest kernel: {e}"))?;
     guest_agent(config).map(|_| ()).map_err(|e| format!("guest agent: {e}"))
 }
+
+/// virtiofsd, for volumes in microVMs: `ORCHESTRATOR_VIRTIOFSD`, else on PATH, else where
+/// distributions install it.
+pub fn virtiofsd() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("ORCHESTRATOR_VIRTIOFSD").filter(|v| !v.is_empty()) {
+        return Some(std::path::PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("virtiofsd"))
+        .chain(["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"].map(std::path::PathBuf::from))
+        .find(|p| p.is_file())
+}

@@ -92,13 +92,8 @@ pub struct Sample {
     pub network: Option<crate::net_counters::NetworkCounters>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskCounters {
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub read_ops: u64,
-    pub write_ops: u64,
-}
+/// Disk I/O as the shims report it (one type from the shim's answer to the sink's record).
+pub type DiskCounters = guest_agent::protocol::DiskSample;
 
 impl Sample {
     fn wit_v1(&self) -> metrics_sink::Sample {

@@ -179,6 +179,19 @@ impl LoadedPlugin {
 
     /// Runs `f` against an instance of this plugin under its deadline and limits.
     pub(super) fn call<R>(&self, call: &'static str, f: impl FnOnce(&mut Store<StoreState>, &Instance) -> wasmtime::Result<R>) -> Result<R, PluginError> {
+        let started = std::time::Instant::now();
+        let result = self.call_untimed(call, f);
+        let failure = result.as_ref().err().map(|e| match e {
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::Memory { .. } => "memory",
+            PluginError::Trap { .. } => "trap",
+            _ => "other",
+        });
+        crate::telemetry::get().plugin_call(&self.name, call, started.elapsed(), failure);
+        result
+    }
+
+    fn call_untimed<R>(&self, call: &'static str, f: impl FnOnce(&mut Store<StoreState>, &Instance) -> wasmtime::Result<R>) -> Result<R, PluginError> {
         let taken = self.pool.lock().ok().and_then(|mut p| p.pop());
         let mut pooled = match taken {
             Some(p) => p,

@@ -40,10 +40,20 @@ pub enum ReconcileError {
     #[error("sandbox {name:?}: {message}")]
     Sandbox { name: String, message: String },
     /// The sandbox could not start; the runtime's error says why (image, isolation, shim).
-    #[error("sandbox {name:?}: {source}")]
-    Start { name: String, source: runtime::RuntimeError },
+    /// (`error` is not a `source`: the message already carries it, and a CLI printing the
+    /// chain would say it twice.)
+    #[error("sandbox {name:?}: {error}")]
+    Start { name: String, error: runtime::RuntimeError },
     #[error("no sandbox named {0:?}")]
     NotFound(String),
+    /// A request's own words are wrong (a bad name, a size out of bounds).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no volume named {0:?}")]
+    NoVolume(String),
+    /// A volume's disk could not be made or removed.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
 }
 
 pub type Result<T> = std::result::Result<T, ReconcileError>;
@@ -213,6 +223,7 @@ impl Orchestrator {
         } else {
             plan.items.extend(pruned);
         }
+        plan.conflicts.extend(volumes::volumes_still_mounted(&existing, manifests, &plan));
         Ok(plan)
     }
 
@@ -266,7 +277,7 @@ impl Orchestrator {
                 self.store.event(&format!("{}/{}", item.kind, item.name), verb, &format!("desired state from {}", item.origin))?;
             }
         }
-        let mut actions = Vec::new();
+        let mut actions = self.converge_volumes(manifests, &plan)?;
         // Compile new and changed plugins now, so a broken component is reported at apply.
         for m in manifests {
             if let ResourceSpec::Plugin(spec) = &m.resource.spec {
@@ -494,6 +505,7 @@ impl Orchestrator {
                 let lookup = |name: &str| self.plugin_spec(name);
                 let first_start = !dir.patched_marker().exists();
                 let prepared = crate::hooks::prepare(&self.plugins, &lookup, &info, spec, &image, first_start).map_err(runtime::RuntimeError::Start)?;
+                let volumes = crate::volume::resolve(self.data.root(), &self.store, &spec.volumes).map_err(runtime::RuntimeError::Start)?;
                 let mut effective = crate::image::apply_defaults(spec, &image.config);
                 for secret in &prepared.secrets {
                     effective.env.insert(secret.env.clone(), secret.placeholder.clone());
@@ -512,6 +524,7 @@ impl Orchestrator {
                     labels: &res.labels,
                     network_plugins: spec.network.plugins.iter().filter_map(|n| lookup(n).map(|s| (n.clone(), s))).collect(),
                     plugin_cache: Some(self.config.plugin_cache()),
+                    volumes: &volumes,
                 })
             });
         let result = match outcome {
@@ -544,7 +557,7 @@ impl Orchestrator {
                 row.finished_at = Some(now());
                 self.store.update_sandbox(&row)?;
                 self.store.event(&object(&row.name), "FailedToStart", &e.to_string())?;
-                Err(ReconcileError::Start { name: row.name, source: e })
+                Err(ReconcileError::Start { name: row.name, error: e })
             }
         }
     }
@@ -564,8 +577,17 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Deletes a sandbox (or volume, plugin) by name, whatever source declared it.
+    /// Deletes a sandbox (or volume, plugin) by name, whatever source declared it. A Volume of
+    /// that name that declared sandboxes (other than one of the same name, deleted with it)
+    /// mount is refused (`delete_volume` forces).
     pub fn delete(&mut self, name: &str) -> Result<()> {
+        let volume = self.store.resource(Kind::Volume, name)?.is_some();
+        if volume {
+            let users: Vec<String> = crate::volume::users(&self.store, name)?.into_iter().filter(|u| u != name).collect();
+            if !users.is_empty() {
+                return Err(volumes::volume_in_use(name, &users));
+            }
+        }
         let mut found = false;
         if let Some(row) = self.store.sandbox(name)? {
             self.remove_instance(&row)?;
@@ -580,6 +602,10 @@ impl Orchestrator {
         tx.commit()?;
         if !found {
             return Err(ReconcileError::NotFound(name.into()));
+        }
+        if volume {
+            crate::volume::remove(self.data.root(), name)?;
+            self.store.event(&format!("Volume/{name}"), "Deleted", "its data was deleted")?;
         }
         Ok(())
     }
@@ -621,3 +647,4 @@ impl Orchestrator {
 mod secrets;
 #[cfg(test)]
 mod tests;
+mod volumes;

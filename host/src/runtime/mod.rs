@@ -51,6 +51,8 @@ pub struct StartRequest<'a> {
     /// The Plugin resources `spec.network.plugins` names, for the shim's network policy.
     pub network_plugins: Vec<(String, crate::spec::PluginSpec)>,
     pub plugin_cache: Option<PathBuf>,
+    /// `spec.volumes`, resolved (see `crate::volume::resolve`).
+    pub volumes: &'a [crate::volume::ResolvedMount],
 }
 
 pub trait Runtime: Send + Sync {
@@ -109,6 +111,7 @@ impl Runtime for NamespaceRuntime {
             data_dir: Some(self.config.data_dir.clone()),
             dns_upstreams: self.config.dns_upstreams().map_err(RuntimeError::Start)?,
             upstream_ca: upstream_ca(),
+            volumes: req.volumes.to_vec(),
             trust_anchor: None,
         };
         launch_shim(&self.config, req.dir, &cfg, req.secrets)
@@ -154,6 +157,15 @@ impl Runtime for MicrovmRuntime {
 
     fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
         self.check_host().map_err(|e| RuntimeError::Unavailable("microvm", e))?;
+        let shares = req.volumes.iter().any(|v| !matches!(v.source, crate::volume::ResolvedSource::Tmpfs { .. }));
+        if let Some(v) = req.volumes.iter().find(|v| matches!(v.source, crate::volume::ResolvedSource::HostPath { file: true, .. })) {
+            return Err(RuntimeError::Start(format!("{}: a microVM mounts host directories only, not single files (virtio-fs shares a directory); mount its directory, or use isolation: namespace", v.mount_path)));
+        }
+        let virtiofsd = if shares {
+            Some(crate::microvm::probe::virtiofsd().ok_or_else(|| RuntimeError::Start("volumes in microVMs need virtiofsd (the Rust virtio-fs daemon): `cargo install virtiofsd`, or name it with ORCHESTRATOR_VIRTIOFSD".into()))?)
+        } else {
+            None
+        };
         let data = self.config.data_dir.as_path();
         let kernel = crate::microvm::kernel::for_sandbox(&self.config, self.kernel.as_deref()).map_err(RuntimeError::Start)?;
         let boot_image = kernel.boot_image(data).map_err(RuntimeError::Start)?;
@@ -185,6 +197,7 @@ impl Runtime for MicrovmRuntime {
                 scratch_disk,
                 vcpus,
                 mem_bytes: req.spec.memory.unwrap_or(DEFAULT_VM_MEMORY),
+                virtiofsd,
             }),
             labels: req.labels.clone(),
             network_plugins: req.network_plugins.clone(),
@@ -192,6 +205,7 @@ impl Runtime for MicrovmRuntime {
             data_dir: Some(data.to_path_buf()),
             dns_upstreams: self.config.dns_upstreams().map_err(RuntimeError::Start)?,
             upstream_ca: upstream_ca(),
+            volumes: req.volumes.to_vec(),
             trust_anchor: None,
         };
         launch_shim(&self.config, req.dir, &cfg, req.secrets)
@@ -237,8 +251,11 @@ impl HostInstances {
 impl Instances for HostInstances {
     /// `auto` prefers microVMs where this host can boot the sandbox's kernel.
     fn isolation(&self, spec: &SandboxSpec) -> Isolation {
+        // A microVM mounts named volumes and host paths through virtiofsd: without it, `auto`
+        // picks the kind that can mount them.
+        let shares = spec.volumes.iter().any(|v| !matches!(v.source, crate::spec::MountSource::Tmpfs(_)));
         match spec.isolation {
-            Isolation::Auto if self.runtime(Isolation::Microvm, spec.kernel.as_deref()).check_host().is_ok() => Isolation::Microvm,
+            Isolation::Auto if (!shares || crate::microvm::probe::virtiofsd().is_some()) && self.runtime(Isolation::Microvm, spec.kernel.as_deref()).check_host().is_ok() => Isolation::Microvm,
             Isolation::Auto => Isolation::Namespace,
             chosen => chosen,
         }

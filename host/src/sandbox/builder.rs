@@ -230,6 +230,31 @@ impl SandboxBuilder {
         self
     }
 
+    /// Mounts named volume `volume` at `path` (read-only with `read_only`); create it first
+    /// (`Orchestrator::create_volume`, `orchestrator volume create`, or a `kind: Volume`).
+    pub fn volume(self, volume: impl Into<String>, path: impl Into<String>, read_only: bool) -> Self {
+        let volume = volume.into();
+        self.mount(spec::MountSource::Volume(volume), path.into(), read_only)
+    }
+    /// Mounts a host directory or file at `path` (relative host paths start at the current
+    /// directory).
+    pub fn host_path(self, host: impl AsRef<std::path::Path>, path: impl Into<String>, read_only: bool) -> Self {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let host = cwd.join(host.as_ref()).components().collect::<PathBuf>().to_string_lossy().into_owned();
+        self.mount(spec::MountSource::HostPath(host), path.into(), read_only)
+    }
+    /// A fresh tmpfs of `mib` MiB at `path`, charged to the sandbox's memory.
+    pub fn tmpfs(self, path: impl Into<String>, mib: u64) -> Self {
+        self.mount(spec::MountSource::Tmpfs(mib << 20), path.into(), false)
+    }
+    fn mount(mut self, source: spec::MountSource, path: String, read_only: bool) -> Self {
+        match spec::check_mount_path(&path) {
+            Ok(mount_path) => self.spec.volumes.push(spec::VolumeMount { source, mount_path, read_only }),
+            Err(e) => self.problems.push(("spec.volumes".into(), e)),
+        }
+        self
+    }
+
     /// The resource this builder describes, checked as a YAML sandbox is.
     pub fn resource(&self) -> Result<Resource> {
         let mut spec = self.spec.clone();
@@ -292,6 +317,20 @@ impl SandboxBuilder {
         }
         if spec.network.policy == NetworkPreset::None && !spec.ports.is_empty() {
             problem("spec.ports", "a sandbox without a network has no link to publish ports on".into(), None);
+        }
+        for (i, v) in spec.volumes.iter().enumerate() {
+            match &v.source {
+                spec::MountSource::Volume(n) if !spec::is_valid_name(n) => problem(&format!("spec.volumes[{i}].name"), format!("{n:?} is not a volume name"), None),
+                spec::MountSource::Tmpfs(size) => {
+                    if let Err(e) = spec::check_tmpfs_size(*size) {
+                        problem(&format!("spec.volumes[{i}].size"), e, None);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(p) = spec::duplicate_mount_path(&spec.volumes) {
+            problem("spec.volumes", format!("{p} is mounted twice"), None);
         }
         let mut seen = std::collections::BTreeSet::new();
         for p in &spec.ports {

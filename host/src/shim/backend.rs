@@ -27,4 +27,8 @@ pub trait Backend: Send {
     fn take_link(&mut self) -> Option<(netstack::StackConfig, std::os::fd::OwnedFd)> {
         None
     }
+    /// The sandbox's disk I/O so far, when the backend counts it; `cgroup` is the sandbox's.
+    fn disk_io(&self, cgroup: &crate::cgroup::Cgroup) -> Option<crate::cgroup::IoCounters> {
+        cgroup.io_counters()
+    }
 }

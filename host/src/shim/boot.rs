@@ -11,13 +11,10 @@ use std::time::Duration;
 
 /// Sends `init` and waits up to `timeout` for `Ready`. `no_answer` says why the agent did not
 /// answer (the kind knows more: a VM that ended, its console).
-pub fn init_agent(agent: &mut UnixStream, init: SandboxInit, disk: Option<BorrowedFd<'_>>, timeout: Duration, no_answer: impl FnOnce(FrameError) -> String) -> Result<(), String> {
+pub fn init_agent(agent: &mut UnixStream, init: SandboxInit, fds: &[BorrowedFd<'_>], timeout: Duration, no_answer: impl FnOnce(FrameError) -> String) -> Result<(), String> {
     agent.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let frame = Frame { id: 1, body: AgentRequest::Init(Box::new(init)) };
-    match disk {
-        Some(mount) => protocol::send_with_fd(agent, &frame, mount),
-        None => protocol::write_frame(agent, &frame),
-    }
+    protocol::send_with_fds(agent, &frame, fds)
     .map_err(|e| format!("sending init to the agent: {e}"))?;
     match protocol::read_frame::<Response>(agent) {
         Ok(Frame { body: Response::Ready, .. }) => {}

@@ -8,7 +8,8 @@
 //! The shim puts itself (the VMM: vCPU and device threads) into the sandbox's cgroup before the
 //! VM exists, so guest RAM, VMM overhead and CPU time are charged to the sandbox: `cpus` is a
 //! CPU quota as for namespace sandboxes, memory is bounded at the guest's RAM plus
-//! `VMM_MEMORY_HEADROOM`, and metrics sinks see microVMs like any other sandbox.
+//! `VMM_MEMORY_HEADROOM` (and `SHARE_MEMORY_HEADROOM` per virtio-fs share), and metrics sinks
+//! see microVMs like any other sandbox.
 
 use super::{Backend, ShimConfig};
 use crate::cgroup::{Cgroup, Limits};
@@ -22,6 +23,10 @@ const CONSOLE_LIMIT: u64 = 4 << 20;
 /// What the VMM may use beyond guest RAM (its own heap, thread stacks, the page cache of the
 /// disks it reads) before the cgroup reclaims or, at worst, kills it.
 const VMM_MEMORY_HEADROOM: u64 = 64 << 20;
+/// More per virtio-fs share: its virtiofsd runs in the sandbox's cgroup, and the page cache of
+/// what the guest writes through it is charged there (reclaimable once written back, but a burst
+/// of dirty pages under a cgroup v1 limit can reach the OOM killer before writeback frees it).
+const SHARE_MEMORY_HEADROOM: u64 = 64 << 20;
 
 #[derive(Default)]
 pub struct MicrovmBackend {
@@ -29,6 +34,8 @@ pub struct MicrovmBackend {
     cgroup: Option<Cgroup>,
     /// The stack's end of the guest's virtio-net link, until the shim's stack takes it.
     link: Option<(netstack::StackConfig, std::os::fd::OwnedFd)>,
+    /// The virtiofsd daemons of its volumes, their writer locks and roots to trim.
+    shares: Option<super::virtiofs::Shares>,
 }
 
 /// Room for a burst of full-size frames in each direction of the link.
@@ -66,7 +73,8 @@ impl Backend for MicrovmBackend {
     fn launch(&mut self, cfg: &ShimConfig) -> Result<UnixStream, String> {
         let dir = InstanceDir(cfg.dir.clone());
         let super::BackendConfig::Microvm(m) = &cfg.backend else { return Err("the shim config is not a microVM's".into()) };
-        let limits = Limits { memory: Some(m.mem_bytes + VMM_MEMORY_HEADROOM), cpus: cfg.spec.cpus, pids: None, restrict_devices: false };
+        let shares = cfg.volumes.iter().filter(|v| !matches!(v.source, crate::volume::ResolvedSource::Tmpfs { .. })).count() as u64;
+        let limits = Limits { memory: Some(m.mem_bytes + VMM_MEMORY_HEADROOM + shares * SHARE_MEMORY_HEADROOM), cpus: cfg.spec.cpus, pids: None, restrict_devices: false };
         let cgroup = Cgroup::fresh(&cfg.instance, &limits).map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());
         cgroup.add(std::process::id() as i32).map_err(|e| format!("moving the VMM into the sandbox's cgroup: {e}"))?;
@@ -79,6 +87,14 @@ impl Backend for MicrovmBackend {
             }
             None => None,
         };
+        if let Some(mut old) = self.shares.take() {
+            old.stop();
+            super::volumes::trim_all(std::mem::take(&mut old.trim));
+        }
+        let mut shares = super::virtiofs::start(&cfg.name, &cfg.volumes, m.virtiofsd.as_deref(), &dir)?;
+        let share_configs = std::mem::take(&mut shares.vm);
+        let mounts = std::mem::take(&mut shares.mounts);
+        self.shares = Some(shares);
         let vm_cfg = vmm::VmConfig {
             vcpus: m.vcpus,
             mem_bytes: m.mem_bytes,
@@ -94,6 +110,7 @@ impl Backend for MicrovmBackend {
             console_limit: CONSOLE_LIMIT,
             guest_cid: guest_agent::abi::GUEST_CID,
             net,
+            shares: share_configs,
         };
         let started = vmm::Vm::start(&vm_cfg).map_err(|e| format!("starting the VM: {e}"))?;
         // The shim log (this process's stderr) records what booted, whatever the log level.
@@ -103,10 +120,11 @@ impl Backend for MicrovmBackend {
         let mut init = guest_agent::vm::sandbox_init(&cfg.name, cfg.patches.clone());
         init.network = network.map(|(_, init)| init);
         init.trust_anchor = cfg.trust_anchor.clone();
+        init.mounts = mounts;
         // The launcher's configuration, not this process's environment (which it clears).
         let ready_timeout = Duration::from_secs(m.ready_timeout_secs.max(1));
         let vm = self.vm.as_ref();
-        super::boot::init_agent(&mut agent, init, None, ready_timeout, |e| {
+        super::boot::init_agent(&mut agent, init, &[], ready_timeout, |e| {
             let why = match vm.and_then(|vm| vm.wait(Duration::ZERO)) {
                 Some(reason) => format!("the VM ended before the agent was ready: {reason}"),
                 None => format!("the agent did not answer within {ready_timeout:?}: {e}"),
@@ -143,8 +161,13 @@ impl Backend for MicrovmBackend {
     }
 
     fn teardown(&mut self) {
-        // Dropping the VM stops it and joins its threads; guest memory goes with it.
+        // Dropping the VM stops it and joins its threads; guest memory goes with it. Then the
+        // daemons (their connection is gone) and the volumes' trim and locks.
         self.vm = None;
+        if let Some(mut shares) = self.shares.take() {
+            shares.stop();
+            super::volumes::trim_all(std::mem::take(&mut shares.trim));
+        }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.leave().and_then(|_| cg.destroy()) {
                 tracing::warn!("cgroup cleanup: {e}");
@@ -154,6 +177,12 @@ impl Backend for MicrovmBackend {
 
     fn init_pid(&self) -> Option<i32> {
         None
+    }
+
+    /// What the guest read and wrote through its virtio-blk disks (the VMM's counters).
+    fn disk_io(&self, _cgroup: &Cgroup) -> Option<crate::cgroup::IoCounters> {
+        let t = self.vm.as_ref()?.disk_io();
+        Some(crate::cgroup::IoCounters { read_bytes: t.read_bytes, write_bytes: t.write_bytes, read_ops: t.read_ops, write_ops: t.write_ops })
     }
 
     fn end_reason(&mut self) -> Option<String> {

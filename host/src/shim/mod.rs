@@ -13,6 +13,8 @@ pub mod network;
 mod sealed_exe;
 mod server;
 pub mod tls;
+mod virtiofs;
+mod volumes;
 mod writable;
 
 use crate::paths::{write_atomic, InstanceDir};
@@ -64,6 +66,9 @@ pub struct ShimConfig {
     /// (the launcher's `ORCHESTRATOR_UPSTREAM_CA`).
     #[serde(default)]
     pub upstream_ca: Option<PathBuf>,
+    /// `spec.volumes`, resolved by the host (volumes found, host paths made canonical).
+    #[serde(default)]
+    pub volumes: Vec<crate::volume::ResolvedMount>,
     /// This run's interception CA certificate (set by the shim, never written).
     #[serde(skip)]
     pub trust_anchor: Option<String>,
@@ -112,6 +117,10 @@ pub struct MicrovmConfig {
     /// Launch to the agent's `Ready`, seconds.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout_secs: u64,
+    /// virtiofsd, for named volumes and host paths (resolved by the host: the shim's
+    /// environment is cleared).
+    #[serde(default)]
+    pub virtiofsd: Option<PathBuf>,
 }
 
 fn default_ready_timeout() -> u64 {

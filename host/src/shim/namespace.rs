@@ -30,6 +30,12 @@ pub struct NamespaceBackend {
     loop_device: Option<(String, std::path::PathBuf)>,
     /// The sandbox's end of its network link (a TUN fd), until the shim's stack takes it.
     link: Option<(netstack::StackConfig, OwnedFd)>,
+    /// The loop device's `stat` line when it was attached (a reused device keeps old counts).
+    loop_base: String,
+    /// Writer locks of the volumes this sandbox mounts writable, held while it lives.
+    volume_locks: Vec<std::fs::File>,
+    /// The writable volumes' roots, trimmed at teardown.
+    volume_trim: Vec<OwnedFd>,
 }
 
 impl Backend for NamespaceBackend {
@@ -54,14 +60,23 @@ impl Backend for NamespaceBackend {
                 chown(&d, Some(USERNS_BASE), Some(USERNS_BASE)).map_err(|e| format!("chown {}: {e}", d.display()))?;
             }
         }
+        let map = format!("0 {USERNS_BASE} {USERNS_SIZE}\n");
+        let userns = if cfg.spec.user_namespace { Some(super::idmap::userns_with_map(&map)?) } else { None };
+        // Before anything else of the sandbox exists: a second writer is refused with nothing
+        // to clean up.
+        let first_volume_fd = usize::from(disk_job.is_some());
+        // A restart in this shim: the previous start's locks are ours to give up first.
+        self.volume_locks.clear();
+        let volumes = super::volumes::prepare(&cfg.name, &cfg.volumes, userns.as_ref(), first_volume_fd)?;
+        self.volume_locks = volumes.locks;
+        super::volumes::trim_all(std::mem::take(&mut self.volume_trim));
+        self.volume_trim = volumes.trim;
         let limits = Limits { memory: cfg.spec.memory, cpus: cfg.spec.cpus, pids: cfg.spec.limits.pids, restrict_devices: true };
         let cgroup = Cgroup::fresh(&cfg.instance, &limits).map_err(|e| format!("cgroup: {e}"))?;
         self.cgroup = Some(cgroup.clone());
 
-        let map = format!("0 {USERNS_BASE} {USERNS_SIZE}\n");
-        let lower_dirs = if cfg.spec.user_namespace {
-            let userns = super::idmap::userns_with_map(&map)?;
-            super::idmap::mount_layers(dir.path(), cfg.backend.lower_dirs(), &userns)?
+        let lower_dirs = if let Some(userns) = &userns {
+            super::idmap::mount_layers(dir.path(), cfg.backend.lower_dirs(), userns)?
         } else {
             short_layer_names(dir.path(), cfg.backend.lower_dirs())?
         };
@@ -83,6 +98,8 @@ impl Backend for NamespaceBackend {
             Some(job) => {
                 let disk = job.join().map_err(|_| "the writable disk's thread panicked".to_string())??;
                 self.loop_device = Some((disk.loop_device.clone(), dir.writable_disk()));
+                // With the device's counters now: a reused loop device keeps its old ones.
+                self.loop_base = std::fs::read_to_string(format!("/sys/block/{}/stat", disk.loop_device.trim_start_matches("/dev/"))).unwrap_or_default();
                 Some(disk.mount)
             }
             None => None,
@@ -110,10 +127,13 @@ impl Backend for NamespaceBackend {
             writable_mount: disk.as_ref().map(|_| WRITABLE_MOUNT.to_string()),
             network,
             trust_anchor: cfg.trust_anchor.clone(),
+            mounts: volumes.mounts,
         };
-        let sent = super::boot::init_agent(&mut ours, init, disk.as_ref().map(|d| d.as_fd()), READY_TIMEOUT, |e| format!("the agent did not start: {e}"));
-        // The sandbox has its own reference now; the shim keeps no handle on the disk.
-        drop(disk);
+        let fds: Vec<_> = disk.iter().chain(volumes.fds.iter()).map(|f| f.as_fd()).collect();
+        let sent = super::boot::init_agent(&mut ours, init, &fds, READY_TIMEOUT, |e| format!("the agent did not start: {e}"));
+        // The sandbox has its own references now; the shim keeps no handle on the mounts.
+        drop(fds);
+        drop((disk, volumes.fds));
         sent?;
         super::idmap::detach_all(dir.path(), true);
         super::boot::mark_patched(&dir);
@@ -122,6 +142,15 @@ impl Backend for NamespaceBackend {
 
     fn take_link(&mut self) -> Option<(netstack::StackConfig, OwnedFd)> {
         self.link.take()
+    }
+
+    /// cgroup v2's io.stat (every device: the writable disk and volumes); on v1, whose blkio
+    /// counters stay 0 without a throttle, the writable disk's own loop device since attach.
+    fn disk_io(&self, cgroup: &Cgroup) -> Option<crate::cgroup::IoCounters> {
+        cgroup.io_counters().or_else(|| {
+            let (dev, image) = self.loop_device.as_ref()?;
+            crate::cgroup::loop_device_io(dev, &self.loop_base, image)
+        })
     }
 
     fn wait(&mut self, timeout: Duration) -> bool {
@@ -162,6 +191,8 @@ impl Backend for NamespaceBackend {
                 tracing::warn!("cgroup cleanup: {e}");
             }
         }
+        super::volumes::trim_all(std::mem::take(&mut self.volume_trim));
+        self.volume_locks.clear();
         if let Some((dev, image)) = &self.loop_device {
             if !super::writable::wait_released(dev, image, Duration::from_secs(5)) {
                 tracing::warn!("{dev} still holds the writable disk 5 s after the sandbox ended");

@@ -567,6 +567,18 @@ impl Shared {
                 let st = lock(&self.status).clone();
                 client.send(cid, Response::Status(st));
             }
+            ShimRequest::Sample => {
+                let cg = crate::cgroup::Cgroup::of(&self.cfg.instance);
+                let disk = lock(&self.backend).disk_io(&cg);
+                let sample = guest_agent::protocol::ResourceSample {
+                    cpu_usage_us: cg.cpu_usage_us().unwrap_or(0),
+                    memory_bytes: cg.memory_usage().unwrap_or(0),
+                    memory_peak_bytes: cg.memory_peak(),
+                    pids: cg.pids_current().unwrap_or(0),
+                    disk,
+                };
+                client.send(cid, Response::Sample(sample));
+            }
             ShimRequest::Stop { grace_ms } => {
                 self.begin_shutdown(SandboxState::Stopped, "stopped on request".into(), Duration::from_millis(grace_ms));
                 client.send(cid, Response::Done);

@@ -1,4 +1,8 @@
-//! A namespace sandbox's bounded writable layer, mounted without the host ever seeing it: the
+//! ext4 images on loop devices as detached mounts, for namespace sandboxes: their bounded
+//! writable layers and named volumes (`mount_shared`, one superblock for every sandbox that
+//! mounts the volume).
+//!
+//! A namespace sandbox's bounded writable layer is mounted without the host ever seeing it: the
 //! instance's sparse ext4 disk (`disk.ext4`, made by the runtime) goes on an autoclear loop
 //! device and is mounted with the new mount API (`fsopen`/`fsmount`) as a *detached* mount,
 //! `nodev` and `nosuid`. The shim hands the mount's fd to the agent, which attaches it inside its
@@ -23,8 +27,9 @@ const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
-const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+pub(super) const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+pub(super) const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+pub(super) const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
 
 /// `struct loop_info64` (linux/loop.h).
 #[repr(C)]
@@ -144,6 +149,59 @@ pub fn wait_released(loop_device: &str, image: &Path, timeout: std::time::Durati
 /// The instance's writable disk as a detached `nodev,nosuid` ext4 mount.
 pub fn mount_detached(image: &Path) -> Result<WritableDisk, String> {
     let (loop_dev, path) = attach_loop(image)?;
+    // The inode tables stay lazily initialised: the kernel would otherwise zero them in the
+    // background, writing hundreds of MiB into a file that is meant to stay sparse.
+    let mount = fsmount_ext4(&path, image, &["noinit_itable"], MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)?;
+    // The superblock holds the loop device open now; autoclear ends it with the mount.
+    drop(loop_dev);
+    Ok(WritableDisk { mount, loop_device: path })
+}
+
+/// A shared image (a named volume) as a detached ext4 mount with `attrs` (MOUNT_ATTR_*): the
+/// loop device that already backs it when there is one, so every mount of the image shares
+/// one superblock, else a new autoclear one. The caller holds the image's attach lock.
+/// No online `discard` (it punches a hole per freed extent as files go, fragmenting the image
+/// on the host); the shim trims in one batch when the sandbox ends instead (`trim`).
+pub fn mount_shared(image: &Path, attrs: libc::c_uint) -> Result<OwnedFd, String> {
+    if let Some(dev) = crate::volume::backing_loop(image) {
+        // Held open across the mount, so autoclear cannot free it in between; then checked:
+        // it may have been freed and taken for another file before the open.
+        if let Ok(held) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+            if crate::volume::backing_loop(image).as_deref() == Some(dev.as_str()) {
+                let mount = fsmount_ext4(&dev, image, &["noinit_itable"], attrs);
+                drop(held);
+                return mount;
+            }
+        }
+    }
+    let (loop_dev, path) = attach_loop(image)?;
+    let mount = fsmount_ext4(&path, image, &["noinit_itable"], attrs);
+    drop(loop_dev);
+    mount
+}
+
+/// `struct fstrim_range` (linux/fs.h).
+#[repr(C)]
+struct FstrimRange {
+    start: u64,
+    len: u64,
+    minlen: u64,
+}
+const FITRIM: libc::c_ulong = 0xC018_5879;
+
+/// Gives the blocks of deleted files on the filesystem of `dir` (an fd opened on it) back to the
+/// image's host file (FITRIM through the loop device punches holes in it).
+pub fn trim(dir: &OwnedFd) -> Result<u64, String> {
+    let mut range = FstrimRange { start: 0, len: u64::MAX, minlen: 0 };
+    // SAFETY: FITRIM with a valid fstrim_range on an fd of ours.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), FITRIM, &mut range as *mut FstrimRange) } != 0 {
+        return Err(os_err("FITRIM"));
+    }
+    Ok(range.len)
+}
+
+/// fsopen/fsconfig/fsmount of the ext4 on block device `dev` with the flag options `flags`.
+fn fsmount_ext4(dev: &str, image: &Path, flags: &[&str], attrs: libc::c_uint) -> Result<OwnedFd, String> {
     let ext4 = cstring("ext4")?;
     // SAFETY: fsopen with a NUL-terminated filesystem name.
     let fd = unsafe { libc::syscall(libc::SYS_fsopen, ext4.as_ptr(), FSOPEN_CLOEXEC) };
@@ -166,22 +224,20 @@ pub fn mount_detached(image: &Path) -> Result<WritableDisk, String> {
         };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(format!("mounting the writable disk {} ({path}): {e} {}", image.display(), context_log(&fs)));
+            return Err(format!("mounting the disk {} ({dev}): {e} {}", image.display(), context_log(&fs)));
         }
         Ok(())
     };
-    config(FSCONFIG_SET_STRING, Some(&cstring("source")?), Some(&cstring(&path)?))?;
-    // The inode tables stay lazily initialised: the kernel would otherwise zero them in the
-    // background, writing hundreds of MiB into a file that is meant to stay sparse.
-    config(FSCONFIG_SET_FLAG, Some(&cstring("noinit_itable")?), None)?;
+    config(FSCONFIG_SET_STRING, Some(&cstring("source")?), Some(&cstring(dev)?))?;
+    for flag in flags {
+        config(FSCONFIG_SET_FLAG, Some(&cstring(flag)?), None)?;
+    }
     config(FSCONFIG_CMD_CREATE, None, None)?;
     // SAFETY: fsmount of a created context; returns a new fd we own.
-    let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID) };
+    let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
     if mfd < 0 {
-        return Err(os_err("fsmount of the writable disk"));
+        return Err(os_err(&format!("fsmount of {}", image.display())));
     }
-    // The superblock holds the loop device open now; autoclear ends it with the mount.
-    drop(loop_dev);
     // SAFETY: fsmount returned a new fd we own.
-    Ok(WritableDisk { mount: unsafe { OwnedFd::from_raw_fd(mfd as i32) }, loop_device: path })
+    Ok(unsafe { OwnedFd::from_raw_fd(mfd as i32) })
 }

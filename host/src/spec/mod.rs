@@ -3,6 +3,8 @@
 
 pub mod quantity;
 mod validate;
+mod volumes;
+pub use volumes::*;
 pub use validate::{normalise_image, normalise_kernel};
 pub mod yaml;
 
@@ -128,6 +130,9 @@ pub struct SandboxSpec {
     /// Published ports: host sockets the shim listens on, forwarded into the sandbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
+    /// Named volumes, host paths and tmpfs mounted into the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// One `spec.ports` entry (`run -p [ADDR:]HOST:GUEST[/udp]`).
@@ -511,14 +516,9 @@ impl SandboxSpec {
             kernel: None,
             disk: None,
             ports: Vec::new(),
+            volumes: Vec::new(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VolumeSpec {
-    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

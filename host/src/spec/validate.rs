@@ -4,6 +4,7 @@
 
 mod network_fields;
 mod plugin_fields;
+mod volume_fields;
 
 use plugin_fields::{patches, plugin_names, secrets};
 use super::quantity::{parse_bytes, parse_millis, parse_seconds};
@@ -240,16 +241,15 @@ const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
 const SANDBOX_FIELDS: &[&str] = &[
     "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
     "restartPolicy", "userNamespace", "pullPolicy", "secrets", "patches", "hooks", "network",
-    "kernel", "disk", "ports",
+    "kernel", "disk", "ports", "volumes",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on one must not get a sandbox without it).
-const SANDBOX_FIELDS_NOT_YET: &[&str] = &["volumes"];
+const SANDBOX_FIELDS_NOT_YET: &[&str] = &[];
 const SECRET_FIELDS: &[&str] = &["env", "provider", "key", "value", "allowHosts", "injectInto", "onViolation"];
 const HOOK_FIELDS: &[&str] = &["rootfsPatch", "metricsSinks"];
 const PATCH_FIELDS: &[&str] = &["op", "path", "content", "mode", "target"];
 const LIMIT_FIELDS: &[&str] = &["pids", "nofile", "fsize", "cpuTime"];
-const VOLUME_FIELDS: &[&str] = &["size"];
 const PLUGIN_FIELDS: &[&str] = &["component", "config", "limits", "grants", "interval"];
 const PLUGIN_LIMIT_FIELDS: &[&str] = &["memory", "timeout"];
 const PLUGIN_GRANT_FIELDS: &[&str] = &["env", "readOnlyDirs", "httpHosts"];
@@ -315,7 +315,7 @@ fn document(ctx: &mut Ctx<'_>, doc: &Node, base_dir: &Path) -> Option<Manifest> 
             None
         }
         (Some(Kind::Sandbox), Some(n)) => sandbox(ctx, n, base_dir).map(ResourceSpec::Sandbox),
-        (Some(Kind::Volume), n) => volume(ctx, n).map(ResourceSpec::Volume),
+        (Some(Kind::Volume), n) => volume_fields::volume(ctx, n).map(ResourceSpec::Volume),
         (Some(Kind::Plugin), None) => {
             ctx.err(doc, "spec", "missing", Some("a Plugin needs `spec: { component: path/to/plugin.wasm }`".into()));
             None
@@ -476,6 +476,9 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
             }
         }
     }
+    if let Some(n) = f.get("volumes") {
+        spec.volumes = volume_fields::mounts(ctx, n, base_dir);
+    }
     if let Some(n) = f.get("ports") {
         spec.ports = network_fields::published_ports(ctx, n);
         if !spec.ports.is_empty() && f.get("network").is_some_and(|net| matches!(&net.value, Value::Map(entries) if entries.iter().any(|(k, v)| matches!(&k.value, Value::Scalar { text, .. } if text == "policy") && matches!(&v.value, Value::Scalar { text, .. } if text == "none")))) {
@@ -578,14 +581,6 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
         ctx.err(node, "spec.tty", "a terminal needs a main process", Some("add `command`, or drop `tty`".into()));
     }
     (ctx.errors.len() == before).then_some(spec)
-}
-
-fn volume(ctx: &mut Ctx<'_>, node: Option<&Node>) -> Option<VolumeSpec> {
-    let Some(node) = node else { return Some(VolumeSpec { size: None }) };
-    let f = ctx.map(node, "spec", VOLUME_FIELDS)?;
-    let before = ctx.errors.len();
-    let size = f.get("size").and_then(|n| ctx.bytes(n, "spec.size"));
-    (ctx.errors.len() == before).then_some(VolumeSpec { size })
 }
 
 fn plugin(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<PluginSpec> {
@@ -757,10 +752,20 @@ mod tests {
     }
 
     #[test]
-    fn not_yet_supported_fields_are_refused() {
-        let errs = errors("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec: { image: 'dir:/', volumes: [] }\n");
-        assert_eq!(errs[0].field, "spec.volumes");
-        assert!(errs[0].message.contains("not supported"));
+    fn volumes_parse_and_bad_mounts_are_located() {
+        let ok = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: 'dir:/'\n  volumes:\n    - { name: data, mountPath: /data/, readOnly: true }\n    - { hostPath: ./src, mountPath: /src }\n    - { tmpfs: /scratch, size: 8Mi }\n";
+        let m = validate_file(Path::new("/work/a.yaml"), ok).unwrap();
+        let ResourceSpec::Sandbox(s) = &m[0].resource.spec else { panic!() };
+        assert_eq!(s.volumes[0], VolumeMount { source: MountSource::Volume("data".into()), mount_path: "/data".into(), read_only: true });
+        assert_eq!(s.volumes[1].source, MountSource::HostPath("/work/src".into()));
+        assert_eq!(s.volumes[2].source, MountSource::Tmpfs(8 << 20));
+        let bad = "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: { name: a }\nspec:\n  image: 'dir:/'\n  volumes:\n    - { name: data, hostPath: /x, mountPath: /d }\n    - { name: Bad, mountPath: /e }\n    - { name: v, mountPath: /proc/x }\n    - { name: v, mountPath: /f }\n    - { name: w, mountPath: /f }\n    - { tmpfs: /t, readOnly: true }\n";
+        let errs = errors(bad);
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.volumes[0]", "spec.volumes[1].name", "spec.volumes[2].mountPath", "spec.volumes[4]", "spec.volumes[5].readOnly"], "{errs:?}");
+        assert!(errs.iter().all(|e| e.line > 0));
+        let vol = errors("apiVersion: orchestrator/v1\nkind: Volume\nmetadata: { name: v }\nspec: { size: 1Mi, shared: maybe }\n");
+        assert_eq!(vol.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["spec.size", "spec.shared"]);
     }
 
     #[test]

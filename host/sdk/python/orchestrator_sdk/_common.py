@@ -109,6 +109,10 @@ class SandboxSpec:
     # Secrets as the API takes them: {"env", "value", "allowHosts"} (the value goes to the
     # sandbox's shim only), or {"env", "provider", "key", "allowHosts"}. See docs/tls.md.
     secrets: list[dict[str, Any]] = field(default_factory=list)
+    # Mounts as the API takes them: {"name": VOLUME, "mountPath", "readOnly"}, {"tmpfs": PATH,
+    # "size": "64Mi"}; host paths only on a server started with --allow-host-paths. See
+    # docs/volumes.md.
+    volumes: list[dict[str, Any]] = field(default_factory=list)
 
     def manifest(self, name: str) -> dict[str, Any]:
         spec: dict[str, Any] = {"image": self.image}
@@ -121,10 +125,19 @@ class SandboxSpec:
             spec["network"] = {"policy": self.network}
         if self.secrets:
             spec["secrets"] = [dict(s) for s in self.secrets]
+        if self.volumes:
+            spec["volumes"] = [dict(v) for v in self.volumes]
         metadata: dict[str, Any] = {"name": name}
         if self.labels:
             metadata["labels"] = self.labels
         return {"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": metadata, "spec": spec}
+
+
+def volume_body(name: str, size: str | None, shared: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "shared": shared}
+    if size is not None:
+        body["size"] = size
+    return body
 
 
 def exec_body(command: list[str], env: dict[str, str] | None, cwd: str | None, user: str | None, timeout: float | None, stdin: bytes | str | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterable, AsyncIterator, BinaryIO, Callable
 import httpx
 
 from . import _anyio_fix, errors
-from ._common import UPLOAD_CHUNK, ExecEvent, ExecResult, SandboxSpec, eval_body, exec_body, pull_events, resolve
+from ._common import UPLOAD_CHUNK, ExecEvent, ExecResult, SandboxSpec, eval_body, exec_body, pull_events, resolve, volume_body
 
 
 class AsyncClient:
@@ -56,6 +56,15 @@ class AsyncClient:
             if r.status_code >= 400:
                 raise errors.from_response(r.status_code, await r.aread())
             return pull_events([line async for line in r.aiter_lines()], progress)
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/volumes")).json()
+
+    async def create_volume(self, name: str, size: str | None = None, shared: bool = False) -> dict[str, Any]:
+        return (await self.request("POST", "/v1/volumes", content=json.dumps(volume_body(name, size, shared)))).json()
+
+    async def delete_volume(self, name: str, force: bool = False) -> None:
+        await self.request("DELETE", f"/v1/volumes/{name}", params={"force": "true"} if force else None)
 
     async def plugins(self) -> list[dict[str, Any]]:
         return (await self.request("GET", "/v1/plugins")).json()

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import httpx
 
 from . import errors
-from ._common import UPLOAD_CHUNK, ExecEvent, ExecResult, SandboxSpec, eval_body, exec_body, pull_events, resolve
+from ._common import UPLOAD_CHUNK, ExecEvent, ExecResult, SandboxSpec, eval_body, exec_body, pull_events, resolve, volume_body
 
 
 class Client:
@@ -47,7 +47,7 @@ class Client:
 
     def create(self, name: str, image: str, **spec: Any) -> "Sandbox":
         """Creates and starts a sandbox (cpus, memory, env, isolation, command, workdir,
-        network, labels, secrets as keywords)."""
+        network, labels, secrets, volumes as keywords)."""
         manifest = SandboxSpec(image=image, **spec).manifest(name)
         self.request("POST", "/v1/sandboxes", content=json.dumps(manifest))
         return Sandbox(self, name)
@@ -69,6 +69,18 @@ class Client:
             if r.status_code >= 400:
                 raise errors.from_response(r.status_code, r.read())
             return pull_events(r.iter_lines(), progress)
+
+    def volumes(self) -> list[dict[str, Any]]:
+        """The named volumes: name, size, allocated, mounted, shared, users, source."""
+        return self.request("GET", "/v1/volumes").json()
+
+    def create_volume(self, name: str, size: str | None = None, shared: bool = False) -> dict[str, Any]:
+        """Creates a named volume (size such as "1Gi", the default; its quota) and returns it."""
+        return self.request("POST", "/v1/volumes", content=json.dumps(volume_body(name, size, shared))).json()
+
+    def delete_volume(self, name: str, force: bool = False) -> None:
+        """Deletes a volume and its data (Conflict while sandboxes mount it, unless force)."""
+        self.request("DELETE", f"/v1/volumes/{name}", params={"force": "true"} if force else None)
 
     def plugins(self) -> list[dict[str, Any]]:
         """The applied plugins and what each implements."""

@@ -124,3 +124,23 @@ def test_the_async_client_does_the_same():
             assert n not in [s["name"] for s in await client.sandboxes()]
 
     asyncio.run(main())
+
+
+def test_a_named_volume_keeps_data_between_sandboxes(client):
+    v = name("vol")
+    made = client.create_volume(v, size="32Mi")
+    assert made["size"] == 32 << 20 and not made["shared"]
+    with pytest.raises(o.Conflict):
+        client.create_volume(v)
+    mounts = [{"name": v, "mountPath": "/data"}, {"tmpfs": "/fast", "size": "4Mi"}]
+    with client.create(name("w"), image=IMAGE, isolation="namespace", volumes=mounts) as sb:
+        assert sb.exec("sh", "-c", "echo kept > /data/f").exit_code == 0
+        assert [u for vol in client.volumes() if vol["name"] == v for u in vol["users"]]
+        with pytest.raises(o.Conflict):
+            client.delete_volume(v)
+    reader = [{"name": v, "mountPath": "/data", "readOnly": True}]
+    with client.create(name("r"), image=IMAGE, isolation="namespace", volumes=reader) as sb:
+        assert sb.exec("cat", "/data/f").stdout == "kept\n"
+        assert sb.exec("touch", "/data/g").exit_code != 0
+    client.delete_volume(v)
+    assert v not in [vol["name"] for vol in client.volumes()]
