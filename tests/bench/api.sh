@@ -4,10 +4,11 @@
 # 1 KiB file write and read p50, and correct answers/s with 8 concurrent clients.
 #   tests/bench/api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]
 # Ours: `serve --listen 127.0.0.1:PORT --insecure-no-auth` with the busybox rootfs as the
-# default image, once with a warm pool and once without. The peer runs as its README says it
-# must be run here (../shared/peers/README.md): as root in a network and mount namespace of
-# its own (created here, removed after), in a chroot whose /usr and /etc are read-only binds
-# of the host's; the client reaches it inside that namespace. Without its source, the peer's
+# default image, once with a warm pool (BENCH_POOL sandboxes, default 8) and once without
+# (BENCH_RUNS requests per row, default 50; BENCH_SECONDS of 8 clients, default 10). The peer
+# runs as its README says it must be run here (../shared/peers/README.md): as root in a
+# network and mount namespace of its own (created here, removed after), in a chroot whose /usr
+# and /etc are read-only binds of the host's; the client reaches it inside that namespace. Without its source, the peer's
 # rows are skipped and the script says so.
 set -euo pipefail
 o=$(realpath "${1:?usage: api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]}")
@@ -17,6 +18,7 @@ cache=${ORCHESTRATOR_CACHE:-/var/cache/orchestrator-dev}
 client=$(realpath "$(dirname "$0")/api_client.py")
 runs=${BENCH_RUNS:-50}
 seconds=${BENCH_SECONDS:-10}
+pool=${BENCH_POOL:-8}
 work=$(mktemp -d /tmp/orch-bench-api.XXXXXX)
 netns=osb-bench-$$
 serve_pid=
@@ -81,7 +83,7 @@ peer() {
   ip netns exec "$netns" python3 "$client" http://127.0.0.1:8080 --runs "$runs" --seconds "$seconds" > "$work/opensandbox.json"
 }
 
-ours "orchestrator-pool" --warm-pool "dir:$rootfs=8"
+ours "orchestrator-pool" --warm-pool "dir:$rootfs=$pool"
 ours "orchestrator"
 if [ -d "$src" ]; then
   peer
@@ -89,14 +91,15 @@ else
   echo "bench: no OpenSandbox source at $src: its rows are skipped (give its path as the third argument)" >&2
 fi
 
-python3 - "$work" <<'PY'
+python3 - "$work" "$pool" <<'PY'
 import json, os, sys
-work = sys.argv[1]
+work, pool = sys.argv[1], sys.argv[2]
 rows = [("OpenSandbox (mount+pid namespaces, root, no cgroups)", "opensandbox"),
-        ("orchestrator, warm pool of 8 (full isolation)", "orchestrator-pool"),
+        (f"orchestrator, warm pool of {pool} (full isolation)", "orchestrator-pool"),
         ("orchestrator, no pool (full isolation)", "orchestrator")]
 print("| server | /run true p50 ms | /run p95 ms | session exec p50 ms | file write 1 KiB p50 ms | file read p50 ms | 8 clients: answers/s | correct/s | wrong |")
 print("|---|---|---|---|---|---|---|---|---|")
+notes = []
 for label, key in rows:
     p = os.path.join(work, key + ".json")
     if not os.path.exists(p):
@@ -104,6 +107,10 @@ for label, key in rows:
     r = json.load(open(p))
     c = r["concurrent"]
     print(f"| {label} | {r['run_true']['p50']} | {r['run_true']['p95']} | {r['session_exec']['p50']} | {r['file_write_1k']['p50']} | {r['file_read_1k']['p50']} | {c['answers_per_s']} | {c['correct_per_s']} | {c['wrong']} |")
+    if "pool_hits" in r["run_true"]:
+        notes.append(f"{label}: the timed /run true requests took {r['run_true']['pool_hits']} sandboxes from the pool and made {r['run_true']['pool_misses']}")
+for n in notes:
+    print(f"\n{n}")
 creates = os.path.join(work, "orchestrator-pool.create.json")
 if os.path.exists(creates):
     print("\n| POST /v1/sandboxes | p50 ms | p95 ms |\n|---|---|---|")

@@ -54,8 +54,22 @@ def main():
         s, d = call(base, "POST", "/run", {"command": ["/bin/true"]}, tok)
         return s == 200 and json.loads(d).get("exit_code") == 0
 
+    def pool_counts():
+        # Ours only (the peer has no pools): hits and misses over all pools so far.
+        s, d = call(base, "GET", "/v1/pools", None, tok)
+        if s != 200:
+            return None
+        pools = json.loads(d)
+        if not pools:
+            return None
+        return sum(p["hits"] for p in pools), sum(p["misses"] for p in pools)
+
     timed(3, run_true)
+    before = pool_counts()
     out["run_true"] = timed(a.runs, run_true)
+    after = pool_counts()
+    if before and after:
+        out["run_true"]["pool_hits"], out["run_true"]["pool_misses"] = after[0] - before[0], after[1] - before[1]
 
     s, d = call(base, "POST", "/sessions", {"env": {}}, tok)
     sid = json.loads(d)["session_id"]
