@@ -8,8 +8,8 @@
 # (BENCH_RUNS requests per row, default 50; BENCH_SECONDS of 8 clients, default 10). The peer
 # runs as its README says it must be run here (../shared/peers/README.md): as root in a
 # network and mount namespace of its own (created here, removed after), in a chroot whose /usr
-# and /etc are read-only binds of the host's; the client reaches it inside that namespace. Without its source, the peer's
-# rows are skipped and the script says so.
+# and /etc are read-only binds of the host's; the client reaches it inside that namespace.
+# Without its source, the peer's rows are skipped and the script says so.
 set -euo pipefail
 o=$(realpath "${1:?usage: api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]}")
 rootfs=$(realpath "${2:?usage: api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]}")
