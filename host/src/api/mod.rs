@@ -19,6 +19,7 @@ mod catalog;
 mod compat;
 pub(crate) mod exec;
 mod files;
+mod foreground;
 pub mod hostpaths;
 mod interactive;
 pub mod metrics;
@@ -126,6 +127,12 @@ pub struct ApiState {
     /// Removals of used sandboxes running in the background, bounded: beyond it a request
     /// waits for one to finish (the host never piles up used sandboxes).
     discards: Arc<Semaphore>,
+    /// Used sandboxes waiting for a gap between requests to be removed.
+    discards_waiting: std::sync::atomic::AtomicUsize,
+    /// How many may wait ([`pool::discards_may_wait`]).
+    discards_may_wait: usize,
+    /// The requests in progress: background work waits for gaps between them.
+    foreground: Arc<foreground::Foreground>,
     /// Image pulls running at once ([`catalog::PULLS_AT_ONCE`]).
     pulls: Arc<Semaphore>,
 }
@@ -190,12 +197,14 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .fallback(|| async { problem::Problem::not_found("no such route; the API's routes are under /v1 (and OpenSandbox's at the root); GET /openapi.json lists them") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(DefaultBodyLimit::max(state.limits.max_body))
-        .layer(axum::middleware::from_fn(count_request))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }
 
-/// Counts every request (refused ones too) by method, route template and status class.
-async fn count_request(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+/// Counts every request (refused ones too) by method, route template and status class, and
+/// holds background work back while it runs.
+async fn count_request(axum::extract::State(state): axum::extract::State<Arc<ApiState>>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let _running = state.foreground.begin();
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().as_str().to_string();
     let started = std::time::Instant::now();
@@ -289,6 +298,9 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         sessions: compat::Sessions::new(options.session_idle, options.max_sessions),
         pools: options.warm_pools.iter().map(|(image, n)| pool::WarmPool::new(image.clone(), *n)).collect(),
         discards: Arc::new(Semaphore::new(8)),
+        discards_waiting: Default::default(),
+        discards_may_wait: pool::discards_may_wait(&options.warm_pools),
+        foreground: foreground::Foreground::new(),
         pulls: Arc::new(Semaphore::new(catalog::PULLS_AT_ONCE)),
     });
     if options.insecure_no_auth {
@@ -360,6 +372,9 @@ mod tests {
             sessions: compat::Sessions::new(Duration::from_secs(1), 4),
             pools: Vec::new(),
             discards: Arc::new(Semaphore::new(1)),
+            discards_waiting: Default::default(),
+            discards_may_wait: 1,
+            foreground: foreground::Foreground::new(),
             pulls: Arc::new(Semaphore::new(1)),
         }
     }

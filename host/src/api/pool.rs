@@ -3,7 +3,9 @@
 //! and `POST /v1/sandboxes` for a rename, not for building a sandbox. A pooled sandbox serves
 //! one `/run` and is removed after it (in the background: the answer does not wait), or
 //! becomes the sandbox a `/v1` client asked for; the pool refills behind it, several at once.
-//! Hits and misses are counted.
+//! Refills and removals wait for a gap between requests (`foreground`): a pool is a reserve
+//! that serves a burst as large as itself at a warm sandbox's speed, then refills while the
+//! clients pause. Hits and misses are counted.
 //!
 //! Invariants:
 //! - A sandbox is handed out once: it leaves the ready list under the pool's lock.
@@ -11,6 +13,8 @@
 //!   OpenSandbox's default `mem` asks for, no main process; a request that asks for other
 //!   memory gets a fresh sandbox (a miss) rather than a looser bound. A `/v1` manifest gets one
 //!   only when its spec is that spec ([`WarmPool::serves`]).
+//! - A pool never runs dry waiting for a gap: at its low water ([`low_water`]) it refills at
+//!   once, and no background work waits longer than [`DEFER_AT_MOST`].
 //! - Pooled sandboxes have their own source (`api-pool`) until one becomes a client's: a new
 //!   `serve` removes any an earlier one left, and no file source prunes them.
 
@@ -165,51 +169,100 @@ pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
             let _ = pool.idle_image.set(r.config.entrypoint.is_empty() && r.config.cmd.is_empty());
         }
         let mut backoff = Duration::from_secs(1);
-        let mut making = tokio::task::JoinSet::new();
+        let mut making: tokio::task::JoinSet<Result<Sandbox, Problem>> = tokio::task::JoinSet::new();
         loop {
-            let have = pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() + making.len();
-            if have < pool.size && making.len() < REFILLS_AT_ONCE {
-                let (state, image) = (state.clone(), pool.image.clone());
-                making.spawn(async move {
-                    let sandbox = make(&state, &image, "pool", POOL_SOURCE, Some(POOL_MEMORY)).await?;
-                    warm(&sandbox).await;
-                    Ok::<_, Problem>(sandbox)
-                });
-                pool.making.store(making.len(), Ordering::Relaxed);
-                continue;
-            }
-            tokio::select! {
-                Some(done) = making.join_next() => {
-                    pool.making.store(making.len(), Ordering::Relaxed);
-                    match done {
-                        Ok(Ok(sandbox)) => {
-                            backoff = Duration::from_secs(1);
-                            pool.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(sandbox);
-                        }
-                        Ok(Err(p)) => {
-                            tracing::warn!("warm pool {}: making a sandbox failed: {}; retrying in {}s", pool.image, p.detail, backoff.as_secs());
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(60));
-                        }
-                        Err(e) => tracing::warn!("warm pool {}: a refill task failed: {e}", pool.image),
+            let ready = pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len();
+            let wants = ready + making.len() < pool.size && making.len() < REFILLS_AT_ONCE;
+            // A pool about to run dry refills now; one with a reserve left waits for a gap
+            // between requests, so that they keep the CPU.
+            let start_now = wants && ready <= low_water(pool.size);
+            if !start_now {
+                let fg = state.foreground.clone();
+                let gap = async {
+                    if wants {
+                        fg.gap(super::foreground::QUIET, DEFER_AT_MOST).await;
+                    } else {
+                        std::future::pending::<()>().await;
                     }
+                };
+                tokio::select! {
+                    Some(done) = making.join_next() => {
+                        pool.making.store(making.len(), Ordering::Relaxed);
+                        match done {
+                            Ok(Ok(sandbox)) => {
+                                backoff = Duration::from_secs(1);
+                                pool.ready.lock().unwrap_or_else(|e| e.into_inner()).push_back(sandbox);
+                            }
+                            Ok(Err(p)) => {
+                                tracing::warn!("warm pool {}: making a sandbox failed: {}; retrying in {}s", pool.image, p.detail, backoff.as_secs());
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(60));
+                            }
+                            Err(e) => tracing::warn!("warm pool {}: a refill task failed: {e}", pool.image),
+                        }
+                        continue;
+                    }
+                    // Taken meanwhile: look again (it may be at its low water now).
+                    _ = pool.wake.notified() => continue,
+                    () = gap => {}
                 }
-                _ = pool.wake.notified() => {}
             }
+            let (state, image) = (state.clone(), pool.image.clone());
+            making.spawn(async move {
+                let sandbox = make(&state, &image, "pool", POOL_SOURCE, Some(POOL_MEMORY)).await?;
+                warm(&sandbox).await;
+                Ok::<_, Problem>(sandbox)
+            });
+            pool.making.store(making.len(), Ordering::Relaxed);
         }
     });
 }
 
-/// Removes a used sandbox without making its request wait (unless as many removals as the
-/// server allows are running: then it waits for one).
-pub async fn discard(state: &ApiState, sandbox: Sandbox) {
-    let Ok(permit) = state.discards.clone().acquire_owned().await else { return };
-    tokio::spawn(async move {
+/// The ready sandboxes at or below which a pool refills without waiting for a gap between
+/// requests: an eighth of it, at least one, so a steady stream of requests drains the reserve
+/// only that far before refills compete with it.
+fn low_water(size: usize) -> usize {
+    (size / 8).max(1)
+}
+
+/// The longest background work waits for a gap between requests: under steady load it runs
+/// anyway, beside them.
+const DEFER_AT_MOST: Duration = Duration::from_secs(2);
+
+/// Used sandboxes that may wait for a gap at once (past them a removal starts right away): as
+/// many as the pools hold, so that a burst the pools serve is not slowed by removals either,
+/// and at least 8 for `/run` without a pool. What waits is a sandbox whose command has ended,
+/// bounded by its own limits, for at most [`DEFER_AT_MOST`]; an idle one takes about 6.5 MiB
+/// of the host's memory (measured: docs/BENCHMARKS.md).
+pub fn discards_may_wait(pools: &[(String, usize)]) -> usize {
+    pools.iter().map(|(_, n)| n).sum::<usize>().max(8)
+}
+
+/// Removes a used sandbox without making its request wait: in the next gap between requests
+/// (at most [`DEFER_AT_MOST`] later, and right away once [`discards_may_wait`] wait), as many
+/// at once as the server allows.
+pub async fn discard(state: &Arc<ApiState>, sandbox: Sandbox) {
+    let remove = |sandbox: Sandbox, permit: tokio::sync::OwnedSemaphorePermit| async move {
         if let Err(e) = sandbox.remove().await {
             tracing::warn!("removing the used sandbox {}: {e}", sandbox.name());
         }
         drop(permit);
-    });
+    };
+    if state.discards_waiting.fetch_add(1, Ordering::AcqRel) < state.discards_may_wait {
+        let state = state.clone();
+        tokio::spawn(async move {
+            state.foreground.gap(super::foreground::QUIET, DEFER_AT_MOST).await;
+            state.discards_waiting.fetch_sub(1, Ordering::AcqRel);
+            let Ok(permit) = state.discards.clone().acquire_owned().await else { return };
+            remove(sandbox, permit).await;
+        });
+        return;
+    }
+    state.discards_waiting.fetch_sub(1, Ordering::AcqRel);
+    // As many wait as may: this request waits for a removal slot (the host never piles up
+    // used sandboxes), not for the removal.
+    let Ok(permit) = state.discards.clone().acquire_owned().await else { return };
+    tokio::spawn(remove(sandbox, permit));
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ async fn create(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiRes
 /// A warm pool's sandbox made `resource`, when a pool's spec is what it asks for and one is
 /// ready; None: make a fresh one (no pool matches, none is ready, or the one taken could not
 /// take the name: it is removed and the request does not notice).
-async fn from_pool(state: &ApiState, resource: &crate::spec::Resource, spec: &crate::spec::SandboxSpec) -> ApiResult<Option<Sandbox>> {
+async fn from_pool(state: &std::sync::Arc<ApiState>, resource: &crate::spec::Resource, spec: &crate::spec::SandboxSpec) -> ApiResult<Option<Sandbox>> {
     let Some(pool) = state.pools.iter().find(|p| p.serves(spec)) else { return Ok(None) };
     // A name in use is the client's 409 before a pooled sandbox is spent on it.
     match Sandbox::get_in(state.config.clone(), &resource.name).await {
