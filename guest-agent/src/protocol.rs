@@ -78,6 +78,10 @@ pub enum ShimRequest {
     Sample,
     /// For the agent: exec, stdin, resize, signals, the file API.
     Agent(AgentRequest),
+    /// The host pid of a namespace sandbox's init while it runs (`Response::InitPid`), so that
+    /// the host can reach its root through `/proc/PID/root`; refused for microVMs. Last, so
+    /// that the variants before it keep their wire numbers.
+    InitPid,
 }
 
 impl From<AgentRequest> for ShimRequest {
@@ -101,6 +105,7 @@ pub enum Response {
     Status(ShimStatus),
     Sample(ResourceSample),
     Error { code: ErrorCode, message: String },
+    InitPid { pid: u32 },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

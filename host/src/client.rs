@@ -335,6 +335,14 @@ impl ShimClient {
         }
     }
 
+    /// The host pid of a namespace sandbox's init, while it runs (not yet reaped).
+    pub fn init_pid(&mut self) -> Result<u32> {
+        match self.call(ShimRequest::InitPid)? {
+            Response::InitPid { pid } => Ok(pid),
+            other => Err(remote(other)),
+        }
+    }
+
     pub fn stop(&mut self, grace_ms: u64) -> Result<()> {
         self.expect_done(ShimRequest::Stop { grace_ms })
     }

@@ -13,6 +13,7 @@
 
 mod builder;
 pub mod copy;
+mod direct;
 mod events;
 mod exec;
 mod fs;
@@ -57,6 +58,18 @@ pub struct Sandbox {
     name: String,
     config: Arc<Config>,
     connection: Arc<Mutex<Option<Connection>>>,
+    /// The root the file API's short path uses ([`direct`]), once found.
+    direct: Arc<Mutex<DirectState>>,
+}
+
+#[derive(Default)]
+enum DirectState {
+    #[default]
+    Unknown,
+    /// Not for this sandbox (a microVM, a shim that does not know the request, a host process
+    /// that may not reach other processes' roots): every file request goes through the agent.
+    Unavailable,
+    Open(Arc<direct::DirectRoot>),
 }
 
 struct Connection {
@@ -92,13 +105,13 @@ impl Sandbox {
         blocking(move || {
             let orch = Orchestrator::open(config)?;
             let name = orch.resolve_name(&text)?;
-            Ok(Sandbox { name, config: orch.config.clone(), connection: Arc::default() })
+            Ok(Sandbox { name, config: orch.config.clone(), connection: Arc::default(), direct: Arc::default() })
         })
         .await
     }
 
     pub(crate) fn handle(name: String, config: Arc<Config>) -> Sandbox {
-        Sandbox { name, config, connection: Arc::default() }
+        Sandbox { name, config, connection: Arc::default(), direct: Arc::default() }
     }
 
     pub fn name(&self) -> &str {
@@ -160,6 +173,27 @@ impl Sandbox {
     /// Stops the sandbox if it runs and deletes it: its instance, its files, its resource.
     pub async fn remove(&self) -> Result<()> {
         self.change(|orch, name| Ok(orch.delete(name)?)).await
+    }
+
+    /// The sandbox's root for the file API's short path (blocking: it may ask the shim), or
+    /// None when requests go through the agent.
+    pub(crate) fn direct_root(&self) -> Option<Arc<direct::DirectRoot>> {
+        let mut state = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        match &*state {
+            DirectState::Open(root) if root.alive() => return Some(root.clone()),
+            DirectState::Unavailable => return None,
+            // Not found yet, or the init it belonged to has ended (a restart): find it now.
+            _ => {}
+        }
+        let found = self.with_client(|c| c.init_pid()).ok().and_then(|pid| direct::DirectRoot::open(pid, || self.with_client(|c| c.init_pid()).ok()));
+        *state = match found {
+            Some(root) => DirectState::Open(Arc::new(root)),
+            None => DirectState::Unavailable,
+        };
+        match &*state {
+            DirectState::Open(root) => Some(root.clone()),
+            _ => None,
+        }
     }
 
     fn forget_connection(&self) {

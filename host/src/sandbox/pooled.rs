@@ -63,6 +63,6 @@ impl Sandbox {
             Ok(())
         })
         .await?;
-        Ok(Sandbox { name: new_name, config: self.config, connection: self.connection })
+        Ok(Sandbox { name: new_name, config: self.config, connection: self.connection, direct: self.direct })
     }
 }

@@ -579,6 +579,20 @@ impl Shared {
                 };
                 client.send(cid, Response::Sample(sample));
             }
+            ShimRequest::InitPid => {
+                let reply = if !matches!(self.cfg.backend, super::BackendConfig::Namespace { .. }) {
+                    error(ErrorCode::Unsupported, "a microVM's root is inside its guest")
+                } else {
+                    // Under the backend's lock, which reaping takes too: a pid answered here is
+                    // the sandbox's init, not yet reaped, so no other process can have it.
+                    let mut backend = lock(&self.backend);
+                    match backend.init_pid() {
+                        Some(pid) if !backend.wait(Duration::ZERO) => Response::InitPid { pid: pid as u32 },
+                        _ => error(ErrorCode::NotFound, "the sandbox's init has ended"),
+                    }
+                };
+                client.send(cid, reply);
+            }
             ShimRequest::Stop { grace_ms } => {
                 self.begin_shutdown(SandboxState::Stopped, "stopped on request".into(), Duration::from_millis(grace_ms));
                 client.send(cid, Response::Done);

@@ -1,0 +1,173 @@
+//! The file API's short path for namespace sandboxes: a regular file read or written by the
+//! host itself through the sandbox's root (`/proc/PID/root` of its init), instead of a request
+//! through the shim to the agent and back. It takes two thread hops and two socket round
+//! trips off a small read or write; anything unusual goes the long way, so the agent stays the
+//! one place that defines what the file API does and how it fails.
+//!
+//! The host process is root on the host, so everything here is written against a root inside
+//! the sandbox that prepares the tree to trick it:
+//! - Paths resolve with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` from the sandbox's
+//!   root: `..`, absolute links and `/proc/*/root`-style links stay inside it.
+//! - The last component is opened `O_PATH | O_NOFOLLOW` (no open of a device or FIFO happens)
+//!   and must be a regular file on a filesystem that holds plain data (overlay, ext4, tmpfs,
+//!   xfs, btrfs); only then is it reopened through `/proc/self/fd` for reading or writing. A
+//!   procfs or sysfs file (which the sandbox's root may not write but the host's may), a
+//!   device node, a FIFO, a link as the last component: the long way.
+//! - A new file is created `O_EXCL` in a parent resolved as above and given to the sandbox's
+//!   root (its user namespace's uid 0), as the agent would have made it.
+//! - In a user-namespaced sandbox a file whose owner is outside the sandbox's ids is the
+//!   agent's to refuse: the long way.
+//! - The root is found once per handle: the shim names its init's pid while that process is
+//!   not yet reaped (so the pid is no one else's), the host opens a pidfd and the root, and
+//!   asks again; every use checks the pidfd first, so a sandbox that ended or restarted is
+//!   never written through a stale root.
+
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fstat, Mode, SFlag};
+use nix::sys::statfs::{fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+/// A namespace sandbox's root as the host reaches it.
+pub struct DirectRoot {
+    /// The sandbox's init: readable once it has exited.
+    pidfd: OwnedFd,
+    root: OwnedFd,
+    /// The host uid and gid of the sandbox's root user.
+    owner: (u32, u32),
+    /// The sandbox has a user namespace: its ids are `owner` .. `owner + 65536`.
+    userns: bool,
+}
+
+/// What the short path did: done, or the request should go the long way (through the agent).
+pub type Direct<T> = Option<T>;
+
+impl DirectRoot {
+    /// Opens the root of the sandbox whose init is `pid`; `confirm` asks the shim again and
+    /// must name the same pid (it answers only while that init is not reaped). None when this
+    /// process cannot (not root, an old kernel) or the sandbox changed meanwhile.
+    pub fn open(pid: u32, confirm: impl FnOnce() -> Option<u32>) -> Option<DirectRoot> {
+        // SAFETY: pidfd_open with a pid and no flags returns a new fd or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: a new fd we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let root = nix::fcntl::open(format!("/proc/{pid}/root").as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+        let (uid, uid_userns) = root_id(&std::fs::read_to_string(format!("/proc/{pid}/uid_map")).ok()?)?;
+        let (gid, _) = root_id(&std::fs::read_to_string(format!("/proc/{pid}/gid_map")).ok()?)?;
+        if confirm() != Some(pid) {
+            return None;
+        }
+        Some(DirectRoot { pidfd, root, owner: (uid, gid), userns: uid_userns })
+    }
+
+    /// The sandbox's init still runs (so `root` is still its root).
+    pub fn alive(&self) -> bool {
+        let mut poll = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: polling one fd of ours without waiting.
+        let n = unsafe { libc::poll(&mut poll, 1, 0) };
+        n == 0
+    }
+
+    /// At most `len` bytes of the regular file `path` from `offset`.
+    pub fn read_range(&self, path: &str, offset: u64, len: u64) -> Direct<Vec<u8>> {
+        let (dir, name) = self.parent(path)?;
+        let mut file = self.reopen_regular(&dir, &name, OFlag::O_RDONLY)?;
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        let mut out = Vec::new();
+        file.take(len).read_to_end(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// Creates or replaces the regular file `path` with `data` (`mode`, or 0644 for a new one).
+    pub fn write(&self, path: &str, data: &[u8], mode: Option<u32>) -> Direct<()> {
+        let (dir, name) = self.parent(path)?;
+        let new_mode = Mode::from_bits_truncate(mode.unwrap_or(0o644) & 0o7777);
+        let mut file = match openat(&dir, name.as_str(), OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, new_mode) {
+            Ok(fd) => {
+                let file = std::fs::File::from(fd);
+                // The sandbox's root owns what it creates; a file the host cannot hand over
+                // goes again, the long way.
+                let given = nix::unistd::fchown(&file, Some(self.owner.0.into()), Some(self.owner.1.into())).and_then(|_| fchmod(&file, new_mode));
+                if given.is_err() {
+                    let _ = nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                    return None;
+                }
+                file
+            }
+            Err(nix::errno::Errno::EEXIST) => {
+                let file = self.reopen_regular(&dir, &name, OFlag::O_WRONLY | OFlag::O_TRUNC)?;
+                if let Some(m) = mode {
+                    fchmod(&file, Mode::from_bits_truncate(m & 0o7777)).ok()?;
+                }
+                file
+            }
+            Err(_) => return None,
+        };
+        file.write_all(data).ok()
+    }
+
+    /// The directory holding `path`'s last component, resolved inside the root, and that
+    /// component. None for the root itself, `.` or `..` as the last component, or a directory
+    /// on a filesystem this path does not handle.
+    fn parent(&self, path: &str) -> Option<(OwnedFd, String)> {
+        if !self.alive() || !path.starts_with('/') || path.contains('\0') {
+            return None;
+        }
+        let (parent, name) = path.trim_end_matches('/').rsplit_once('/')?;
+        if name.is_empty() || name == "." || name == ".." {
+            return None;
+        }
+        let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let relative = parent.trim_start_matches('/');
+        let dir = openat2(&self.root, if relative.is_empty() { "." } else { relative }, how).ok()?;
+        plain_data(&dir).then_some((dir, name.to_string()))
+    }
+
+    /// `name` in `dir` opened with `flags` when it is a regular file on a plain-data filesystem
+    /// (owned by the sandbox's ids in a user-namespaced one); never opens anything else.
+    fn reopen_regular(&self, dir: &OwnedFd, name: &str, flags: OFlag) -> Option<std::fs::File> {
+        let handle = openat(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+        let st = fstat(&handle).ok()?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || !plain_data(&handle) {
+            return None;
+        }
+        let ours = |id: u32, base: u32| id.checked_sub(base).is_some_and(|d| d < crate::shim::USERNS_SIZE);
+        if self.userns && !(ours(st.st_uid, self.owner.0) && ours(st.st_gid, self.owner.1)) {
+            return None;
+        }
+        // The same inode, now open for I/O: nothing can swap it between the check and here.
+        let fd = nix::fcntl::open(format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(), flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, Mode::empty()).ok()?;
+        Some(std::fs::File::from(fd))
+    }
+}
+
+/// Filesystems whose regular files are plain data (no kernel interface behind a write).
+fn plain_data(fd: &impl AsFd) -> bool {
+    fstatfs(fd).is_ok_and(|s| [OVERLAYFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, BTRFS_SUPER_MAGIC].contains(&s.filesystem_type()))
+}
+
+/// The host id that id 0 maps to in a `uid_map`/`gid_map`, and whether the map is a user
+/// namespace's (not the whole range of the initial one).
+fn root_id(map: &str) -> Option<(u32, bool)> {
+    map.lines().find_map(|line| {
+        let mut f = line.split_whitespace().map(|n| n.parse::<u64>().ok());
+        let (inside, outside, count) = (f.next()??, f.next()??, f.next()??);
+        (inside == 0).then(|| (outside as u32, count != u64::from(u32::MAX)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_id_comes_from_the_map_line_of_id_0() {
+        assert_eq!(root_id("         0          0 4294967295\n"), Some((0, false)));
+        assert_eq!(root_id("         0     100000      65536\n"), Some((100_000, true)));
+        assert_eq!(root_id("      1000     100000          1\n"), None, "no id 0 inside");
+        assert_eq!(root_id("garbage"), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! Escape probes for the file API's short path (host/src/sandbox/direct.rs): the host process,
+//! root on the host, reads and writes a namespace sandbox's files through the sandbox's root
+//! while a root process inside has prepared links, `..` chains, procfs paths and files it may
+//! not read. Each probe asserts what a user sees: the sandbox's own files, never the host's,
+//! and the same owner, mode and errors the agent gives. Real sandboxes (with and without a
+//! user namespace), real shims; the short path is shown to be the one taken by freezing the
+//! shim and still reading.
+
+mod common;
+
+use common::*;
+use orchestrator::{Config, Sandbox};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn config(env: &Env) -> Config {
+    let mut c = Config::new(env.data_dir());
+    c.binary = Some(PathBuf::from(BIN));
+    c.plugin_cache = Some(plugin_cache());
+    c
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
+/// The shim's host pid: the parent of the sandbox's init (pid 1 inside its cgroup).
+fn shim_pid(instance: &str) -> i32 {
+    let procs = ["pids", "memory", ""]
+        .iter()
+        .find_map(|c| std::fs::read_to_string(std::path::Path::new("/sys/fs/cgroup").join(c).join("orchestrator").join(instance).join("cgroup.procs")).ok())
+        .expect("the sandbox's cgroup");
+    let field = |pid: &str, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find(|l| l.starts_with(key)).map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+    };
+    let init = procs.lines().map(str::trim).find(|pid| field(pid, "NSpid:").as_deref() == Some("1")).expect("the sandbox's init");
+    field(init, "PPid:").and_then(|p| p.parse().ok()).expect("its parent")
+}
+
+fn probes(userns: bool) {
+    let env = Env::new();
+    let name = if userns { "short-userns" } else { "short" };
+    // A host directory, mounted read-only, with a file only the host's root may read.
+    let share = env.dir.path().join("share");
+    // The test's directory is private to root: the sandbox's ids must reach the share.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(&share).unwrap();
+    let secret = share.join("secret");
+    std::fs::write(&secret, "host secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Owned by an id outside the range a user-namespaced sandbox's mounts map.
+    std::os::unix::fs::chown(&secret, Some(70_000), Some(70_000)).unwrap();
+    let yaml = format!(
+        "apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  image: dir:{}\n  isolation: namespace\n  userNamespace: {userns}\n  memory: 64Mi\n  disk: 64Mi\n  command: [sleep, '1000000']\n  volumes:\n    - {{ hostPath: {}, mountPath: /share, readOnly: true }}\n",
+        rootfs().display(),
+        share.display()
+    );
+    let f = env.file("s.yaml", &yaml);
+    env.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let rt = runtime();
+    let sandbox = rt.block_on(Sandbox::get_in(config(&env), name)).unwrap();
+    let fs = sandbox.fs();
+    let host_hostname = std::fs::read("/etc/hostname").unwrap_or_default();
+    let planted = "mkdir -p /x && ln -s / /x/rootlink && ln -s ../../../../../.. /x/dotdot && ln -s /etc/hostname /x/abs \
+                   && echo inside > /x/plain && echo ok";
+    assert_eq!(env.sh(name, planted).1, "ok\n");
+    let inside_hostname = env.sh(name, "cat /etc/hostname").1;
+
+    // A plain write and read: the sandbox's root owns the new file, mode 0644, as from the agent.
+    rt.block_on(fs.write("/tmp/new", b"written from the host".to_vec())).unwrap();
+    assert_eq!(env.sh(name, "stat -c '%u %g %a' /tmp/new; cat /tmp/new").1, "0 0 644\nwritten from the host");
+    assert_eq!(rt.block_on(fs.read("/x/plain")).unwrap(), b"inside\n");
+    assert_eq!(rt.block_on(fs.read_range("/x/plain", 2, 3)).unwrap(), b"sid");
+    // Replacing keeps the owner; a mode given is applied.
+    rt.block_on(fs.write_with_mode("/tmp/new", b"again".to_vec(), Some(0o600))).unwrap();
+    assert_eq!(env.sh(name, "stat -c '%u %g %a' /tmp/new; cat /tmp/new").1, "0 0 600\nagain");
+
+    // `..` chains and links to `/` resolve inside the sandbox's root.
+    for path in ["/x/dotdot/tmp/escaped", "/x/rootlink/tmp/escaped2", "/../../../../tmp/escaped3"] {
+        rt.block_on(fs.write(path, b"kept inside".to_vec())).unwrap();
+        let file = path.rsplit('/').next().unwrap();
+        assert!(!std::path::Path::new("/tmp").join(file).exists(), "{path} reached the host's /tmp");
+        assert_eq!(env.sh(name, &format!("cat /tmp/{file}")).1, "kept inside", "{path}");
+    }
+    for path in ["/x/dotdot/etc/hostname", "/x/rootlink/etc/hostname", "/x/abs", "/proc/self/root/etc/hostname", "/proc/1/root/etc/hostname"] {
+        let got = rt.block_on(fs.read(path));
+        if let Ok(data) = &got {
+            assert_eq!(String::from_utf8_lossy(data), inside_hostname, "{path} read something other than the sandbox's own file");
+        }
+    }
+    // A write through a link as the last component changes the sandbox's file, not the host's.
+    rt.block_on(fs.write("/x/abs", b"sandbox-name\n".to_vec())).unwrap();
+    assert_eq!(env.sh(name, "cat /etc/hostname").1, "sandbox-name\n");
+    assert_eq!(std::fs::read("/etc/hostname").unwrap_or_default(), host_hostname, "the host's hostname file is untouched");
+
+    // procfs: not written by the host's root (the sandbox's own root may not either).
+    let before = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(rt.block_on(fs.write("/proc/sys/kernel/hostname", b"pwned".to_vec())).is_err(), "a procfs write went through");
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), before, "the host's hostname");
+
+    // A file the host's root may read but the sandbox's root may not stays unread (a user
+    // namespace's root has no power over ids its mounts do not map).
+    let got = rt.block_on(fs.read("/share/secret"));
+    if userns {
+        assert!(got.is_err(), "the sandbox's root read a host-only file: {got:?}");
+        assert!(env.sh(name, "cat /share/secret").0 != 0, "nor through the agent");
+    } else {
+        assert_eq!(got.unwrap(), b"host secret", "root without a user namespace reads it, as inside");
+    }
+
+    // The short path is the one taken: with the shim frozen, a read still answers.
+    let shim = shim_pid(env.sandbox(name)["instance"].as_str().unwrap());
+    // SAFETY: stopping and continuing the test's own shim process.
+    unsafe { libc::kill(shim, libc::SIGSTOP) };
+    let read = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), fs.read("/tmp/new")).await });
+    // SAFETY: as above.
+    unsafe { libc::kill(shim, libc::SIGCONT) };
+    assert_eq!(read.expect("a read with the shim frozen answered").unwrap(), b"again");
+
+    // After a restart, writes land in the new sandbox's root, not the ended one's.
+    rt.block_on(sandbox.stop_and_wait()).unwrap();
+    rt.block_on(sandbox.start()).unwrap();
+    rt.block_on(fs.write("/tmp/after-restart", b"new root".to_vec())).unwrap();
+    assert_eq!(env.sh(name, "cat /tmp/after-restart").1, "new root");
+    rt.block_on(sandbox.remove()).unwrap();
+}
+
+#[test]
+fn the_file_short_path_stays_inside_a_namespace_sandbox() {
+    probes(false);
+}
+
+#[test]
+fn the_file_short_path_stays_inside_a_user_namespaced_sandbox() {
+    probes(true);
+}
