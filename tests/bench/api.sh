@@ -4,7 +4,8 @@
 # 1 KiB file write and read p50, and correct answers/s with 8 concurrent clients.
 #   tests/bench/api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]
 # Ours: `serve --listen 127.0.0.1:PORT --insecure-no-auth` with the busybox rootfs as the
-# default image, once with a warm pool (BENCH_POOL sandboxes, default 8) and once without
+# default image, once with a warm pool (BENCH_POOL sandboxes, default 64: the timed burst of
+# /run requests fits in it, as a pool sized for its traffic would hold it) and once without
 # (BENCH_RUNS requests per row, default 50; BENCH_SECONDS of 8 clients, default 10). The peer
 # runs as its README says it must be run here (../shared/peers/README.md): as root in a
 # network and mount namespace of its own (created here, removed after), in a chroot whose /usr
@@ -18,7 +19,7 @@ cache=${ORCHESTRATOR_CACHE:-/var/cache/orchestrator-dev}
 client=$(realpath "$(dirname "$0")/api_client.py")
 runs=${BENCH_RUNS:-50}
 seconds=${BENCH_SECONDS:-10}
-pool=${BENCH_POOL:-8}
+pool=${BENCH_POOL:-64}
 work=$(mktemp -d /tmp/orch-bench-api.XXXXXX)
 netns=osb-bench-$$
 serve_pid=

@@ -266,10 +266,11 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         }
     }
     let socket = options.socket.clone().unwrap_or_else(|| config.data_dir.join("api.sock"));
-    // One worker thread: the async side of a request is parsing and bookkeeping, and what
-    // blocks (the shim's socket, the store, files) runs on the blocking pool. A second worker
-    // only moved each request between threads: a context switch each way, which in a VM costs
-    // more than the work (a 1 KiB file write took 0.82 ms with two workers, 0.59 with one).
+    // One worker thread, which also accepts: the async side of a request is parsing and
+    // bookkeeping, and what blocks (the shim's socket, the store, files) runs on the blocking
+    // pool. A second worker only moved each request between threads: a context switch each
+    // way, which in a VM costs more than the work (a 1 KiB file write took 0.82 ms with two
+    // workers, 0.59 with one).
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().thread_name("api").build().map_err(io("starting the API's runtime"))?;
     let unix = {
         let _guard = runtime.enter();
@@ -315,7 +316,9 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            runtime.block_on(async move {
+            // Spawned, not run by block_on: on this thread the accept loops would hand every
+            // new connection to the worker, a thread switch per request.
+            let serving = runtime.spawn(async move {
                 compat::start_background(state.clone(), leftovers);
                 for p in &state.pools {
                     pool::keep_filled(state.clone(), p.clone());
@@ -339,7 +342,10 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
                 if let Err(e) = ended {
                     log(&format!("error: the API stopped: {e}"));
                 }
-            })
+            });
+            if let Err(e) = runtime.block_on(serving) {
+                log(&format!("error: the API's task failed: {e}"));
+            }
         })
         .map_err(io("starting the API's thread"))?;
     Ok(RunningApi { socket, tcp: tcp_addr, tls: options.tls.is_some(), token_from, thread })

@@ -225,9 +225,11 @@ fn low_water(size: usize) -> usize {
     (size / 8).max(1)
 }
 
-/// The longest background work waits for a gap between requests: under steady load it runs
-/// anyway, beside them.
-const DEFER_AT_MOST: Duration = Duration::from_secs(2);
+/// The longest background work waits for a gap between requests: under load that never
+/// pauses it runs anyway, beside them. A backstop only: what must not wait is bounded by
+/// count (a pool at its low water refills at once; past [`discards_may_wait`] a removal
+/// starts at once), so this can be long enough for a burst of several seconds to pass.
+const DEFER_AT_MOST: Duration = Duration::from_secs(30);
 
 /// Used sandboxes that may wait for a gap at once (past them a removal starts right away): as
 /// many as the pools hold, so that a burst the pools serve is not slowed by removals either,
