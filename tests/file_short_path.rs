@@ -9,21 +9,9 @@
 mod common;
 
 use common::*;
-use orchestrator::{Config, Sandbox};
+use orchestrator::Sandbox;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn config(env: &Env) -> Config {
-    let mut c = Config::new(env.data_dir());
-    c.binary = Some(PathBuf::from(BIN));
-    c.plugin_cache = Some(plugin_cache());
-    c
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
-}
 
 /// The shim's host pid: the parent of the sandbox's init (pid 1 inside its cgroup).
 fn shim_pid(instance: &str) -> i32 {
@@ -59,7 +47,7 @@ fn probes(userns: bool) {
     let f = env.file("s.yaml", &yaml);
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let rt = runtime();
-    let sandbox = rt.block_on(Sandbox::get_in(config(&env), name)).unwrap();
+    let sandbox = rt.block_on(Sandbox::get_in(library_config(&env), name)).unwrap();
     let fs = sandbox.fs();
     let host_hostname = std::fs::read("/etc/hostname").unwrap_or_default();
     let planted = "mkdir -p /x && ln -s / /x/rootlink && ln -s ../../../../../.. /x/dotdot && ln -s /etc/hostname /x/abs \

@@ -5,22 +5,9 @@
 mod common;
 
 use common::*;
-use orchestrator::{Config, ErrorKind, ExecEvent, ExecOptions, Orchestrator, Sandbox};
+use orchestrator::{ErrorKind, ExecEvent, ExecOptions, Orchestrator, Sandbox};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// The configuration a test's library calls use: its own data directory, the real binary for
-/// shims (a test binary cannot be one).
-fn config(env: &Env) -> Config {
-    let mut c = Config::new(env.data_dir());
-    c.binary = Some(PathBuf::from(BIN));
-    c.plugin_cache = Some(plugin_cache());
-    c
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
-}
 
 fn example(name: &str) -> PathBuf {
     // target/debug/deps/library-HASH -> target/debug/examples/NAME
@@ -61,7 +48,7 @@ fn a_library_sandbox_is_a_resource_the_cli_sees_and_file_sources_never_prune() {
     let env = Env::new();
     let rt = runtime();
     let sandbox = rt
-        .block_on(Sandbox::builder("libbox").config(config(&env)).image(rootfs().display().to_string()).isolation(orchestrator::spec::Isolation::Namespace).label("made-by", "test").create())
+        .block_on(Sandbox::builder("libbox").config(library_config(&env)).image(rootfs().display().to_string()).isolation(orchestrator::spec::Isolation::Namespace).label("made-by", "test").create())
         .expect("create");
     let view = env.sandbox("libbox");
     assert_eq!(view["source"], "library");
@@ -84,7 +71,7 @@ fn streamed_execs_take_stdin_signals_and_report_their_status() {
     let env = Env::new();
     let rt = runtime();
     rt.block_on(async {
-        let sandbox = Sandbox::builder("streams").config(config(&env)).image(rootfs().display().to_string()).create().await.expect("create");
+        let sandbox = Sandbox::builder("streams").config(library_config(&env)).image(rootfs().display().to_string()).create().await.expect("create");
         // A signal ends a command that would run forever.
         let mut sleeper = sandbox.exec_stream("sleep", ["600"]).await.unwrap();
         assert!(matches!(sleeper.recv().await, Some(ExecEvent::Started { pid }) if pid > 0));
@@ -110,7 +97,7 @@ fn streamed_execs_take_stdin_signals_and_report_their_status() {
         }
         assert_eq!(String::from_utf8_lossy(&text).trim(), (3 << 20).to_string());
         // Two handles drive one sandbox at once.
-        let other = Sandbox::get_in(config(&env), "streams").await.unwrap();
+        let other = Sandbox::get_in(library_config(&env), "streams").await.unwrap();
         let (a, b) = tokio::join!(sandbox.shell("echo a"), other.shell("echo b"));
         assert_eq!((a.unwrap().stdout_lossy().into_owned(), b.unwrap().stdout_lossy().into_owned()), ("a\n".into(), "b\n".into()));
         sandbox.remove().await.unwrap();
@@ -123,7 +110,7 @@ fn logs_stream_the_main_process_and_following_ends_with_the_sandbox() {
     let rt = runtime();
     rt.block_on(async {
         let sandbox = Sandbox::builder("talker")
-            .config(config(&env))
+            .config(library_config(&env))
             .image(rootfs().display().to_string())
             .command(["sh", "-c", "echo one; sleep 0.5; echo two >&2"])
             .restart(orchestrator::spec::RestartPolicy::Never)
@@ -144,7 +131,7 @@ fn logs_stream_the_main_process_and_following_ends_with_the_sandbox() {
 fn each_error_kind_is_returned_where_a_caller_expects_it() {
     let env = Env::new();
     let rt = runtime();
-    let cfg = config(&env);
+    let cfg = library_config(&env);
     let image = rootfs().display().to_string();
     rt.block_on(async {
         // Unknown sandbox.
@@ -222,7 +209,7 @@ fn each_error_kind_is_returned_where_a_caller_expects_it() {
 fn library_sandboxes_mount_volumes_host_paths_and_tmpfs() {
     let env = Env::new();
     let rt = runtime();
-    let mut orch = Orchestrator::open(config(&env)).unwrap();
+    let mut orch = Orchestrator::open(library_config(&env)).unwrap();
     orch.create_volume("libvol", orchestrator::spec::VolumeSpec { size: Some(32 << 20), shared: false }, "library", "test").unwrap();
     let err = orch.create_volume("libvol", orchestrator::spec::VolumeSpec { size: None, shared: false }, "library", "test").map_err(orchestrator::Error::from).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
@@ -231,7 +218,7 @@ fn library_sandboxes_mount_volumes_host_paths_and_tmpfs() {
     std::fs::write(host.join("in.txt"), "host data\n").unwrap();
     let builder = |name: &str, read_only: bool| {
         Sandbox::builder(name)
-            .config(config(&env))
+            .config(library_config(&env))
             .image(rootfs().display().to_string())
             .isolation(orchestrator::spec::Isolation::Namespace)
             .volume("libvol", "/vol", read_only)

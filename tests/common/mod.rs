@@ -11,6 +11,20 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 
+/// The configuration a test's library calls use: the test's own data directory, the real
+/// binary for shims (a test binary cannot be one).
+pub fn library_config(env: &Env) -> orchestrator::Config {
+    let mut c = orchestrator::Config::new(env.data_dir());
+    c.binary = Some(PathBuf::from(BIN));
+    c.plugin_cache = Some(plugin_cache());
+    c
+}
+
+/// A runtime for a test's library calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
 /// The busybox rootfs, built on first use (cached outside the work tree).
 pub fn rootfs() -> PathBuf {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
