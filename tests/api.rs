@@ -596,6 +596,38 @@ fn a_warm_pool_serves_run_and_refills() {
     assert_eq!(run(r#"{"command": ["/bin/echo", "again"]}"#)["stdout"], "again\n");
 }
 
+/// Removals of used sandboxes wait for a gap between requests, but what a `/run` left running
+/// ends at once: with the server kept busy (a request every few milliseconds, never a gap), a
+/// background process a `/run` started is gone within seconds while its sandbox still waits;
+/// once the requests stop, the sandbox goes too.
+#[test]
+fn what_a_run_leaves_running_ends_while_its_sandbox_waits_for_removal() {
+    let env = Env::new();
+    let image = format!("dir:{}", rootfs().display());
+    let socket = env.data_dir().join("api.sock");
+    let _server = Server::start(&env, &["--insecure-no-auth", "--default-image", &image]);
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let (busy, socket) = (busy.clone(), socket.clone());
+        std::thread::spawn(move || {
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                http(&socket, "GET", "/health", None, b"");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (status, _, out) = http(&socket, "POST", "/run", None, br#"{"command": ["/bin/sh", "-c", "sleep 987654 >/dev/null 2>&1 & echo started"]}"#);
+    assert_eq!((status, json_of(&out)["stdout"].as_str()), (200, Some("started\n")), "{}", String::from_utf8_lossy(&out));
+    let leftover = || {
+        std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\0987654\0"))
+    };
+    env.wait_for("the process the run left to end", Duration::from_secs(10), || !leftover());
+    assert_eq!(env.get().len(), 1, "its sandbox still waits for a gap between requests: {:?}", env.get());
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    poller.join().unwrap();
+    env.wait_for("the used sandbox to go once the requests stop", Duration::from_secs(20), || env.get().is_empty());
+}
+
 impl Client {
     /// The client of a server started with its generated token.
     fn of(env: &Env) -> Client {

@@ -261,6 +261,13 @@ impl Agent {
                 finish(0);
             }
             AgentRequest::Init(_) => self.reply(id, error(ErrorCode::BadRequest, "sandbox is already initialised")),
+            AgentRequest::KillOthers => {
+                // As PID 1 of its namespace (or the guest), kill(-1) reaches every other process
+                // in it and never the agent; the reaper collects them as usual.
+                // SAFETY: kill with a constant signal; no memory is involved.
+                let killed = unsafe { libc::kill(-1, libc::SIGKILL) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+                self.reply(id, if killed { Response::Done } else { error(ErrorCode::Internal, format!("kill(-1): {}", std::io::Error::last_os_error())) });
+            }
         }
     }
 

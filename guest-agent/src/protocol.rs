@@ -49,6 +49,9 @@ pub enum AgentRequest {
     Rename { from: String, to: String },
     /// Terminate every process (SIGTERM, then SIGKILL after the grace period) and exit.
     Shutdown { grace_ms: u64 },
+    /// SIGKILL every process but the agent: the sandbox stays, running nothing (a used
+    /// sandbox waiting for its removal). Last, so the variants before it keep their numbers.
+    KillOthers,
 }
 
 /// What the shim serves: a client's requests (the CLI, the library). Its own, and those it

@@ -335,6 +335,11 @@ impl ShimClient {
         }
     }
 
+    /// Kills every process in a sandbox without a main process but its agent.
+    pub fn kill_others(&mut self) -> Result<()> {
+        self.expect_done(ShimRequest::Agent(AgentRequest::KillOthers))
+    }
+
     /// The host pid of a namespace sandbox's init, while it runs (not yet reaped).
     pub fn init_pid(&mut self) -> Result<u32> {
         match self.call(ShimRequest::InitPid)? {

@@ -233,9 +233,9 @@ const DEFER_AT_MOST: Duration = Duration::from_secs(30);
 
 /// Used sandboxes that may wait for a gap at once (past them a removal starts right away): as
 /// many as the pools hold, so that a burst the pools serve is not slowed by removals either,
-/// and at least 8 for `/run` without a pool. What waits is a sandbox whose command has ended,
-/// bounded by its own limits, for at most [`DEFER_AT_MOST`]; an idle one takes about 6.5 MiB
-/// of the host's memory (measured: docs/BENCHMARKS.md).
+/// and at least 8 for `/run` without a pool. What waits is a sandbox running nothing (its
+/// other processes are killed first), for at most [`DEFER_AT_MOST`]; an idle one takes about
+/// 6.5 MiB of the host's memory (measured: docs/BENCHMARKS.md).
 pub fn discards_may_wait(pools: &[(String, usize)]) -> usize {
     pools.iter().map(|(_, n)| n).sum::<usize>().max(8)
 }
@@ -253,6 +253,11 @@ pub async fn discard(state: &Arc<ApiState>, sandbox: Sandbox) {
     if state.discards_waiting.fetch_add(1, Ordering::AcqRel) < state.discards_may_wait {
         let state = state.clone();
         tokio::spawn(async move {
+            // Whatever its command left running (a background process, a fork bomb held by
+            // its pids bound) ends now, not when the removal comes.
+            if let Err(e) = sandbox.kill_others().await {
+                tracing::warn!("ending what the used sandbox {} still runs: {e}", sandbox.name());
+            }
             state.foreground.gap(super::foreground::QUIET, DEFER_AT_MOST).await;
             state.discards_waiting.fetch_sub(1, Ordering::AcqRel);
             let Ok(permit) = state.discards.clone().acquire_owned().await else { return };

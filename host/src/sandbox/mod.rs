@@ -170,6 +170,13 @@ impl Sandbox {
         self.change(|orch, name| Ok(orch.start(name)?)).await
     }
 
+    /// Kills every process in the sandbox but its init: it stays, running nothing. Refused for
+    /// a sandbox with a main process.
+    pub(crate) async fn kill_others(&self) -> Result<()> {
+        let this = self.clone();
+        blocking(move || this.with_client(|c| c.kill_others())).await
+    }
+
     /// Stops the sandbox if it runs and deletes it: its instance, its files, its resource.
     pub async fn remove(&self) -> Result<()> {
         self.change(|orch, name| Ok(orch.delete(name)?)).await

@@ -698,6 +698,9 @@ impl Shared {
             AgentRequest::Hello { .. } | AgentRequest::Init(_) | AgentRequest::Shutdown { .. } => {
                 client.send(cid, error(ErrorCode::BadRequest, "not allowed from a client (use Hello with the shim, and Stop)"));
             }
+            AgentRequest::KillOthers if self.cfg.spec.command.is_some() => {
+                client.send(cid, error(ErrorCode::Unsupported, "this sandbox has a main process: stop the sandbox instead"));
+            }
             fs_request => self.forward(client, cid, fs_request, false),
         }
     }
