@@ -14,9 +14,13 @@
 //!   procfs or sysfs file (which the sandbox's root may not write but the host's may), a
 //!   device node, a FIFO, a link as the last component: the long way.
 //! - A new file is created `O_EXCL` in a parent resolved as above and given to the sandbox's
-//!   root (its user namespace's uid 0), as the agent would have made it.
-//! - In a user-namespaced sandbox a file whose owner is outside the sandbox's ids is the
-//!   agent's to refuse: the long way.
+//!   root, as the agent would have made it.
+//! - Only for sandboxes without a user namespace, whose root keeps `CAP_DAC_OVERRIDE` over
+//!   every file: the host's root then may do nothing in the tree that the sandbox's root may
+//!   not. A user-namespaced sandbox's root has no power over ids its namespace does not map
+//!   (a directory or file of a host path it may not enter), and a host process would have to
+//!   check every step of a path the way the kernel checks it for the sandbox; its files always
+//!   go through its agent.
 //! - The root is found once per handle: the shim names its init's pid while that process is
 //!   not yet reaped (so the pid is no one else's), the host opens a pidfd and the root, and
 //!   asks again; every use checks the pidfd first, so a sandbox that ended or restarted is
@@ -35,8 +39,6 @@ pub struct DirectRoot {
     root: OwnedFd,
     /// The host uid and gid of the sandbox's root user.
     owner: (u32, u32),
-    /// The sandbox has a user namespace: its ids are `owner` .. `owner + 65536`.
-    userns: bool,
 }
 
 /// What the short path did: done, or the request should go the long way (through the agent).
@@ -47,6 +49,11 @@ impl DirectRoot {
     /// must name the same pid (it answers only while that init is not reaped). None when this
     /// process cannot (not root, an old kernel) or the sandbox changed meanwhile.
     pub fn open(pid: u32, confirm: impl FnOnce() -> Option<u32>) -> Option<DirectRoot> {
+        let (uid, userns) = root_id(&std::fs::read_to_string(format!("/proc/{pid}/uid_map")).ok()?)?;
+        let (gid, _) = root_id(&std::fs::read_to_string(format!("/proc/{pid}/gid_map")).ok()?)?;
+        if userns {
+            return None;
+        }
         // SAFETY: pidfd_open with a pid and no flags returns a new fd or -1.
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if raw < 0 {
@@ -55,12 +62,11 @@ impl DirectRoot {
         // SAFETY: a new fd we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
         let root = nix::fcntl::open(format!("/proc/{pid}/root").as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
-        let (uid, uid_userns) = root_id(&std::fs::read_to_string(format!("/proc/{pid}/uid_map")).ok()?)?;
-        let (gid, _) = root_id(&std::fs::read_to_string(format!("/proc/{pid}/gid_map")).ok()?)?;
+        // Asked again after the maps were read too: they were the sandbox init's.
         if confirm() != Some(pid) {
             return None;
         }
-        Some(DirectRoot { pidfd, root, owner: (uid, gid), userns: uid_userns })
+        Some(DirectRoot { pidfd, root, owner: (uid, gid) })
     }
 
     /// The sandbox's init still runs (so `root` is still its root).
@@ -126,16 +132,12 @@ impl DirectRoot {
         plain_data(&dir).then_some((dir, name.to_string()))
     }
 
-    /// `name` in `dir` opened with `flags` when it is a regular file on a plain-data filesystem
-    /// (owned by the sandbox's ids in a user-namespaced one); never opens anything else.
+    /// `name` in `dir` opened with `flags` when it is a regular file on a plain-data filesystem;
+    /// never opens anything else.
     fn reopen_regular(&self, dir: &OwnedFd, name: &str, flags: OFlag) -> Option<std::fs::File> {
         let handle = openat(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
         let st = fstat(&handle).ok()?;
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || !plain_data(&handle) {
-            return None;
-        }
-        let ours = |id: u32, base: u32| id.checked_sub(base).is_some_and(|d| d < crate::shim::USERNS_SIZE);
-        if self.userns && !(ours(st.st_uid, self.owner.0) && ours(st.st_gid, self.owner.1)) {
             return None;
         }
         // The same inode, now open for I/O: nothing can swap it between the check and here.

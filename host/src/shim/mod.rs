@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub use backend::Backend;
-pub use namespace::{USERNS_BASE, USERNS_SIZE};
+pub use namespace::USERNS_BASE;
 
 /// What a shim says when the instance it was asked to run already has one.
 pub const ALREADY_RUNNING: &str = "another shim already runs this sandbox";

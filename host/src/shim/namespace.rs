@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Host uid/gid that root inside a user-namespaced sandbox maps to (a 65536-wide range).
 pub const USERNS_BASE: u32 = 100_000;
-pub const USERNS_SIZE: u32 = 65_536;
+const USERNS_SIZE: u32 = 65_536;
 /// The agent's fd for its stream to the shim.
 const AGENT_FD: i32 = 3;
 /// Where the agent attaches it, relative to the instance directory.
