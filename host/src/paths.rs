@@ -56,11 +56,13 @@ impl DataDir {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().mode(0o700).create(&dir).or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })?;
         }
-        // Names are validated; anything else (a typo on the command line) is hex, never a path.
+        // Names are validated; anything else (a typo on the command line, a client's junk) is
+        // its SHA-256 in hex: never a path, never longer than a file name may be.
         let file = if crate::spec::is_valid_name(name) {
             format!("{name}.lock")
         } else {
-            format!("x-{}.lock", name.bytes().map(|b| format!("{b:02x}")).collect::<String>())
+            use sha2::Digest;
+            format!("x-{}.lock", sha2::Sha256::digest(name.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>())
         };
         Ok(dir.join(file))
     }
@@ -244,10 +246,13 @@ mod tests {
     fn object_locks_stay_in_their_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let data = DataDir::open(tmp.path()).unwrap();
-        for name in ["web", "../../etc/passwd", "/abs", "a/b", ""] {
+        let long = "\u{fffd}".repeat(200);
+        for name in ["web", "../../etc/passwd", "/abs", "a/b", "", long.as_str()] {
             let lock = data.object_lock(name).unwrap();
             assert_eq!(lock.parent(), Some(data.root().join("locks").as_path()), "{name:?}");
+            std::fs::File::create(&lock).unwrap_or_else(|e| panic!("{name:?}: {e}"));
         }
+        assert_ne!(data.object_lock("a/b").unwrap(), data.object_lock("a/c").unwrap(), "other names, other locks");
         assert!(data.object_lock("web").unwrap().ends_with("web.lock"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(data.root().join("locks")).unwrap().permissions().mode() & 0o777, 0o700);
