@@ -38,26 +38,32 @@ impl SandboxFs {
         blocking(move || sandbox.with_client(f)).await
     }
 
+    /// `direct` on the sandbox's root when the short path takes the request (`direct.rs`),
+    /// else `agent` through the shim.
+    async fn direct_or_agent<T: Send + 'static>(
+        &self,
+        direct: impl FnOnce(&super::direct::DirectRoot, &str) -> Option<T> + Send + 'static,
+        mut agent: impl FnMut(&mut crate::client::ShimClient, &str) -> std::result::Result<T, crate::client::ClientError> + Send + 'static,
+        path: String,
+    ) -> Result<T> {
+        let sandbox = self.sandbox.clone();
+        blocking(move || match sandbox.direct_root().and_then(|root| direct(&root, &path)) {
+            Some(done) => Ok(done),
+            None => sandbox.with_client(|c| agent(c, &path)),
+        })
+        .await
+    }
+
     /// A whole file.
     pub async fn read(&self, path: impl Into<String>) -> Result<Vec<u8>> {
         let path = path.into();
-        let sandbox = self.sandbox.clone();
-        blocking(move || match sandbox.direct_root().and_then(|root| root.read_range(&path, 0, u64::MAX)) {
-            Some(data) => Ok(data),
-            None => sandbox.with_client(|c| c.read_file(&path)),
-        })
-        .await
+        self.direct_or_agent(move |root, path| root.read_range(path, 0, u64::MAX), move |c, path| c.read_file(path), path).await
     }
 
     /// At most `len` bytes of a file from `offset` (fewer at its end).
     pub async fn read_range(&self, path: impl Into<String>, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = path.into();
-        let sandbox = self.sandbox.clone();
-        blocking(move || match sandbox.direct_root().and_then(|root| root.read_range(&path, offset, len)) {
-            Some(data) => Ok(data),
-            None => sandbox.with_client(|c| c.read_range(&path, offset, Some(len))),
-        })
-        .await
+        self.direct_or_agent(move |root, path| root.read_range(path, offset, len), move |c, path| c.read_range(path, offset, Some(len)), path).await
     }
 
     /// A whole file as text (invalid UTF-8 replaced).
@@ -73,12 +79,9 @@ impl SandboxFs {
     /// Creates or replaces a file with `mode` (e.g. 0o755).
     pub async fn write_with_mode(&self, path: impl Into<String>, data: impl Into<Vec<u8>>, mode: Option<u32>) -> Result<()> {
         let (path, data) = (path.into(), data.into());
-        let sandbox = self.sandbox.clone();
-        blocking(move || match sandbox.direct_root().and_then(|root| root.write(&path, &data, mode)) {
-            Some(()) => Ok(()),
-            None => sandbox.with_client(|c| c.write_file(&path, &data, mode)),
-        })
-        .await
+        let shared = std::sync::Arc::new(data);
+        let for_agent = shared.clone();
+        self.direct_or_agent(move |root, path| root.write(path, &shared, mode), move |c, path| c.write_file(path, &for_agent, mode), path).await
     }
 
     /// Streams a file from `offset` to its end into `out` chunk by chunk as the agent sends it

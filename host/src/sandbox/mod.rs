@@ -192,15 +192,9 @@ impl Sandbox {
             // Not found yet, or the init it belonged to has ended (a restart): find it now.
             _ => {}
         }
-        let found = self.with_client(|c| c.init_pid()).ok().and_then(|pid| direct::DirectRoot::open(pid, || self.with_client(|c| c.init_pid()).ok()));
-        *state = match found {
-            Some(root) => DirectState::Open(Arc::new(root)),
-            None => DirectState::Unavailable,
-        };
-        match &*state {
-            DirectState::Open(root) => Some(root.clone()),
-            _ => None,
-        }
+        let found = self.with_client(|c| c.init_pid()).ok().and_then(|pid| direct::DirectRoot::open(pid, || self.with_client(|c| c.init_pid()).ok())).map(Arc::new);
+        *state = found.clone().map_or(DirectState::Unavailable, DirectState::Open);
+        found
     }
 
     fn forget_connection(&self) {
