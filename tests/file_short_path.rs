@@ -64,6 +64,10 @@ fn probes(userns: bool) {
     // Replacing keeps the owner; a mode given is applied.
     rt.block_on(fs.write_with_mode("/tmp/new", b"again".to_vec(), Some(0o600))).unwrap();
     assert_eq!(env.sh(name, "stat -c '%u %g %a' /tmp/new; cat /tmp/new").1, "0 0 600\nagain");
+    // A new file's mode is the one given, whole, whatever the server's umask cuts from a create.
+    rt.block_on(fs.write_with_mode("/tmp/open", b"#!/bin/sh\n".to_vec(), Some(0o777))).unwrap();
+    rt.block_on(fs.write_with_mode("/tmp/setuid", b"#!/bin/sh\n".to_vec(), Some(0o4755))).unwrap();
+    assert_eq!(env.sh(name, "stat -c '%u %g %a' /tmp/open /tmp/setuid").1, "0 0 777\n0 0 4755\n");
 
     // `..` chains and links to `/` resolve inside the sandbox's root.
     for path in ["/x/dotdot/tmp/escaped", "/x/rootlink/tmp/escaped2", "/../../../../tmp/escaped3"] {

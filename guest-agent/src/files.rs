@@ -93,11 +93,17 @@ pub fn write_file(path: &str, offset: u64, data: &[u8], truncate: bool, mode: Op
             .truncate(truncate)
             .mode(mode.unwrap_or(0o644))
             .open(path)?;
+        // Before the data (a replaced file never shows it under its old, looser mode) and,
+        // for set-id bits, again after it: a write clears those.
         if let Some(m) = mode {
             file.set_permissions(fs::Permissions::from_mode(m))?;
         }
         file.seek(SeekFrom::Start(offset))?;
-        file.write_all(data)
+        file.write_all(data)?;
+        match mode {
+            Some(m) if m & 0o6000 != 0 => file.set_permissions(fs::Permissions::from_mode(m)),
+            _ => Ok(()),
+        }
     })();
     match result {
         Ok(()) => Response::Done,

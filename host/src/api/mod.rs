@@ -312,7 +312,9 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         log("warning: the API runs without authentication (--insecure-no-auth): anyone who reaches its socket or loopback port controls every sandbox");
     }
     let leftovers = compat::leftovers(&state.config).map_err(|e| ApiError::Config(format!("listing what an earlier server left: {e}")))?;
-    let app = router(state.clone());
+    // Made into a service once: served as a bare `Router`, axum rebuilds every route (each with
+    // its layers) for every connection, which cost more CPU than a small request itself.
+    let app = router(state.clone()).into_make_service();
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {

@@ -95,8 +95,11 @@ impl DirectRoot {
             Ok(fd) => {
                 let file = std::fs::File::from(fd);
                 // The sandbox's root owns what it creates; a file the host cannot hand over
-                // goes again, the long way.
-                let given = nix::unistd::fchown(&file, Some(self.owner.0.into()), Some(self.owner.1.into())).and_then(|_| fchmod(&file, new_mode));
+                // goes again, the long way. Each call is skipped when the create already gave
+                // the file that owner and mode (the usual case: root's, 0644 under umask 022).
+                let owned = self.owner == (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+                let chowned = if owned { Ok(()) } else { nix::unistd::fchown(&file, Some(self.owner.0.into()), Some(self.owner.1.into())) };
+                let given = chowned.and_then(|_| if new_mode.bits() & process_umask() == 0 { Ok(()) } else { fchmod(&file, new_mode) });
                 if given.is_err() {
                     let _ = nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
                     return None;
@@ -145,6 +148,16 @@ impl DirectRoot {
         let fd = nix::fcntl::open(format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(), flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, Mode::empty()).ok()?;
         Some(std::fs::File::from(fd))
     }
+}
+
+/// This process's umask (read once: it never changes while the server runs); all bits set when
+/// it cannot be read, so that every new file's mode is set explicitly.
+fn process_umask() -> libc::mode_t {
+    static UMASK: std::sync::OnceLock<libc::mode_t> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("Umask:")).and_then(|m| libc::mode_t::from_str_radix(m.trim(), 8).ok()).unwrap_or(0o7777)
+    })
 }
 
 /// Filesystems whose regular files are plain data (no kernel interface behind a write).
