@@ -321,11 +321,24 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "1000 concurrent requests all answered: {statuses:?}");
 
-    // Stop, start, and a sandbox the API did not make.
+    // Stop, start, and a sandbox the API did not make. The server keeps a handle per name
+    // between requests: across a stop and a start its answers are a new handle's, and files go
+    // to the running instance.
+    assert_eq!(api.call("PUT", "/v1/sandboxes/box/files?path=/tmp/kept", b"before").0, 204);
     assert_eq!(api.call("POST", "/v1/sandboxes/box/stop", b"").0, 204);
     assert_eq!(api.call("GET", "/v1/sandboxes/box", b"").1["status"], "Stopped");
+    for path in ["/v1/sandboxes/box/files?path=/tmp/kept", "/v1/sandboxes/box/files/stat?path=/tmp/kept"] {
+        let (status, problem) = api.call("GET", path, b"");
+        assert_eq!((status, problem["kind"].as_str()), (409, Some("not-running")), "{path} of a stopped sandbox: {problem}");
+    }
     assert_eq!(api.call("POST", "/v1/sandboxes/box/start", b"").0, 204);
     assert_eq!(api.call("GET", "/v1/sandboxes/box", b"").1["status"], "Running");
+    std::thread::sleep(Duration::from_millis(1100)); // past the handle's wait before it looks for a short path again
+    let (status, _, back) = http(&socket, "GET", "/v1/sandboxes/box/files?path=/tmp/kept", Some(&api.token), b"");
+    assert_eq!((status, back.as_slice()), (200, &b"before"[..]), "the writable layer outlives a restart");
+    assert_eq!(api.call("PUT", "/v1/sandboxes/box/files?path=/tmp/after", b"after the restart").0, 204);
+    let (status, out) = api.call("POST", "/v1/sandboxes/box/exec", json!({"command": ["cat", "/tmp/after"]}).to_string().as_bytes());
+    assert_eq!((status, out["stdout"].as_str()), (200, Some("after the restart")), "written into the running instance: {out}");
     let f = env.file("cli.yaml", &sandbox_yaml("from-file", ""));
     env.ok(&["apply", "-f", f.to_str().unwrap()]);
     let (status, problem) = api.call("DELETE", "/v1/sandboxes/from-file", b"");
@@ -347,6 +360,19 @@ fn the_native_api_needs_its_token_and_drives_a_sandbox_through_its_life() {
     assert_eq!(api.call("POST", "/v1/apply?source=other", sandbox_yaml("team-a", "").as_bytes()).0, 409, "another source's sandbox");
     assert_eq!(api.call("POST", "/v1/apply?source=Bad/Name", b"").0, 400);
     assert_eq!(api.call("DELETE", "/v1/sandboxes/team-a", b"").0, 204);
+
+    // Removed behind the server's back (by the CLI): its kept handle answers 404; made again
+    // under the same name, requests reach the new sandbox.
+    env.ok(&["rm", "--force", "box"]);
+    for (method, path) in [("GET", "/v1/sandboxes/box/files?path=/tmp/kept"), ("POST", "/v1/sandboxes/box/exec")] {
+        let (status, problem) = api.call(method, path, json!({"command": ["true"]}).to_string().as_bytes());
+        assert_eq!((status, problem["kind"].as_str()), (404, Some("not-found")), "{method} {path} after rm: {problem}");
+    }
+    assert_eq!(api.call("POST", "/v1/sandboxes", &manifest("box", &image)).0, 201);
+    assert_eq!(api.call("GET", "/v1/sandboxes/box/files/stat?path=/tmp/kept", b"").0, 404, "a new sandbox, not the old one's files");
+    assert_eq!(api.call("PUT", "/v1/sandboxes/box/files?path=/tmp/kept", b"new").0, 204);
+    let (_, out) = api.call("POST", "/v1/sandboxes/box/exec", json!({"command": ["cat", "/tmp/kept"]}).to_string().as_bytes());
+    assert_eq!(out["stdout"].as_str(), Some("new"), "{out}");
 
     assert_eq!(api.call("DELETE", "/v1/sandboxes/box", b"").0, 204);
     let (status, problem) = api.call("GET", "/v1/sandboxes/box", b"");

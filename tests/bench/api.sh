@@ -11,6 +11,11 @@
 # network and mount namespace of its own (created here, removed after), in a chroot whose /usr
 # and /etc are read-only binds of the host's; the client reaches it inside that namespace.
 # Without its source, the peer's rows are skipped and the script says so.
+# The session rows (exec, file write, file read) take well under a millisecond of work each,
+# and how fast this machine runs moves by half within seconds: after the one-pass rows,
+# tests/bench/api_pairs.py times them again request by request in turn on the peer and the
+# pooled server (BENCH_PAIRS pairs per row, default 200, in BENCH_PAIR_SETS sessions, default
+# 3), and the second table gives each server's p50 and in how many pairs ours was faster.
 set -euo pipefail
 o=$(realpath "${1:?usage: api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]}")
 rootfs=$(realpath "${2:?usage: api.sh ORCHESTRATOR ROOTFS [OPENSANDBOX_SRC]}")
@@ -20,9 +25,12 @@ client=$(realpath "$(dirname "$0")/api_client.py")
 runs=${BENCH_RUNS:-50}
 seconds=${BENCH_SECONDS:-10}
 pool=${BENCH_POOL:-64}
+pairs=${BENCH_PAIRS:-200}
+pair_sets=${BENCH_PAIR_SETS:-3}
 work=$(mktemp -d /tmp/orch-bench-api.XXXXXX)
 netns=osb-bench-$$
 serve_pid=
+peer_up=
 cleanup() {
   [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
   ip netns pids "$netns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
@@ -46,11 +54,29 @@ ours() {  # LABEL [SERVE ARGS...]
   ORCHESTRATOR_DATA_DIR=$work/data "$o" serve --listen "127.0.0.1:$port" --insecure-no-auth --default-image "dir:$rootfs" --allow-host-paths "$(dirname "$rootfs")" "$@" 2>"$work/serve.log" &
   serve_pid=$!
   for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
-  if [ "$#" -gt 0 ]; then
+  pool_full() {
+    [ "$#" -gt 0 ] || return 0
     for _ in $(seq 300); do
       [ "$(curl -s "http://127.0.0.1:$port/v1/pools" | python3 -c 'import json,sys; p=json.load(sys.stdin); print(all(x["ready"] == x["size"] for x in p))')" = True ] && break
       sleep 0.1
     done
+  }
+  pool_full "$@"
+  if [ "$#" -gt 0 ] && [ -n "$peer_up" ]; then
+    # The pairs first, while neither server has work left from earlier rows (the 8 clients'
+    # used sandboxes take ours seconds to remove). A second between sets: the sessions they
+    # removed (and the pool's refill) are done before the next.
+    local r
+    for r in $(seq "$pair_sets"); do
+      python3 "$(dirname "$0")/api_pairs.py" ours "http://127.0.0.1:$port" - opensandbox http://127.0.0.1:8080 "/var/run/netns/$netns" --runs "$pairs" >> "$work/pairs.jsonl"
+      sleep 1
+    done
+  fi
+  if [ "$#" -gt 0 ]; then
+    # The native routes on a sandbox of their own (ours only: the peer has none).
+    python3 "$(dirname "$0")/api_native.py" "http://127.0.0.1:$port" "$runs" "dir:$rootfs" > "$work/$label.native.json"
+    sleep 1
+    pool_full "$@"
   fi
   python3 "$client" "http://127.0.0.1:$port" --runs "$runs" --seconds "$seconds" > "$work/$label.json"
   if [ "$#" -gt 0 ]; then
@@ -81,16 +107,22 @@ peer() {
     exec chroot $root /peer/isolate serve --port 8080 --grpc-port 50051
   " >"$work/peer.log" 2>&1 &
   for _ in $(seq 100); do ip netns exec "$netns" curl -s http://127.0.0.1:8080/health >/dev/null 2>&1 && break; sleep 0.1; done
-  ip netns exec "$netns" python3 "$client" http://127.0.0.1:8080 --runs "$runs" --seconds "$seconds" > "$work/opensandbox.json"
+  peer_up=1
+  # It keeps running (idle between its turns) for the pairs against the pooled server.
+  peer_client --runs "$runs" --seconds "$seconds" > "$work/opensandbox.json"
 }
 
-ours "orchestrator-pool" --warm-pool "dir:$rootfs=$pool"
-ours "orchestrator"
+peer_client() {  # CLIENT ARGS...: the client against the peer, inside its namespace
+  ip netns exec "$netns" python3 "$client" http://127.0.0.1:8080 "$@"
+}
+
 if [ -d "$src" ]; then
   peer
 else
   echo "bench: no OpenSandbox source at $src: its rows are skipped (give its path as the third argument)" >&2
 fi
+ours "orchestrator-pool" --warm-pool "dir:$rootfs=$pool"
+ours "orchestrator"
 
 python3 - "$work" "$pool" <<'PY'
 import json, os, sys
@@ -119,6 +151,22 @@ if os.path.exists(creates):
         c = json.loads(line)
         what = "the pool's spec (from the pool)" if c["memory"] == "2Gi" else f"memory {c['memory']} (a fresh sandbox)"
         print(f"| {what} | {c['p50']} | {c['p95']} |")
+pairs = os.path.join(work, "pairs.jsonl")
+if os.path.exists(pairs):
+    sets = [json.loads(l) for l in open(pairs)]
+    print(f"\n| session rows, request by request in turn ({len(sets)} sessions each) | OpenSandbox p50 ms | orchestrator, pool of {pool} p50 ms | pairs ours faster |")
+    print("|---|---|---|---|")
+    for key, what in (("session_exec", "session exec"), ("file_write_1k", "file write 1 KiB"), ("file_read_1k", "file read 1 KiB")):
+        theirs = " / ".join(str(s[key]["opensandbox"]["p50"]) for s in sets)
+        ours = " / ".join(str(s[key]["ours"]["p50"]) for s in sets)
+        faster, total = sum(s[key]["ours_faster"] for s in sets), sum(s[key]["pairs"] for s in sets)
+        print(f"| {what} | {theirs} | {ours} | {faster} of {total} ({round(100 * faster / total)}%) |")
+native = os.path.join(work, "orchestrator-pool.native.json")
+if os.path.exists(native):
+    n = json.load(open(native))
+    print("\n| native API, one sandbox (POST /v1/sandboxes) | p50 ms | p95 ms |\n|---|---|---|")
+    for key, what in (("file_write_1k", "PUT .../files 1 KiB"), ("file_read_1k", "GET .../files 1 KiB"), ("exec_true", "POST .../exec /bin/true")):
+        print(f"| {what} | {n[key]['p50']} | {n[key]['p95']} |")
 pools = os.path.join(work, "orchestrator-pool.pools.json")
 if os.path.exists(pools):
     for p in json.load(open(pools)):

@@ -63,7 +63,7 @@ fn sandbox_path(path: &str) -> ApiResult<String> {
 }
 
 async fn sandbox(state: &ApiState, name: &str) -> ApiResult<Sandbox> {
-    Sandbox::get_in(state.config.clone(), name).await.map_err(Problem::from)
+    state.handles.get(&state.config, name).await.map_err(Problem::from)
 }
 
 /// How feeding a request body to the agent ended, when it did not end well.

@@ -133,7 +133,7 @@ impl SignalName {
 )]
 async fn upgrade(State(state): State<Arc<ApiState>>, Path(name): Path<String>, ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> ApiResult<Response> {
     let ws = ws.map_err(|e| Problem::bad_request(format!("this route is a WebSocket (GET with Upgrade: websocket): {}", e.body_text())))?;
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let sandbox = state.handles.get(&state.config, &name).await.map_err(Problem::from)?;
     let slot = state.exec_slot(&name)?;
     Ok(ws.max_message_size(MAX_MESSAGE).max_frame_size(MAX_MESSAGE).on_upgrade(move |socket| session(state, sandbox, slot, socket)))
 }

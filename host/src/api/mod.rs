@@ -20,6 +20,7 @@ mod compat;
 pub(crate) mod exec;
 mod files;
 mod foreground;
+mod handles;
 pub mod hostpaths;
 mod interactive;
 pub mod metrics;
@@ -135,6 +136,8 @@ pub struct ApiState {
     foreground: Arc<foreground::Foreground>,
     /// Image pulls running at once ([`catalog::PULLS_AT_ONCE`]).
     pulls: Arc<Semaphore>,
+    /// Handles of the sandboxes requests name, kept between requests.
+    handles: handles::Handles,
 }
 
 impl ApiState {
@@ -213,6 +216,23 @@ async fn count_request(axum::extract::State(state): axum::extract::State<Arc<Api
     response
 }
 
+/// The server holds descriptors for each client connection, session and kept sandbox handle
+/// (a shim connection, a pidfd, a root): its soft limit on open files goes up to the hard one
+/// (any process may raise its own that far), so a busy server does not run out at the usual
+/// soft default of 1024.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20).max(lim.rlim_cur);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open files limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -265,6 +285,7 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
             return Err(ApiError::Config(format!("--allow-host-paths {}: not a directory", root.display())));
         }
     }
+    raise_open_files_limit();
     let socket = options.socket.clone().unwrap_or_else(|| config.data_dir.join("api.sock"));
     // One worker thread, which also accepts: the async side of a request is parsing and
     // bookkeeping, and what blocks (the shim's socket, the store, files) runs on the blocking
@@ -307,6 +328,7 @@ pub fn start(config: Config, options: ApiOptions, log: fn(&str)) -> Result<Runni
         discards_may_wait: pool::discards_may_wait(&options.warm_pools),
         foreground: foreground::Foreground::new(),
         pulls: Arc::new(Semaphore::new(catalog::PULLS_AT_ONCE)),
+        handles: Default::default(),
     });
     if options.insecure_no_auth {
         log("warning: the API runs without authentication (--insecure-no-auth): anyone who reaches its socket or loopback port controls every sandbox");
@@ -388,6 +410,7 @@ mod tests {
             discards_may_wait: 1,
             foreground: foreground::Foreground::new(),
             pulls: Arc::new(Semaphore::new(1)),
+            handles: Default::default(),
         }
     }
 

@@ -184,6 +184,7 @@ async fn owned(state: &ApiState, name: &str) -> ApiResult<Sandbox> {
 #[utoipa::path(delete, path = "/v1/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox")), responses((status = 204, description = "Removed: no process, mount or directory left"), (status = 404, description = "No such sandbox", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Another source declares it", body = Problem, content_type = "application/problem+json")))]
 async fn remove(State(state): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
     owned(&state, &name).await?.remove().await.map_err(Problem::from)?;
+    state.handles.forget(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -266,7 +267,7 @@ async fn exec_collected(State(state): St, Path(name): Path<String>, headers: Hea
         (None, Some(b64)) => Some(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| Problem::bad_request(format!("stdinBase64: {e}")))?),
         (None, None) => None,
     };
-    let sandbox = Sandbox::get_in(state.config.clone(), &name).await.map_err(Problem::from)?;
+    let sandbox = state.handles.get(&state.config, &name).await.map_err(Problem::from)?;
     let options = exec::options(&state, req.command, req.env, req.cwd, req.user, req.timeout_ms)?;
     if let Some(framing) = Framing::from_accept(&headers) {
         let slot = state.exec_slot(&name)?;

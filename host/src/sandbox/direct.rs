@@ -32,6 +32,10 @@ use nix::sys::statfs::{fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_S
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
+/// The most a read reserves ahead from a file's length (a larger file's buffer grows as it is
+/// read, as it would without the hint).
+const MAX_PRESIZE: u64 = 16 << 20;
+
 /// A namespace sandbox's root as the host reaches it.
 pub struct DirectRoot {
     /// The sandbox's init: readable once it has exited.
@@ -80,9 +84,13 @@ impl DirectRoot {
     /// At most `len` bytes of the regular file `path` from `offset`.
     pub fn read_range(&self, path: &str, offset: u64, len: u64) -> Direct<Vec<u8>> {
         let (dir, name) = self.parent(path)?;
-        let mut file = self.reopen_regular(&dir, &name, OFlag::O_RDONLY)?;
-        file.seek(SeekFrom::Start(offset)).ok()?;
-        let mut out = Vec::new();
+        let (mut file, size) = self.reopen_regular(&dir, &name, OFlag::O_RDONLY)?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset)).ok()?;
+        }
+        // Sized from the file's length (a file that grows meanwhile still reads to `len`): one
+        // read for its bytes and one that finds the end.
+        let mut out = Vec::with_capacity(len.min(size.saturating_sub(offset)).min(MAX_PRESIZE) as usize);
         file.take(len).read_to_end(&mut out).ok()?;
         Some(out)
     }
@@ -107,7 +115,7 @@ impl DirectRoot {
                 file
             }
             Err(nix::errno::Errno::EEXIST) => {
-                let file = self.reopen_regular(&dir, &name, OFlag::O_WRONLY | OFlag::O_TRUNC)?;
+                let (file, _) = self.reopen_regular(&dir, &name, OFlag::O_WRONLY | OFlag::O_TRUNC)?;
                 if let Some(m) = mode {
                     fchmod(&file, Mode::from_bits_truncate(m & 0o7777)).ok()?;
                 }
@@ -137,8 +145,8 @@ impl DirectRoot {
     }
 
     /// `name` in `dir` opened with `flags` when it is a regular file on a plain-data filesystem;
-    /// never opens anything else.
-    fn reopen_regular(&self, dir: &OwnedFd, name: &str, flags: OFlag) -> Option<std::fs::File> {
+    /// never opens anything else. With its size when checked.
+    fn reopen_regular(&self, dir: &OwnedFd, name: &str, flags: OFlag) -> Option<(std::fs::File, u64)> {
         let handle = openat(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
         let st = fstat(&handle).ok()?;
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || !plain_data(&handle) {
@@ -146,7 +154,7 @@ impl DirectRoot {
         }
         // The same inode, now open for I/O: nothing can swap it between the check and here.
         let fd = nix::fcntl::open(format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(), flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, Mode::empty()).ok()?;
-        Some(std::fs::File::from(fd))
+        Some((std::fs::File::from(fd), u64::try_from(st.st_size).unwrap_or(0)))
     }
 }
 

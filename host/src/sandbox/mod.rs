@@ -62,13 +62,17 @@ pub struct Sandbox {
     direct: Arc<Mutex<DirectState>>,
 }
 
+/// How long a handle trusts that the short path is not for its sandbox before asking again.
+const DIRECT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Default)]
 enum DirectState {
     #[default]
     Unknown,
-    /// Not for this sandbox (a microVM, a shim that does not know the request, a host process
-    /// that may not reach other processes' roots): every file request goes through the agent.
-    Unavailable,
+    /// Not for this sandbox when last asked (a microVM, a user namespace, a shim that does not
+    /// know the request, a sandbox not running): file requests go through the agent. Asked
+    /// again after [`DIRECT_RETRY`]: a kept handle may outlive the instance it was asked for.
+    Unavailable(std::time::Instant),
     Open(Arc<direct::DirectRoot>),
 }
 
@@ -188,12 +192,12 @@ impl Sandbox {
         let mut state = self.direct.lock().unwrap_or_else(|e| e.into_inner());
         match &*state {
             DirectState::Open(root) if root.alive() => return Some(root.clone()),
-            DirectState::Unavailable => return None,
+            DirectState::Unavailable(asked) if asked.elapsed() < DIRECT_RETRY => return None,
             // Not found yet, or the init it belonged to has ended (a restart): find it now.
             _ => {}
         }
         let found = self.with_client(|c| c.init_pid()).ok().and_then(|pid| direct::DirectRoot::open(pid, || self.with_client(|c| c.init_pid()).ok())).map(Arc::new);
-        *state = found.clone().map_or(DirectState::Unavailable, DirectState::Open);
+        *state = found.clone().map_or_else(|| DirectState::Unavailable(std::time::Instant::now()), DirectState::Open);
         found
     }
 
