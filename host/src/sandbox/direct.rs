@@ -43,6 +43,8 @@ pub struct DirectRoot {
     root: OwnedFd,
     /// The host uid and gid of the sandbox's root user.
     owner: (u32, u32),
+    /// `owner` is this process's own ids: what it creates needs no `fchown`.
+    owner_is_ours: bool,
 }
 
 /// What the short path did: done, or the request should go the long way (through the agent).
@@ -70,7 +72,8 @@ impl DirectRoot {
         if confirm() != Some(pid) {
             return None;
         }
-        Some(DirectRoot { pidfd, root, owner: (uid, gid) })
+        let owner_is_ours = (uid, gid) == (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        Some(DirectRoot { pidfd, root, owner: (uid, gid), owner_is_ours })
     }
 
     /// The sandbox's init still runs (so `root` is still its root).
@@ -105,8 +108,7 @@ impl DirectRoot {
                 // The sandbox's root owns what it creates; a file the host cannot hand over
                 // goes again, the long way. Each call is skipped when the create already gave
                 // the file that owner and mode (the usual case: root's, 0644 under umask 022).
-                let owned = self.owner == (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-                let chowned = if owned { Ok(()) } else { nix::unistd::fchown(&file, Some(self.owner.0.into()), Some(self.owner.1.into())) };
+                let chowned = if self.owner_is_ours { Ok(()) } else { nix::unistd::fchown(&file, Some(self.owner.0.into()), Some(self.owner.1.into())) };
                 let given = chowned.and_then(|_| if new_mode.bits() & process_umask() == 0 { Ok(()) } else { fchmod(&file, new_mode) });
                 if given.is_err() {
                     let _ = nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
