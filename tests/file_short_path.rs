@@ -14,17 +14,22 @@ use orchestrator::Sandbox;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-/// The shim's host pid: the parent of the sandbox's init (pid 1 inside its cgroup).
-fn shim_pid(instance: &str) -> i32 {
+fn status_field(pid: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find(|l| l.starts_with(key)).map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+}
+
+/// The sandbox's init as the host sees it (pid 1 inside its cgroup).
+fn init_pid(instance: &str) -> String {
     let procs = ["pids", "memory", ""]
         .iter()
         .find_map(|c| std::fs::read_to_string(std::path::Path::new("/sys/fs/cgroup").join(c).join("orchestrator").join(instance).join("cgroup.procs")).ok())
         .expect("the sandbox's cgroup");
-    let field = |pid: &str, key: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find(|l| l.starts_with(key)).map(|l| l.split_whitespace().last().unwrap_or("").to_string())
-    };
-    let init = procs.lines().map(str::trim).find(|pid| field(pid, "NSpid:").as_deref() == Some("1")).expect("the sandbox's init");
-    field(init, "PPid:").and_then(|p| p.parse().ok()).expect("its parent")
+    procs.lines().map(str::trim).find(|pid| status_field(pid, "NSpid:").as_deref() == Some("1")).expect("the sandbox's init").to_string()
+}
+
+/// The shim's host pid: the parent of the sandbox's init.
+fn shim_pid(instance: &str) -> i32 {
+    status_field(&init_pid(instance), "PPid:").and_then(|p| p.parse().ok()).expect("its parent")
 }
 
 fn probes(userns: bool) {
@@ -91,6 +96,40 @@ fn probes(userns: bool) {
     let before = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert!(rt.block_on(fs.write("/proc/sys/kernel/hostname", b"pwned".to_vec())).is_err(), "a procfs write went through");
     assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), before, "the host's hostname");
+
+    // Device nodes in the sandbox's root (planted by the host: the sandbox may not mknod) open
+    // neither on the short path nor through the agent: the root's mount is `nodev`. Were one
+    // opened, the read would give zeros and the write would vanish into the host's null device.
+    let root = format!("/proc/{}/root", init_pid(env.sandbox(name)["instance"].as_str().unwrap()));
+    for (node, dev) in [("/x/zero", libc::makedev(1, 5)), ("/x/null", libc::makedev(1, 3))] {
+        let host_path = std::ffi::CString::new(format!("{root}{node}")).unwrap();
+        // SAFETY: mknod with a NUL-terminated path.
+        if unsafe { libc::mknod(host_path.as_ptr(), libc::S_IFCHR | 0o666, dev) } != 0 {
+            // A user namespace's overlay is made by its root, who may not make device nodes
+            // in it, the host's root through it included: nothing is there to open.
+            assert!(userns, "planting {node}: {}", std::io::Error::last_os_error());
+            continue;
+        }
+        let read = rt.block_on(fs.read_range(node, 0, 16));
+        assert!(read.is_err(), "{node} opened for a read: {read:?}");
+        let written = rt.block_on(fs.write(node, b"into a device".to_vec()));
+        assert!(written.is_err(), "{node} opened for a write: {written:?}");
+    }
+    // A pipe is refused at once, whether or not anything holds its other end (a blocking open
+    // would wait for ever): both ways, reading and writing.
+    assert_eq!(env.sh(name, "mkfifo /x/fifo && echo ok").1, "ok\n");
+    let fifo = rt.block_on(async {
+        let read = tokio::time::timeout(Duration::from_secs(20), fs.read("/x/fifo")).await.expect("a read of a pipe waited");
+        let write = tokio::time::timeout(Duration::from_secs(20), fs.write("/x/fifo", b"x".to_vec())).await.expect("a write to a pipe waited");
+        (read, write)
+    });
+    assert!(fifo.0.is_err() && fifo.1.is_err(), "a pipe was read or written: {fifo:?}");
+    // A file of the image (a lower layer) is replaced in the sandbox only: the write moves it
+    // to the sandbox's own layer, and the new content is what the sandbox sees.
+    rt.block_on(fs.write("/etc/motd", b"changed in the sandbox\n".to_vec())).unwrap();
+    assert_eq!(env.sh(name, "cat /etc/motd").1, "changed in the sandbox\n");
+    assert_eq!(rt.block_on(fs.read("/etc/motd")).unwrap(), b"changed in the sandbox\n");
+    assert_ne!(std::fs::read(rootfs().join("etc/motd")).unwrap(), b"changed in the sandbox\n", "the image's own file");
 
     // A file the host's root may read but the sandbox's root may not stays unread (a user
     // namespace's root has no power over ids its mounts do not map).

@@ -44,7 +44,9 @@ fn kind_of(ft: fs::FileType) -> FileKind {
 
 /// Streams a file's contents through `send`, `CHUNK_LEN` bytes per frame, the last with `eof`.
 pub fn read_file(path: &str, offset: u64, len: Option<u64>, send: &mut dyn FnMut(Response) -> bool) {
-    let mut file = match fs::File::open(path) {
+    // Non-blocking: a pipe opens at once, writer or not, and is refused by the seek below
+    // instead of the open waiting for a writer that never comes. Regular files ignore it.
+    let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
         Err(e) => {
             send(io_error(path, &e));
@@ -92,6 +94,9 @@ pub fn write_file(path: &str, offset: u64, data: &[u8], truncate: bool, mode: Op
             .create(true)
             .truncate(truncate)
             .mode(mode.unwrap_or(0o644))
+            // A pipe without a reader fails the open at once (ENXIO) instead of waiting for
+            // one; with a reader it is refused by the seek before any data goes in.
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)?;
         // Before the data (a replaced file never shows it under its old, looser mode) and,
         // for set-id bits, again after it: a write clears those.
@@ -218,5 +223,32 @@ mod tests {
             true
         });
         assert!(matches!(answers.as_slice(), [Response::Error { code: ErrorCode::BadRequest, .. }]), "{answers:?}");
+    }
+
+    #[test]
+    fn a_pipe_nobody_holds_open_is_refused_at_once_for_reading_and_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let path = fifo.to_str().unwrap().to_string();
+        // On a thread: a blocking open would never return, and the test must fail, not hang.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            read_file(&path, 0, None, &mut |r| {
+                answers.push(r);
+                true
+            });
+            let written = write_file(&path, 0, b"data", true, None);
+            let _ = tx.send((answers, written));
+        });
+        let (answers, written) = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a pipe with no other end held the open");
+        assert!(matches!(answers.as_slice(), [Response::Error { code: ErrorCode::BadRequest, .. }]), "read: {answers:?}");
+        assert!(matches!(written, Response::Error { .. }), "write: {written:?}");
+        // With a reader there, a write is refused before any data goes in.
+        let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+        assert!(matches!(write_file(fifo.to_str().unwrap(), 0, b"data", true, None), Response::Error { code: ErrorCode::BadRequest, .. }));
+        let mut got = [0u8; 8];
+        assert!(matches!((&reader).read(&mut got), Ok(0) | Err(_)), "data went into the pipe");
     }
 }

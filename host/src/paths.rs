@@ -48,10 +48,15 @@ impl DataDir {
         self.root.join("reconcile.lock")
     }
 
+    /// `DATA/locks`: the objects' lock files.
+    pub fn object_locks(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
     /// Held by whoever changes one object's instance (converge, start, stop, delete), so one
     /// object is never reconciled twice at once while others proceed.
     pub fn object_lock(&self, name: &str) -> std::io::Result<PathBuf> {
-        let dir = self.root.join("locks");
+        let dir = self.object_locks();
         if !dir.is_dir() {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().mode(0o700).create(&dir).or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })?;
@@ -196,36 +201,59 @@ fn private_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)
 }
 
-/// An exclusive advisory lock held for the life of the returned file.
+/// An exclusive advisory lock held for the life of the returned file; None when another holds
+/// it. A lock file may be removed by whoever holds it (`remove_lock`): a file locked after its
+/// removal is not the lock any more, and is opened again from its path.
 pub fn try_lock(path: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
-    let file = private_lock_file(path)?;
-    // SAFETY: flock on an fd we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(Some(file));
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(None)
-    } else {
-        Err(err)
+    loop {
+        let file = private_lock_file(path)?;
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            if still_at(&file, path) {
+                return Ok(Some(file));
+            }
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(err) };
     }
 }
 
-/// Blocks until the lock is ours.
+/// Blocks until the lock is ours (see `try_lock` on removed lock files).
 pub fn lock(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
-    let file = private_lock_file(path)?;
     loop {
+        let file = private_lock_file(path)?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(file);
+            if still_at(&file, path) {
+                return Ok(file);
+            }
+            continue;
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {
             return Err(err);
         }
+    }
+}
+
+/// Removes the lock file at `path`, whose lock `held` is, then lets the lock go. Whoever waits
+/// for it wakes on a file no longer at `path` and takes the lock from the path again.
+pub fn remove_lock(path: &Path, held: std::fs::File) -> std::io::Result<()> {
+    let removed = if still_at(&held, path) { std::fs::remove_file(path) } else { Ok(()) };
+    drop(held);
+    removed
+}
+
+/// Whether `file` is still the file `path` names.
+fn still_at(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -240,6 +268,31 @@ pub fn shim_alive(dir: &InstanceDir) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock file removed by its holder while another process waits on it: the waiter gets
+    /// the old file, sees it is not at the path any more, and takes the path's new file, which
+    /// a third taker then finds held. Never two holders.
+    #[test]
+    fn a_waiter_on_a_removed_lock_file_takes_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let held = lock(&path).unwrap();
+        let waiter_path = path.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let got = lock(&waiter_path).unwrap();
+            tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(got);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        remove_lock(&path, held).unwrap();
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the waiter got the lock");
+        assert!(path.exists(), "the waiter made the file again");
+        assert!(try_lock(&path).unwrap().is_none(), "the waiter holds the file at the path");
+        waiter.join().unwrap();
+        assert!(try_lock(&path).unwrap().is_some(), "free once the waiter lets go");
+    }
 
     /// A name typed on the command line never becomes a path outside DATA/locks.
     #[test]

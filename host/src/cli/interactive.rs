@@ -289,8 +289,12 @@ pub fn run(orch: &mut Orchestrator, name: Option<String>, mut spec: SandboxSpec,
         code
     })();
     if rm {
-        let _object = orch.lock_object(&name)?;
+        let object = orch.lock_object(&name)?;
         orch.delete(&name)?;
+        // The name is nothing's now: its lock file goes too (`paths::remove_lock`).
+        if let Ok(path) = orch.data.object_lock(&name) {
+            let _ = crate::paths::remove_lock(&path, object);
+        }
     } else if let Some(row) = orch.store.sandbox(&name)? {
         if let Some(_object) = orch.try_lock_object(&name) {
             // Wait briefly for the shim to record the exit, so `get` right after shows it.

@@ -71,6 +71,9 @@ pub struct ApiFlags {
     secret_refresh: u64,
 }
 
+/// How often `serve` removes the lock files of names nothing has any more.
+const LOCK_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prune_empty: bool, flags: ApiFlags) -> Result<i32> {
     if flags.secret_refresh > 0 {
         let config = (*orch.config).clone();
@@ -90,6 +93,27 @@ pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prun
                 }
             })
             .context("starting the secret refresh")?;
+    }
+    {
+        // Lock files of names used once (a pool's sandboxes, `/run`'s) would pile up for ever.
+        let config = (*orch.config).clone();
+        std::thread::Builder::new()
+            .name("lock-sweep".into())
+            .spawn(move || {
+                let orch = match Orchestrator::open(config) {
+                    Ok(o) => o,
+                    Err(e) => return tracing::error!("the lock file sweep is off: {e}"),
+                };
+                loop {
+                    std::thread::sleep(LOCK_SWEEP_EVERY);
+                    match orch.sweep_object_locks() {
+                        Ok(n) if n > 0 => tracing::debug!("removed {n} lock files of names no longer in use"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("sweeping lock files: {e}"),
+                    }
+                }
+            })
+            .context("starting the lock file sweep")?;
     }
     let api = if flags.no_api {
         None

@@ -180,7 +180,7 @@ impl Orchestrator {
 
     /// Takes one object's lock (blocking) for the life of the returned file.
     pub fn lock_object(&self, name: &str) -> Result<File> {
-        let path = self.data.object_lock(name).map_err(|e| ReconcileError::DataDir { path: self.data.root().join("locks").display().to_string(), source: e })?;
+        let path = self.data.object_lock(name).map_err(|e| ReconcileError::DataDir { path: self.data.object_locks().display().to_string(), source: e })?;
         crate::paths::lock(&path).map_err(|e| ReconcileError::DataDir { path: path.display().to_string(), source: e })
     }
 
@@ -644,6 +644,7 @@ impl Orchestrator {
     }
 }
 
+mod locks;
 mod secrets;
 #[cfg(test)]
 mod tests;

@@ -103,6 +103,30 @@ mod converge {
     }
 
     #[test]
+    fn the_sweep_removes_lock_files_of_gone_names_and_keeps_those_in_use_or_held() {
+        let mut h = harness();
+        h.apply("  isolation: namespace\n");
+        let lock_of = |name: &str| h.orch.data.object_lock(name).expect("a lock path");
+        // Names used once and let go (as a pool's and `/run`'s are), one held right now, and
+        // one a client typed that no object may have.
+        for name in ["pool-0123abcd", "run-1", "Not A Name"] {
+            drop(h.orch.lock_object(name).expect("lock"));
+        }
+        let held = h.orch.lock_object("busy").expect("lock");
+        drop(h.orch.lock_object("web").expect("lock"));
+        assert_eq!(h.orch.sweep_object_locks().expect("sweep"), 3);
+        assert!(!lock_of("pool-0123abcd").exists() && !lock_of("run-1").exists() && !lock_of("Not A Name").exists());
+        assert!(lock_of("web").exists(), "a sandbox's own lock file stays");
+        assert!(lock_of("busy").exists(), "a held lock's file stays");
+        // The held lock still excludes others, and a swept name locks again as before.
+        assert!(h.orch.try_lock_object("busy").is_none());
+        drop(held);
+        let again = h.orch.lock_object("run-1").expect("lock again");
+        assert!(h.orch.try_lock_object("run-1").is_none(), "the new file is the lock");
+        drop(again);
+    }
+
+    #[test]
     fn apply_starts_an_instance_once_and_converging_again_changes_nothing() {
         let mut h = harness();
         let report = h.apply("  isolation: namespace\n");

@@ -15,6 +15,14 @@
 //!   device node, a FIFO, a link as the last component: the long way.
 //! - A new file is created `O_EXCL` in a parent resolved as above and given to the sandbox's
 //!   root, as the agent would have made it.
+//! - Where the sandbox's root is a mount that refuses device nodes (`nodev`, which a sandbox
+//!   without `CAP_SYS_ADMIN` cannot remount) and holds plain data, a path that stays on that
+//!   mount (`RESOLVE_NO_XDEV`) skips the parent and the `/proc/self/fd` reopen: it is checked
+//!   through an `O_PATH` handle, then walked again and opened `O_NOFOLLOW | O_NONBLOCK`, and
+//!   kept only when it is the inode checked. No device can open on that mount; a FIFO or
+//!   socket the sandbox swaps in between the two walks opens without waiting (or not at all)
+//!   and is closed unused. A path that crosses a mount (a volume, `/dev`, `/proc`) takes the
+//!   way above; a new file is still created `O_EXCL`, in the same single walk.
 //! - Only for sandboxes without a user namespace, whose root keeps `CAP_DAC_OVERRIDE` over
 //!   every file: the host's root then may do nothing in the tree that the sandbox's root may
 //!   not. A user-namespaced sandbox's root has no power over ids its namespace does not map
@@ -28,6 +36,7 @@
 
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fchmod, fstat, Mode, SFlag};
+use nix::sys::statvfs::{fstatvfs, FsFlags};
 use nix::sys::statfs::{fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -45,6 +54,15 @@ pub struct DirectRoot {
     owner: (u32, u32),
     /// `owner` is this process's own ids: what it creates needs no `fchown`.
     owner_is_ours: bool,
+    /// `root`'s mount is `nodev` and plain data: paths that stay on it are opened from the root, walk by walk.
+    root_mount_sealed: bool,
+}
+
+/// How an open from the root (on its own mount) went.
+enum OnRoot<T> {
+    Done(Direct<T>),
+    /// The path crosses a mount (or the root's mount is not sealed): the parent's way decides.
+    LeftRoot,
 }
 
 /// What the short path did: done, or the request should go the long way (through the agent).
@@ -73,7 +91,8 @@ impl DirectRoot {
             return None;
         }
         let owner_is_ours = (uid, gid) == (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-        Some(DirectRoot { pidfd, root, owner: (uid, gid), owner_is_ours })
+        let root_mount_sealed = fstatvfs(&root).is_ok_and(|s| s.flags().contains(FsFlags::ST_NODEV)) && plain_data(&root);
+        Some(DirectRoot { pidfd, root, owner: (uid, gid), owner_is_ours, root_mount_sealed })
     }
 
     /// The sandbox's init still runs (so `root` is still its root).
@@ -86,8 +105,13 @@ impl DirectRoot {
 
     /// At most `len` bytes of the regular file `path` from `offset`.
     pub fn read_range(&self, path: &str, offset: u64, len: u64) -> Direct<Vec<u8>> {
-        let (dir, name) = self.parent(path)?;
-        let (mut file, size) = self.reopen_regular(&dir, &name, OFlag::O_RDONLY)?;
+        let (mut file, size) = match self.open_on_root(path, OFlag::O_RDONLY) {
+            OnRoot::Done(opened) => opened?,
+            OnRoot::LeftRoot => {
+                let (dir, name) = self.parent(path)?;
+                self.reopen_regular(&dir, &name, OFlag::O_RDONLY)?
+            }
+        };
         if offset > 0 {
             file.seek(SeekFrom::Start(offset)).ok()?;
         }
@@ -100,8 +124,11 @@ impl DirectRoot {
 
     /// Creates or replaces the regular file `path` with `data` (`mode`, or 0644 for a new one).
     pub fn write(&self, path: &str, data: &[u8], mode: Option<u32>) -> Direct<()> {
-        let (dir, name) = self.parent(path)?;
         let new_mode = Mode::from_bits_truncate(mode.unwrap_or(0o644) & 0o7777);
+        if let OnRoot::Done(written) = self.write_on_root(path, data, mode, new_mode) {
+            return written;
+        }
+        let (dir, name) = self.parent(path)?;
         let mut file = match openat(&dir, name.as_str(), OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, new_mode) {
             Ok(fd) => {
                 let file = std::fs::File::from(fd);
@@ -126,6 +153,65 @@ impl DirectRoot {
             Err(_) => return None,
         };
         file.write_all(data).ok()
+    }
+
+    /// [`write`](Self::write) from the root, on its own mount: a new file when its create needs no
+    /// fix-up of owner or mode (else the parent's way, which can remove what it could not hand
+    /// over), an existing regular file truncated and rewritten.
+    fn write_on_root(&self, path: &str, data: &[u8], mode: Option<u32>, new_mode: Mode) -> OnRoot<()> {
+        let Some(relative) = self.on_root(path) else { return OnRoot::LeftRoot };
+        if !self.owner_is_ours || new_mode.bits() & process_umask() != 0 {
+            return OnRoot::LeftRoot;
+        }
+        let create = OpenHow::new().flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).mode(new_mode).resolve(on_root_resolve());
+        let mut file = match openat2(&self.root, relative, create) {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(nix::errno::Errno::EEXIST) => match self.open_on_root(path, OFlag::O_WRONLY) {
+                OnRoot::Done(Some((file, _))) => {
+                    let fixed = file.set_len(0).is_ok() && mode.is_none_or(|m| fchmod(&file, Mode::from_bits_truncate(m & 0o7777)).is_ok());
+                    if !fixed {
+                        return OnRoot::Done(None);
+                    }
+                    file
+                }
+                other => return other.map(|_| ()),
+            },
+            Err(nix::errno::Errno::EXDEV) => return OnRoot::LeftRoot,
+            Err(_) => return OnRoot::Done(None),
+        };
+        OnRoot::Done(file.write_all(data).ok())
+    }
+
+    /// `path` opened with `flags` when it stays on the root's sealed mount and is a regular
+    /// file, with its size. Checked first through an `O_PATH` handle (no open of anything
+    /// else happens), then walked again to open it: a file swapped in between is opened
+    /// without waiting, told apart by its inode (the handle keeps the checked one from being
+    /// reused) and closed unused.
+    fn open_on_root(&self, path: &str, flags: OFlag) -> OnRoot<(std::fs::File, u64)> {
+        let Some(relative) = self.on_root(path) else { return OnRoot::LeftRoot };
+        let walk = |flags: OFlag| openat2(&self.root, relative, OpenHow::new().flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).resolve(on_root_resolve()));
+        let handle = match walk(OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::EXDEV) => return OnRoot::LeftRoot,
+            Err(_) => return OnRoot::Done(None),
+        };
+        let regular = |fd: &OwnedFd| fstat(fd).ok().filter(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG);
+        let Some(checked) = regular(&handle) else { return OnRoot::Done(None) };
+        let Ok(fd) = walk(flags | OFlag::O_NONBLOCK | OFlag::O_NOCTTY) else { return OnRoot::Done(None) };
+        // An inode that copy-up moved (a first write to an image file) differs too: the long way.
+        let same = regular(&fd).is_some_and(|st| (st.st_dev, st.st_ino) == (checked.st_dev, checked.st_ino));
+        OnRoot::Done(same.then(|| (std::fs::File::from(fd), u64::try_from(checked.st_size).unwrap_or(0))))
+    }
+
+    /// `path` relative to the root when opens from the root may take it: the root's mount is
+    /// sealed and the path names a file below the root (not the root, `.` or `..`).
+    fn on_root<'p>(&self, path: &'p str) -> Option<&'p str> {
+        if !self.root_mount_sealed || !path.starts_with('/') || path.contains('\0') || path.ends_with('/') {
+            return None;
+        }
+        let name = path.rsplit('/').next()?;
+        let relative = path.trim_start_matches('/');
+        (!relative.is_empty() && name != "." && name != "..").then_some(relative)
     }
 
     /// The directory holding `path`'s last component, resolved inside the root, and that
@@ -157,6 +243,20 @@ impl DirectRoot {
         // The same inode, now open for I/O: nothing can swap it between the check and here.
         let fd = nix::fcntl::open(format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(), flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, Mode::empty()).ok()?;
         Some((std::fs::File::from(fd), u64::try_from(st.st_size).unwrap_or(0)))
+    }
+}
+
+/// How opens from the root resolve: inside the root, no `/proc` magic links, never off its mount.
+fn on_root_resolve() -> ResolveFlag {
+    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+impl<T> OnRoot<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> OnRoot<U> {
+        match self {
+            OnRoot::Done(done) => OnRoot::Done(done.map(f)),
+            OnRoot::LeftRoot => OnRoot::LeftRoot,
+        }
     }
 }
 
