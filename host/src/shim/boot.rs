@@ -20,6 +20,10 @@ pub fn init_agent(agent: &mut UnixStream, init: SandboxInit, fds: &[BorrowedFd<'
         Ok(Frame { body: Response::Ready, .. }) => {}
         Ok(Frame { body: Response::Error { message, .. }, .. }) => return Err(message),
         Ok(other) => return Err(format!("unexpected answer from the agent: {:?}", other.body)),
+        // A read timeout is EAGAIN on a socket: say it was the bound, not an i/o fault.
+        Err(FrameError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            return Err(no_answer(FrameError::Io(std::io::Error::new(e.kind(), format!("no answer within {} s", timeout.as_secs())))))
+        }
         Err(e) => return Err(no_answer(e)),
     }
     agent.set_read_timeout(None).map_err(|e| e.to_string())

@@ -19,7 +19,11 @@ const USERNS_SIZE: u32 = 65_536;
 const AGENT_FD: i32 = 3;
 /// Where the agent attaches it, relative to the instance directory.
 const WRITABLE_MOUNT: &str = "disk";
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the agent may take to build the root and answer `Ready`: about 10 ms as a rule,
+/// but its overlay and ext4 writes can wait behind the host's writeback: on a fresh machine,
+/// right after the first build (gigabytes of dirty pages), one took over 20 s here. A slow
+/// start is not a failure.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct NamespaceBackend {
