@@ -573,11 +573,11 @@ fn a_warm_pool_serves_run_and_refills() {
         let out = run(&format!(r#"{{"command": ["/bin/sh", "-c", "echo run {i}; ls /tmp | wc -l"]}}"#));
         assert_eq!(out["stdout"], format!("run {i}\n0\n"), "each run gets a clean sandbox: {out}");
     }
-    // POST /v1/sandboxes takes a pooled sandbox when its spec is the pool's (the image and
-    // 2 GiB): it becomes the sandbox asked for, under its name everywhere.
+    // POST /v1/sandboxes takes a pooled sandbox when its spec is the pool's (the image, 2 GiB
+    // and a memory layer): it becomes the sandbox asked for, under its name everywhere.
     env.wait_for("the pool to refill", Duration::from_secs(30), || pools()[0]["ready"] == 2);
     let hits = pools()[0]["hits"].as_u64().unwrap();
-    let manifest = |name: &str, memory: &str| json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": name, "labels": {"team": "a"}}, "spec": {"image": image, "memory": memory, "isolation": "namespace"}}).to_string();
+    let manifest = |name: &str, memory: &str| json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": name, "labels": {"team": "a"}}, "spec": {"image": image, "memory": memory, "isolation": "namespace", "writableLayer": "memory"}}).to_string();
     let (status, _, out) = http(&socket, "POST", "/v1/sandboxes", None, manifest("fast", "2Gi").as_bytes());
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&out));
     let view = json_of(&out);
@@ -595,7 +595,11 @@ fn a_warm_pool_serves_run_and_refills() {
     env.ok(&["get"]);
     assert_eq!(env.sandbox("fast")["instance"], instance, "a reconcile leaves it as it is");
     assert_eq!(http(&socket, "POST", "/v1/sandboxes", None, manifest("fast", "2Gi").as_bytes()).0, 409, "a name in use, before a pooled sandbox is spent");
-    // Another spec gets a fresh sandbox.
+    // Another spec gets a fresh sandbox: other memory, or the pool's but on a disk.
+    let on_disk = json!({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": "disk"}, "spec": {"image": image, "memory": "2Gi", "isolation": "namespace"}}).to_string();
+    assert_eq!(http(&socket, "POST", "/v1/sandboxes", None, on_disk.as_bytes()).0, 201);
+    assert_eq!(pools()[0]["hits"].as_u64(), Some(hits + 1), "a disk layer is not the pool's");
+    assert_eq!(http(&socket, "DELETE", "/v1/sandboxes/disk", None, b"").0, 204);
     let (status, _, out) = http(&socket, "POST", "/v1/sandboxes", None, manifest("slow", "64Mi").as_bytes());
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&out));
     assert_eq!(pools()[0]["hits"].as_u64(), Some(hits + 1), "not from the pool");

@@ -23,6 +23,7 @@ fn main() {
         seccomp: true,
         patches: vec![PatchOp::Write { path: "/etc/motd".into(), contents: b"hi\n".to_vec(), mode: 0o644 }, PatchOp::Symlink { path: "/usr/local/bin/py".into(), target: "/usr/bin/python3".into() }],
         writable_mount: Some("disk".into()),
+        writable_tmpfs: None,
         network: None,
         trust_anchor: None,
         mounts: vec![guest_agent::protocol::MountInit { target: "/data".into(), source: guest_agent::protocol::MountInitSource::Fd(1), file: false }, guest_agent::protocol::MountInit { target: "/scratch".into(), source: guest_agent::protocol::MountInitSource::Tmpfs { size: 1 << 20 }, file: false }],

@@ -96,8 +96,15 @@ pub fn setup_root_in(init: &SandboxInit, switch: SwitchRoot, fds: Vec<std::os::f
         step(chdir(init.base_dir.as_str()).map_err(errno), || format!("entering {}", init.base_dir))?;
     }
     if let Some(target) = &init.writable_mount {
-        let disk = fds.first_mut().and_then(Option::take).ok_or_else(|| InitError { step: "the Init names a writable disk but none came with it".into(), source: std::io::ErrorKind::InvalidInput.into() })?;
-        attach_writable_disk(disk, target)?;
+        match init.writable_tmpfs {
+            // nosuid and nodev as the disk's mount: the overlay's own nodev covers the root,
+            // and these cover the layer's directory itself.
+            Some(bytes) => mnt(Some("tmpfs"), Path::new(target), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&format!("size={bytes},mode=0755")))?,
+            None => {
+                let disk = fds.first_mut().and_then(Option::take).ok_or_else(|| InitError { step: "the Init names a writable disk but none came with it".into(), source: std::io::ErrorKind::InvalidInput.into() })?;
+                attach_writable_disk(disk, target)?;
+            }
+        }
         for d in [&init.upper_dir, &init.work_dir] {
             mkdir_p(Path::new(d), 0o755)?;
         }

@@ -224,6 +224,12 @@ pub struct SandboxInit {
     /// instance older than bounded disks).
     #[serde(default)]
     pub writable_mount: Option<String>,
+    /// The writable layer is a tmpfs of at most this many bytes, which the agent mounts at
+    /// `writable_mount` itself (no fd comes with the Init for it): its pages are charged to the
+    /// sandbox's memory cgroup, and nothing of it reaches the host's disk. (Postcard frames
+    /// are positional: no field here may be skipped when serialized.)
+    #[serde(default)]
+    pub writable_tmpfs: Option<u64>,
     /// The sandbox's link (`eth0`), when it has one; None: loopback only.
     #[serde(default)]
     pub network: Option<NetworkInit>,

@@ -172,6 +172,7 @@ pub fn sandbox_init(hostname: &str, patches: Vec<crate::protocol::PatchOp>) -> c
         seccomp: true,
         patches,
         writable_mount: None,
+        writable_tmpfs: None,
         network: None,
         trust_anchor: None,
         mounts: Vec::new(),

@@ -1,7 +1,8 @@
 """`POST /v1/sandboxes` latency: N creates of one spec, each followed by its delete (the delete
 is not timed), 250 ms apart so a warm pool can refill. Prints one JSON object.
 
-    api_create.py URL N MEMORY IMAGE      (MEMORY 2Gi is a warm pool's spec; any other is not)
+    api_create.py URL N MEMORY IMAGE      (MEMORY 2Gi is a warm pool's spec; any other is not;
+                                          both with a memory layer, as pooled sandboxes have)
 """
 
 import http.client
@@ -28,7 +29,7 @@ def main():
     times = []
     for i in range(n):
         name = f"bench-{memory.lower()}-{i}"
-        body = json.dumps({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": name}, "spec": {"image": image, "memory": memory, "isolation": "namespace"}})
+        body = json.dumps({"apiVersion": "orchestrator/v1", "kind": "Sandbox", "metadata": {"name": name}, "spec": {"image": image, "memory": memory, "isolation": "namespace", "writableLayer": "memory"}})
         took, status, data = call(base, "POST", "/v1/sandboxes", body)
         if status != 201:
             raise SystemExit(f"create {name}: {status} {data[:200]!r}")

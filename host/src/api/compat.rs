@@ -146,7 +146,7 @@ async fn run_once(State(state): St, body: Result<Bytes, BytesRejection>) -> ApiR
             _ => return result,
         }
     }
-    let sandbox = super::pool::make(&state, &state.default_image, "run", RUN_SOURCE, Some(memory)).await?;
+    let sandbox = super::pool::make(&state, &state.default_image, "run", RUN_SOURCE, Some(memory), super::pool::POOL_LAYER).await?;
     let result = execute(&state, &sandbox, options).await;
     super::pool::discard(&state, sandbox).await;
     result
@@ -261,7 +261,9 @@ async fn create_session(State(state): St, body: Result<Bytes, BytesRejection>) -
     let body = bytes(body)?;
     let env: EnvBody = if body.iter().all(u8::is_ascii_whitespace) { EnvBody { env: BTreeMap::new() } } else { json_body(&body)? };
     let _place = state.sessions.reserve()?;
-    let sandbox = super::pool::make(&state, &state.default_image, "session", SESSION_SOURCE, None).await?;
+    // A session's layer is a disk: its memory is unbounded, and a disk bounds what it writes
+    // without taking the host's memory.
+    let sandbox = super::pool::make(&state, &state.default_image, "session", SESSION_SOURCE, None, crate::spec::WritableLayer::Disk).await?;
     let id = uuid_v4();
     let now = Instant::now();
     state.sessions.lock().insert(id.clone(), Session { sandbox, env: env.env, cwd: "/".into(), created: now, last_used: now });

@@ -10,7 +10,8 @@
 //! Invariants:
 //! - A sandbox is handed out once: it leaves the ready list under the pool's lock.
 //! - A pooled sandbox is exactly what `/run` would make: the image, the memory bound
-//!   OpenSandbox's default `mem` asks for, no main process; a request that asks for other
+//!   OpenSandbox's default `mem` asks for, a writable layer in memory (it is used once), no
+//!   main process; a request that asks for other
 //!   memory gets a fresh sandbox (a miss) rather than a looser bound. A `/v1` manifest gets one
 //!   only when its spec is that spec ([`WarmPool::serves`]).
 //! - A pool never runs dry waiting for a gap: at its low water ([`low_water`]) it refills at
@@ -21,7 +22,7 @@
 use super::problem::{ApiResult, Problem};
 use super::ApiState;
 use crate::sandbox::Sandbox;
-use crate::spec::{Isolation, Resource, ResourceSpec, SandboxSpec};
+use crate::spec::{Isolation, Resource, ResourceSpec, SandboxSpec, WritableLayer};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +34,9 @@ use tokio::sync::Notify;
 pub const POOL_SOURCE: &str = "api-pool";
 /// The memory bound of pooled sandboxes: OpenSandbox's default `mem` (2 GiB).
 pub const POOL_MEMORY: u64 = 2 << 30;
+/// Pooled sandboxes are made to be used once and removed: their writable layer is memory,
+/// which spares making, mounting and removing a disk for each (see [`WritableLayer::Memory`]).
+pub const POOL_LAYER: WritableLayer = WritableLayer::Memory;
 
 /// One image's pool.
 pub struct WarmPool {
@@ -53,6 +57,11 @@ pub struct WarmPool {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PoolView {
     pub image: String,
+    /// The memory bound of its sandboxes, bytes: with the image and the writable layer, the
+    /// spec a `POST /v1/sandboxes` must ask for to get one.
+    pub memory: u64,
+    #[serde(rename = "writableLayer")]
+    pub writable_layer: WritableLayer,
     pub size: usize,
     pub ready: usize,
     /// Being made now.
@@ -103,6 +112,8 @@ impl WarmPool {
     pub fn view(&self) -> PoolView {
         PoolView {
             image: self.image.clone(),
+            memory: POOL_MEMORY,
+            writable_layer: POOL_LAYER,
             size: self.size,
             ready: self.ready.lock().unwrap_or_else(|e| e.into_inner()).len(),
             making: self.making.load(Ordering::Relaxed),
@@ -116,9 +127,9 @@ impl WarmPool {
 const MIN_MEMORY: u64 = 32 << 20;
 
 /// The resource of a sandbox of `image` the API makes for its own use: no main process,
-/// `memory` bytes (None: unbounded).
-fn own_resource(state: &ApiState, image: &str, name: &str, memory: Option<u64>) -> ApiResult<Resource> {
-    let mut builder = Sandbox::builder(name).config(state.config.clone()).image(image.to_string());
+/// `memory` bytes (None: unbounded), its writable layer where `layer` says.
+fn own_resource(state: &ApiState, image: &str, name: &str, memory: Option<u64>, layer: WritableLayer) -> ApiResult<Resource> {
+    let mut builder = Sandbox::builder(name).config(state.config.clone()).image(image.to_string()).writable_layer(layer);
     if let Some(bytes) = memory {
         builder = builder.memory(bytes.max(MIN_MEMORY) >> 20);
     }
@@ -126,9 +137,10 @@ fn own_resource(state: &ApiState, image: &str, name: &str, memory: Option<u64>) 
 }
 
 /// Makes a sandbox of `image` for the API's own use (a pool, `/run`, a session): a random name
-/// under `prefix`, no main process, `memory` bytes (None: unbounded), the source given.
-pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static str, memory: Option<u64>) -> ApiResult<Sandbox> {
-    let resource = own_resource(state, image, &format!("{prefix}-{}", crate::ids::random_hex(6)), memory)?;
+/// under `prefix`, no main process, `memory` bytes (None: unbounded), its writable layer where
+/// `layer` says, the source given.
+pub async fn make(state: &ApiState, image: &str, prefix: &str, source: &'static str, memory: Option<u64>, layer: WritableLayer) -> ApiResult<Sandbox> {
+    let resource = own_resource(state, image, &format!("{prefix}-{}", crate::ids::random_hex(6)), memory, layer)?;
     crate::sandbox::create_resource(state.config.clone(), resource, source, format!("HTTP API ({source})")).await.map_err(Problem::from)
 }
 
@@ -155,7 +167,7 @@ pub const REFILLS_AT_ONCE: usize = 4;
 /// time. A failure to make one (a missing image, a host that cannot run it) is logged and
 /// retried with back-off, never in a tight loop.
 pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
-    match own_resource(&state, &pool.image, "pool-template", Some(POOL_MEMORY)).map(|r| r.spec) {
+    match own_resource(&state, &pool.image, "pool-template", Some(POOL_MEMORY), xlayer()).map(|r| r.spec) {
         Ok(ResourceSpec::Sandbox(spec)) => {
             let _ = pool.template.set(spec);
         }
@@ -209,7 +221,7 @@ pub fn keep_filled(state: Arc<ApiState>, pool: Arc<WarmPool>) {
             }
             let (state, image) = (state.clone(), pool.image.clone());
             making.spawn(async move {
-                let sandbox = make(&state, &image, "pool", POOL_SOURCE, Some(POOL_MEMORY)).await?;
+                let sandbox = make(&state, &image, "pool", POOL_SOURCE, Some(POOL_MEMORY), xlayer()).await?;
                 warm(&sandbox).await;
                 Ok::<_, Problem>(sandbox)
             });
@@ -319,3 +331,5 @@ mod tests {
         assert!(pool.serves(&asked), "an image with no Entrypoint or Cmd: idle either way");
     }
 }
+
+fn xlayer() -> WritableLayer { if std::env::var_os("XDISK").is_some() { WritableLayer::Disk } else { POOL_LAYER } }

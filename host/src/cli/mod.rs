@@ -152,6 +152,11 @@ pub enum Command {
         /// fail with ENOSPC inside.
         #[arg(long)]
         disk: Option<String>,
+        /// Where the writable layer lives: disk (default; kept across stop and start) or memory (a
+        /// tmpfs charged to the sandbox's memory, nothing on the host's disk: faster to make
+        /// and remove, for a sandbox used once, as with --rm). Namespace sandboxes.
+        #[arg(long, value_name = "disk|memory")]
+        writable_layer: Option<String>,
         /// MicroVMs: the guest kernel (a package directory, an image file, or a name in DATA/kernels).
         #[arg(long)]
         kernel: Option<String>,
@@ -313,7 +318,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let name = sandbox_name(&orch, &name)?;
             interactive::exec(&orch, &name, command, opts)
         }
-        Command::Run { rm, detach, name, process: p, isolation, memory, cpus, disk, kernel, network, publish, volume, tmpfs, image, command } => {
+        Command::Run { rm, detach, name, process: p, isolation, memory, cpus, disk, writable_layer, kernel, network, publish, volume, tmpfs, image, command } => {
             let mut spec = SandboxSpec::new(
                 spec_image(&image).map_err(|(msg, hint)| anyhow!("{msg}\n    hint: {hint}"))?,
             );
@@ -328,6 +333,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             if let Some(d) = spec.disk {
                 spec::check_disk(d).map_err(|e| anyhow!("--disk: {e}\n    hint: e.g. --disk 1Gi"))?;
             }
+            spec.writable_layer = match writable_layer.as_deref() {
+                None | Some("disk") => spec::WritableLayer::Disk,
+                Some("memory") => spec::WritableLayer::Memory,
+                Some(other) => bail!("--writable-layer: {other:?} is neither disk nor memory"),
+            };
             if let Some(n) = network.as_deref() {
                 spec.network.policy = match n {
                     "public-only" => spec::NetworkPreset::PublicOnly,

@@ -125,7 +125,7 @@ pub fn describe(orch: &mut Orchestrator, name: &str) -> Result<i32> {
         spec.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
         spec.memory.map(format_bytes).unwrap_or_else(|| "-".into()),
         spec.limits.pids.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-        format_bytes(spec.disk_bytes())
+        format_bytes(spec.disk_bytes()) + if spec.writable_layer.is_disk() { "" } else { " (in memory)" }
     )?;
     if !res.resource.labels.is_empty() {
         let labels: Vec<String> = res.resource.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

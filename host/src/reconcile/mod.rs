@@ -503,7 +503,8 @@ impl Orchestrator {
             .and_then(|image| {
                 let info = crate::hooks::sandbox_info(res, spec, isolation.as_str());
                 let lookup = |name: &str| self.plugin_spec(name);
-                let first_start = !dir.patched_marker().exists();
+                // A memory layer starts from the image every time: it needs its patches again.
+                let first_start = spec.writable_layer == crate::spec::WritableLayer::Memory || !dir.patched_marker().exists();
                 let prepared = crate::hooks::prepare(&self.plugins, &lookup, &info, spec, &image, first_start).map_err(runtime::RuntimeError::Start)?;
                 let volumes = crate::volume::resolve(self.data.root(), &self.store, &spec.volumes).map_err(runtime::RuntimeError::Start)?;
                 let mut effective = crate::image::apply_defaults(spec, &image.config);

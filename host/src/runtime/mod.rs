@@ -90,7 +90,7 @@ impl Runtime for NamespaceRuntime {
         // An instance from before writable layers were bounded keeps its unbounded upper
         // directory (its files live there) until it is re-created.
         let legacy_upper = std::fs::read_dir(req.dir.upper()).map(|mut d| d.next().is_some()).unwrap_or(false);
-        if !disk.exists() && !legacy_upper {
+        if !disk.exists() && !legacy_upper && req.spec.writable_layer == crate::spec::WritableLayer::Disk {
             let owner = if req.spec.user_namespace { crate::shim::USERNS_BASE } else { 0 };
             let store = crate::image::store::ImageStore::open(&self.config.data_dir)?;
             crate::image::disk::writable_disk(store.root(), &disk, req.spec.disk_bytes(), owner)?;
@@ -157,6 +157,9 @@ impl Runtime for MicrovmRuntime {
 
     fn start(&self, req: &StartRequest<'_>) -> Result<(), RuntimeError> {
         self.check_host().map_err(|e| RuntimeError::Unavailable("microvm", e))?;
+        if req.spec.writable_layer == crate::spec::WritableLayer::Memory {
+            return Err(RuntimeError::Start("a microVM's writable layer is its scratch disk: `writableLayer: memory` is for namespace sandboxes (use isolation namespace or auto)".into()));
+        }
         let shares = req.volumes.iter().any(|v| !matches!(v.source, crate::volume::ResolvedSource::Tmpfs { .. }));
         if let Some(v) = req.volumes.iter().find(|v| matches!(v.source, crate::volume::ResolvedSource::HostPath { file: true, .. })) {
             return Err(RuntimeError::Start(format!("{}: a microVM mounts host directories only, not single files (virtio-fs shares a directory); mount its directory, or use isolation: namespace", v.mount_path)));
@@ -255,6 +258,8 @@ impl Instances for HostInstances {
         // picks the kind that can mount them.
         let shares = spec.volumes.iter().any(|v| !matches!(v.source, crate::spec::MountSource::Tmpfs(_)));
         match spec.isolation {
+            // A memory layer is a namespace sandbox's (a microVM writes to its scratch disk).
+            Isolation::Auto if spec.writable_layer == crate::spec::WritableLayer::Memory => Isolation::Namespace,
             Isolation::Auto if (!shares || crate::microvm::probe::virtiofsd().is_some()) && self.runtime(Isolation::Microvm, spec.kernel.as_deref()).check_host().is_ok() => Isolation::Microvm,
             Isolation::Auto => Isolation::Namespace,
             chosen => chosen,

@@ -124,6 +124,11 @@ impl SandboxBuilder {
         self.spec.disk = Some(mib.saturating_mul(1 << 20));
         self
     }
+    /// Where the writable layer lives (default: a disk of its own; see [`WritableLayer`]).
+    pub fn writable_layer(mut self, layer: crate::spec::WritableLayer) -> Self {
+        self.spec.writable_layer = layer;
+        self
+    }
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.spec.env.insert(key.into(), value.into());
         self

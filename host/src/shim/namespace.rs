@@ -50,14 +50,18 @@ impl Backend for NamespaceBackend {
         // cgroup.procs waits out an RCU grace period (about 10 ms here), and the agent's own
         // exec runs meanwhile too. An instance made before disks were bounded keeps its old
         // upper directory on the host's filesystem.
-        let disk_job = if dir.writable_disk().exists() {
+        let in_memory = cfg.spec.writable_layer == crate::spec::WritableLayer::Memory;
+        let disk_job = if in_memory {
+            None
+        } else if dir.writable_disk().exists() {
             let image = dir.writable_disk();
             Some(std::thread::Builder::new().name("writable-disk".into()).spawn(move || super::writable::mount_detached(&image)).map_err(|e| format!("starting a thread: {e}"))?)
         } else {
             tracing::warn!("no writable disk in {}: this instance keeps its unbounded upper directory until it is re-created", dir.path().display());
             None
         };
-        let layer_dirs = if disk_job.is_some() { vec![dir.writable_mount(), dir.rootfs()] } else { vec![dir.upper(), dir.work(), dir.rootfs()] };
+        let layered = disk_job.is_some() || in_memory;
+        let layer_dirs = if layered { vec![dir.writable_mount(), dir.rootfs()] } else { vec![dir.upper(), dir.work(), dir.rootfs()] };
         for d in layer_dirs {
             std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
             if cfg.spec.user_namespace {
@@ -123,12 +127,13 @@ impl Backend for NamespaceBackend {
             hostname: cfg.name.clone(),
             base_dir: dir.path().to_string_lossy().into_owned(),
             lower_dirs,
-            upper_dir: if disk.is_some() { "disk/upper".into() } else { "upper".into() },
-            work_dir: if disk.is_some() { "disk/work".into() } else { "work".into() },
+            upper_dir: if layered { "disk/upper".into() } else { "upper".into() },
+            work_dir: if layered { "disk/work".into() } else { "work".into() },
             mount_point: dir.rootfs().to_string_lossy().into_owned(),
             seccomp: true,
             patches: cfg.patches.clone(),
-            writable_mount: disk.as_ref().map(|_| WRITABLE_MOUNT.to_string()),
+            writable_mount: layered.then(|| WRITABLE_MOUNT.to_string()),
+            writable_tmpfs: in_memory.then(|| cfg.spec.memory_layer_bytes()),
             network,
             trust_anchor: cfg.trust_anchor.clone(),
             mounts: volumes.mounts,

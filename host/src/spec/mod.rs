@@ -63,6 +63,28 @@ impl Isolation {
     }
 }
 
+/// Where a sandbox's writable layer (what it writes over its image) lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WritableLayer {
+    /// A sparse ext4 disk of the sandbox's own, `spec.disk` in size: kept when the sandbox
+    /// stops and starts again, gone when it is deleted.
+    #[default]
+    Disk,
+    /// A tmpfs of at most `spec.disk` and at most three quarters of `spec.memory` (its pages
+    /// are the sandbox's memory; see [`SandboxSpec::memory_layer_bytes`]): nothing of the layer touches the host's disk, so a sandbox
+    /// starts and is removed faster, and its writes are gone when the sandbox stops (a stop and
+    /// start begins from the image again; a main process's restart keeps them). For sandboxes used once: `/run`, warm pools, `run --rm`.
+    /// Namespace sandboxes only; `isolation: auto` picks one.
+    Memory,
+}
+
+impl WritableLayer {
+    pub fn is_disk(&self) -> bool {
+        *self == WritableLayer::Disk
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum RestartPolicy {
     #[default]
@@ -127,6 +149,9 @@ pub struct SandboxSpec {
     /// The bound on the writable layer, bytes; None: [`DEFAULT_DISK`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<u64>,
+    /// Where the writable layer lives: a disk of its own (kept across stop and start) or memory.
+    #[serde(default, skip_serializing_if = "WritableLayer::is_disk")]
+    pub writable_layer: WritableLayer,
     /// Published ports: host sockets the shim listens on, forwarded into the sandbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
@@ -214,6 +239,15 @@ impl SandboxSpec {
     /// The bound on the writable layer that applies to this sandbox.
     pub fn disk_bytes(&self) -> u64 {
         self.disk.unwrap_or(DEFAULT_DISK)
+    }
+
+    /// The size of a memory layer's tmpfs: `disk`, but at most three quarters of `memory`, so
+    /// that a full layer is ENOSPC for the writer while the sandbox's processes keep room to
+    /// run (its pages are the sandbox's memory and, without swap, cannot be reclaimed: a layer
+    /// allowed all of it would leave every later command to the OOM killer).
+    pub fn memory_layer_bytes(&self) -> u64 {
+        let disk = self.disk_bytes();
+        self.memory.map_or(disk, |m| disk.min(m - m / 4))
     }
 }
 
@@ -515,6 +549,7 @@ impl SandboxSpec {
             network: NetworkSpec::default(),
             kernel: None,
             disk: None,
+            writable_layer: WritableLayer::Disk,
             ports: Vec::new(),
             volumes: Vec::new(),
         }

@@ -241,7 +241,7 @@ const METADATA_FIELDS: &[&str] = &["name", "labels", "annotations"];
 const SANDBOX_FIELDS: &[&str] = &[
     "image", "isolation", "cpus", "memory", "env", "workdir", "command", "user", "tty", "limits",
     "restartPolicy", "userNamespace", "pullPolicy", "secrets", "patches", "hooks", "network",
-    "kernel", "disk", "ports", "volumes",
+    "kernel", "disk", "writableLayer", "ports", "volumes",
 ];
 /// Fields of the design that later work adds; refused for now rather than silently ignored
 /// (a user relying on one must not get a sandbox without it).
@@ -476,6 +476,13 @@ fn sandbox(ctx: &mut Ctx<'_>, node: &Node, base_dir: &Path) -> Option<SandboxSpe
             }
         }
     }
+    if let Some(n) = f.get("writableLayer") {
+        let opts = [("disk", WritableLayer::Disk), ("memory", WritableLayer::Memory)];
+        spec.writable_layer = ctx.one_of(n, "spec.writableLayer", &opts).unwrap_or_default();
+        if spec.writable_layer == WritableLayer::Memory && spec.isolation == Isolation::Microvm {
+            ctx.err(n, "spec.writableLayer", "a microVM's writable layer is its scratch disk", Some("remove `writableLayer`, or use `isolation: namespace` (or auto)".into()));
+        }
+    }
     if let Some(n) = f.get("volumes") {
         spec.volumes = volume_fields::mounts(ctx, n, base_dir);
     }
@@ -658,6 +665,23 @@ mod tests {
 
     fn errors(text: &str) -> Vec<SpecError> {
         validate_file(Path::new("/tmp/x.yaml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn a_writable_layer_is_disk_or_memory_and_memory_is_a_namespace_sandboxs() {
+        let spec = |extra: &str| format!("apiVersion: orchestrator/v1\nkind: Sandbox\nmetadata: {{ name: w }}\nspec:\n  image: dir:/\n{extra}");
+        let m = validate_file(Path::new("/tmp/x.yaml"), &spec("  writableLayer: memory\n")).unwrap();
+        let ResourceSpec::Sandbox(s) = &m[0].resource.spec else { panic!() };
+        assert_eq!(s.writable_layer, WritableLayer::Memory);
+        let m = validate_file(Path::new("/tmp/x.yaml"), &spec("")).unwrap();
+        let ResourceSpec::Sandbox(s) = &m[0].resource.spec else { panic!() };
+        assert_eq!(s.writable_layer, WritableLayer::Disk, "a disk unless asked");
+        let e = errors(&spec("  writableLayer: ram\n"));
+        assert_eq!((e[0].field.as_str(), e[0].line), ("spec.writableLayer", 6), "{e:?}");
+        assert!(e[0].to_string().contains("disk") && e[0].to_string().contains("memory"), "the choices are named: {}", e[0]);
+        let e = errors(&spec("  isolation: microvm\n  writableLayer: memory\n"));
+        assert_eq!(e[0].field, "spec.writableLayer", "{e:?}");
+        assert!(e[0].message.contains("scratch disk"), "{}", e[0].message);
     }
 
     #[test]
