@@ -74,47 +74,39 @@ pub struct ApiFlags {
 /// How often `serve` removes the lock files of names nothing has any more.
 const LOCK_SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// Runs `task` every `period` on a thread named `name`, with an `Orchestrator` of its own.
+fn every(orch: &Orchestrator, name: &'static str, period: Duration, mut task: impl FnMut(&Orchestrator) + Send + 'static) -> Result<()> {
+    let config = (*orch.config).clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let orch = match Orchestrator::open(config) {
+                Ok(o) => o,
+                Err(e) => return tracing::error!("{name} is off: {e}"),
+            };
+            loop {
+                std::thread::sleep(period);
+                task(&orch);
+            }
+        })
+        .with_context(|| format!("starting {name}"))?;
+    Ok(())
+}
+
 pub fn serve(orch: &mut Orchestrator, dir: Option<&Path>, resync_secs: u64, prune_empty: bool, flags: ApiFlags) -> Result<i32> {
     if flags.secret_refresh > 0 {
-        let config = (*orch.config).clone();
-        let every = Duration::from_secs(flags.secret_refresh);
-        std::thread::Builder::new()
-            .name("secret-refresh".into())
-            .spawn(move || {
-                let orch = match Orchestrator::open(config) {
-                    Ok(o) => o,
-                    Err(e) => return tracing::error!("secret rotation is off: {e}"),
-                };
-                loop {
-                    std::thread::sleep(every);
-                    if let Err(e) = orch.refresh_secrets() {
-                        tracing::warn!("refreshing secrets: {e}");
-                    }
-                }
-            })
-            .context("starting the secret refresh")?;
+        every(orch, "secret-refresh", Duration::from_secs(flags.secret_refresh), |orch| {
+            if let Err(e) = orch.refresh_secrets() {
+                tracing::warn!("refreshing secrets: {e}");
+            }
+        })?;
     }
-    {
-        // Lock files of names used once (a pool's sandboxes, `/run`'s) would pile up for ever.
-        let config = (*orch.config).clone();
-        std::thread::Builder::new()
-            .name("lock-sweep".into())
-            .spawn(move || {
-                let orch = match Orchestrator::open(config) {
-                    Ok(o) => o,
-                    Err(e) => return tracing::error!("the lock file sweep is off: {e}"),
-                };
-                loop {
-                    std::thread::sleep(LOCK_SWEEP_EVERY);
-                    match orch.sweep_object_locks() {
-                        Ok(n) if n > 0 => tracing::debug!("removed {n} lock files of names no longer in use"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("sweeping lock files: {e}"),
-                    }
-                }
-            })
-            .context("starting the lock file sweep")?;
-    }
+    // Lock files of names used once (a pool's sandboxes, `/run`'s) would pile up for ever.
+    every(orch, "lock-sweep", LOCK_SWEEP_EVERY, |orch| match orch.sweep_object_locks() {
+        Ok(n) if n > 0 => tracing::debug!("removed {n} lock files of names no longer in use"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("sweeping lock files: {e}"),
+    })?;
     let api = if flags.no_api {
         None
     } else {
